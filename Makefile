@@ -1,0 +1,190 @@
+# Makefile for kvm-hello. `make help` lists the targets.
+#
+# On an arm64 machine the program is built and run natively. On any other
+# machine it is cross-built for arm64 and run inside an emulated arm64 machine
+# (tools/run-in-vm.sh) whose kernel has a real /dev/kvm. Either way `make run`
+# and `make test` first install what is missing (tools/ensure-packages.sh)
+# and, when emulating, download Debian's arm64 kernel once into $(CACHE).
+
+HOST_ARCH := $(shell uname -m)
+BUILD     := build
+CACHE     ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kvm-hello
+
+ifeq ($(HOST_ARCH),aarch64)
+  NATIVE     := 1
+  CROSS      :=
+  ARM64_LINK :=
+  PACKAGES   := g++ xxd doctest-dev
+else
+  CROSS      := aarch64-linux-gnu-
+  ARM64_LINK := -static
+  PACKAGES   := g++ xxd doctest-dev g++-aarch64-linux-gnu qemu-system-arm qemu-user-static cpio
+endif
+
+# KVM_HELLO_KERNEL=/path/to/arm64/Image uses that kernel instead of downloading one.
+KERNEL := $(or $(KVM_HELLO_KERNEL),$(CACHE)/vmlinuz)
+
+CXXSTD   := -std=c++23
+WARNINGS := -Wall -Wextra -Werror
+OPTIMISE := -O2 -g
+HOST_CXX := g++
+ARM64_CXX := $(CROSS)g++
+
+# The unit tests run on the build machine but test code written against
+# arm64's KVM structs. When the build machine is not arm64, these headers come
+# from the arm64 kernel headers that the cross compiler ships (package
+# linux-libc-dev-arm64-cross); the rest (<linux/types.h>, <asm/ioctl.h>, ...)
+# is the same on every 64-bit Linux.
+ARM64_UAPI   := /usr/aarch64-linux-gnu/include
+UAPI_HEADERS := linux/kvm.h linux/psci.h asm/kvm.h asm/ptrace.h asm/hwcap.h asm/sve_context.h
+UAPI_OVERLAY := $(BUILD)/arm64-uapi
+ifdef NATIVE
+  HOST_UAPI :=
+else
+  HOST_UAPI := -isystem $(UAPI_OVERLAY)
+endif
+
+# The guest is linked where it will run: the start of guest RAM, read from
+# kvm_hello.hpp's memory map (deferred: the cross preprocessor may not be
+# installed yet when make starts).
+GUEST_LOAD_ADDRESS = $(shell printf '#include "kvm_hello.hpp"\nKVM_HELLO_RAM_BASE\n' | $(CROSS)cpp -P -D__ASSEMBLER__ -I. - | tail -n 1)
+
+# Guests the tests run besides the embedded one (test/guests/*.S).
+TEST_GUESTS := $(patsubst test/guests/%.S,$(BUILD)/guests/%.bin,$(wildcard test/guests/*.S))
+
+PROGRAM     := $(BUILD)/kvm-hello
+UNIT_HOST   := $(BUILD)/unit-tests
+UNIT_ARM64  := $(BUILD)/unit-tests-arm64
+E2E         := $(BUILD)/e2e-tests
+PACKAGES_OK := $(BUILD)/.packages-ok
+
+.DEFAULT_GOAL := all
+.PHONY: all run test help clean distclean format
+.DELETE_ON_ERROR:
+.SECONDARY:  # keep the guest's .o and .elf: debuggers and the tests read them
+
+## all        build the program and every test (the default)
+ifdef NATIVE
+all: $(PROGRAM) $(UNIT_HOST) $(E2E)
+else
+all: $(PROGRAM) $(UNIT_HOST) $(UNIT_ARM64) $(E2E) $(BUILD)/run.cpio $(BUILD)/test.cpio
+endif
+
+## run        build and run kvm-hello (options: make run ARGS="--timeout 2")
+ifdef NATIVE
+run: $(PROGRAM)
+	@$(PROGRAM) $(ARGS)
+else
+run: $(BUILD)/run.cpio $(KERNEL)
+	@tools/run-in-vm.sh $(KERNEL) $(BUILD)/run.cpio /kvm-hello $(ARGS)
+endif
+
+## test       unit tests, then end-to-end tests against real KVM; ends with "N passed, M failed"
+TEST_LOGS := $(BUILD)/test-logs
+ifdef NATIVE
+test: $(UNIT_HOST) $(E2E) $(PROGRAM)
+	@rm -rf $(TEST_LOGS)
+	@test/run-suite.sh $(TEST_LOGS) unit $(UNIT_HOST)
+	@test/run-suite.sh $(TEST_LOGS) e2e $(E2E)
+	@test/summarize.sh $(TEST_LOGS)
+else
+test: $(UNIT_HOST) $(UNIT_ARM64) $(BUILD)/test.cpio $(KERNEL)
+	@rm -rf $(TEST_LOGS)
+	@test/run-suite.sh $(TEST_LOGS) unit-$(HOST_ARCH) $(UNIT_HOST)
+	@test/run-suite.sh $(TEST_LOGS) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64)
+	@test/run-suite.sh $(TEST_LOGS) e2e-in-emulated-arm64 tools/run-in-vm.sh $(KERNEL) $(BUILD)/test.cpio /e2e-tests
+	@test/summarize.sh $(TEST_LOGS)
+endif
+
+## format     reformat the C++ sources with clang-format
+format:
+	clang-format -i kvm_hello.hpp main.cpp test/*.cpp tools/*.cpp
+
+## help       this list
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
+
+## clean      remove build/ (the downloaded kernel stays in the cache)
+clean:
+	rm -rf $(BUILD)
+
+## distclean  clean, and remove the downloaded kernel from $(CACHE)
+distclean: clean
+	rm -rf $(CACHE)
+
+# ---- Set-up ----------------------------------------------------------------
+
+$(PACKAGES_OK):
+	@mkdir -p $(@D)
+	@tools/ensure-packages.sh $(PACKAGES)
+	@touch $@
+
+$(CACHE)/vmlinuz: | $(PACKAGES_OK)
+	@tools/fetch-kernel.sh $(CACHE)
+
+# ---- The guest: assembled, linked at guest RAM, raw bytes, a C array -------
+
+$(BUILD)/%.o: %.S kvm_hello.hpp | $(PACKAGES_OK)
+	@mkdir -p $(@D)
+	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
+
+$(BUILD)/guests/%.o: test/guests/%.S kvm_hello.hpp | $(PACKAGES_OK)
+	@mkdir -p $(@D)
+	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
+
+$(BUILD)/%.elf: $(BUILD)/%.o
+	$(CROSS)ld -Ttext=$(GUEST_LOAD_ADDRESS) -e _start --no-warn-rwx-segments -o $@ $<
+
+$(BUILD)/%.bin: $(BUILD)/%.elf
+	$(CROSS)objcopy -O binary $< $@
+
+$(BUILD)/guest_image.h: $(BUILD)/guest.bin
+	cd $(BUILD) && xxd -i guest.bin > guest_image.h
+
+# ---- Programs ----------------------------------------------------------------
+
+$(PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h
+	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
+
+$(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
+	@for header in $(UAPI_HEADERS); do \
+	  mkdir -p $(UAPI_OVERLAY)/$$(dirname $$header) && ln -sf $(ARM64_UAPI)/$$header $(UAPI_OVERLAY)/$$header; \
+	done
+	@touch $@
+
+UNIT_SOURCES := test/unit_tests.cpp main.cpp kvm_hello.hpp
+
+$(UNIT_HOST): $(UNIT_SOURCES) $(if $(NATIVE),,$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
+	$(HOST_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) $(HOST_UAPI) -I. -o $@ test/unit_tests.cpp
+
+$(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
+	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. $(ARM64_LINK) -o $@ test/unit_tests.cpp
+
+$(E2E): test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h
+	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
+
+# Every test guest as a C array named after its file: spin.S -> spin_bin[].
+$(BUILD)/test_guests.h: $(TEST_GUESTS)
+	cd $(BUILD)/guests && for bin in $(notdir $^); do xxd -i $$bin; done > ../test_guests.h
+
+$(BUILD)/vm-init: tools/vm-init.cpp | $(PACKAGES_OK)
+	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -static -o $@ $<
+
+# ---- The emulated machine's initramfs: /init and the programs it runs -------
+# Stripped copies: the initramfs is smaller and boots faster; build/ keeps the
+# binaries with their debug information.
+
+define make-initramfs
+	rm -rf $@.root && mkdir -p $@.root
+	$(CROSS)strip -o $@.root/init $(BUILD)/vm-init
+	for program in $(notdir $(filter-out $(BUILD)/vm-init,$^)); do \
+	  $(CROSS)strip -o $@.root/$$program $(BUILD)/$$program; done
+	cd $@.root && find . | cpio -o -H newc --quiet > ../$(notdir $@)
+	rm -rf $@.root
+endef
+
+$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
+	$(make-initramfs)
+
+$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E)
+	$(make-initramfs)

@@ -1,0 +1,891 @@
+// SPDX-License-Identifier: MIT
+/*
+ * kvm_hello.hpp: run one tiny arm64 guest with Linux KVM, one step at a time.
+ *
+ * WHAT IT IS
+ *   A header-only, annotated walk through the KVM API on arm64. Each step of
+ *   creating a virtual machine is one small function below, with a contract
+ *   comment: which ioctl, which struct, what comes back, what errors mean, and
+ *   why the step exists. main.cpp calls them in order and prints what happens;
+ *   docs/ has one chapter per step, with the same numbers.
+ *
+ * STEP BY STEP (the numbers main.cpp prints and docs/ uses)
+ *   1  open_kvm            open("/dev/kvm")                      -> Fd
+ *   2  check_api_version   KVM_GET_API_VERSION                   -> 12
+ *   3  check_capabilities  KVM_CHECK_EXTENSION                   -> Capabilities
+ *   4  create_vm           KVM_CREATE_VM                         -> Fd (the VM)
+ *   5  setup_guest_memory  mmap + KVM_SET_USER_MEMORY_REGION     -> GuestMemory
+ *   6  create_vcpu         KVM_CREATE_VCPU, KVM_GET_VCPU_MMAP_SIZE, mmap -> Vcpu
+ *   7  init_vcpu           KVM_ARM_PREFERRED_TARGET, KVM_ARM_VCPU_INIT   -> kvm_vcpu_init
+ *   8  set_boot_registers  KVM_SET_ONE_REG (PC, SP_EL1)
+ *   9  run_guest           KVM_RUN, in a loop, until the guest powers off -> RunStats
+ *
+ * HOW TO USE
+ *   #include "kvm_hello.hpp" and call the steps in order; every step returns
+ *   Result<T>, which holds either its value or an Error naming the step, the
+ *   call that failed and its errno. Nothing here prints: the caller decides
+ *   how to report (main.cpp does it for this program).
+ *
+ * DOES NOT DO
+ *   Interrupts, more than one vCPU, an MMU in the guest, or any device other
+ *   than the three MMIO registers of the memory map below.
+ *
+ * NEEDS
+ *   Linux on arm64 with KVM (or the emulated machine `make run` builds on
+ *   other hosts), C++23's std::expected (g++ 12, clang 16); nothing else.
+ *
+ * guest.S includes this file too, for the memory map: everything after the
+ * memory map is hidden from the assembler.
+ */
+#pragma once
+
+#define KVM_HELLO_VERSION "1.0.0"
+
+/* ==== The guest's memory map (shared with guest.S) =========================
+ *
+ *   0x00000 +---------------------------+
+ *           |  (nothing: no memslot)    |  0x1100 OUT    write 1 byte: the host prints it
+ *           |  accesses here are MMIO:  |  0x1108 ANSWER read 4 bytes: the host answers
+ *           |  each one exits to us     |  0x1110 ECHO   write 4 bytes: the host checks them
+ *   0x10000 +---------------------------+
+ *           |  guest RAM, 64 KiB        |  the guest image is copied to its start;
+ *           |  (memslot 0, our mmap)    |  PC starts at 0x10000, the stack at the top
+ *   0x20000 +---------------------------+
+ */
+#define KVM_HELLO_RAM_BASE 0x10000
+#define KVM_HELLO_RAM_SIZE 0x10000
+#define KVM_HELLO_MMIO_OUT 0x1100
+#define KVM_HELLO_MMIO_ANSWER 0x1108
+#define KVM_HELLO_MMIO_ECHO 0x1110
+
+#ifndef __ASSEMBLER__
+
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <expected>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#if !defined(KVM_ARM_VCPU_PSCI_0_2)
+#error "kvm_hello.hpp needs arm64's <asm/kvm.h>: build on arm64 or with arm64's kernel headers first on the include path (see the Makefile)"
+#endif
+
+namespace kvm_hello {
+
+// ==== Constants, each derived from the kernel's headers or the map above ====
+
+inline constexpr std::uint64_t ram_base = KVM_HELLO_RAM_BASE;
+inline constexpr std::uint64_t ram_size = KVM_HELLO_RAM_SIZE;
+inline constexpr std::uint64_t mmio_out = KVM_HELLO_MMIO_OUT;
+inline constexpr std::uint64_t mmio_answer = KVM_HELLO_MMIO_ANSWER;
+inline constexpr std::uint64_t mmio_echo = KVM_HELLO_MMIO_ECHO;
+
+// MMIO only happens for addresses that no memslot covers: the device
+// registers must lie outside guest RAM, or the guest's stores would land in
+// RAM silently.
+static_assert(mmio_echo + 4 <= ram_base, "MMIO registers must be outside guest RAM");
+// KVM_SET_USER_MEMORY_REGION wants page-aligned addresses and sizes; 64 KiB
+// is a multiple of every arm64 page size (4K, 16K and 64K).
+static_assert(ram_base % 0x10000 == 0 && ram_size % 0x10000 == 0);
+
+// What the host answers when the guest reads the ANSWER register.
+inline constexpr std::uint32_t host_answer = 0x2a;
+
+inline constexpr const char* default_kvm_path = "/dev/kvm";
+
+// The only API version there has ever been since Linux 2.6.22.
+inline constexpr int expected_api_version = KVM_API_VERSION;
+static_assert(expected_api_version == 12);
+
+// ==== Steps and errors =======================================================
+
+// The numbered steps: the same numbers appear in main.cpp's output and docs/.
+enum class Step : int {
+  open_kvm = 1,
+  check_api_version,
+  check_capabilities,
+  create_vm,
+  setup_guest_memory,
+  create_vcpu,
+  init_vcpu,
+  set_boot_registers,
+  run_guest,
+};
+inline constexpr int step_count = 9;
+
+struct StepInfo {
+  std::string_view name;   // the function in this header
+  std::string_view title;  // what it does, for people
+  std::string_view calls;  // the system calls and ioctls it makes
+};
+
+constexpr StepInfo step_info(Step step) {
+  switch (step) {
+    case Step::open_kvm: return {"open_kvm", "open the KVM device", "open(\"/dev/kvm\", O_RDWR | O_CLOEXEC)"};
+    case Step::check_api_version: return {"check_api_version", "check the KVM API version", "KVM_GET_API_VERSION"};
+    case Step::check_capabilities: return {"check_capabilities", "check the capabilities we rely on", "KVM_CHECK_EXTENSION"};
+    case Step::create_vm: return {"create_vm", "create the VM", "KVM_CREATE_VM"};
+    case Step::setup_guest_memory: return {"setup_guest_memory", "give the guest its RAM", "mmap, KVM_SET_USER_MEMORY_REGION"};
+    case Step::create_vcpu: return {"create_vcpu", "create the vCPU and map its kvm_run", "KVM_CREATE_VCPU, KVM_GET_VCPU_MMAP_SIZE, mmap"};
+    case Step::init_vcpu: return {"init_vcpu", "initialise the vCPU", "KVM_ARM_PREFERRED_TARGET, KVM_ARM_VCPU_INIT"};
+    case Step::set_boot_registers: return {"set_boot_registers", "set the boot registers", "KVM_SET_ONE_REG"};
+    case Step::run_guest: return {"run_guest", "run the guest until it powers off", "KVM_RUN"};
+  }
+  return {"?", "?", "?"};
+}
+
+// What went wrong, beyond "a call failed with errno".
+enum class Problem {
+  call_failed,         // a system call or ioctl returned -1: see Error::err
+  wrong_api_version,   // value: the version the kernel reported
+  missing_capability,  // value: the KVM_CAP_* number the kernel does not have
+  ipa_too_small,       // value: the host's largest guest-physical address size, in bits
+  bad_guest_image,     // value: the image's size (empty, or larger than guest RAM)
+  guest_reset,         // the guest asked for a reset (PSCI SYSTEM_RESET)
+  guest_crash,         // the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)
+  unexpected_exit,     // value: a KVM_EXIT_* reason this program has no handler for
+  watchdog_expired,    // value: the time limit in milliseconds
+};
+
+// An error, as a value: which step, what kind of problem, which call failed
+// and with which errno. main.cpp turns it into a message and an exit status.
+struct Error {
+  Step step;
+  Problem problem = Problem::call_failed;
+  std::string_view call = {};  // e.g. "KVM_CREATE_VM"; empty when no call failed
+  int err = 0;                 // errno of the failed call, 0 otherwise
+  std::uint64_t value = 0;     // the detail the Problem's comment names
+};
+
+template <class T>
+using Result = std::expected<T, Error>;
+
+// The error for a call that just returned -1: reads errno, so call it first.
+inline std::unexpected<Error> failed(Step step, std::string_view call) {
+  return std::unexpected(Error{step, Problem::call_failed, call, errno, 0});
+}
+
+// ==== Owners: every fd and mapping is closed exactly once ===================
+
+// Owns one file descriptor. Move-only; closing keeps errno, so an error can
+// still be read after a cleanup.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) noexcept : fd_(fd) {}
+  Fd(Fd&& other) noexcept : fd_(other.release()) {}
+  Fd& operator=(Fd&& other) noexcept {
+    reset(other.release());
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+
+  int get() const noexcept { return fd_; }
+  [[nodiscard]] int release() noexcept { return std::exchange(fd_, -1); }
+  void reset(int fd = -1) noexcept {
+    if (fd_ >= 0) {
+      const int saved = errno;
+      ::close(fd_);
+      errno = saved;
+    }
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// Owns one mmap(2) region. Move-only; unmapping keeps errno.
+class Mapping {
+ public:
+  Mapping() = default;
+  Mapping(void* address, std::size_t size) noexcept : address_(address), size_(size) {}
+  Mapping(Mapping&& other) noexcept
+      : address_(std::exchange(other.address_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+  Mapping& operator=(Mapping&& other) noexcept {
+    reset();
+    address_ = std::exchange(other.address_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    return *this;
+  }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() { reset(); }
+
+  void* get() const noexcept { return address_; }
+  std::size_t size() const noexcept { return size_; }
+  std::span<std::uint8_t> bytes() const noexcept { return {static_cast<std::uint8_t*>(address_), size_}; }
+  void reset() noexcept {
+    if (address_ != nullptr) {
+      const int saved = errno;
+      ::munmap(address_, size_);
+      errno = saved;
+    }
+    address_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  void* address_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// The one way this header maps memory. mmap reports failure as MAP_FAILED,
+// not as a null pointer.
+inline Result<Mapping> map_memory(Step step, std::size_t size, int protection, int flags, int fd) {
+  void* address = ::mmap(nullptr, size, protection, flags, fd, 0);
+  if (address == MAP_FAILED) return failed(step, "mmap");
+  return Mapping{address, size};
+}
+
+// ==== Typed ioctl requests ===================================================
+//
+// An ioctl request number packs four fields (see <asm-generic/ioctl.h>):
+//
+//    31 30 29            16 15        8 7          0
+//   +-----+----------------+-----------+------------+
+//   | dir |      size      |   type    |     nr     |
+//   +-----+----------------+-----------+------------+
+//   dir: _IOC_NONE, _IOC_WRITE (we pass data in), _IOC_READ (the kernel
+//   fills it), or both. size: sizeof the struct passed by pointer. type: 0xAE
+//   (KVMIO) for every KVM request.
+//
+// A Request couples the kernel's number with the argument type, and the
+// static_asserts prove the two agree: a struct of the wrong size, or a value
+// where a pointer is due, does not compile.
+
+// Whether Arg is what a request with this number takes: for _IO, nothing or
+// a value; for the others, a struct of exactly the size encoded in the number.
+template <unsigned long Number, class Arg>
+constexpr bool argument_fits() {
+  if constexpr (_IOC_DIR(Number) == _IOC_NONE) {
+    return std::is_void_v<Arg> || std::is_integral_v<Arg>;
+  } else if constexpr (std::is_class_v<Arg>) {
+    return _IOC_SIZE(Number) == sizeof(Arg);
+  } else {
+    return false;
+  }
+}
+
+template <unsigned long Number, class Arg>
+struct Request {
+  static constexpr unsigned long number = Number;
+  using Argument = Arg;
+  std::string_view name;
+
+  static_assert(_IOC_TYPE(Number) == KVMIO, "every KVM request has type KVMIO (0xAE)");
+  static_assert(argument_fits<Number, Arg>(),
+                "_IO requests take a value or nothing; the others a struct of exactly _IOC_SIZE bytes");
+};
+
+// One line per request: the kernel's macro, its argument type, and its name
+// as the kernel spells it (made from the macro, so the two cannot differ).
+#define KVM_HELLO_REQUEST(MACRO, ARG) Request<MACRO, ARG>{#MACRO}
+
+namespace request {
+inline constexpr auto get_api_version = KVM_HELLO_REQUEST(KVM_GET_API_VERSION, void);
+inline constexpr auto check_extension = KVM_HELLO_REQUEST(KVM_CHECK_EXTENSION, unsigned long);
+inline constexpr auto create_vm = KVM_HELLO_REQUEST(KVM_CREATE_VM, unsigned long);
+inline constexpr auto get_vcpu_mmap_size = KVM_HELLO_REQUEST(KVM_GET_VCPU_MMAP_SIZE, void);
+inline constexpr auto set_user_memory_region =
+    KVM_HELLO_REQUEST(KVM_SET_USER_MEMORY_REGION, kvm_userspace_memory_region);
+inline constexpr auto create_vcpu = KVM_HELLO_REQUEST(KVM_CREATE_VCPU, unsigned long);
+inline constexpr auto arm_preferred_target = KVM_HELLO_REQUEST(KVM_ARM_PREFERRED_TARGET, kvm_vcpu_init);
+inline constexpr auto arm_vcpu_init = KVM_HELLO_REQUEST(KVM_ARM_VCPU_INIT, kvm_vcpu_init);
+inline constexpr auto set_one_reg = KVM_HELLO_REQUEST(KVM_SET_ONE_REG, kvm_one_reg);
+inline constexpr auto get_one_reg = KVM_HELLO_REQUEST(KVM_GET_ONE_REG, kvm_one_reg);  // _IOW: see get_register
+inline constexpr auto run = KVM_HELLO_REQUEST(KVM_RUN, void);
+}  // namespace request
+
+#undef KVM_HELLO_REQUEST
+
+// The four fields of a request number, for tracing and for the tests.
+struct RequestFields {
+  unsigned dir, type, nr, size;
+};
+constexpr RequestFields decode_request(unsigned long number) {
+  return {static_cast<unsigned>(_IOC_DIR(number)), static_cast<unsigned>(_IOC_TYPE(number)),
+          static_cast<unsigned>(_IOC_NR(number)), static_cast<unsigned>(_IOC_SIZE(number))};
+}
+
+// The calls: the only places where this program calls ioctl(2). They return
+// the ioctl's non-negative result, or the Error for `step`.
+//
+// ioctl(2) is variadic: called with no third argument it still hands the
+// kernel whatever the argument register holds. Some requests check that it is
+// 0 (KVM_RUN fails with EINVAL otherwise), so requests without an argument
+// pass 0 explicitly.
+template <unsigned long N>
+Result<int> call(Step step, int fd, Request<N, void> request) {
+  const int result = ::ioctl(fd, N, 0UL);
+  if (result < 0) return failed(step, request.name);
+  return result;
+}
+
+template <unsigned long N, std::integral Arg>
+Result<int> call(Step step, int fd, Request<N, Arg> request, std::type_identity_t<Arg> value) {
+  const int result = ::ioctl(fd, N, value);
+  if (result < 0) return failed(step, request.name);
+  return result;
+}
+
+// _IOW: the kernel only reads the struct, so a const one will do.
+template <unsigned long N, class Arg>
+  requires(_IOC_DIR(N) == _IOC_WRITE)
+Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg) {
+  const int result = ::ioctl(fd, N, arg);
+  if (result < 0) return failed(step, request.name);
+  return result;
+}
+
+// _IOR and _IOWR: the kernel writes into the struct.
+template <unsigned long N, class Arg>
+  requires((_IOC_DIR(N) & _IOC_READ) != 0)
+Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg) {
+  const int result = ::ioctl(fd, N, arg);
+  if (result < 0) return failed(step, request.name);
+  return result;
+}
+
+// ==== Step 1: open /dev/kvm ==================================================
+
+// Step 1. open(2) with O_RDWR | O_CLOEXEC. Returns the owner of the "system"
+// fd, through which steps 2 to 4 ask KVM about itself and create the VM.
+// ENOENT: this kernel has no KVM device (or this is not an arm64 host);
+// EACCES: this user may not use KVM (usually: join the `kvm` group).
+// Why: /dev/kvm is the only door into KVM; everything else comes from it.
+inline Result<Fd> open_kvm(const char* path = default_kvm_path) {
+  const int fd = ::open(path, O_RDWR | O_CLOEXEC);
+  if (fd < 0) return failed(Step::open_kvm, "open");
+  return Fd{fd};
+}
+
+// ==== Step 2: the API version ================================================
+
+// The check itself, apart from the ioctl: returns the version if it is 12.
+constexpr Result<int> verify_api_version(int reported) {
+  if (reported != expected_api_version) {
+    return std::unexpected(Error{Step::check_api_version, Problem::wrong_api_version, "KVM_GET_API_VERSION", 0,
+                                 static_cast<std::uint64_t>(reported)});
+  }
+  return reported;
+}
+
+// Step 2. KVM_GET_API_VERSION on the /dev/kvm fd; no argument. Returns 12.
+// ENOTTY: the file opened in step 1 is not a KVM device. Another version: the
+// API this program was written for is not there, so refuse to go on.
+// Why: the documentation makes this check the first thing a program does.
+inline Result<int> check_api_version(int kvm_fd) {
+  const auto reported = call(Step::check_api_version, kvm_fd, request::get_api_version);
+  if (!reported) return reported;
+  return verify_api_version(*reported);
+}
+
+// ==== Step 3: capabilities ===================================================
+
+struct Capability {
+  int id;                 // KVM_CAP_*
+  std::string_view name;  // as the kernel spells it
+  std::string_view why;   // what this program uses it for
+};
+
+#define KVM_HELLO_CAPABILITY(MACRO, WHY) Capability{MACRO, #MACRO, WHY}
+
+// The capabilities this program cannot do without, in the order they are checked.
+inline constexpr std::array required_capabilities{
+    KVM_HELLO_CAPABILITY(KVM_CAP_USER_MEMORY, "guest RAM is memory we mmap ourselves (step 5)"),
+    KVM_HELLO_CAPABILITY(KVM_CAP_ONE_REG, "registers are set one at a time (step 8)"),
+    KVM_HELLO_CAPABILITY(KVM_CAP_ARM_PSCI_0_2, "the guest powers off with PSCI SYSTEM_OFF (steps 7 and 9)"),
+    KVM_HELLO_CAPABILITY(KVM_CAP_IMMEDIATE_EXIT, "the watchdog can stop a guest that never powers off (step 9)"),
+};
+
+// Not required: its value is the largest guest-physical address size in bits
+// the host supports, and 0 means "only the default, 40 bits" (step 4).
+inline constexpr Capability ipa_size_capability =
+    KVM_HELLO_CAPABILITY(KVM_CAP_ARM_VM_IPA_SIZE, "the VM's guest-physical address size (step 4)");
+
+#undef KVM_HELLO_CAPABILITY
+
+// The name of a capability we know, for messages; "" for others.
+constexpr std::string_view capability_name(std::uint64_t id) {
+  for (const Capability& capability : required_capabilities) {
+    if (static_cast<std::uint64_t>(capability.id) == id) return capability.name;
+  }
+  return id == static_cast<std::uint64_t>(ipa_size_capability.id) ? ipa_size_capability.name : "";
+}
+
+// What the host said about each capability: the raw KVM_CHECK_EXTENSION results.
+struct Capabilities {
+  std::array<int, required_capabilities.size()> required{};  // > 0: present
+  int ipa_limit = 0;                                         // bits, 0: not reported
+};
+
+// The check itself, apart from the ioctl: `ask(id)` returns the capability's
+// value (or an Error). Returns every answer, or the first required one missing.
+template <class Ask>
+Result<Capabilities> query_capabilities(Ask&& ask) {
+  Capabilities found;
+  for (std::size_t i = 0; i < required_capabilities.size(); ++i) {
+    const Result<int> value = ask(required_capabilities[i].id);
+    if (!value) return std::unexpected(value.error());
+    if (*value <= 0) {
+      return std::unexpected(Error{Step::check_capabilities, Problem::missing_capability, "KVM_CHECK_EXTENSION", 0,
+                                   static_cast<std::uint64_t>(required_capabilities[i].id)});
+    }
+    found.required[i] = *value;
+  }
+  const Result<int> ipa = ask(ipa_size_capability.id);
+  if (!ipa) return std::unexpected(ipa.error());
+  found.ipa_limit = *ipa;
+  return found;
+}
+
+// Step 3. KVM_CHECK_EXTENSION(KVM_CAP_*) on the /dev/kvm fd, once per
+// capability; each answer is 0 (absent) or positive (present, sometimes a
+// size). Returns the answers, or Problem::missing_capability naming the first
+// one absent. It is asked on /dev/kvm because the answer for the IPA size
+// decides how step 4 creates the VM.
+// Why: a missing feature should stop us here with its name, not later with a
+// puzzling errno from an ioctl that depends on it.
+inline Result<Capabilities> check_capabilities(int kvm_fd) {
+  return query_capabilities([kvm_fd](int id) {
+    return call(Step::check_capabilities, kvm_fd, request::check_extension, static_cast<unsigned long>(id));
+  });
+}
+
+// ==== Step 4: the VM =========================================================
+
+// The guest-physical address size we ask for: the smallest KVM accepts. The
+// guest's whole world (MMIO and RAM) ends at 0x20000, far below 4 GiB.
+inline constexpr int guest_ipa_bits = 32;
+static_assert((std::uint64_t{1} << guest_ipa_bits) >= ram_base + ram_size);
+
+// The KVM_CREATE_VM argument ("machine type"). On arm64 its low 8 bits are
+// the IPA size in bits; 0 means the historical default of 40 bits, which
+// fails on hosts that cannot do 40 (some have 36). So: when the host reports
+// its limit, ask for guest_ipa_bits explicitly; when it does not (older
+// kernels), 0 is the only type it knows.
+constexpr Result<unsigned long> vm_type_for(int host_ipa_limit) {
+  if (host_ipa_limit == 0) return 0UL;
+  if (host_ipa_limit < guest_ipa_bits) {
+    return std::unexpected(Error{Step::create_vm, Problem::ipa_too_small, "KVM_CREATE_VM", 0,
+                                 static_cast<std::uint64_t>(host_ipa_limit)});
+  }
+  return static_cast<unsigned long>(KVM_VM_TYPE_ARM_IPA_SIZE(guest_ipa_bits));
+}
+
+// Step 4. KVM_CREATE_VM(type) on the /dev/kvm fd. Returns the owner of the
+// new VM's fd: memory and vCPUs are added through it. EINVAL: the type (IPA
+// size) is one this host cannot do; ENOMEM: out of memory.
+// Why: a VM is the container for guest memory and vCPUs.
+inline Result<Fd> create_vm(int kvm_fd, unsigned long type) {
+  const auto fd = call(Step::create_vm, kvm_fd, request::create_vm, type);
+  if (!fd) return std::unexpected(fd.error());
+  return Fd{*fd};
+}
+
+// ==== Step 5: guest RAM ======================================================
+
+struct GuestMemory {
+  Mapping host;                        // where the guest's RAM is in our address space
+  kvm_userspace_memory_region region;  // what KVM was told
+};
+
+// The region KVM is told about: slot 0, guest-physical ram_base, ram_size
+// bytes, backed by our memory at `host`.
+inline kvm_userspace_memory_region memory_region_for(const void* host) {
+  return kvm_userspace_memory_region{
+      .slot = 0,
+      .flags = 0,
+      .guest_phys_addr = ram_base,
+      .memory_size = ram_size,
+      .userspace_addr = reinterpret_cast<std::uintptr_t>(host),
+  };
+}
+
+// The guest image must be non-empty and fit in guest RAM.
+constexpr Result<std::span<const std::uint8_t>> check_guest_image(std::span<const std::uint8_t> image) {
+  if (image.empty() || image.size() > ram_size) {
+    return std::unexpected(Error{Step::setup_guest_memory, Problem::bad_guest_image, {}, 0, image.size()});
+  }
+  return image;
+}
+
+// Step 5. mmap(2) ram_size bytes of anonymous memory, copy the guest image to
+// its start, then KVM_SET_USER_MEMORY_REGION (struct kvm_userspace_memory_region)
+// on the VM fd. Returns the mapping and the region. EINVAL: an address or
+// size not page aligned; EEXIST: the region overlaps another slot.
+// Why: guest RAM is ordinary memory of this process; the guest sees it at
+// ram_base. Any guest access outside every slot becomes an MMIO exit (step 9).
+inline Result<GuestMemory> setup_guest_memory(int vm_fd, std::span<const std::uint8_t> image) {
+  const auto checked = check_guest_image(image);
+  if (!checked) return std::unexpected(checked.error());
+  auto ram = map_memory(Step::setup_guest_memory, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+  if (!ram) return std::unexpected(ram.error());
+  std::memcpy(ram->get(), image.data(), image.size());
+
+  GuestMemory memory{std::move(*ram), {}};
+  memory.region = memory_region_for(memory.host.get());
+  const auto registered = call(Step::setup_guest_memory, vm_fd, request::set_user_memory_region, &memory.region);
+  if (!registered) return std::unexpected(registered.error());
+  return memory;
+}
+
+// ==== Step 6: the vCPU =======================================================
+
+struct Vcpu {
+  Fd fd;
+  Mapping shared;  // struct kvm_run, then (on arm64) the coalesced-MMIO ring page
+  kvm_run& run() const { return *static_cast<kvm_run*>(shared.get()); }
+};
+
+// Step 6. KVM_CREATE_VCPU(0) on the VM fd gives the vCPU fd;
+// KVM_GET_VCPU_MMAP_SIZE on the /dev/kvm fd says how much to mmap of it
+// (on arm64 two pages); mmap(MAP_SHARED) of the vCPU fd gives struct kvm_run,
+// the page KVM_RUN uses to tell us why the guest stopped. Returns both owners.
+// EEXIST: vCPU 0 exists already; EINVAL: an id beyond the host's limit.
+// Why: a vCPU is what runs guest code; kvm_run is how each exit is explained.
+inline Result<Vcpu> create_vcpu(int kvm_fd, int vm_fd) {
+  auto fd = call(Step::create_vcpu, vm_fd, request::create_vcpu, 0UL);
+  if (!fd) return std::unexpected(fd.error());
+  Vcpu vcpu{Fd{*fd}, {}};
+  const auto size = call(Step::create_vcpu, kvm_fd, request::get_vcpu_mmap_size);
+  if (!size) return std::unexpected(size.error());
+  auto shared = map_memory(Step::create_vcpu, static_cast<std::size_t>(*size), PROT_READ | PROT_WRITE, MAP_SHARED,
+                           vcpu.fd.get());
+  if (!shared) return std::unexpected(shared.error());
+  vcpu.shared = std::move(*shared);
+  return vcpu;
+}
+
+// ==== Step 7: vCPU initialisation ============================================
+
+// Our features on top of the kernel's preferred target: PSCI 0.2, so that the
+// guest can power off with SYSTEM_OFF. The preferred target comes back with
+// no features set; adding ours after reading it keeps both.
+constexpr kvm_vcpu_init with_psci_0_2(kvm_vcpu_init preferred) {
+  preferred.features[0] |= 1u << KVM_ARM_VCPU_PSCI_0_2;
+  return preferred;
+}
+
+// Step 7. KVM_ARM_PREFERRED_TARGET (struct kvm_vcpu_init, filled by the
+// kernel) on the VM fd, then KVM_ARM_VCPU_INIT with that target plus the
+// PSCI 0.2 feature on the vCPU fd. Returns what was passed to INIT.
+// EINVAL: a target or feature the host does not support.
+// Why: an arm64 vCPU must be initialised before anything else: INIT resets
+// its registers, and until then every register access fails with ENOEXEC.
+inline Result<kvm_vcpu_init> init_vcpu(int vm_fd, int vcpu_fd) {
+  kvm_vcpu_init preferred{};
+  const auto target = call(Step::init_vcpu, vm_fd, request::arm_preferred_target, &preferred);
+  if (!target) return std::unexpected(target.error());
+  const kvm_vcpu_init init = with_psci_0_2(preferred);
+  const auto done = call(Step::init_vcpu, vcpu_fd, request::arm_vcpu_init, &init);
+  if (!done) return std::unexpected(done.error());
+  return init;
+}
+
+// ==== Step 8: registers ======================================================
+//
+// A ONE_REG id names a register for KVM_{GET,SET}_ONE_REG:
+//
+//   63    56 55  52            32 31        16 15                    0
+//   +-------+------+-------------+------------+-----------------------+
+//   | arch  | size |      0      |  coproc    |        index          |
+//   +-------+------+-------------+------------+-----------------------+
+//   arch: KVM_REG_ARM64; size: KVM_REG_SIZE_U64; coproc: KVM_REG_ARM_CORE for
+//   the registers in struct kvm_regs, where index = offsetof / 4.
+//
+//   struct kvm_regs {                     (<asm/kvm.h>)
+//     struct user_pt_regs regs;  // x0..x30, sp (= SP_EL0!), pc, pstate
+//     __u64 sp_el1;              // the stack pointer an EL1 guest uses
+//     __u64 elr_el1; ...
+//   };
+
+// The ONE_REG id of a 64-bit core register, from its offset in struct kvm_regs.
+constexpr std::uint64_t core_register_id(std::size_t offset) {
+  return KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | (offset / sizeof(std::uint32_t));
+}
+
+namespace reg {
+inline constexpr std::uint64_t pc = core_register_id(offsetof(kvm_regs, regs.pc));
+inline constexpr std::uint64_t pstate = core_register_id(offsetof(kvm_regs, regs.pstate));
+inline constexpr std::uint64_t sp_el1 = core_register_id(offsetof(kvm_regs, sp_el1));
+inline constexpr std::uint64_t elr_el1 = core_register_id(offsetof(kvm_regs, elr_el1));
+constexpr std::uint64_t x(int n) { return core_register_id(offsetof(kvm_regs, regs.regs) + 8 * std::size_t(n)); }
+}  // namespace reg
+
+// The ids the kernel's own macro gives, and the values its documentation lists.
+static_assert(reg::pc == (KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | KVM_REG_ARM_CORE_REG(regs.pc)));
+static_assert(reg::pc == 0x6030000000100040);
+static_assert(reg::pstate == 0x6030000000100042);
+static_assert(reg::sp_el1 == 0x6030000000100044);
+static_assert(reg::x(0) == 0x6030000000100000 && reg::x(30) == 0x603000000010003c);
+
+// KVM_SET_ONE_REG: struct kvm_one_reg holds the id and the *address* of the value.
+inline Result<void> set_register(Step step, int vcpu_fd, std::uint64_t id, std::uint64_t value) {
+  const kvm_one_reg one{.id = id, .addr = reinterpret_cast<std::uintptr_t>(&value)};
+  const auto done = call(step, vcpu_fd, request::set_one_reg, &one);
+  if (!done) return std::unexpected(done.error());
+  return {};
+}
+
+// KVM_GET_ONE_REG is also _IOW: the struct goes in, and the kernel writes the
+// value through the address inside it.
+inline Result<std::uint64_t> get_register(Step step, int vcpu_fd, std::uint64_t id) {
+  std::uint64_t value = 0;
+  const kvm_one_reg one{.id = id, .addr = reinterpret_cast<std::uintptr_t>(&value)};
+  const auto done = call(step, vcpu_fd, request::get_one_reg, &one);
+  if (!done) return std::unexpected(done.error());
+  return value;
+}
+
+struct BootRegisters {
+  std::uint64_t pc;      // where the guest starts: the first byte of the image
+  std::uint64_t sp_el1;  // the top of guest RAM: a stack grows down from there
+};
+inline constexpr BootRegisters boot_registers{ram_base, ram_base + ram_size};
+
+// Step 8. KVM_SET_ONE_REG (struct kvm_one_reg) on the vCPU fd: PC, then SP_EL1.
+// ENOEXEC: the vCPU was not initialised (step 7); ENOENT: no such register.
+// Why: INIT left PC at 0 and the stack pointer at 0; the guest starts at PC in
+// EL1 (PSTATE after INIT: EL1h with D, A, I and F masked), where the stack
+// pointer is SP_EL1, not the `sp` of struct user_pt_regs (that one is SP_EL0).
+inline Result<void> set_boot_registers(int vcpu_fd, BootRegisters boot = boot_registers) {
+  const auto pc = set_register(Step::set_boot_registers, vcpu_fd, reg::pc, boot.pc);
+  if (!pc) return pc;
+  return set_register(Step::set_boot_registers, vcpu_fd, reg::sp_el1, boot.sp_el1);
+}
+
+// ==== Step 9: running the guest ==============================================
+
+// Exits, decoded from struct kvm_run into typed values.
+struct MmioAccess {
+  std::uint64_t address;
+  std::uint32_t length;  // 1, 2, 4 or 8
+  bool is_write;
+  std::array<std::uint8_t, 8> data;  // writes: what the guest wrote; reads: what we answered
+};
+struct SystemEvent {
+  std::uint32_t type;  // KVM_SYSTEM_EVENT_SHUTDOWN, _RESET, _CRASH, ...
+};
+struct OtherExit {
+  std::uint32_t reason;  // KVM_EXIT_*
+  std::uint64_t detail;  // FAIL_ENTRY: hardware_entry_failure_reason; INTERNAL_ERROR: suberror
+};
+using Exit = std::variant<MmioAccess, SystemEvent, OtherExit>;
+
+// Reads what KVM_RUN left in kvm_run. Only the fields of the reason's union
+// member are meaningful; mmio.len is clamped to the 8 bytes of mmio.data.
+inline Exit decode_exit(const kvm_run& run) {
+  switch (run.exit_reason) {
+    case KVM_EXIT_MMIO: {
+      MmioAccess access{run.mmio.phys_addr, std::min<std::uint32_t>(run.mmio.len, 8), run.mmio.is_write != 0, {}};
+      if (access.is_write) std::memcpy(access.data.data(), run.mmio.data, access.length);
+      return access;
+    }
+    case KVM_EXIT_SYSTEM_EVENT: return SystemEvent{run.system_event.type};
+    case KVM_EXIT_FAIL_ENTRY: return OtherExit{run.exit_reason, run.fail_entry.hardware_entry_failure_reason};
+    case KVM_EXIT_INTERNAL_ERROR: return OtherExit{run.exit_reason, run.internal.suberror};
+    default: return OtherExit{run.exit_reason, 0};
+  }
+}
+
+// The names the kernel gives exit reasons and system events, for messages.
+constexpr std::string_view exit_reason_name(std::uint32_t reason) {
+  switch (reason) {
+    case KVM_EXIT_UNKNOWN: return "KVM_EXIT_UNKNOWN";
+    case KVM_EXIT_DEBUG: return "KVM_EXIT_DEBUG";
+    case KVM_EXIT_MMIO: return "KVM_EXIT_MMIO";
+    case KVM_EXIT_FAIL_ENTRY: return "KVM_EXIT_FAIL_ENTRY";
+    case KVM_EXIT_INTR: return "KVM_EXIT_INTR";
+    case KVM_EXIT_INTERNAL_ERROR: return "KVM_EXIT_INTERNAL_ERROR";
+    case KVM_EXIT_SYSTEM_EVENT: return "KVM_EXIT_SYSTEM_EVENT";
+    case KVM_EXIT_ARM_NISV: return "KVM_EXIT_ARM_NISV";
+    default: return "";
+  }
+}
+constexpr std::string_view system_event_name(std::uint32_t type) {
+  switch (type) {
+    case KVM_SYSTEM_EVENT_SHUTDOWN: return "SHUTDOWN";
+    case KVM_SYSTEM_EVENT_RESET: return "RESET";
+    case KVM_SYSTEM_EVENT_CRASH: return "CRASH";
+    default: return "";
+  }
+}
+
+// The host side of the guest's three MMIO registers (see the memory map).
+class HelloDevice {
+ public:
+  static constexpr std::size_t output_limit = 4096;  // bytes kept of what the guest prints
+
+  // A guest write. OUT: its low byte is output; ECHO: remembered. Others are ignored.
+  void write(std::uint64_t address, std::span<const std::uint8_t> bytes) {
+    if (address == mmio_out && !bytes.empty()) {
+      if (output_.size() < output_limit) output_.push_back(static_cast<char>(bytes[0]));
+    } else if (address == mmio_echo) {
+      std::uint32_t value = 0;
+      std::memcpy(&value, bytes.data(), std::min(bytes.size(), sizeof value));
+      echoed_ = value;
+      has_echo_ = true;
+    }
+  }
+  // A guest read: ANSWER gives host_answer; every other address reads as 0.
+  std::uint64_t read(std::uint64_t address) const { return address == mmio_answer ? host_answer : 0; }
+
+  // Fills in the data of a read, records a write: the device's side of one MMIO exit.
+  void handle(MmioAccess& access) {
+    if (access.is_write) {
+      write(access.address, std::span(access.data).first(access.length));
+    } else {
+      const std::uint64_t value = read(access.address);
+      std::memcpy(access.data.data(), &value, access.length);  // little-endian: the low bytes first
+    }
+  }
+
+  std::string_view output() const { return output_; }
+  bool answer_came_back() const { return has_echo_ && echoed_ == host_answer; }
+  std::uint32_t echoed() const { return echoed_; }
+
+ private:
+  std::string output_;
+  std::uint32_t echoed_ = 0;
+  bool has_echo_ = false;
+};
+
+// ---- The watchdog: a guest that never powers off must not hang us ----------
+//
+// A guest stuck in a loop (or faulting over and over inside the kernel) never
+// leaves KVM_RUN. A timer signal interrupts it: the handler sets
+// kvm_run.immediate_exit, so KVM_RUN returns -1 with errno EINTR, now or, if
+// the signal came just before the call, the next time we enter.
+
+namespace detail {
+inline std::atomic<kvm_run*> watched_run{nullptr};
+inline volatile std::sig_atomic_t watchdog_fired = 0;
+static_assert(std::atomic<kvm_run*>::is_always_lock_free, "the signal handler needs a lock-free pointer");
+
+inline void on_watchdog_signal(int) {
+  if (kvm_run* run = watched_run.load()) run->immediate_exit = 1;
+  watchdog_fired = 1;
+}
+}  // namespace detail
+
+// Arms a one-shot SIGALRM for `limit` while it lives; the destructor disarms
+// it and restores the previous handler. One at a time per process.
+class Watchdog {
+ public:
+  Watchdog(kvm_run& run, std::chrono::milliseconds limit) {
+    detail::watchdog_fired = 0;
+    detail::watched_run.store(&run);
+    struct sigaction action {};
+    action.sa_handler = detail::on_watchdog_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: KVM_RUN must come back with EINTR
+    ::sigaction(SIGALRM, &action, &previous_);
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(limit).count();
+    itimerval timer{};
+    timer.it_value.tv_sec = static_cast<time_t>(us / 1'000'000);
+    timer.it_value.tv_usec = static_cast<suseconds_t>(us % 1'000'000);
+    ::setitimer(ITIMER_REAL, &timer, nullptr);
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+  ~Watchdog() {
+    const itimerval off{};
+    ::setitimer(ITIMER_REAL, &off, nullptr);
+    ::sigaction(SIGALRM, &previous_, nullptr);
+    if (kvm_run* run = detail::watched_run.exchange(nullptr)) run->immediate_exit = 0;
+  }
+  bool fired() const { return detail::watchdog_fired != 0; }
+
+ private:
+  struct sigaction previous_ {};
+};
+
+inline constexpr std::chrono::milliseconds default_time_limit{5000};
+
+struct RunStats {
+  unsigned kvm_run_calls = 0;  // times we entered the guest
+  unsigned exits = 0;          // times it came back to us with a reason
+};
+
+// What one exit means for the loop: go on, stop cleanly, or stop with an error.
+inline std::expected<bool, Error> keep_running(const Exit& exit) {
+  if (std::holds_alternative<MmioAccess>(exit)) return true;
+  if (const auto* event = std::get_if<SystemEvent>(&exit)) {
+    switch (event->type) {
+      case KVM_SYSTEM_EVENT_SHUTDOWN: return false;  // PSCI SYSTEM_OFF: done, never re-enter
+      case KVM_SYSTEM_EVENT_RESET: return std::unexpected(Error{Step::run_guest, Problem::guest_reset});
+      case KVM_SYSTEM_EVENT_CRASH: return std::unexpected(Error{Step::run_guest, Problem::guest_crash});
+      default:
+        return std::unexpected(Error{Step::run_guest, Problem::unexpected_exit, {}, 0, KVM_EXIT_SYSTEM_EVENT});
+    }
+  }
+  return std::unexpected(Error{Step::run_guest, Problem::unexpected_exit, {}, 0, std::get<OtherExit>(exit).reason});
+}
+
+// Step 9. KVM_RUN on the vCPU fd, again and again: each return is an exit,
+// explained in kvm_run. MMIO writes go to the device; for an MMIO read the
+// device's answer is put in kvm_run.mmio.data, and the next KVM_RUN hands it
+// to the guest (a read or a write completes only when we re-enter). A
+// SYSTEM_EVENT of type SHUTDOWN (the guest's PSCI SYSTEM_OFF) ends the run:
+// returns the counts. `on_exit(const Exit&)` sees each exit after the device
+// handled it (for tracing). Errors: EINTR when the watchdog stopped the guest
+// after `limit` (Problem::watchdog_expired); ENOSYS for an MMIO instruction
+// KVM cannot decode (load/store pair, writeback, SIMD); an exit reason or
+// system event other than those: Problem::unexpected_exit, guest_reset,
+// guest_crash.
+// Why: this loop is the whole life of a VM: the guest runs until it needs us.
+template <class OnExit>
+Result<RunStats> run_guest(Vcpu& vcpu, HelloDevice& device, std::chrono::milliseconds limit, OnExit&& on_exit) {
+  kvm_run& run = vcpu.run();
+  const Watchdog watchdog(run, limit);
+  RunStats stats;
+  for (;;) {
+    ++stats.kvm_run_calls;
+    const auto entered = call(Step::run_guest, vcpu.fd.get(), request::run);
+    if (!entered) {
+      if (entered.error().err == EINTR && watchdog.fired()) {
+        return std::unexpected(Error{Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR,
+                                     static_cast<std::uint64_t>(limit.count())});
+      }
+      return std::unexpected(entered.error());
+    }
+    ++stats.exits;
+    Exit exit = decode_exit(run);
+    if (auto* access = std::get_if<MmioAccess>(&exit)) {
+      device.handle(*access);
+      if (!access->is_write) std::memcpy(run.mmio.data, access->data.data(), access->length);
+    }
+    on_exit(std::as_const(exit));
+    const auto more = keep_running(exit);
+    if (!more) return std::unexpected(more.error());
+    if (!*more) return stats;
+  }
+}
+
+}  // namespace kvm_hello
+
+#endif  // __ASSEMBLER__

@@ -1,0 +1,273 @@
+// SPDX-License-Identifier: MIT
+// e2e_tests.cpp: kvm-hello against real arm64 KVM.
+//
+// Runs where /dev/kvm is an arm64 KVM: natively on arm64, otherwise inside the
+// emulated machine (`make test` boots it once for this whole file). Two kinds
+// of test: the kvm-hello program run as a user runs it (output and exit
+// status), and the header's steps called in-process (each step's result, and
+// the traps the comments warn about).
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "guest_image.h"  // guest_bin[]: the guest kvm-hello embeds
+#include "kvm_hello.hpp"
+#include "test_guests.h"  // spin_bin[], reset_bin[], stp_mmio_bin[]: from test/guests/*.S
+
+namespace kh = kvm_hello;
+
+namespace {
+
+std::string program_path;  // kvm-hello, beside this test binary
+
+struct Outcome {
+  int status = -1;
+  std::string out, err;
+  double seconds = 0;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream file(path);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+// Runs kvm-hello with `args`, as user `uid` when it is not -1.
+Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t>(-1)) {
+  const std::string out_path = "/tmp/kvm-hello-e2e.out", err_path = "/tmp/kvm-hello-e2e.err";
+  const auto start = std::chrono::steady_clock::now();
+  const pid_t child = fork();
+  if (child == 0) {
+    const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (out < 0 || err < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
+    if (uid != static_cast<uid_t>(-1) && (setgid(uid) != 0 || setuid(uid) != 0)) _exit(126);
+    std::vector<char*> argv{program_path.data()};
+    for (auto& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  int wait_status = 0;
+  waitpid(child, &wait_status, 0);
+  Outcome outcome;
+  outcome.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  outcome.status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 128 + WTERMSIG(wait_status);
+  outcome.out = read_file(out_path);
+  outcome.err = read_file(err_path);
+  return outcome;
+}
+
+std::size_t count(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+std::size_t line_count(const std::string& text) { return count(text, "\n"); }
+
+// Steps 1 to 8, in-process, as main.cpp does them: a VM ready to run `image`.
+struct Machine {
+  kh::Fd kvm, vm;
+  kh::GuestMemory memory;
+  kh::Vcpu vcpu;
+};
+
+Machine build_machine(std::span<const std::uint8_t> image) {
+  Machine m;
+  auto kvm = kh::open_kvm();
+  REQUIRE(kvm);
+  REQUIRE(kh::check_api_version(kvm->get()).value() == 12);
+  const auto caps = kh::check_capabilities(kvm->get());
+  REQUIRE(caps);
+  auto vm = kh::create_vm(kvm->get(), kh::vm_type_for(caps->ipa_limit).value());
+  REQUIRE(vm);
+  auto memory = kh::setup_guest_memory(vm->get(), image);
+  REQUIRE(memory);
+  auto vcpu = kh::create_vcpu(kvm->get(), vm->get());
+  REQUIRE(vcpu);
+  REQUIRE(kh::init_vcpu(vm->get(), vcpu->fd.get()));
+  REQUIRE(kh::set_boot_registers(vcpu->fd.get()));
+  m.kvm = std::move(*kvm);
+  m.vm = std::move(*vm);
+  m.memory = std::move(*memory);
+  m.vcpu = std::move(*vcpu);
+  return m;
+}
+
+std::span<const std::uint8_t> image(const unsigned char* bytes, unsigned int length) { return {bytes, length}; }
+
+int open_fd_count() {
+  int n = 0;
+  for (int fd = 0; fd < 1024; ++fd) n += fcntl(fd, F_GETFD) >= 0;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("kvm-hello: every step, the MMIO exits, hello, a clean shutdown, status 0") {
+  const Outcome run = run_program({});
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 0);
+  CHECK(run.err.empty());
+  for (int step = 1; step <= kh::step_count; ++step) {
+    const std::string tag = "[" + std::to_string(step) + "/" + std::to_string(kh::step_count) + "] ";
+    const std::string name(kh::step_info(static_cast<kh::Step>(step)).name);
+    CHECK(run.out.find(tag + name) != std::string::npos);
+  }
+  CHECK(count(run.out, "KVM_EXIT_MMIO address=0x1100 is_write=1 len=1") == 6);
+  for (const char* byte : {"0x68 'h'", "0x65 'e'", "0x6c 'l'", "0x6f 'o'", "0x0a '\\n'"}) {
+    CHECK(run.out.find(byte) != std::string::npos);
+  }
+  CHECK(run.out.find("KVM_EXIT_MMIO address=0x1108 is_write=0 len=4 data=0x2a") != std::string::npos);
+  CHECK(run.out.find("KVM_EXIT_MMIO address=0x1110 is_write=1 len=4 data=0x2a") != std::string::npos);
+  CHECK(run.out.find("KVM_EXIT_SYSTEM_EVENT type=1 (SHUTDOWN") != std::string::npos);
+  CHECK(run.out.find("guest output: hello\\n\n") != std::string::npos);
+  CHECK(run.out.find("the guest read 0x2a from the host and wrote it back") != std::string::npos);
+  CHECK(run.out.find("shutdown: the guest powered off (PSCI SYSTEM_OFF) after 9 exits") != std::string::npos);
+}
+
+TEST_CASE("no KVM device: one line naming step 1, ENOENT and what to do; status 10") {
+  const Outcome run = run_program({"--kvm-device", "/no/such/kvm"});
+  CHECK(run.status == 10);
+  CHECK(line_count(run.err) == 1);
+  CHECK(run.err.starts_with("kvm-hello: step 1 (open_kvm): open failed with ENOENT"));
+  CHECK(run.err.find("make run") != std::string::npos);
+}
+
+TEST_CASE("a file that is not a KVM device: step 2, ENOTTY; status 12") {
+  const Outcome run = run_program({"--kvm-device", "/dev/null"});
+  CHECK(run.status == 12);
+  CHECK(line_count(run.err) == 1);
+  CHECK(run.err.starts_with("kvm-hello: step 2 (check_api_version): KVM_GET_API_VERSION failed with ENOTTY"));
+}
+
+TEST_CASE("permission denied: step 1, EACCES, the kvm group; status 11") {
+  if (getuid() != 0) {
+    MESSAGE("not root: cannot switch to an unprivileged user, so this case is not run");
+    return;
+  }
+  struct stat device {};
+  REQUIRE(stat(kh::default_kvm_path, &device) == 0);
+  if ((device.st_mode & S_IROTH) && (device.st_mode & S_IWOTH)) {
+    MESSAGE("/dev/kvm is open to everyone here, so no permission can be denied");
+    return;
+  }
+  const Outcome run = run_program({}, 65534);  // nobody
+  CHECK(run.status == 11);
+  CHECK(line_count(run.err) == 1);
+  CHECK(run.err.starts_with("kvm-hello: step 1 (open_kvm): open failed with EACCES"));
+  CHECK(run.err.find("kvm") != std::string::npos);
+}
+
+TEST_CASE("the bad command line: status 2") {
+  const Outcome run = run_program({"--no-such-option"});
+  CHECK(run.status == 2);
+  CHECK(run.err.find("--no-such-option") != std::string::npos);
+}
+
+TEST_CASE("the steps in-process: the guest says hello and powers off") {
+  const int fds_before = open_fd_count();
+  {
+    Machine m = build_machine(image(guest_bin, guest_bin_len));
+    kh::HelloDevice device;
+    std::vector<kh::Exit> exits;
+    const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(10),
+                                     [&](const kh::Exit& exit) { exits.push_back(exit); });
+    REQUIRE(stats);
+    CHECK(device.output() == "hello\n");
+    CHECK(device.answer_came_back());
+    CHECK(stats->exits == 9);
+    CHECK(stats->kvm_run_calls == 9);
+    REQUIRE(exits.size() == 9);
+    CHECK(std::get<kh::SystemEvent>(exits.back()).type == KVM_SYSTEM_EVENT_SHUTDOWN);
+    // After SYSTEM_OFF the vCPU is off: the guest stopped at the hvc.
+    const auto pc = kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pc);
+    REQUIRE(pc);
+    CHECK(*pc > kh::ram_base);
+    CHECK(*pc < kh::ram_base + guest_bin_len);
+  }
+  CHECK(open_fd_count() == fds_before);  // the owners closed every fd
+}
+
+TEST_CASE("after INIT, PSTATE is EL1h with D, A, I and F masked, and PC is where step 8 put it") {
+  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pstate).value() == 0x3c5);
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pc).value() == kh::ram_base);
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::sp_el1).value() ==
+        kh::ram_base + kh::ram_size);
+}
+
+TEST_CASE("trap: a register before KVM_ARM_VCPU_INIT fails with ENOEXEC") {
+  auto kvm = kh::open_kvm();
+  REQUIRE(kvm);
+  auto vm = kh::create_vm(kvm->get(), kh::vm_type_for(kh::check_capabilities(kvm->get())->ipa_limit).value());
+  REQUIRE(vm);
+  auto vcpu = kh::create_vcpu(kvm->get(), vm->get());
+  REQUIRE(vcpu);
+  const auto set = kh::set_boot_registers(vcpu->fd.get());
+  REQUIRE_FALSE(set);
+  CHECK(set.error().err == ENOEXEC);
+  CHECK(set.error().call == "KVM_SET_ONE_REG");
+}
+
+TEST_CASE("trap: a second memory region over the first fails with EEXIST") {
+  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  kvm_userspace_memory_region overlap = m.memory.region;
+  overlap.slot = 1;
+  const auto again = kh::call(kh::Step::setup_guest_memory, m.vm.get(), kh::request::set_user_memory_region, &overlap);
+  REQUIRE_FALSE(again);
+  CHECK(again.error().err == EEXIST);
+}
+
+TEST_CASE("a guest that never powers off is stopped by the watchdog") {
+  Machine m = build_machine(image(spin_bin, spin_bin_len));
+  kh::HelloDevice device;
+  const auto start = std::chrono::steady_clock::now();
+  const auto stats = kh::run_guest(m.vcpu, device, std::chrono::milliseconds(300), [](const kh::Exit&) {});
+  const auto took = std::chrono::steady_clock::now() - start;
+  REQUIRE_FALSE(stats);
+  CHECK(stats.error().problem == kh::Problem::watchdog_expired);
+  CHECK(stats.error().err == EINTR);
+  CHECK(took < std::chrono::seconds(5));
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pc).value() == kh::ram_base);
+}
+
+TEST_CASE("a guest that asks for a reset ends the run with Problem::guest_reset") {
+  Machine m = build_machine(image(reset_bin, reset_bin_len));
+  kh::HelloDevice device;
+  const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {});
+  REQUIRE_FALSE(stats);
+  CHECK(stats.error().problem == kh::Problem::guest_reset);
+}
+
+TEST_CASE("trap: a store pair to MMIO makes KVM_RUN fail with ENOSYS") {
+  Machine m = build_machine(image(stp_mmio_bin, stp_mmio_bin_len));
+  kh::HelloDevice device;
+  const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {});
+  REQUIRE_FALSE(stats);
+  CHECK(stats.error().problem == kh::Problem::call_failed);
+  CHECK(stats.error().err == ENOSYS);
+}
+
+int main(int argc, char** argv) {
+  // kvm-hello lies beside this binary: /kvm-hello in the emulated machine, build/kvm-hello natively.
+  std::string self = std::filesystem::read_symlink("/proc/self/exe");
+  program_path = self.substr(0, self.rfind('/') + 1) + "kvm-hello";
+  doctest::Context context;
+  context.setOption("no-colors", true);  // the emulated machine's console is a terminal, the log is not
+  context.applyCommandLine(argc, argv);
+  return context.run();
+}

@@ -1,0 +1,9 @@
+// reset.S: a guest that asks for a reset instead of powering off.
+#include <linux/psci.h>   // PSCI_0_2_FN_SYSTEM_RESET
+        .text
+        .global _start
+_start:
+        ldr     x0, =PSCI_0_2_FN_SYSTEM_RESET
+        hvc     #0                          // KVM_EXIT_SYSTEM_EVENT (RESET)
+        b       _start
+        .ltorg

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# run-in-vm.sh KERNEL INITRAMFS PROGRAM [ARGS...]
+#
+# Boots the emulated arm64 machine and runs PROGRAM (a path inside the
+# initramfs) with ARGS there; shows what it prints and exits with its status.
+#
+# The machine: QEMU's "virt" board with virtualization=on, so QEMU emulates
+# EL2 and the arm64 Linux kernel inside boots with KVM: its /dev/kvm is a real
+# arm64 KVM. The CPU model is cortex-a57: models with pointer authentication
+# (such as "max") boot several times slower under emulation.
+# tools/vm-init.cpp is /init: it runs PROGRAM and reports its exit status.
+#
+# KVM_HELLO_VM_TIMEOUT (seconds, default 300) bounds the whole boot.
+set -euo pipefail
+
+kernel=${1:?usage: run-in-vm.sh KERNEL INITRAMFS PROGRAM [ARGS...]}
+initramfs=${2:?usage: run-in-vm.sh KERNEL INITRAMFS PROGRAM [ARGS...]}
+shift 2
+[ $# -ge 1 ] || { echo "run-in-vm: no program given" >&2; exit 2; }
+
+marker='kvm-hello-vm: exit status '
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# The serial console writes \r\n; what comes after the marker is the
+# kernel powering off, not ours to show.
+set +e
+timeout --foreground "${KVM_HELLO_VM_TIMEOUT:-300}" \
+  qemu-system-aarch64 \
+    -M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 1 -m 256 \
+    -nodefaults -display none -monitor none -serial stdio -no-reboot \
+    -kernel "$kernel" -initrd "$initramfs" \
+    -append "console=ttyAMA0 rdinit=/init quiet loglevel=1 -- $*" </dev/null |
+  tr -d '\r' | tee "$log" | awk -v m="$marker" 'index($0, m) == 1 {done = 1} !done {print; fflush()}'
+qemu_status=${PIPESTATUS[0]}
+set -e
+
+status=$(sed -n "s/^${marker}\([0-9][0-9]*\)\$/\1/p" "$log" | tail -n 1)
+if [ -z "$status" ]; then
+  if [ "$qemu_status" = 124 ]; then
+    echo "run-in-vm: the emulated machine did not finish within ${KVM_HELLO_VM_TIMEOUT:-300} s and was stopped" >&2
+  else
+    echo "run-in-vm: the emulated machine stopped (QEMU status $qemu_status) before $1 reported its exit status" >&2
+  fi
+  exit 125
+fi
+exit "$status"
