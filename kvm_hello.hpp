@@ -87,7 +87,7 @@
 #include <variant>
 
 #if !defined(KVM_ARM_VCPU_PSCI_0_2)
-#error "kvm_hello.hpp needs arm64's <asm/kvm.h>: build on arm64 or with arm64's kernel headers first on the include path (see the Makefile)"
+#error "kvm_hello.hpp needs arm64's <asm/kvm.h>: build on arm64, or put arm64's kernel headers first (see Makefile)"
 #endif
 
 namespace kvm_hello {
@@ -143,10 +143,13 @@ constexpr StepInfo step_info(Step step) {
   switch (step) {
     case Step::open_kvm: return {"open_kvm", "open the KVM device", "open(\"/dev/kvm\", O_RDWR | O_CLOEXEC)"};
     case Step::check_api_version: return {"check_api_version", "check the KVM API version", "KVM_GET_API_VERSION"};
-    case Step::check_capabilities: return {"check_capabilities", "check the capabilities we rely on", "KVM_CHECK_EXTENSION"};
+    case Step::check_capabilities:
+      return {"check_capabilities", "check the capabilities we rely on", "KVM_CHECK_EXTENSION"};
     case Step::create_vm: return {"create_vm", "create the VM", "KVM_CREATE_VM"};
-    case Step::setup_guest_memory: return {"setup_guest_memory", "give the guest its RAM", "mmap, KVM_SET_USER_MEMORY_REGION"};
-    case Step::create_vcpu: return {"create_vcpu", "create the vCPU and map its kvm_run", "KVM_CREATE_VCPU, KVM_GET_VCPU_MMAP_SIZE, mmap"};
+    case Step::setup_guest_memory:
+      return {"setup_guest_memory", "give the guest its RAM", "mmap, KVM_SET_USER_MEMORY_REGION"};
+    case Step::create_vcpu:
+      return {"create_vcpu", "create the vCPU and map its kvm_run", "KVM_CREATE_VCPU, KVM_GET_VCPU_MMAP_SIZE, mmap"};
     case Step::init_vcpu: return {"init_vcpu", "initialise the vCPU", "KVM_ARM_PREFERRED_TARGET, KVM_ARM_VCPU_INIT"};
     case Step::set_boot_registers: return {"set_boot_registers", "set the boot registers", "KVM_SET_ONE_REG"};
     case Step::run_guest: return {"run_guest", "run the guest until it powers off", "KVM_RUN"};
@@ -302,7 +305,9 @@ struct Request {
 
 // One line per request: the kernel's macro, its argument type, and its name
 // as the kernel spells it (made from the macro, so the two cannot differ).
+// clang-format off
 #define KVM_HELLO_REQUEST(MACRO, ARG) Request<MACRO, ARG>{#MACRO}
+// clang-format on
 
 namespace request {
 inline constexpr auto get_api_version = KVM_HELLO_REQUEST(KVM_GET_API_VERSION, void);
@@ -351,10 +356,10 @@ Result<int> call(Step step, int fd, Request<N, Arg> request, std::type_identity_
   return result;
 }
 
+// clang-format off  (clang-format 14 cannot lay out requires-clauses)
 // _IOW: the kernel only reads the struct, so a const one will do.
 template <unsigned long N, class Arg>
-  requires(_IOC_DIR(N) == _IOC_WRITE)
-Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg) {
+requires(_IOC_DIR(N) == _IOC_WRITE) Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg) {
   const int result = ::ioctl(fd, N, arg);
   if (result < 0) return failed(step, request.name);
   return result;
@@ -362,12 +367,12 @@ Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg) {
 
 // _IOR and _IOWR: the kernel writes into the struct.
 template <unsigned long N, class Arg>
-  requires((_IOC_DIR(N) & _IOC_READ) != 0)
-Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg) {
+requires((_IOC_DIR(N) & _IOC_READ) != 0) Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg) {
   const int result = ::ioctl(fd, N, arg);
   if (result < 0) return failed(step, request.name);
   return result;
 }
+// clang-format on
 
 // ==== Step 1: open /dev/kvm ==================================================
 
@@ -411,7 +416,9 @@ struct Capability {
   std::string_view why;   // what this program uses it for
 };
 
+// clang-format off
 #define KVM_HELLO_CAPABILITY(MACRO, WHY) Capability{MACRO, #MACRO, WHY}
+// clang-format on
 
 // The capabilities this program cannot do without, in the order they are checked.
 inline constexpr std::array required_capabilities{
@@ -490,8 +497,8 @@ static_assert((std::uint64_t{1} << guest_ipa_bits) >= ram_base + ram_size);
 constexpr Result<unsigned long> vm_type_for(int host_ipa_limit) {
   if (host_ipa_limit == 0) return 0UL;
   if (host_ipa_limit < guest_ipa_bits) {
-    return std::unexpected(Error{Step::create_vm, Problem::ipa_too_small, "KVM_CREATE_VM", 0,
-                                 static_cast<std::uint64_t>(host_ipa_limit)});
+    return std::unexpected(
+        Error{Step::create_vm, Problem::ipa_too_small, "KVM_CREATE_VM", 0, static_cast<std::uint64_t>(host_ipa_limit)});
   }
   return static_cast<unsigned long>(KVM_VM_TYPE_ARM_IPA_SIZE(guest_ipa_bits));
 }
@@ -573,8 +580,8 @@ inline Result<Vcpu> create_vcpu(int kvm_fd, int vm_fd) {
   Vcpu vcpu{Fd{*fd}, {}};
   const auto size = call(Step::create_vcpu, kvm_fd, request::get_vcpu_mmap_size);
   if (!size) return std::unexpected(size.error());
-  auto shared = map_memory(Step::create_vcpu, static_cast<std::size_t>(*size), PROT_READ | PROT_WRITE, MAP_SHARED,
-                           vcpu.fd.get());
+  auto shared =
+      map_memory(Step::create_vcpu, static_cast<std::size_t>(*size), PROT_READ | PROT_WRITE, MAP_SHARED, vcpu.fd.get());
   if (!shared) return std::unexpected(shared.error());
   vcpu.shared = std::move(*shared);
   return vcpu;
@@ -839,8 +846,7 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
       case KVM_SYSTEM_EVENT_SHUTDOWN: return false;  // PSCI SYSTEM_OFF: done, never re-enter
       case KVM_SYSTEM_EVENT_RESET: return std::unexpected(Error{Step::run_guest, Problem::guest_reset});
       case KVM_SYSTEM_EVENT_CRASH: return std::unexpected(Error{Step::run_guest, Problem::guest_crash});
-      default:
-        return std::unexpected(Error{Step::run_guest, Problem::unexpected_exit, {}, 0, KVM_EXIT_SYSTEM_EVENT});
+      default: return std::unexpected(Error{Step::run_guest, Problem::unexpected_exit, {}, 0, KVM_EXIT_SYSTEM_EVENT});
     }
   }
   return std::unexpected(Error{Step::run_guest, Problem::unexpected_exit, {}, 0, std::get<OtherExit>(exit).reason});

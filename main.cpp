@@ -106,8 +106,9 @@ inline std::string advice_for_call(const kh::Error& error, std::string_view devi
   const std::string dev(device);
   switch (status_for(error)) {
     case Status::no_kvm:
-      return dev + " does not exist: this kernel has no KVM, or this is not an arm64 machine; "
-                   "on any other Linux machine `make run` runs kvm-hello inside an emulated arm64 machine";
+      return dev +
+             " does not exist: this kernel has no KVM, or this is not an arm64 machine; "
+             "on any other Linux machine `make run` runs kvm-hello inside an emulated arm64 machine";
     case Status::kvm_permission:
       return "you may not open " + dev + ": join its group (usually `sudo usermod -aG kvm $USER`, then log in again)";
     case Status::not_kvm_device: return dev + " is not a KVM device; use /dev/kvm";
@@ -153,14 +154,16 @@ inline std::string explain(const kh::Error& error, std::string_view device) {
       return line + "the guest image is " + std::to_string(error.value) + " bytes; it must be 1 to " +
              std::to_string(kh::ram_size) + " bytes (guest RAM)";
     case Problem::guest_reset:
-      return line + "the guest asked for a reset (PSCI SYSTEM_RESET): this program runs a guest once; "
-                    "end it with PSCI SYSTEM_OFF";
+      return line +
+             "the guest asked for a reset (PSCI SYSTEM_RESET): this program runs a guest once; "
+             "end it with PSCI SYSTEM_OFF";
     case Problem::guest_crash: return line + "the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)";
     case Problem::unexpected_exit: {
       std::string name(kh::exit_reason_name(static_cast<std::uint32_t>(error.value)));
       if (name.empty()) name = "exit reason " + std::to_string(error.value);
-      return line + "KVM_RUN returned " + name + ", which this program does not handle: see the kvm_run section of "
-                    "the kernel's Documentation/virt/kvm/api.rst";
+      return line + "KVM_RUN returned " + name +
+             ", which this program does not handle: see the kvm_run section of "
+             "the kernel's Documentation/virt/kvm/api.rst";
     }
     case Problem::watchdog_expired:
       return line + "the guest did not power off within " + std::to_string(error.value) +
@@ -273,8 +276,9 @@ inline void print_help() {
       "  -h, --help          this text\n\n"
       "exit status:\n",
       static_cast<long long>(kh::default_time_limit.count() / 1000));
-  for (const StatusInfo& info : status_table) std::printf("  %3d  %.*s\n", static_cast<int>(info.status),
-                                                          static_cast<int>(info.meaning.size()), info.meaning.data());
+  for (const StatusInfo& info : status_table)
+    std::printf("  %3d  %.*s\n", static_cast<int>(info.status), static_cast<int>(info.meaning.size()),
+                info.meaning.data());
 }
 
 // ==== Tracing: what the program says while it works ==========================
@@ -341,8 +345,8 @@ int main(int argc, char** argv) {
     result("%-23.*s = %d  %.*s", static_cast<int>(cap.name.size()), cap.name.data(), caps->required[i],
            static_cast<int>(cap.why.size()), cap.why.data());
   }
-  result("%-23.*s = %d  %s", static_cast<int>(kh::ipa_size_capability.name.size()),
-         kh::ipa_size_capability.name.data(), caps->ipa_limit, "the host's largest guest-physical address, in bits");
+  result("%-23.*s = %d  %s", static_cast<int>(kh::ipa_size_capability.name.size()), kh::ipa_size_capability.name.data(),
+         caps->ipa_limit, "the host's largest guest-physical address, in bits");
 
   announce(kh::Step::create_vm);
   const auto type = kh::vm_type_for(caps->ipa_limit);

@@ -27,5 +27,5 @@ for status_file in "$log_dir"/*.status; do
     failed=$((failed + 1))
   fi
 done
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed" | tee "$log_dir/totals"
 [ "$failed" -eq 0 ]

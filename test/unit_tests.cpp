@@ -69,9 +69,8 @@ TEST_CASE("the API version must be exactly 12") {
 
 TEST_CASE("capabilities: all present, one missing, or the question fails") {
   SUBCASE("all present, with the host's IPA limit") {
-    const auto caps = kh::query_capabilities([](int id) -> kh::Result<int> {
-      return id == KVM_CAP_ARM_VM_IPA_SIZE ? 40 : 1;
-    });
+    const auto caps =
+        kh::query_capabilities([](int id) -> kh::Result<int> { return id == KVM_CAP_ARM_VM_IPA_SIZE ? 40 : 1; });
     REQUIRE(caps);
     CHECK(caps->ipa_limit == 40);
     for (const int value : caps->required) CHECK(value == 1);
@@ -85,8 +84,8 @@ TEST_CASE("capabilities: all present, one missing, or the question fails") {
   }
   SUBCASE("an ioctl error is passed on") {
     const auto caps = kh::query_capabilities([](int) -> kh::Result<int> {
-      return std::unexpected(kh::Error{kh::Step::check_capabilities, kh::Problem::call_failed, "KVM_CHECK_EXTENSION",
-                                       EBADF, 0});
+      return std::unexpected(
+          kh::Error{kh::Step::check_capabilities, kh::Problem::call_failed, "KVM_CHECK_EXTENSION", EBADF, 0});
     });
     REQUIRE_FALSE(caps);
     CHECK(caps.error().err == EBADF);
@@ -231,8 +230,8 @@ TEST_CASE("Fd closes once, and a moved-from Fd closes nothing") {
 TEST_CASE("Mapping unmaps on destruction") {
   void* address = nullptr;
   {
-    auto mapping = kh::map_memory(kh::Step::setup_guest_memory, 4096, PROT_READ | PROT_WRITE,
-                                  MAP_PRIVATE | MAP_ANONYMOUS, -1);
+    auto mapping =
+        kh::map_memory(kh::Step::setup_guest_memory, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
     REQUIRE(mapping);
     address = mapping->get();
     CHECK(::msync(address, 4096, MS_ASYNC) == 0);
