@@ -152,13 +152,15 @@ $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 	done
 	@touch $@
 
+# The unit tests also check README.md and docs/ against the code: they read them from here.
+SOURCE_DIR := -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
 UNIT_SOURCES := test/unit_tests.cpp main.cpp kvm_hello.hpp
 
 $(UNIT_HOST): $(UNIT_SOURCES) $(if $(NATIVE),,$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
-	$(HOST_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) $(HOST_UAPI) -I. -o $@ test/unit_tests.cpp
+	$(HOST_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) $(HOST_UAPI) -I. $(SOURCE_DIR) -o $@ test/unit_tests.cpp
 
 $(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
-	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. $(ARM64_LINK) -o $@ test/unit_tests.cpp
+	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. $(SOURCE_DIR) $(ARM64_LINK) -o $@ test/unit_tests.cpp
 
 $(E2E): test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp

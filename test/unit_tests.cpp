@@ -344,3 +344,77 @@ TEST_CASE("the command line") {
     CHECK_FALSE(parse_options(2, argv));
   }
 }
+
+// ==== The docs and the README stay true to the code ==========================
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+namespace {
+
+const std::filesystem::path source_dir = KVM_HELLO_SOURCE_DIR;  // set by the Makefile
+
+std::string read_source(const std::filesystem::path& relative) {
+  std::ifstream file(source_dir / relative);
+  REQUIRE_MESSAGE(file.good(), "cannot read " << relative);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+std::vector<std::filesystem::path> markdown_files() {
+  std::vector<std::filesystem::path> files{"README.md"};
+  for (const auto& entry : std::filesystem::directory_iterator(source_dir / "docs")) {
+    if (entry.path().extension() == ".md") files.push_back(std::filesystem::relative(entry.path(), source_dir));
+  }
+  return files;
+}
+
+}  // namespace
+
+TEST_CASE("docs: every step function has its row, in order, with its number") {
+  const std::string tutorial = read_source("docs/README.md");
+  std::size_t previous = 0;
+  for (int n = 1; n <= kh::step_count; ++n) {
+    const std::string name(kh::step_info(static_cast<kh::Step>(n)).name);
+    const std::string row = "| " + std::to_string(n) + " | `" + name + "()` |";
+    const std::size_t at = tutorial.find(row);
+    CHECK_MESSAGE(at != std::string::npos, "docs/README.md has no row " << row);
+    CHECK_MESSAGE(at > previous, name << " is out of order");
+    previous = at;
+  }
+}
+
+TEST_CASE("docs: every `function()` they name exists in the code") {
+  const std::string code = read_source("kvm_hello.hpp") + read_source("main.cpp");
+  const std::regex called("`([A-Za-z_][A-Za-z_0-9]*)\\(\\)`");
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), called), end; it != end; ++it) {
+      const std::string name = (*it)[1];
+      CHECK_MESSAGE(std::regex_search(code, std::regex("\\b" + name + "\\(")),
+                    file << " names " << name << "(), which the code does not define");
+    }
+  }
+}
+
+TEST_CASE("docs: relative links resolve") {
+  const std::regex link("\\]\\(([^)#:]+)(#[^)]*)?\\)");
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), link), end; it != end; ++it) {
+      const std::filesystem::path target = source_dir / file.parent_path() / std::string((*it)[1]);
+      CHECK_MESSAGE(std::filesystem::exists(target), file << " links to " << (*it)[1] << ", which does not exist");
+    }
+  }
+}
+
+TEST_CASE("README: the exit status table is the program's") {
+  const std::string readme = read_source("README.md");
+  for (const StatusInfo& info : status_table) {
+    const std::string row = "| " + std::to_string(static_cast<int>(info.status)) + " | " + std::string(info.meaning) + " |";
+    CHECK_MESSAGE(readme.find(row) != std::string::npos, "README.md lacks the row " << row);
+  }
+}

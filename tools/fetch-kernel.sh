@@ -60,6 +60,8 @@ image=$(ls "$extract"/boot/vmlinuz-* | head -n 1)
 [ -s "$image" ] || fail "$deb holds no /boot/vmlinuz"
 mv "$image" "$kernel.tmp" && mv "$kernel.tmp" "$kernel"
 echo "$real" > "$cache/kernel-package"
+megabytes() { du -sb "$@" | awk '{ total += $1 } END { printf "%.1f", total / 1e6 }'; }
+downloaded="$(megabytes "$apt_dir/lists" "$apt_dir/deb") MB (package lists, unpacked, $(megabytes "$apt_dir/lists") MB, $(basename "$deb") $(megabytes "$deb") MB)"
 # Keep only the kernel: the lists and the .deb are not needed again.
 rm -rf "$extract" "$apt_dir"
-echo "fetch-kernel: $real -> $kernel ($(du -k "$kernel" | cut -f1) KiB)"
+echo "fetch-kernel: downloaded $downloaded; kept $kernel ($(megabytes "$kernel") MB)"
