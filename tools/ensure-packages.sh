@@ -27,8 +27,18 @@ if [ "$(id -u)" -ne 0 ]; then
   as_root=(sudo)
 fi
 
+# apt's own output is kept, and shown only when something fails.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 echo "ensure-packages: installing ${missing[*]}"
-"${as_root[@]}" apt-get update -qq || echo "ensure-packages: apt-get update failed; trying the install anyway" >&2
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if ! "${as_root[@]}" apt-get update -qq >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "ensure-packages: apt-get update failed; trying the install anyway" >&2
+fi
+if ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+     apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "ensure-packages: could not install ${missing[*]}; install them yourself and run make again" >&2
+  exit 1
+fi
 echo "ensure-packages: installed ${missing[*]}"
