@@ -143,7 +143,11 @@ $(BUILD)/guest_image.h: $(BUILD)/guest.bin
 
 # ---- Programs ----------------------------------------------------------------
 
-$(PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h
+# guest.S's instruction addresses and lines, for --step-guest.
+$(BUILD)/guest_lines.h: $(BUILD)/guest.elf guest.S tools/guest-lines.sh
+	tools/guest-lines.sh $(CROSS)readelf $(BUILD)/guest.elf guest.S > $@
+
+$(PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
 
 $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)

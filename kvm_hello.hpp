@@ -322,6 +322,7 @@ inline constexpr auto arm_vcpu_init = KVM_HELLO_REQUEST(KVM_ARM_VCPU_INIT, kvm_v
 inline constexpr auto set_one_reg = KVM_HELLO_REQUEST(KVM_SET_ONE_REG, kvm_one_reg);
 inline constexpr auto get_one_reg = KVM_HELLO_REQUEST(KVM_GET_ONE_REG, kvm_one_reg);  // _IOW: see get_register
 inline constexpr auto run = KVM_HELLO_REQUEST(KVM_RUN, void);
+inline constexpr auto set_guest_debug = KVM_HELLO_REQUEST(KVM_SET_GUEST_DEBUG, kvm_guest_debug);
 }  // namespace request
 
 #undef KVM_HELLO_REQUEST
@@ -335,6 +336,50 @@ constexpr RequestFields decode_request(unsigned long number) {
           static_cast<unsigned>(_IOC_NR(number)), static_cast<unsigned>(_IOC_SIZE(number))};
 }
 
+// ---- Watching the calls ------------------------------------------------------
+//
+// A program that wants to show every ioctl (main.cpp's -v) sets call_observer.
+// The steps never print; with no observer a call costs one pointer test more
+// than the bare ioctl.
+
+// The argument of a call as the kernel received it: a value, or a struct.
+using CallArgument = std::variant<std::monostate, unsigned long, const kvm_userspace_memory_region*,
+                                  const kvm_vcpu_init*, const kvm_one_reg*, const kvm_guest_debug*>;
+
+struct CallRecord {
+  Step step;
+  std::string_view name;  // "KVM_RUN"
+  unsigned long number;   // the request number
+  int fd;
+  CallArgument argument;
+  int result;  // what ioctl returned: -1 on failure
+  int err;     // errno when result is -1, else 0
+  std::chrono::nanoseconds took;
+};
+
+inline void (*call_observer)(const CallRecord&) = nullptr;
+
+namespace detail {
+// ioctl(fd, N, raw); reported to call_observer when there is one. errno is
+// kept across the observer, so failed() still sees the ioctl's.
+template <unsigned long N, class Raw>
+Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, CallArgument shown) {
+  if (call_observer == nullptr) {
+    const int result = ::ioctl(fd, N, raw);
+    if (result < 0) return failed(step, name);
+    return result;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const int result = ::ioctl(fd, N, raw);
+  const int err = result < 0 ? errno : 0;
+  const auto took = std::chrono::steady_clock::now() - start;
+  call_observer(CallRecord{step, name, N, fd, shown, result, err, took});
+  errno = err;
+  if (result < 0) return failed(step, name);
+  return result;
+}
+}  // namespace detail
+
 // The calls: the only places where this program calls ioctl(2). They return
 // the ioctl's non-negative result, or the Error for `step`.
 //
@@ -344,33 +389,27 @@ constexpr RequestFields decode_request(unsigned long number) {
 // pass 0 explicitly.
 template <unsigned long N>
 Result<int> call(Step step, int fd, Request<N, void> request) {
-  const int result = ::ioctl(fd, N, 0UL);
-  if (result < 0) return failed(step, request.name);
-  return result;
+  return detail::checked_ioctl<N>(step, fd, request.name, 0UL, std::monostate{});
 }
 
 template <unsigned long N, std::integral Arg>
 Result<int> call(Step step, int fd, Request<N, Arg> request, std::type_identity_t<Arg> value) {
-  const int result = ::ioctl(fd, N, value);
-  if (result < 0) return failed(step, request.name);
-  return result;
+  return detail::checked_ioctl<N>(step, fd, request.name, value, static_cast<unsigned long>(value));
 }
 
 // clang-format off  (clang-format 14 cannot lay out requires-clauses)
 // _IOW: the kernel only reads the struct, so a const one will do.
 template <unsigned long N, class Arg>
-requires(_IOC_DIR(N) == _IOC_WRITE) Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg) {
-  const int result = ::ioctl(fd, N, arg);
-  if (result < 0) return failed(step, request.name);
-  return result;
+  requires(_IOC_DIR(N) == _IOC_WRITE)
+Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg) {
+  return detail::checked_ioctl<N>(step, fd, request.name, arg, arg);
 }
 
 // _IOR and _IOWR: the kernel writes into the struct.
 template <unsigned long N, class Arg>
-requires((_IOC_DIR(N) & _IOC_READ) != 0) Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg) {
-  const int result = ::ioctl(fd, N, arg);
-  if (result < 0) return failed(step, request.name);
-  return result;
+  requires((_IOC_DIR(N) & _IOC_READ) != 0)
+Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg) {
+  return detail::checked_ioctl<N>(step, fd, request.name, arg, static_cast<const Arg*>(arg));
 }
 // clang-format on
 
@@ -640,7 +679,14 @@ inline constexpr std::uint64_t pc = core_register_id(offsetof(kvm_regs, regs.pc)
 inline constexpr std::uint64_t pstate = core_register_id(offsetof(kvm_regs, regs.pstate));
 inline constexpr std::uint64_t sp_el1 = core_register_id(offsetof(kvm_regs, sp_el1));
 inline constexpr std::uint64_t elr_el1 = core_register_id(offsetof(kvm_regs, elr_el1));
+inline constexpr std::uint64_t sp_el0 = core_register_id(offsetof(kvm_regs, regs.sp));  // `sp` in user_pt_regs
 constexpr std::uint64_t x(int n) { return core_register_id(offsetof(kvm_regs, regs.regs) + 8 * std::size_t(n)); }
+
+// System registers: coproc KVM_REG_ARM64_SYSREG and the (op0, op1, CRn, CRm,
+// op2) the Arm architecture gives each, packed by the kernel's ARM64_SYS_REG.
+inline constexpr std::uint64_t esr_el1 = ARM64_SYS_REG(3, 0, 5, 2, 0);    // why the last exception was taken
+inline constexpr std::uint64_t far_el1 = ARM64_SYS_REG(3, 0, 6, 0, 0);    // the address that faulted
+inline constexpr std::uint64_t vbar_el1 = ARM64_SYS_REG(3, 0, 12, 0, 0);  // where the exception vectors are
 }  // namespace reg
 
 // The ids the kernel's own macro gives, and the values its documentation lists.
@@ -649,6 +695,34 @@ static_assert(reg::pc == 0x6030000000100040);
 static_assert(reg::pstate == 0x6030000000100042);
 static_assert(reg::sp_el1 == 0x6030000000100044);
 static_assert(reg::x(0) == 0x6030000000100000 && reg::x(30) == 0x603000000010003c);
+static_assert(reg::esr_el1 == 0x603000000013c290);
+
+// The fields of a ONE_REG id (see the picture above), for tracing.
+struct RegisterIdFields {
+  std::uint64_t arch;    // KVM_REG_ARM64 for us
+  unsigned size_bytes;   // 1 << the size field
+  unsigned coproc;       // 0x10 core, 0x13 system register, ...
+  unsigned index;        // core: offsetof(struct kvm_regs, ...) / 4; sysreg: op0..op2 packed
+};
+constexpr RegisterIdFields decode_register_id(std::uint64_t id) {
+  return {id & KVM_REG_ARCH_MASK, 1u << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT),
+          static_cast<unsigned>((id & KVM_REG_ARM_COPROC_MASK) >> KVM_REG_ARM_COPROC_SHIFT),
+          static_cast<unsigned>(id & 0xffff)};
+}
+
+// The name of a register id this program uses ("pc", "x3", "esr_el1"), or "".
+inline std::string register_name(std::uint64_t id) {
+  for (int n = 0; n <= 30; ++n) {
+    if (id == reg::x(n)) return "x" + std::to_string(n);
+  }
+  constexpr std::pair<std::uint64_t, std::string_view> named[] = {
+      {reg::sp_el0, "sp_el0"}, {reg::pc, "pc"},           {reg::pstate, "pstate"},   {reg::sp_el1, "sp_el1"},
+      {reg::elr_el1, "elr_el1"}, {reg::esr_el1, "esr_el1"}, {reg::far_el1, "far_el1"}, {reg::vbar_el1, "vbar_el1"}};
+  for (const auto& [known, name] : named) {
+    if (id == known) return std::string(name);
+  }
+  return "";
+}
 
 // KVM_SET_ONE_REG: struct kvm_one_reg holds the id and the *address* of the value.
 inline Result<void> set_register(Step step, int vcpu_fd, std::uint64_t id, std::uint64_t value) {
@@ -685,6 +759,72 @@ inline Result<void> set_boot_registers(int vcpu_fd, BootRegisters boot = boot_re
   return set_register(Step::set_boot_registers, vcpu_fd, reg::sp_el1, boot.sp_el1);
 }
 
+// Everything a register dump shows, read with KVM_GET_ONE_REG one by one.
+struct Registers {
+  std::array<std::uint64_t, 31> x{};
+  std::uint64_t sp_el0 = 0, pc = 0, pstate = 0, sp_el1 = 0, elr_el1 = 0, esr_el1 = 0, far_el1 = 0, vbar_el1 = 0;
+};
+
+inline Result<Registers> read_registers(int vcpu_fd, Step step = Step::run_guest) {
+  Registers regs;
+  for (int n = 0; n <= 30; ++n) {
+    const auto value = get_register(step, vcpu_fd, reg::x(n));
+    if (!value) return std::unexpected(value.error());
+    regs.x[static_cast<std::size_t>(n)] = *value;
+  }
+  const std::pair<std::uint64_t, std::uint64_t Registers::*> others[] = {
+      {reg::sp_el0, &Registers::sp_el0},   {reg::pc, &Registers::pc},           {reg::pstate, &Registers::pstate},
+      {reg::sp_el1, &Registers::sp_el1},   {reg::elr_el1, &Registers::elr_el1}, {reg::esr_el1, &Registers::esr_el1},
+      {reg::far_el1, &Registers::far_el1}, {reg::vbar_el1, &Registers::vbar_el1}};
+  for (const auto& [id, field] : others) {
+    const auto value = get_register(step, vcpu_fd, id);
+    if (!value) return std::unexpected(value.error());
+    regs.*field = *value;
+  }
+  return regs;
+}
+
+// ESR_ELx ("exception syndrome"): bits [31:26] are the exception class, EC
+// (Arm Architecture Reference Manual, ESR_EL1). A few this program explains:
+namespace exception_class {
+inline constexpr unsigned unknown = 0x00;          // e.g. an undefined instruction (zero-filled memory)
+inline constexpr unsigned hvc64 = 0x16;            // HVC from AArch64
+inline constexpr unsigned instruction_abort = 0x21;  // from the current EL
+inline constexpr unsigned pc_alignment = 0x22;
+inline constexpr unsigned data_abort = 0x25;       // from the current EL
+inline constexpr unsigned software_step = 0x32;    // from a lower EL: what single-stepping reports
+}  // namespace exception_class
+constexpr unsigned exception_class_of(std::uint64_t esr) { return static_cast<unsigned>((esr >> 26) & 0x3f); }
+
+// Where a guest is after taking an exception: its vector table at VBAR_EL1 is
+// 0x800 bytes, 16 entries of 0x80. PC in there means ESR_EL1, ELR_EL1 and
+// FAR_EL1 describe that exception; before the first one, the architecture
+// leaves them UNKNOWN (KVM fills such registers with unknown_register_value).
+inline constexpr std::uint64_t vector_table_size = 0x800;
+constexpr bool in_exception_vectors(const Registers& regs) {
+  return regs.pc >= regs.vbar_el1 && regs.pc < regs.vbar_el1 + vector_table_size;
+}
+// What KVM writes into system registers whose reset value is UNKNOWN
+// (reset_unknown() in the kernel's arch/arm64/kvm/sys_regs.h); e2e_tests.cpp
+// reads it back from ESR_EL1 after KVM_ARM_VCPU_INIT.
+inline constexpr std::uint64_t unknown_register_value = 0x1de7ec7edbadc0de;
+
+// ---- Single-stepping (an extra, between steps 8 and 9) -----------------------
+
+// KVM_SET_GUEST_DEBUG (struct kvm_guest_debug) on the vCPU fd with
+// KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP: from the next KVM_RUN on,
+// the guest leaves with KVM_EXIT_DEBUG after every instruction, its ESR (EC
+// 0x32, software step) in kvm_run.debug.arch.hsr. Needs
+// KVM_CAP_SET_GUEST_DEBUG. EINVAL: a control bit the host does not support.
+// Why: watching a guest one instruction at a time is how you learn what it does.
+inline Result<void> enable_single_step(int vcpu_fd) {
+  kvm_guest_debug debug{};
+  debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+  const auto done = call(Step::run_guest, vcpu_fd, request::set_guest_debug, &debug);
+  if (!done) return std::unexpected(done.error());
+  return {};
+}
+
 // ==== Step 9: running the guest ==============================================
 
 // Exits, decoded from struct kvm_run into typed values.
@@ -697,11 +837,15 @@ struct MmioAccess {
 struct SystemEvent {
   std::uint32_t type;  // KVM_SYSTEM_EVENT_SHUTDOWN, _RESET, _CRASH, ...
 };
+struct DebugExit {
+  std::uint32_t esr;  // kvm_run.debug.arch.hsr: the syndrome KVM saw (EC 0x32 for a single step)
+  std::uint64_t far;  // kvm_run.debug.arch.far: the address, for watchpoints
+};
 struct OtherExit {
   std::uint32_t reason;  // KVM_EXIT_*
   std::uint64_t detail;  // FAIL_ENTRY: hardware_entry_failure_reason; INTERNAL_ERROR: suberror
 };
-using Exit = std::variant<MmioAccess, SystemEvent, OtherExit>;
+using Exit = std::variant<MmioAccess, SystemEvent, DebugExit, OtherExit>;
 
 // Reads what KVM_RUN left in kvm_run. Only the fields of the reason's union
 // member are meaningful; mmio.len is clamped to the 8 bytes of mmio.data.
@@ -713,6 +857,7 @@ inline Exit decode_exit(const kvm_run& run) {
       return access;
     }
     case KVM_EXIT_SYSTEM_EVENT: return SystemEvent{run.system_event.type};
+    case KVM_EXIT_DEBUG: return DebugExit{run.debug.arch.hsr, run.debug.arch.far};
     case KVM_EXIT_FAIL_ENTRY: return OtherExit{run.exit_reason, run.fail_entry.hardware_entry_failure_reason};
     case KVM_EXIT_INTERNAL_ERROR: return OtherExit{run.exit_reason, run.internal.suberror};
     default: return OtherExit{run.exit_reason, 0};
@@ -834,13 +979,16 @@ class Watchdog {
 inline constexpr std::chrono::milliseconds default_time_limit{5000};
 
 struct RunStats {
-  unsigned kvm_run_calls = 0;  // times we entered the guest
-  unsigned exits = 0;          // times it came back to us with a reason
+  unsigned kvm_run_calls = 0;                   // times we entered the guest
+  unsigned exits = 0;                           // times it came back to us with a reason
+  std::array<unsigned, 64> exits_by_reason{};  // indexed by KVM_EXIT_* (the last: 63 and above)
+  std::chrono::nanoseconds in_kvm_run{};        // time spent inside the KVM_RUN ioctl
+  std::chrono::nanoseconds total{};             // the whole loop, host work included
 };
 
 // What one exit means for the loop: go on, stop cleanly, or stop with an error.
 inline std::expected<bool, Error> keep_running(const Exit& exit) {
-  if (std::holds_alternative<MmioAccess>(exit)) return true;
+  if (std::holds_alternative<MmioAccess>(exit) || std::holds_alternative<DebugExit>(exit)) return true;
   if (const auto* event = std::get_if<SystemEvent>(&exit)) {
     switch (event->type) {
       case KVM_SYSTEM_EVENT_SHUTDOWN: return false;  // PSCI SYSTEM_OFF: done, never re-enter
@@ -857,8 +1005,8 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
 // device's answer is put in kvm_run.mmio.data, and the next KVM_RUN hands it
 // to the guest (a read or a write completes only when we re-enter). A
 // SYSTEM_EVENT of type SHUTDOWN (the guest's PSCI SYSTEM_OFF) ends the run:
-// returns the counts. `on_exit(const Exit&)` sees each exit after the device
-// handled it (for tracing). Errors: EINTR when the watchdog stopped the guest
+// returns the counts and times. `on_exit(const Exit&)` sees each exit after
+// the device handled it (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on. Errors: EINTR when the watchdog stopped the guest
 // after `limit` (Problem::watchdog_expired); ENOSYS for an MMIO instruction
 // KVM cannot decode (load/store pair, writeback, SIMD); an exit reason or
 // system event other than those: Problem::unexpected_exit, guest_reset,
@@ -869,9 +1017,14 @@ Result<RunStats> run_guest(Vcpu& vcpu, HelloDevice& device, std::chrono::millise
   kvm_run& run = vcpu.run();
   const Watchdog watchdog(run, limit);
   RunStats stats;
+  const auto started = std::chrono::steady_clock::now();
   for (;;) {
     ++stats.kvm_run_calls;
+    const auto entering = std::chrono::steady_clock::now();
     const auto entered = call(Step::run_guest, vcpu.fd.get(), request::run);
+    const auto returned = std::chrono::steady_clock::now();
+    stats.in_kvm_run += returned - entering;
+    stats.total = returned - started;
     if (!entered) {
       if (entered.error().err == EINTR && watchdog.fired()) {
         return std::unexpected(Error{Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR,
@@ -880,6 +1033,7 @@ Result<RunStats> run_guest(Vcpu& vcpu, HelloDevice& device, std::chrono::millise
       return std::unexpected(entered.error());
     }
     ++stats.exits;
+    ++stats.exits_by_reason[std::min<std::size_t>(run.exit_reason, stats.exits_by_reason.size() - 1)];
     Exit exit = decode_exit(run);
     if (auto* access = std::get_if<MmioAccess>(&exit)) {
       device.handle(*access);

@@ -6,8 +6,10 @@
 // Read it top to bottom from main(); the helpers above it only format.
 
 #include <cinttypes>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -218,6 +220,253 @@ inline std::string describe_mmio(const kh::MmioAccess& access) {
   return line;
 }
 
+// "412 us", "1.3 ms": a duration for people.
+inline std::string format_duration(std::chrono::nanoseconds time) {
+  char text[32];
+  const double ns = static_cast<double>(time.count());
+  if (ns < 1e3) {
+    std::snprintf(text, sizeof text, "%.0f ns", ns);
+  } else if (ns < 1e6) {
+    std::snprintf(text, sizeof text, "%.1f us", ns / 1e3);
+  } else if (ns < 1e9) {
+    std::snprintf(text, sizeof text, "%.1f ms", ns / 1e6);
+  } else {
+    std::snprintf(text, sizeof text, "%.2f s", ns / 1e9);
+  }
+  return text;
+}
+
+// ==== What the machine's state means =========================================
+
+// PSTATE as the Arm architecture names its parts: mode (exception level and
+// which stack pointer), the D A I F masks, and the N Z C V flags.
+inline std::string describe_pstate(std::uint64_t pstate) {
+  std::string mode;
+  switch (pstate & PSR_MODE_MASK) {
+    case PSR_MODE_EL0t: mode = "EL0t: EL0"; break;
+    case PSR_MODE_EL1t: mode = "EL1t: EL1 on SP_EL0"; break;
+    case PSR_MODE_EL1h: mode = "EL1h: EL1 on SP_EL1"; break;
+    default: mode = "mode " + hex(pstate & PSR_MODE_MASK); break;
+  }
+  std::string masked;
+  for (const auto& [bit, name] : {std::pair{PSR_D_BIT, "D"}, {PSR_A_BIT, "A"}, {PSR_I_BIT, "I"}, {PSR_F_BIT, "F"}}) {
+    if (pstate & bit) masked += std::string(masked.empty() ? "" : " ") + name;
+  }
+  std::string flags;
+  for (const auto& [bit, name] : {std::pair{PSR_N_BIT, 'N'}, {PSR_Z_BIT, 'Z'}, {PSR_C_BIT, 'C'}, {PSR_V_BIT, 'V'}}) {
+    flags += (pstate & bit) ? name : static_cast<char>(name - 'A' + 'a');
+  }
+  return hex(pstate) + " (" + mode + "; " + (masked.empty() ? "nothing" : masked) + " masked; flags " + flags + ")";
+}
+
+inline std::string_view exception_class_name(unsigned ec) {
+  namespace ec_ = kh::exception_class;
+  switch (ec) {
+    case ec_::unknown: return "unknown reason, e.g. an undefined instruction";
+    case ec_::hvc64: return "HVC instruction";
+    case ec_::instruction_abort: return "instruction abort: fetched from an address with no memory";
+    case ec_::pc_alignment: return "PC not aligned";
+    case ec_::data_abort: return "data abort: a load or store the host could not complete";
+    case ec_::software_step: return "software step: one instruction done";
+    default: return "see ESR_EL1 in the Arm Architecture Reference Manual";
+  }
+}
+
+inline std::string describe_esr(std::uint64_t esr) {
+  const unsigned ec = kh::exception_class_of(esr);
+  return hex(esr) + " (EC " + hex(ec) + ": " + std::string(exception_class_name(ec)) + ")";
+}
+
+// The register dump: x0-x30, then the registers that say where the guest is.
+inline std::string format_registers(const kh::Registers& regs) {
+  std::string text;
+  char cell[40];
+  for (std::size_t n = 0; n < regs.x.size(); ++n) {
+    std::snprintf(cell, sizeof cell, "%4s 0x%016" PRIx64, ("x" + std::to_string(n)).c_str(), regs.x[n]);
+    text += (n % 4 == 0 ? "      " : "  ") + std::string(cell) + (n % 4 == 3 || n + 1 == regs.x.size() ? "\n" : "");
+  }
+  text += "        pc " + hex(regs.pc) + "  pstate " + describe_pstate(regs.pstate) + "\n";
+  text += "    sp_el1 " + hex(regs.sp_el1) + "  sp_el0 " + hex(regs.sp_el0) + "\n";
+  if (kh::in_exception_vectors(regs)) {  // the guest took an exception: these say which, where, and why
+    text += "   esr_el1 " + describe_esr(regs.esr_el1) + "\n";
+    text += "   elr_el1 " + hex(regs.elr_el1) + " (the instruction it happened at)  far_el1 " + hex(regs.far_el1) +
+            "  vbar_el1 " + hex(regs.vbar_el1) + " (PC is in these vectors)\n";
+  } else {
+    text += "  vbar_el1 " + hex(regs.vbar_el1) + " (PC is not in its vectors: no exception taken, so ESR_EL1,\n" +
+            "            ELR_EL1 and FAR_EL1 say nothing)\n";
+  }
+  return text;
+}
+
+// ==== Trace levels and colour ================================================
+
+enum class Verbosity { quiet, normal, verbose, very_verbose };
+
+struct OutputStyle {
+  Verbosity level = Verbosity::normal;
+  bool colour = false;  // only on a terminal, never with NO_COLOR set
+};
+inline OutputStyle style;
+
+inline bool shows(Verbosity level) { return style.level >= level; }
+
+// https://no-color.org: any non-empty NO_COLOR turns colour off.
+inline bool wants_colour(int fd) {
+  const char* no_colour = std::getenv("NO_COLOR");
+  return ::isatty(fd) == 1 && (no_colour == nullptr || *no_colour == '\0');
+}
+
+namespace colour {
+inline constexpr const char* step = "\033[1m";     // bold
+inline constexpr const char* guest = "\033[32m";   // green
+inline constexpr const char* error = "\033[31m";   // red
+inline constexpr const char* detail = "\033[2m";   // dim
+}  // namespace colour
+
+inline std::string paint(const char* sgr, std::string_view text) {
+  if (!style.colour) return std::string(text);
+  return std::string(sgr) + std::string(text) + "\033[0m";
+}
+
+// A line under the current step, at `level` and above.
+[[gnu::format(printf, 2, 3)]] inline void say(Verbosity level, const char* format, ...) {
+  if (!shows(level)) return;
+  char text[2048];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(text, sizeof text, format, args);
+  va_end(args);
+  std::printf("      %s\n", level >= Verbosity::verbose ? paint(colour::detail, text).c_str() : text);
+}
+
+inline void announce(kh::Step step) {
+  if (!shows(Verbosity::normal)) return;
+  const kh::StepInfo info = kh::step_info(step);
+  char text[256];
+  std::snprintf(text, sizeof text, "[%d/%d] %-19.*s %.*s: %.*s", static_cast<int>(step), kh::step_count,
+                static_cast<int>(info.name.size()), info.name.data(), static_cast<int>(info.title.size()),
+                info.title.data(), static_cast<int>(info.calls.size()), info.calls.data());
+  std::printf("%s\n", paint(colour::step, text).c_str());
+}
+
+// ==== -v: every ioctl, as it happens =========================================
+
+// A ONE_REG id, decoded: "0x6030000000100040 (arm64 u64 core 0x40: pc)".
+inline std::string describe_register_id(std::uint64_t id) {
+  const kh::RegisterIdFields fields = kh::decode_register_id(id);
+  std::string kind = fields.coproc == (KVM_REG_ARM_CORE >> KVM_REG_ARM_COPROC_SHIFT)        ? "core"
+                     : fields.coproc == (KVM_REG_ARM64_SYSREG >> KVM_REG_ARM_COPROC_SHIFT) ? "sysreg"
+                                                                                            : "coproc " + hex(fields.coproc);
+  const std::string name = kh::register_name(id);
+  return hex(id) + " (" + (fields.arch == KVM_REG_ARM64 ? "arm64" : "arch " + hex(fields.arch)) + " u" +
+         std::to_string(fields.size_bytes * 8) + " " + kind + " " + hex(fields.index) +
+         (name.empty() ? "" : ": " + name) + ")";
+}
+
+// The argument of a value request: what the number means for that request.
+inline std::string describe_value(std::string_view request, unsigned long value) {
+  if (request == "KVM_CHECK_EXTENSION") {
+    const std::string_view name = kh::capability_name(value);
+    return std::to_string(value) + (name.empty() ? "" : " " + std::string(name));
+  }
+  if (request == "KVM_CREATE_VM") return hex(value) + " (IPA size " + std::to_string(value & 0xff) + " bits)";
+  if (request == "KVM_CREATE_VCPU") return std::to_string(value) + " (vCPU id)";
+  return std::to_string(value);
+}
+
+inline std::string describe_argument(std::string_view request, const kh::CallArgument& argument) {
+  struct Describe {
+    std::string_view request;
+    std::string operator()(std::monostate) const { return ""; }
+    std::string operator()(unsigned long value) const { return ", " + describe_value(request, value); }
+    std::string operator()(const kvm_userspace_memory_region* r) const {
+      return ", {slot " + std::to_string(r->slot) + ", flags " + hex(r->flags) + ", guest_phys_addr " +
+             hex(r->guest_phys_addr) + ", memory_size " + hex(r->memory_size) + ", userspace_addr " +
+             hex(r->userspace_addr) + "}";
+    }
+    std::string operator()(const kvm_vcpu_init* init) const {
+      return ", {target " + std::to_string(init->target) + ", features[0] " + hex(init->features[0]) + "}";
+    }
+    std::string operator()(const kvm_one_reg* one) const {
+      std::uint64_t value = 0;
+      std::memcpy(&value, reinterpret_cast<const void*>(static_cast<std::uintptr_t>(one->addr)), sizeof value);
+      return ", {id " + describe_register_id(one->id) + ", value " + hex(value) + "}";
+    }
+    std::string operator()(const kvm_guest_debug* debug) const {
+      return ", {control " + hex(debug->control) + " = ENABLE | SINGLESTEP}";
+    }
+  };
+  return std::visit(Describe{request}, argument);
+}
+
+// The request number's four fields: "0x4020ae46 = _IOW(0xae, 0x46, 32 bytes)".
+inline std::string describe_request_number(unsigned long number) {
+  const kh::RequestFields fields = kh::decode_request(number);
+  const char* dir = fields.dir == _IOC_NONE                  ? "_IO"
+                    : fields.dir == _IOC_WRITE               ? "_IOW"
+                    : fields.dir == _IOC_READ                ? "_IOR"
+                                                             : "_IOWR";
+  return hex(number) + " = " + dir + "(" + hex(fields.type) + ", " + hex(fields.nr) +
+         (fields.dir == _IOC_NONE ? "" : ", " + std::to_string(fields.size) + " bytes") + ")";
+}
+
+inline std::string describe_call(const kh::CallRecord& call) {
+  const std::string outcome =
+      call.result < 0 ? "-1 " + errno_text(call.err) : std::to_string(call.result);
+  return "ioctl(" + std::to_string(call.fd) + ", " + std::string(call.name) +
+         describe_argument(call.name, call.argument) + ") = " + outcome + "  [" + describe_request_number(call.number) +
+         "]  " + format_duration(call.took);
+}
+
+inline void trace_call(const kh::CallRecord& call) { say(Verbosity::verbose, "%s", describe_call(call).c_str()); }
+
+// Runs `read` with tracing off: for the dump's and the stepper's own register
+// reads, dozens at a time, which would drown the trace.
+template <class Read>
+auto untraced(Read&& read) {
+  const auto observer = std::exchange(kh::call_observer, nullptr);
+  auto result = read();
+  kh::call_observer = observer;
+  return result;
+}
+
+// ==== -vv: the kvm_run fields of each exit ===================================
+
+inline std::string describe_run_fields(const kvm_run& run) {
+  std::string text = "kvm_run {exit_reason " + std::to_string(run.exit_reason) + ", immediate_exit " +
+                     std::to_string(run.immediate_exit) + ", flags " + hex(run.flags);
+  switch (run.exit_reason) {
+    case KVM_EXIT_MMIO: {
+      text += ", mmio {phys_addr " + hex(run.mmio.phys_addr) + ", data";
+      char byte[4];
+      for (const std::uint8_t b : run.mmio.data) {
+        std::snprintf(byte, sizeof byte, " %02x", b);
+        text += byte;
+      }
+      text += ", len " + std::to_string(run.mmio.len) + ", is_write " + std::to_string(run.mmio.is_write) + "}";
+      break;
+    }
+    case KVM_EXIT_SYSTEM_EVENT:
+      text += ", system_event {type " + std::to_string(run.system_event.type) + ", ndata " +
+              std::to_string(run.system_event.ndata) + ", data[0] " + hex(run.system_event.data[0]) + "}";
+      break;
+    case KVM_EXIT_DEBUG:
+      text += ", debug.arch {hsr " + hex(run.debug.arch.hsr) + ", hsr_high " + hex(run.debug.arch.hsr_high) +
+              ", far " + hex(run.debug.arch.far) + "}";
+      break;
+    case KVM_EXIT_FAIL_ENTRY:
+      text += ", fail_entry {hardware_entry_failure_reason " + hex(run.fail_entry.hardware_entry_failure_reason) +
+              ", cpu " + std::to_string(run.fail_entry.cpu) + "}";
+      break;
+    case KVM_EXIT_INTERNAL_ERROR:
+      text += ", internal {suberror " + std::to_string(run.internal.suberror) + ", ndata " +
+              std::to_string(run.internal.ndata) + "}";
+      break;
+    default: break;
+  }
+  return text + "}";
+}
+
 inline std::string describe_exit(const kh::Exit& exit) {
   if (const auto* access = std::get_if<kh::MmioAccess>(&exit)) return describe_mmio(*access);
   if (const auto* event = std::get_if<kh::SystemEvent>(&exit)) {
@@ -225,9 +474,220 @@ inline std::string describe_exit(const kh::Exit& exit) {
     if (event->type == KVM_SYSTEM_EVENT_SHUTDOWN) name += ": the guest called PSCI SYSTEM_OFF";
     return "KVM_EXIT_SYSTEM_EVENT type=" + std::to_string(event->type) + " (" + name + ")";
   }
+  if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) {
+    return "KVM_EXIT_DEBUG esr=" + describe_esr(debug->esr) + " far=" + hex(debug->far);
+  }
   const auto& other = std::get<kh::OtherExit>(exit);
   std::string name(kh::exit_reason_name(other.reason));
   return (name.empty() ? "exit reason " + std::to_string(other.reason) : name) + " detail=" + hex(other.detail);
+}
+
+// ==== --step-guest: one guest instruction at a time ==========================
+
+// A guest instruction's line in guest.S; tools/guest-lines.sh makes the table.
+struct GuestLine {
+  std::uint64_t address;
+  int line;
+  const char* text;
+};
+
+inline const GuestLine* find_guest_line(std::span<const GuestLine> lines, std::uint64_t address) {
+  for (const GuestLine& line : lines) {
+    if (line.address == address) return &line;
+  }
+  return nullptr;
+}
+
+// "x1 0x0 -> 0x1100, x2 ...": the registers one instruction changed (pc aside).
+inline std::string register_changes(const kh::Registers& before, const kh::Registers& after) {
+  std::string text;
+  const auto note = [&text](const std::string& name, std::uint64_t was, std::uint64_t now) {
+    if (was != now) text += (text.empty() ? "" : ", ") + name + " " + hex(was) + " -> " + hex(now);
+  };
+  for (std::size_t n = 0; n < before.x.size(); ++n) note("x" + std::to_string(n), before.x[n], after.x[n]);
+  note("sp_el0", before.sp_el0, after.sp_el0);
+  note("sp_el1", before.sp_el1, after.sp_el1);
+  note("pstate", before.pstate, after.pstate);
+  note("esr_el1", before.esr_el1, after.esr_el1);
+  note("elr_el1", before.elr_el1, after.elr_el1);
+  return text;
+}
+
+// Prints each instruction before it runs (address, encoding, guest.S line),
+// and after it the registers it changed; exits appear in between, in place.
+class GuestStepper {
+ public:
+  GuestStepper(int vcpu_fd, std::span<const std::uint8_t> ram, std::span<const GuestLine> lines)
+      : vcpu_fd_(vcpu_fd), ram_(ram), lines_(lines) {}
+
+  // Before the first KVM_RUN: show the first instruction.
+  kh::Result<void> start() {
+    auto regs = untraced([&] { return kh::read_registers(vcpu_fd_); });
+    if (!regs) return std::unexpected(regs.error());
+    before_ = *regs;
+    show_instruction(before_.pc);
+    return {};
+  }
+
+  // At each KVM_EXIT_DEBUG: one instruction is done.
+  void stepped() {
+    const auto now = untraced([&] { return kh::read_registers(vcpu_fd_); });
+    if (!now) return;
+    const std::string changes = register_changes(before_, *now);
+    if (!changes.empty()) say(Verbosity::normal, "                 %s", changes.c_str());
+    before_ = *now;
+    show_instruction(now->pc);
+  }
+
+  unsigned instructions() const { return shown_; }
+
+ private:
+  void show_instruction(std::uint64_t pc) {
+    ++shown_;
+    std::uint32_t encoding = 0;
+    if (pc >= kh::ram_base && pc + 4 <= kh::ram_base + ram_.size()) {
+      std::memcpy(&encoding, ram_.data() + (pc - kh::ram_base), sizeof encoding);
+    }
+    const GuestLine* line = find_guest_line(lines_, pc);
+    char text[512];
+    if (line != nullptr) {
+      std::snprintf(text, sizeof text, "guest %s  %08x  guest.S:%-3d %s", hex(pc).c_str(), encoding, line->line,
+                    line->text);
+    } else {
+      std::snprintf(text, sizeof text, "guest %s  %08x", hex(pc).c_str(), encoding);
+    }
+    say(Verbosity::normal, "%s", text);
+  }
+
+  int vcpu_fd_;
+  std::span<const std::uint8_t> ram_;
+  std::span<const GuestLine> lines_;
+  kh::Registers before_;
+  unsigned shown_ = 0;
+};
+
+// ==== --caps: what the host's KVM offers, and what this program needs ========
+
+struct KnownCapability {
+  int id;
+  const char* name;
+  const char* use;  // what kvm-hello does with it; "" when nothing
+};
+
+// clang-format off
+#define KVM_HELLO_KNOWN(MACRO, USE) KnownCapability{MACRO, #MACRO, USE}
+// clang-format on
+inline constexpr KnownCapability known_capabilities[] = {
+    KVM_HELLO_KNOWN(KVM_CAP_USER_MEMORY, "needed"),
+    KVM_HELLO_KNOWN(KVM_CAP_ONE_REG, "needed"),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_PSCI_0_2, "needed"),
+    KVM_HELLO_KNOWN(KVM_CAP_IMMEDIATE_EXIT, "needed"),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_VM_IPA_SIZE, "used: step 4 picks the VM type with it"),
+    KVM_HELLO_KNOWN(KVM_CAP_SET_GUEST_DEBUG, "used by --step-guest"),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_PSCI, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_NR_VCPUS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_MAX_VCPUS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_NR_MEMSLOTS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_READONLY_MEM, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_COALESCED_MMIO, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_IOEVENTFD, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_IRQFD, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_EL1_32BIT, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_PMU_V3, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_SVE, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_PTRAUTH_ADDRESS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_NISV_TO_USER, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_MTE, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_GUEST_DEBUG_HW_BPS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_GUEST_DEBUG_HW_WPS, ""),
+};
+#undef KVM_HELLO_KNOWN
+
+inline void print_capability_table(int kvm_fd) {
+  std::printf("%-28s %6s  %s\n", "capability", "value", "kvm-hello");
+  for (const KnownCapability& cap : known_capabilities) {
+    const auto value = kh::call(kh::Step::check_capabilities, kvm_fd, kh::request::check_extension,
+                                static_cast<unsigned long>(cap.id));
+    std::string use = cap.use;
+    for (const kh::Capability& required : kh::required_capabilities) {
+      if (required.id == cap.id) use += ": " + std::string(required.why);
+    }
+    std::printf("%-28s %6s  %s\n", cap.name, value ? std::to_string(*value).c_str() : "error", use.c_str());
+  }
+}
+
+// ==== --pause: a walkthrough, one step at a time =============================
+
+inline constexpr std::string_view walkthrough(kh::Step step) {
+  switch (step) {
+    case kh::Step::open_kvm:
+      return "We hold a file descriptor for /dev/kvm, the door into KVM. Next we ask which API version it speaks.";
+    case kh::Step::check_api_version:
+      return "It speaks version 12, the only stable KVM API. Next we check each capability we rely on, so that a "
+             "missing one stops us here, by name.";
+    case kh::Step::check_capabilities:
+      return "Everything we need is there. Next we create the VM; on arm64 its type carries the guest's "
+             "physical address size.";
+    case kh::Step::create_vm:
+      return "The VM exists but is empty: no memory, no vCPU. Next we give it RAM: memory of our own, registered at "
+             "guest-physical 0x10000.";
+    case kh::Step::setup_guest_memory:
+      return "Guest RAM holds the guest's code; any guest access outside it will become an MMIO exit. Next we create "
+             "the vCPU and map its struct kvm_run.";
+    case kh::Step::create_vcpu:
+      return "The vCPU exists, but an arm64 vCPU cannot be used before it is initialised. Next comes "
+             "KVM_ARM_VCPU_INIT with the preferred target and PSCI 0.2.";
+    case kh::Step::init_vcpu:
+      return "The vCPU is reset: EL1, interrupts masked, PC 0. Next we point PC at the guest's first instruction and "
+             "SP_EL1 at the top of its RAM.";
+    case kh::Step::set_boot_registers:
+      return "All is ready. Next KVM_RUN enters the guest; each time it returns, kvm_run says why.";
+    case kh::Step::run_guest:
+      return "The guest powered itself off: the VM is finished. Its fds and memory are released as their owners "
+             "go out of scope.";
+  }
+  return "";
+}
+
+// After a step: explain it, then wait for Enter when a person is at the keyboard.
+inline void pause_after(kh::Step step, bool pausing) {
+  if (!pausing) return;
+  const std::string_view text = walkthrough(step);
+  std::printf("      -- %.*s\n", static_cast<int>(text.size()), text.data());
+  if (::isatty(STDIN_FILENO) != 1) return;  // not a terminal: run straight through
+  std::printf("      -- press Enter to go on ");
+  std::fflush(stdout);
+  for (int c = std::getchar(); c != '\n' && c != EOF; c = std::getchar()) {
+  }
+}
+
+// ==== The end of a run ========================================================
+
+inline std::string describe_stats(const kh::RunStats& stats) {
+  std::string by_reason;
+  for (std::size_t reason = 0; reason < stats.exits_by_reason.size(); ++reason) {
+    if (stats.exits_by_reason[reason] == 0) continue;
+    std::string name(kh::exit_reason_name(static_cast<std::uint32_t>(reason)));
+    if (name.empty()) name = "reason " + std::to_string(reason);
+    by_reason += (by_reason.empty() ? "" : ", ") + name + " " + std::to_string(stats.exits_by_reason[reason]);
+  }
+  return std::to_string(stats.kvm_run_calls) + " KVM_RUN calls, " + std::to_string(stats.exits) + " exits (" +
+         by_reason + "); " + format_duration(stats.in_kvm_run) + " inside KVM_RUN, " +
+         format_duration(stats.total - stats.in_kvm_run) + " in the host";
+}
+
+inline std::optional<kh::Registers> dump_registers(const kh::Vcpu& vcpu, FILE* to) {
+  const auto regs = untraced([&] { return kh::read_registers(vcpu.fd.get()); });
+  if (!regs) return std::nullopt;
+  std::fprintf(to, "registers (read with KVM_GET_ONE_REG, not traced):\n%s", format_registers(*regs).c_str());
+  return *regs;
+}
+
+// After SYSTEM_OFF, x0-x3 hold what KVM preloaded as the call's return value.
+inline void explain_power_off_registers(const kh::Registers& regs) {
+  if (regs.x[0] != static_cast<std::uint64_t>(PSCI_RET_INTERNAL_FAILURE)) return;
+  std::printf("      x0 = -6 (PSCI_RET_INTERNAL_FAILURE), x1-x3 = 0: KVM preloads SYSTEM_OFF's return value,\n"
+              "      which the guest would see only if we wrongly ran it again\n");
 }
 
 // ==== Command line ===========================================================
@@ -235,6 +695,10 @@ inline std::string describe_exit(const kh::Exit& exit) {
 struct Options {
   std::string kvm_device = kh::default_kvm_path;
   std::chrono::milliseconds time_limit = kh::default_time_limit;
+  Verbosity level = Verbosity::normal;
+  bool step_guest = false;
+  bool caps = false;
+  bool pause = false;
   bool help = false;
   bool version = false;
 };
@@ -249,6 +713,18 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       options.help = true;
     } else if (arg == "--version") {
       options.version = true;
+    } else if (arg == "-q" || arg == "--quiet") {
+      options.level = Verbosity::quiet;
+    } else if (arg == "-v") {
+      options.level = Verbosity::verbose;
+    } else if (arg == "-vv") {
+      options.level = Verbosity::very_verbose;
+    } else if (arg == "--step-guest") {
+      options.step_guest = true;
+    } else if (arg == "--caps") {
+      options.caps = true;
+    } else if (arg == "--pause") {
+      options.pause = true;
     } else if (arg == "--kvm-device" && has_value) {
       options.kvm_device = argv[++i];
     } else if (arg == "--timeout" && has_value) {
@@ -267,51 +743,42 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
 
 inline void print_help() {
   std::printf(
-      "usage: kvm-hello [--kvm-device PATH] [--timeout SECONDS]\n"
+      "usage: kvm-hello [-q | -v | -vv] [--step-guest] [--caps] [--pause]\n"
+      "                 [--kvm-device PATH] [--timeout SECONDS]\n"
       "Runs a tiny arm64 guest with KVM, step by step: it writes \"hello\" to an MMIO\n"
-      "register, reads a value from the host, and powers off.\n\n"
+      "register, reads a value from the host, writes it back, and powers off.\n\n"
+      "  -q                  only the guest's output and the outcome\n"
+      "  -v                  also every ioctl: request, number decoded, arguments, result, time\n"
+      "  -vv                 also the kvm_run fields at each exit\n"
+      "  --step-guest        run the guest one instruction at a time (KVM_SET_GUEST_DEBUG)\n"
+      "  --caps              show the capabilities the host reports, then stop\n"
+      "  --pause             explain each step and wait for Enter (on a terminal)\n"
       "  --kvm-device PATH   the KVM device to open (default /dev/kvm)\n"
       "  --timeout SECONDS   the watchdog: stop a guest that has not powered off (default %lld)\n"
       "  --version           print the version\n"
       "  -h, --help          this text\n\n"
+      "Colour only on a terminal, and never when NO_COLOR is set.\n\n"
       "exit status:\n",
       static_cast<long long>(kh::default_time_limit.count() / 1000));
-  for (const StatusInfo& info : status_table)
+  for (const StatusInfo& info : status_table) {
     std::printf("  %3d  %.*s\n", static_cast<int>(info.status), static_cast<int>(info.meaning.size()),
                 info.meaning.data());
+  }
 }
 
-// ==== Tracing: what the program says while it works ==========================
-
-inline void announce(kh::Step step) {
-  const kh::StepInfo info = kh::step_info(step);
-  std::printf("[%d/%d] %-19.*s %.*s: %.*s\n", static_cast<int>(step), kh::step_count,
-              static_cast<int>(info.name.size()), info.name.data(), static_cast<int>(info.title.size()),
-              info.title.data(), static_cast<int>(info.calls.size()), info.calls.data());
-}
-
-// A result under its step's line.
-template <class... Args>
-void result(const char* format, Args... args) {
-  std::printf("      ");
-  std::printf(format, args...);
-  std::printf("\n");
-}
-
-// Reports an error on stderr, after the registers when a vCPU exists; returns its status.
+// Reports an error on stderr, after the register dump when a vCPU exists; returns its status.
 inline int fail(const kh::Error& error, const Options& options, const kh::Vcpu* vcpu = nullptr) {
   std::fflush(stdout);
-  if (vcpu != nullptr) {
-    const auto pc = kh::get_register(kh::Step::run_guest, vcpu->fd.get(), kh::reg::pc);
-    const auto pstate = kh::get_register(kh::Step::run_guest, vcpu->fd.get(), kh::reg::pstate);
-    if (pc && pstate) std::fprintf(stderr, "      guest PC=%s PSTATE=%s\n", hex(*pc).c_str(), hex(*pstate).c_str());
-  }
-  std::fprintf(stderr, "kvm-hello: %s\n", explain(error, options.kvm_device).c_str());
+  if (vcpu != nullptr && shows(Verbosity::normal)) dump_registers(*vcpu, stderr);
+  const bool colour = wants_colour(STDERR_FILENO) && style.colour;
+  const std::string message = "kvm-hello: " + explain(error, options.kvm_device);
+  std::fprintf(stderr, "%s\n", colour ? paint(colour::error, message).c_str() : message.c_str());
   return static_cast<int>(status_for(error));
 }
 
 #ifndef KVM_HELLO_NO_MAIN
 #include "guest_image.h"  // made by the Makefile: `xxd -i guest.bin` gives guest_bin[] and guest_bin_len
+#include "guest_lines.h"  // made by tools/guest-lines.sh: guest_lines[], address -> line of guest.S
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as it happens, also into a pipe
@@ -323,74 +790,104 @@ int main(int argc, char** argv) {
   const Options& options = *parsed;
   if (options.help) return print_help(), 0;
   if (options.version) return std::printf("kvm-hello %s\n", KVM_HELLO_VERSION), 0;
+  style = {options.level, wants_colour(STDOUT_FILENO)};
+  if (shows(Verbosity::verbose)) kh::call_observer = trace_call;
   const std::span<const std::uint8_t> guest(guest_bin, guest_bin_len);
 
-  std::printf("kvm-hello: an arm64 guest says hello through KVM, step by step\n");
+  if (shows(Verbosity::normal)) std::printf("kvm-hello: an arm64 guest says hello through KVM, step by step\n");
 
   announce(kh::Step::open_kvm);
   auto kvm = kh::open_kvm(options.kvm_device.c_str());
   if (!kvm) return fail(kvm.error(), options);
-  result("%s is fd %d", options.kvm_device.c_str(), kvm->get());
+  say(Verbosity::normal, "%s is fd %d", options.kvm_device.c_str(), kvm->get());
+  pause_after(kh::Step::open_kvm, options.pause);
 
   announce(kh::Step::check_api_version);
   const auto version = kh::check_api_version(kvm->get());
   if (!version) return fail(version.error(), options);
-  result("API version %d", *version);
+  say(Verbosity::normal, "API version %d", *version);
+  pause_after(kh::Step::check_api_version, options.pause);
 
   announce(kh::Step::check_capabilities);
   const auto caps = kh::check_capabilities(kvm->get());
+  if (options.caps) return print_capability_table(kvm->get()), caps ? 0 : fail(caps.error(), options);
   if (!caps) return fail(caps.error(), options);
   for (std::size_t i = 0; i < kh::required_capabilities.size(); ++i) {
     const kh::Capability& cap = kh::required_capabilities[i];
-    result("%-23.*s = %d  %.*s", static_cast<int>(cap.name.size()), cap.name.data(), caps->required[i],
-           static_cast<int>(cap.why.size()), cap.why.data());
+    say(Verbosity::normal, "%-23.*s = %d  %.*s", static_cast<int>(cap.name.size()), cap.name.data(),
+        caps->required[i], static_cast<int>(cap.why.size()), cap.why.data());
   }
-  result("%-23.*s = %d  %s", static_cast<int>(kh::ipa_size_capability.name.size()), kh::ipa_size_capability.name.data(),
-         caps->ipa_limit, "the host's largest guest-physical address, in bits");
+  say(Verbosity::normal, "%-23.*s = %d  %s", static_cast<int>(kh::ipa_size_capability.name.size()),
+      kh::ipa_size_capability.name.data(), caps->ipa_limit, "the host's largest guest-physical address, in bits");
+  pause_after(kh::Step::check_capabilities, options.pause);
 
   announce(kh::Step::create_vm);
   const auto type = kh::vm_type_for(caps->ipa_limit);
   if (!type) return fail(type.error(), options);
   auto vm = kh::create_vm(kvm->get(), *type);
   if (!vm) return fail(vm.error(), options);
-  result("type %s (IPA size %d bits): VM is fd %d", hex(*type).c_str(), *type == 0 ? 40 : kh::guest_ipa_bits,
-         vm->get());
+  say(Verbosity::normal, "type %s (IPA size %d bits): VM is fd %d", hex(*type).c_str(),
+      *type == 0 ? 40 : kh::guest_ipa_bits, vm->get());
+  pause_after(kh::Step::create_vm, options.pause);
 
   announce(kh::Step::setup_guest_memory);
   auto memory = kh::setup_guest_memory(vm->get(), guest);
   if (!memory) return fail(memory.error(), options);
-  result("%zu bytes of guest code copied to the start of %s bytes mapped at %p", guest.size(),
-         hex(memory->region.memory_size).c_str(), memory->host.get());
-  result("slot %u: guest-physical %s..%s", memory->region.slot, hex(memory->region.guest_phys_addr).c_str(),
-         hex(memory->region.guest_phys_addr + memory->region.memory_size - 1).c_str());
+  say(Verbosity::normal, "%zu bytes of guest code copied to the start of %s bytes mapped at %p", guest.size(),
+      hex(memory->region.memory_size).c_str(), memory->host.get());
+  say(Verbosity::normal, "slot %u: guest-physical %s..%s", memory->region.slot,
+      hex(memory->region.guest_phys_addr).c_str(),
+      hex(memory->region.guest_phys_addr + memory->region.memory_size - 1).c_str());
+  pause_after(kh::Step::setup_guest_memory, options.pause);
 
   announce(kh::Step::create_vcpu);
   auto vcpu = kh::create_vcpu(kvm->get(), vm->get());
   if (!vcpu) return fail(vcpu.error(), options);
-  result("vCPU 0 is fd %d; its struct kvm_run is the first of %zu bytes mapped at %p", vcpu->fd.get(),
-         vcpu->shared.size(), vcpu->shared.get());
+  say(Verbosity::normal, "vCPU 0 is fd %d; its struct kvm_run is the first of %zu bytes mapped at %p",
+      vcpu->fd.get(), vcpu->shared.size(), vcpu->shared.get());
+  pause_after(kh::Step::create_vcpu, options.pause);
 
   announce(kh::Step::init_vcpu);
   const auto init = kh::init_vcpu(vm->get(), vcpu->fd.get());
   if (!init) return fail(init.error(), options);
-  result("target %u, features[0] = %s (PSCI 0.2)", init->target, hex(init->features[0]).c_str());
+  say(Verbosity::normal, "target %u, features[0] = %s (PSCI 0.2)", init->target, hex(init->features[0]).c_str());
+  pause_after(kh::Step::init_vcpu, options.pause);
 
   announce(kh::Step::set_boot_registers);
   const auto set = kh::set_boot_registers(vcpu->fd.get());
   if (!set) return fail(set.error(), options);
-  result("PC = %s, SP_EL1 = %s", hex(kh::boot_registers.pc).c_str(), hex(kh::boot_registers.sp_el1).c_str());
+  say(Verbosity::normal, "PC = %s, SP_EL1 = %s", hex(kh::boot_registers.pc).c_str(),
+      hex(kh::boot_registers.sp_el1).c_str());
+  pause_after(kh::Step::set_boot_registers, options.pause);
 
   announce(kh::Step::run_guest);
+  GuestStepper stepper(vcpu->fd.get(), memory->host.bytes(), guest_lines);
+  if (options.step_guest) {
+    const auto single_step = kh::enable_single_step(vcpu->fd.get());
+    if (!single_step) return fail(single_step.error(), options, &*vcpu);
+    say(Verbosity::normal, "single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP); each instruction, then "
+                           "the registers it changed");
+    const auto started = stepper.start();
+    if (!started) return fail(started.error(), options, &*vcpu);
+  }
   kh::HelloDevice device;
   unsigned exit_number = 0;
+  const kvm_run& run = vcpu->run();
   const auto stats = kh::run_guest(*vcpu, device, options.time_limit, [&](const kh::Exit& exit) {
-    result("exit %u: %s", ++exit_number, describe_exit(exit).c_str());
+    say(Verbosity::very_verbose, "%s", describe_run_fields(run).c_str());
+    if (std::holds_alternative<kh::DebugExit>(exit)) return stepper.stepped();
+    say(Verbosity::normal, "exit %u: %s", ++exit_number, describe_exit(exit).c_str());
   });
   if (!stats) return fail(stats.error(), options, &*vcpu);
+  pause_after(kh::Step::run_guest, options.pause);
 
-  std::printf("guest output: %s\n", escaped(device.output()).c_str());
-  if (device.answer_came_back()) {
-    std::printf("the guest read %s from the host and wrote it back\n", hex(kh::host_answer).c_str());
+  std::printf("guest output: %s\n", paint(colour::guest, escaped(device.output())).c_str());
+  if (shows(Verbosity::normal)) {
+    if (device.answer_came_back()) {
+      std::printf("the guest read %s from the host and wrote it back\n", hex(kh::host_answer).c_str());
+    }
+    if (const auto regs = dump_registers(*vcpu, stdout)) explain_power_off_registers(*regs);
+    std::printf("summary: %s\n", describe_stats(*stats).c_str());
   }
   std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %u exits\n", stats->exits);
   return static_cast<int>(Status::ok);

@@ -19,6 +19,12 @@ shift 2
 [ $# -ge 1 ] || { echo "run-in-vm: no program given" >&2; exit 2; }
 
 marker='kvm-hello-vm: exit status '
+
+# Inside, the program's output goes to the machine's console, a terminal: say
+# NO_COLOR there when our own output is not a terminal, or when it is set here.
+# (Kernel command line words with "=" before "--" become /init's environment.)
+environment=""
+if [ ! -t 1 ] || [ -n "${NO_COLOR:-}" ]; then environment="NO_COLOR=1"; fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
@@ -30,7 +36,7 @@ timeout --foreground "${KVM_HELLO_VM_TIMEOUT:-300}" \
     -M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 1 -m 256 \
     -nodefaults -display none -monitor none -serial stdio -no-reboot \
     -kernel "$kernel" -initrd "$initramfs" \
-    -append "console=ttyAMA0 rdinit=/init quiet loglevel=1 -- $*" </dev/null |
+    -append "console=ttyAMA0 rdinit=/init quiet loglevel=1 $environment -- $*" </dev/null |
   tr -d '\r' | tee "$log" | awk -v m="$marker" 'index($0, m) == 1 {done = 1} !done {print; fflush()}'
 qemu_status=${PIPESTATUS[0]}
 set -e
