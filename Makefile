@@ -59,7 +59,7 @@ E2E         := $(BUILD)/e2e-tests
 PACKAGES_OK := $(BUILD)/.packages-ok
 
 .DEFAULT_GOAL := all
-.PHONY: all run test help clean distclean format
+.PHONY: all run test golden help clean distclean format
 .DELETE_ON_ERROR:
 .SECONDARY:  # keep the guest's .o and .elf: debuggers and the tests read them
 
@@ -94,6 +94,16 @@ test: $(UNIT_HOST) $(UNIT_ARM64) $(BUILD)/test.cpio $(KERNEL)
 	@test/run-suite.sh $(TEST_LOGS) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64)
 	@test/run-suite.sh $(TEST_LOGS) e2e-in-emulated-arm64 tools/run-in-vm.sh $(KERNEL) $(BUILD)/test.cpio /e2e-tests
 	@test/summarize.sh $(TEST_LOGS)
+endif
+
+## golden     rewrite test/golden/ from a real run (then review it with git diff)
+ifdef NATIVE
+golden: $(E2E) $(PROGRAM)
+	KVM_HELLO_PRINT_GOLDEN=1 $(E2E) '-tc=golden*' | test/update-golden.sh test/golden
+else
+golden: $(BUILD)/test.cpio $(KERNEL)
+	tools/run-in-vm.sh $(KERNEL) $(BUILD)/test.cpio KVM_HELLO_PRINT_GOLDEN=1 /e2e-tests '-tc=golden*' | \
+	  test/update-golden.sh test/golden
 endif
 
 ## format     reformat the C++ sources with clang-format
@@ -166,8 +176,10 @@ $(UNIT_HOST): $(UNIT_SOURCES) $(if $(NATIVE),,$(UAPI_OVERLAY)/.done) | $(PACKAGE
 $(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. $(SOURCE_DIR) $(ARM64_LINK) -o $@ test/unit_tests.cpp
 
+# The e2e tests find kvm-hello and golden/ beside themselves.
 $(E2E): test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
+	ln -sfn ../test/golden $(BUILD)/golden
 
 # Every test guest as a C array named after its file: spin.S -> spin_bin[].
 $(BUILD)/test_guests.h: $(TEST_GUESTS)
@@ -180,17 +192,20 @@ $(BUILD)/vm-init: tools/vm-init.cpp | $(PACKAGES_OK)
 # Stripped copies: the initramfs is smaller and boots faster; build/ keeps the
 # binaries with their debug information.
 
+# $(call make-initramfs,PROGRAMS,DIRECTORIES): /init, the programs, and copies of the directories.
 define make-initramfs
 	rm -rf $@.root && mkdir -p $@.root
 	$(CROSS)strip -o $@.root/init $(BUILD)/vm-init
-	for program in $(notdir $(filter-out $(BUILD)/vm-init,$^)); do \
-	  $(CROSS)strip -o $@.root/$$program $(BUILD)/$$program; done
+	for program in $(1); do $(CROSS)strip -o $@.root/$$(basename $$program) $$program; done
+	$(if $(2),cp -r $(2) $@.root/)
 	cd $@.root && find . | cpio -o -H newc --quiet > ../$(notdir $@)
 	rm -rf $@.root
 endef
 
-$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
-	$(make-initramfs)
+GOLDEN := $(wildcard test/golden/*.txt)
 
-$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E)
-	$(make-initramfs)
+$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
+	$(call make-initramfs,$(PROGRAM))
+
+$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(GOLDEN)
+	$(call make-initramfs,$(PROGRAM) $(E2E),test/golden)

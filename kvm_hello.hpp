@@ -141,7 +141,7 @@ struct StepInfo {
 
 constexpr StepInfo step_info(Step step) {
   switch (step) {
-    case Step::open_kvm: return {"open_kvm", "open the KVM device", "open(\"/dev/kvm\", O_RDWR | O_CLOEXEC)"};
+    case Step::open_kvm: return {"open_kvm", "open the KVM device", "open(device, O_RDWR | O_CLOEXEC)"};
     case Step::check_api_version: return {"check_api_version", "check the KVM API version", "KVM_GET_API_VERSION"};
     case Step::check_capabilities:
       return {"check_capabilities", "check the capabilities we rely on", "KVM_CHECK_EXTENSION"};

@@ -612,7 +612,8 @@ inline void print_capability_table(int kvm_fd) {
     for (const kh::Capability& required : kh::required_capabilities) {
       if (required.id == cap.id) use += ": " + std::string(required.why);
     }
-    std::printf("%-28s %6s  %s\n", cap.name, value ? std::to_string(*value).c_str() : "error", use.c_str());
+    std::printf("%-28s %6s  %s\n", cap.name, value ? std::to_string(*value).c_str() : "error",
+                use.empty() ? "-" : use.c_str());
   }
 }
 

@@ -16,7 +16,9 @@
 
 #include <chrono>
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -50,9 +52,11 @@ Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t
   const auto start = std::chrono::steady_clock::now();
   const pid_t child = fork();
   if (child == 0) {
-    const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (out < 0 || err < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
+    // O_CLOEXEC: the program gets exactly fds 0, 1 and 2 from us, as from a shell.
+    const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int in = open("/dev/null", O_RDONLY | O_CLOEXEC);  // not a terminal: --pause runs straight through
+    if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
     if (uid != static_cast<uid_t>(-1) && (setgid(uid) != 0 || setuid(uid) != 0)) _exit(126);
     std::vector<char*> argv{program_path.data()};
     for (auto& arg : args) argv.push_back(arg.data());
@@ -261,10 +265,87 @@ TEST_CASE("trap: a store pair to MMIO makes KVM_RUN fail with ENOSYS") {
   CHECK(stats.error().err == ENOSYS);
 }
 
+// ==== Golden output ===========================================================
+//
+// test/golden/NAME.txt holds what a user sees for one command line:
+//   # args: -v
+//   # status: 0
+//   <stdout>
+//   --- stderr ---      (only when there is any)
+//   <stderr>
+// Values that change from run to run or host to host are normalised first.
+// `make golden` rewrites the files from a real run (KVM_HELLO_PRINT_GOLDEN=1).
+
+namespace {
+
+std::string golden_dir;  // golden/ beside this binary
+
+std::string normalise(std::string text) {
+  const std::pair<const char*, const char*> rules[] = {
+      {R"(\b[0-9]+(\.[0-9]+)? (ns|us|ms|s)\b)", "<time>"},                     // durations
+      {R"((mapped at |userspace_addr )0x[0-9a-f]+)", "$1<address>"},           // where mmap put things
+      {R"((KVM_CAP_ARM_VM_IPA_SIZE\)? += )[0-9]+)", "$1<ipa bits>"},           // the host's IPA limit
+      {R"(target [0-9]+)", "target <n>"},                                      // the host's preferred target
+      {R"((first of |KVM_GET_VCPU_MMAP_SIZE\) = )[0-9]+)", "$1<size>"},        // two host pages
+  };
+  for (const auto& [pattern, replacement] : rules) text = std::regex_replace(text, std::regex(pattern), replacement);
+  return text;
+}
+
+std::vector<std::string> split_words(const std::string& text) {
+  std::vector<std::string> words;
+  std::istringstream in(text);
+  for (std::string word; in >> word;) words.push_back(word);
+  return words;
+}
+
+std::string render(const std::string& args, const Outcome& run) {
+  std::string text = "# args: " + args + "\n# status: " + std::to_string(run.status) + "\n" + normalise(run.out);
+  if (!run.err.empty()) text += "--- stderr ---\n" + normalise(run.err);
+  return text;
+}
+
+// "line 12: expected ... / actual ...": the first place two texts differ.
+std::string first_difference(const std::string& expected, const std::string& actual) {
+  std::istringstream e(expected), a(actual);
+  std::string el, al;
+  for (int line = 1;; ++line) {
+    const bool more_e = static_cast<bool>(std::getline(e, el)), more_a = static_cast<bool>(std::getline(a, al));
+    if (!more_e && !more_a) return "no difference";
+    if (el != al || more_e != more_a) {
+      return "line " + std::to_string(line) + "\n  expected: " + (more_e ? el : "<end>") + "\n  actual:   " +
+             (more_a ? al : "<end>");
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("golden output: kvm-hello prints what test/golden/ shows") {
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(golden_dir)) files.push_back(entry.path());
+  std::sort(files.begin(), files.end());
+  REQUIRE_MESSAGE(!files.empty(), "no golden files in " << golden_dir);
+  const bool print = std::getenv("KVM_HELLO_PRINT_GOLDEN") != nullptr;
+  for (const auto& file : files) {
+    const std::string expected = read_file(file);
+    const std::string header = expected.substr(0, expected.find('\n'));
+    REQUIRE_MESSAGE(header.starts_with("# args:"), file << " must start with '# args:'");
+    const std::string args = header.size() > 8 ? header.substr(8) : "";
+    const std::string actual = render(args, run_program(split_words(args)));
+    if (print) {
+      std::printf("=== golden %s ===\n%s=== end ===\n", file.filename().c_str(), actual.c_str());
+      continue;
+    }
+    CHECK_MESSAGE(actual == expected, file.filename() << " differs at " << first_difference(expected, actual));
+  }
+}
+
 int main(int argc, char** argv) {
   // kvm-hello lies beside this binary: /kvm-hello in the emulated machine, build/kvm-hello natively.
   std::string self = std::filesystem::read_symlink("/proc/self/exe");
   program_path = self.substr(0, self.rfind('/') + 1) + "kvm-hello";
+  golden_dir = self.substr(0, self.rfind('/') + 1) + "golden";
   doctest::Context context;
   context.setOption("no-colors", true);  // the emulated machine's console is a terminal, the log is not
   context.applyCommandLine(argc, argv);

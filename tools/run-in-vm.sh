@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# run-in-vm.sh KERNEL INITRAMFS PROGRAM [ARGS...]
+# run-in-vm.sh KERNEL INITRAMFS [NAME=VALUE...] PROGRAM [ARGS...]
 #
 # Boots the emulated arm64 machine and runs PROGRAM (a path inside the
-# initramfs) with ARGS there; shows what it prints and exits with its status.
+# initramfs) with ARGS there, NAME=VALUE in its environment; shows what it
+# prints and exits with its status.
 #
 # The machine: QEMU's "virt" board with virtualization=on, so QEMU emulates
 # EL2 and the arm64 Linux kernel inside boots with KVM: its /dev/kvm is a real
@@ -13,18 +14,23 @@
 # KVM_HELLO_VM_TIMEOUT (seconds, default 300) bounds the whole boot.
 set -euo pipefail
 
-kernel=${1:?usage: run-in-vm.sh KERNEL INITRAMFS PROGRAM [ARGS...]}
-initramfs=${2:?usage: run-in-vm.sh KERNEL INITRAMFS PROGRAM [ARGS...]}
+usage="usage: run-in-vm.sh KERNEL INITRAMFS [NAME=VALUE...] PROGRAM [ARGS...]"
+kernel=${1:?$usage}
+initramfs=${2:?$usage}
 shift 2
-[ $# -ge 1 ] || { echo "run-in-vm: no program given" >&2; exit 2; }
+environment=()
+while [ $# -ge 1 ] && [[ $1 == [A-Za-z_]*=* ]]; do
+  environment+=("$1")
+  shift
+done
+[ $# -ge 1 ] || { echo "run-in-vm: no program given; $usage" >&2; exit 2; }
 
 marker='kvm-hello-vm: exit status '
 
 # Inside, the program's output goes to the machine's console, a terminal: say
 # NO_COLOR there when our own output is not a terminal, or when it is set here.
 # (Kernel command line words with "=" before "--" become /init's environment.)
-environment=""
-if [ ! -t 1 ] || [ -n "${NO_COLOR:-}" ]; then environment="NO_COLOR=1"; fi
+if [ ! -t 1 ] || [ -n "${NO_COLOR:-}" ]; then environment+=("NO_COLOR=1"); fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
@@ -36,7 +42,7 @@ timeout --foreground "${KVM_HELLO_VM_TIMEOUT:-300}" \
     -M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 1 -m 256 \
     -nodefaults -display none -monitor none -serial stdio -no-reboot \
     -kernel "$kernel" -initrd "$initramfs" \
-    -append "console=ttyAMA0 rdinit=/init quiet loglevel=1 $environment -- $*" </dev/null |
+    -append "console=ttyAMA0 rdinit=/init quiet loglevel=1 ${environment[*]} -- $*" </dev/null |
   tr -d '\r' | tee "$log" | awk -v m="$marker" 'index($0, m) == 1 {done = 1} !done {print; fflush()}'
 qemu_status=${PIPESTATUS[0]}
 set -e
