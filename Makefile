@@ -14,11 +14,11 @@ ifeq ($(HOST_ARCH),aarch64)
   NATIVE     := 1
   CROSS      :=
   ARM64_LINK :=
-  PACKAGES   := g++ xxd doctest-dev
+  PACKAGES   := g++ xxd doctest-dev gdb
 else
   CROSS      := aarch64-linux-gnu-
   ARM64_LINK := -static
-  PACKAGES   := g++ xxd doctest-dev g++-aarch64-linux-gnu qemu-system-arm qemu-user-static cpio
+  PACKAGES   := g++ xxd doctest-dev g++-aarch64-linux-gnu qemu-system-arm qemu-user-static cpio gdb-multiarch
 endif
 
 # KVM_HELLO_KERNEL=/path/to/arm64/Image uses that kernel instead of downloading one.
@@ -59,15 +59,15 @@ E2E         := $(BUILD)/e2e-tests
 PACKAGES_OK := $(BUILD)/.packages-ok
 
 .DEFAULT_GOAL := all
-.PHONY: all run test golden help clean distclean format
+.PHONY: all run trace gdb test golden help clean distclean format
 .DELETE_ON_ERROR:
 .SECONDARY:  # keep the guest's .o and .elf: debuggers and the tests read them
 
 ## all        build the program and every test (the default)
 ifdef NATIVE
-all: $(PROGRAM) $(UNIT_HOST) $(E2E)
+all: $(PROGRAM) $(UNIT_HOST) $(E2E) $(DEBUG_PROGRAM)
 else
-all: $(PROGRAM) $(UNIT_HOST) $(UNIT_ARM64) $(E2E) $(BUILD)/run.cpio $(BUILD)/test.cpio
+all: $(PROGRAM) $(UNIT_HOST) $(UNIT_ARM64) $(E2E) $(BUILD)/run.cpio $(BUILD)/test.cpio $(BUILD)/gdb.cpio
 endif
 
 ## run        build and run kvm-hello (options: make run ARGS="--timeout 2")
@@ -79,20 +79,36 @@ run: $(BUILD)/run.cpio $(KERNEL)
 	@tools/run-in-vm.sh $(KERNEL) $(BUILD)/run.cpio /kvm-hello $(ARGS)
 endif
 
+## trace      run the guest one instruction at a time (make run ARGS=--step-guest)
+trace: ARGS += --step-guest
+trace: run
+
+## gdb        gdb on kvm-hello, with a breakpoint on each step function (tools/steps.gdb)
+ifdef NATIVE
+gdb: $(DEBUG_PROGRAM)
+	gdb -q -x tools/steps.gdb --args $(DEBUG_PROGRAM) $(ARGS)
+else
+gdb: $(BUILD)/gdb.cpio $(KERNEL)
+	@tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
+endif
+
 ## test       unit tests, then end-to-end tests against real KVM; ends with "N passed, M failed"
 TEST_LOGS := $(BUILD)/test-logs
 ifdef NATIVE
-test: $(UNIT_HOST) $(E2E) $(PROGRAM)
+test: $(UNIT_HOST) $(E2E) $(PROGRAM) $(DEBUG_PROGRAM)
 	@rm -rf $(TEST_LOGS)
 	@test/run-suite.sh $(TEST_LOGS) unit $(UNIT_HOST)
 	@test/run-suite.sh $(TEST_LOGS) e2e $(E2E)
+	@test/run-suite.sh $(TEST_LOGS) gdb test/gdb-test.sh run gdb -q -x tools/steps.gdb $(DEBUG_PROGRAM)
 	@test/summarize.sh $(TEST_LOGS)
 else
-test: $(UNIT_HOST) $(UNIT_ARM64) $(BUILD)/test.cpio $(KERNEL)
+test: $(UNIT_HOST) $(UNIT_ARM64) $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
 	@rm -rf $(TEST_LOGS)
 	@test/run-suite.sh $(TEST_LOGS) unit-$(HOST_ARCH) $(UNIT_HOST)
 	@test/run-suite.sh $(TEST_LOGS) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64)
 	@test/run-suite.sh $(TEST_LOGS) e2e-in-emulated-arm64 tools/run-in-vm.sh $(KERNEL) $(BUILD)/test.cpio /e2e-tests
+	@test/run-suite.sh $(TEST_LOGS) gdb-in-emulated-arm64 \
+	  test/gdb-test.sh continue tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
 	@test/summarize.sh $(TEST_LOGS)
 endif
 
@@ -160,6 +176,14 @@ $(BUILD)/guest_lines.h: $(BUILD)/guest.elf guest.S tools/guest-lines.sh
 $(PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
 
+# For gdb: no optimisation, so every step is a function of its own; and, when
+# it runs in the emulated machine, linked at an address no other program there
+# uses (gdb's breakpoints there are by virtual address).
+DEBUG_PROGRAM := $(BUILD)/kvm-hello-debug
+DEBUG_LINK := $(if $(NATIVE),,-static -Wl,-Ttext-segment=0x1000000)
+$(DEBUG_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h
+	$(ARM64_CXX) $(CXXSTD) -O0 -g $(WARNINGS) -I$(BUILD) $(DEBUG_LINK) -o $@ main.cpp
+
 $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 	@for header in $(UAPI_HEADERS); do \
 	  mkdir -p $(UAPI_OVERLAY)/$$(dirname $$header) && ln -sf $(ARM64_UAPI)/$$header $(UAPI_OVERLAY)/$$header; \
@@ -206,6 +230,9 @@ GOLDEN := $(wildcard test/golden/*.txt)
 
 $(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
 	$(call make-initramfs,$(PROGRAM))
+
+$(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
+	$(call make-initramfs,$(DEBUG_PROGRAM))
 
 $(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(GOLDEN)
 	$(call make-initramfs,$(PROGRAM) $(E2E),test/golden)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # summarize.sh LOG_DIR
 #
-# Adds up the doctest summaries of every suite that run-suite.sh logged, and
+# Adds up the summaries (doctest's, or a plain "N passed, M failed") of every suite that run-suite.sh logged, and
 # prints the totals as the last line: "N passed, M failed". A suite that
 # exited non-zero, or ended without its summary (a crash, a machine that did
 # not boot), counts as one more failure. Exits 1 if anything failed.
@@ -11,15 +11,16 @@ passed=0 failed=0
 for status_file in "$log_dir"/*.status; do
   name=$(basename "$status_file" .status)
   status=$(cat "$status_file")
-  # [doctest] test cases: 12 | 12 passed | 0 failed | 0 skipped
-  summary=$(grep -a '^\[doctest\] test cases:' "$log_dir/$name.log" | tail -n 1)
+  # doctest's "[doctest] test cases: 12 | 12 passed | 0 failed | 0 skipped",
+  # or a script's own "12 passed, 0 failed"
+  summary=$(grep -aE '^\[doctest\] test cases:|^[0-9]+ passed, [0-9]+ failed$' "$log_dir/$name.log" | tail -n 1)
   if [ -z "$summary" ]; then
     echo "summary: $name ended without a test summary (exit status $status)"
     failed=$((failed + 1))
     continue
   fi
-  p=$(sed -E 's/.*\| *([0-9]+) passed.*/\1/' <<<"$summary")
-  f=$(sed -E 's/.*\| *([0-9]+) failed.*/\1/' <<<"$summary")
+  p=$(sed -E 's/.*[|^] *([0-9]+) passed.*/\1/; s/^([0-9]+) passed.*/\1/' <<<"$summary")
+  f=$(sed -E 's/.*[|,] *([0-9]+) failed.*/\1/' <<<"$summary")
   passed=$((passed + p)) failed=$((failed + f))
   echo "summary: $name: $p passed, $f failed (exit status $status)"
   if [ "$status" != 0 ] && [ "$f" = 0 ]; then

@@ -418,3 +418,25 @@ TEST_CASE("README: the exit status table is the program's") {
     CHECK_MESSAGE(readme.find(row) != std::string::npos, "README.md lacks the row " << row);
   }
 }
+
+TEST_CASE("README: the sample output is the real one (test/golden/default.txt)") {
+  const std::string readme = read_source("README.md");
+  const std::string golden = read_source("test/golden/default.txt");
+  const std::size_t section = readme.find("## What you will see");
+  REQUIRE(section != std::string::npos);
+  const std::size_t start = readme.find("```\n", section) + 4;
+  const std::size_t end = readme.find("```", start);
+  std::istringstream sample(readme.substr(start, end - start));
+  int checked = 0;
+  for (std::string line; std::getline(sample, line);) {
+    if (line.find_first_not_of(' ') == line.find("...")) continue;  // a line that only says "more here"
+    // A line ending in "..." is shortened: it must begin a line of the real output.
+    const bool shortened = line.ends_with("...");
+    const std::string wanted = shortened ? line.substr(0, line.size() - 3) : line + "\n";
+    const bool found = shortened ? golden.find("\n" + wanted) != std::string::npos
+                                 : golden.find("\n" + wanted) != std::string::npos || golden.starts_with(wanted);
+    CHECK_MESSAGE(found, "README.md shows a line the program does not print: " << line);
+    ++checked;
+  }
+  CHECK(checked > 10);
+}

@@ -36,12 +36,16 @@ trap 'rm -f "$log"' EXIT
 
 # The serial console writes \r\n; what comes after the marker is the
 # kernel powering off, not ours to show.
+# KVM_HELLO_GDB_PORT: QEMU's gdb stub on that loopback port, waiting for gdb.
+debug=()
+if [ -n "${KVM_HELLO_GDB_PORT:-}" ]; then debug=(-gdb "tcp:127.0.0.1:$KVM_HELLO_GDB_PORT" -S); fi
+
 set +e
 timeout --foreground "${KVM_HELLO_VM_TIMEOUT:-300}" \
   qemu-system-aarch64 \
     -M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 1 -m 256 \
     -nodefaults -display none -monitor none -serial stdio -no-reboot \
-    -kernel "$kernel" -initrd "$initramfs" \
+    -kernel "$kernel" -initrd "$initramfs" "${debug[@]}" \
     -append "console=ttyAMA0 rdinit=/init quiet loglevel=1 ${environment[*]} -- $*" </dev/null |
   tr -d '\r' | tee "$log" | awk -v m="$marker" 'index($0, m) == 1 {done = 1} !done {print; fflush()}'
 qemu_status=${PIPESTATUS[0]}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# gdb-test.sh FIRST GDB-LAUNCHER...
+#
+# Drives gdb in batch mode through kvm-hello with tools/steps.gdb's
+# breakpoints and checks what a user would see: every step function stops in
+# order, `print` and `bt` work there, and the program still finishes cleanly.
+# FIRST is the command that starts the program: `run` for a local gdb,
+# `continue` for gdb attached to the emulated machine (tools/gdb-in-vm.sh).
+# Prints "N passed, M failed".
+set -uo pipefail
+first=$1
+shift
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+commands=(-batch -ex "$first" -ex "print path")
+for _ in $(seq 8); do commands+=(-ex continue); done
+commands+=(-ex "bt 2" -ex continue)
+timeout 300 "$@" "${commands[@]}" >"$log" 2>&1
+cat "$log"
+
+passed=0 failed=0
+check() {  # check DESCRIPTION COMMAND...
+  if "${@:2}"; then
+    passed=$((passed + 1)); echo "gdb-test: ok: $1"
+  else
+    failed=$((failed + 1)); echo "gdb-test: FAILED: $1"
+  fi
+}
+stops=$(sed -n 's/^Breakpoint [0-9]*, kvm_hello::\([a-z_]*\).*/\1/p' "$log" | tr '\n' ' ')
+expected="open_kvm check_api_version check_capabilities create_vm setup_guest_memory create_vcpu init_vcpu set_boot_registers run_guest "
+check "the nine step functions stop in order (saw: $stops)" test "$stops" = "$expected"
+check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/dev/kvm"$' "$log"
+check "bt at run_guest shows main as its caller" grep -q '^#1 .* in main (' "$log"
+check "the program ran to its clean shutdown" grep -q '^shutdown: the guest powered off' "$log"
+echo "$passed passed, $failed failed"

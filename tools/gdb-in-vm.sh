@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# gdb-in-vm.sh KERNEL INITRAMFS PROGRAM [GDB ARGUMENTS...]
+#
+# Debugs PROGRAM (a path inside the initramfs, and beside this script's
+# caller as build/PROGRAM with its symbols) while it runs inside the emulated
+# arm64 machine. QEMU's gdb stub listens on 127.0.0.1 and QEMU waits (-S)
+# until gdb-multiarch has connected and set the breakpoints of
+# tools/steps.gdb; then `continue` boots the machine and stops at step 1.
+# The program's output appears in the same terminal as gdb's.
+#
+# Breakpoints are on virtual addresses, whichever process is running: the
+# debug build is linked at its own address (see the Makefile), so nothing else
+# in the machine runs code there.
+set -euo pipefail
+kernel=$1 initramfs=$2 program=$3
+shift 3
+here=$(cd "$(dirname "$0")" && pwd)
+port=${KVM_HELLO_GDB_PORT:-$((20000 + RANDOM % 20000))}
+
+KVM_HELLO_GDB_PORT=$port "$here/run-in-vm.sh" "$kernel" "$initramfs" "/$(basename -- "$program")" &
+machine=$!
+trap 'kill "$machine" 2>/dev/null || true' EXIT
+
+# Wait for the stub to listen before gdb connects.
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+
+gdb-multiarch -q -ex "target remote 127.0.0.1:$port" -x "$here/steps.gdb" "$@" "$program"
+wait "$machine" || true
