@@ -400,15 +400,13 @@ Result<int> call(Step step, int fd, Request<N, Arg> request, std::type_identity_
 // clang-format off  (clang-format 14 cannot lay out requires-clauses)
 // _IOW: the kernel only reads the struct, so a const one will do.
 template <unsigned long N, class Arg>
-  requires(_IOC_DIR(N) == _IOC_WRITE)
-Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg) {
+requires(_IOC_DIR(N) == _IOC_WRITE) Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg) {
   return detail::checked_ioctl<N>(step, fd, request.name, arg, arg);
 }
 
 // _IOR and _IOWR: the kernel writes into the struct.
 template <unsigned long N, class Arg>
-  requires((_IOC_DIR(N) & _IOC_READ) != 0)
-Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg) {
+requires((_IOC_DIR(N) & _IOC_READ) != 0) Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg) {
   return detail::checked_ioctl<N>(step, fd, request.name, arg, static_cast<const Arg*>(arg));
 }
 // clang-format on
@@ -699,10 +697,10 @@ static_assert(reg::esr_el1 == 0x603000000013c290);
 
 // The fields of a ONE_REG id (see the picture above), for tracing.
 struct RegisterIdFields {
-  std::uint64_t arch;    // KVM_REG_ARM64 for us
-  unsigned size_bytes;   // 1 << the size field
-  unsigned coproc;       // 0x10 core, 0x13 system register, ...
-  unsigned index;        // core: offsetof(struct kvm_regs, ...) / 4; sysreg: op0..op2 packed
+  std::uint64_t arch;   // KVM_REG_ARM64 for us
+  unsigned size_bytes;  // 1 << the size field
+  unsigned coproc;      // 0x10 core, 0x13 system register, ...
+  unsigned index;       // core: offsetof(struct kvm_regs, ...) / 4; sysreg: op0..op2 packed
 };
 constexpr RegisterIdFields decode_register_id(std::uint64_t id) {
   return {id & KVM_REG_ARCH_MASK, 1u << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT),
@@ -716,7 +714,7 @@ inline std::string register_name(std::uint64_t id) {
     if (id == reg::x(n)) return "x" + std::to_string(n);
   }
   constexpr std::pair<std::uint64_t, std::string_view> named[] = {
-      {reg::sp_el0, "sp_el0"}, {reg::pc, "pc"},           {reg::pstate, "pstate"},   {reg::sp_el1, "sp_el1"},
+      {reg::sp_el0, "sp_el0"},   {reg::pc, "pc"},           {reg::pstate, "pstate"},   {reg::sp_el1, "sp_el1"},
       {reg::elr_el1, "elr_el1"}, {reg::esr_el1, "esr_el1"}, {reg::far_el1, "far_el1"}, {reg::vbar_el1, "vbar_el1"}};
   for (const auto& [known, name] : named) {
     if (id == known) return std::string(name);
@@ -773,8 +771,9 @@ inline Result<Registers> read_registers(int vcpu_fd, Step step = Step::run_guest
     regs.x[static_cast<std::size_t>(n)] = *value;
   }
   const std::pair<std::uint64_t, std::uint64_t Registers::*> others[] = {
-      {reg::sp_el0, &Registers::sp_el0},   {reg::pc, &Registers::pc},           {reg::pstate, &Registers::pstate},
-      {reg::sp_el1, &Registers::sp_el1},   {reg::elr_el1, &Registers::elr_el1}, {reg::esr_el1, &Registers::esr_el1},
+      {reg::sp_el0, &Registers::sp_el0},   {reg::pc, &Registers::pc},
+      {reg::pstate, &Registers::pstate},   {reg::sp_el1, &Registers::sp_el1},
+      {reg::elr_el1, &Registers::elr_el1}, {reg::esr_el1, &Registers::esr_el1},
       {reg::far_el1, &Registers::far_el1}, {reg::vbar_el1, &Registers::vbar_el1}};
   for (const auto& [id, field] : others) {
     const auto value = get_register(step, vcpu_fd, id);
@@ -787,12 +786,12 @@ inline Result<Registers> read_registers(int vcpu_fd, Step step = Step::run_guest
 // ESR_ELx ("exception syndrome"): bits [31:26] are the exception class, EC
 // (Arm Architecture Reference Manual, ESR_EL1). A few this program explains:
 namespace exception_class {
-inline constexpr unsigned unknown = 0x00;          // e.g. an undefined instruction (zero-filled memory)
-inline constexpr unsigned hvc64 = 0x16;            // HVC from AArch64
+inline constexpr unsigned unknown = 0x00;            // e.g. an undefined instruction (zero-filled memory)
+inline constexpr unsigned hvc64 = 0x16;              // HVC from AArch64
 inline constexpr unsigned instruction_abort = 0x21;  // from the current EL
 inline constexpr unsigned pc_alignment = 0x22;
-inline constexpr unsigned data_abort = 0x25;       // from the current EL
-inline constexpr unsigned software_step = 0x32;    // from a lower EL: what single-stepping reports
+inline constexpr unsigned data_abort = 0x25;     // from the current EL
+inline constexpr unsigned software_step = 0x32;  // from a lower EL: what single-stepping reports
 }  // namespace exception_class
 constexpr unsigned exception_class_of(std::uint64_t esr) { return static_cast<unsigned>((esr >> 26) & 0x3f); }
 
@@ -979,11 +978,11 @@ class Watchdog {
 inline constexpr std::chrono::milliseconds default_time_limit{5000};
 
 struct RunStats {
-  unsigned kvm_run_calls = 0;                   // times we entered the guest
-  unsigned exits = 0;                           // times it came back to us with a reason
+  unsigned kvm_run_calls = 0;                  // times we entered the guest
+  unsigned exits = 0;                          // times it came back to us with a reason
   std::array<unsigned, 64> exits_by_reason{};  // indexed by KVM_EXIT_* (the last: 63 and above)
-  std::chrono::nanoseconds in_kvm_run{};        // time spent inside the KVM_RUN ioctl
-  std::chrono::nanoseconds total{};             // the whole loop, host work included
+  std::chrono::nanoseconds in_kvm_run{};       // time spent inside the KVM_RUN ioctl
+  std::chrono::nanoseconds total{};            // the whole loop, host work included
 };
 
 // What one exit means for the loop: go on, stop cleanly, or stop with an error.
@@ -1006,12 +1005,10 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
 // to the guest (a read or a write completes only when we re-enter). A
 // SYSTEM_EVENT of type SHUTDOWN (the guest's PSCI SYSTEM_OFF) ends the run:
 // returns the counts and times. `on_exit(const Exit&)` sees each exit after
-// the device handled it (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on. Errors: EINTR when the watchdog stopped the guest
-// after `limit` (Problem::watchdog_expired); ENOSYS for an MMIO instruction
-// KVM cannot decode (load/store pair, writeback, SIMD); an exit reason or
-// system event other than those: Problem::unexpected_exit, guest_reset,
-// guest_crash.
-// Why: this loop is the whole life of a VM: the guest runs until it needs us.
+// the device handled it (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on. Errors: EINTR when the watchdog
+// stopped the guest after `limit` (Problem::watchdog_expired); ENOSYS for an MMIO instruction KVM cannot decode
+// (load/store pair, writeback, SIMD); an exit reason or system event other than those: Problem::unexpected_exit,
+// guest_reset, guest_crash. Why: this loop is the whole life of a VM: the guest runs until it needs us.
 template <class OnExit>
 Result<RunStats> run_guest(Vcpu& vcpu, HelloDevice& device, std::chrono::milliseconds limit, OnExit&& on_exit) {
   kvm_run& run = vcpu.run();

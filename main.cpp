@@ -317,10 +317,10 @@ inline bool wants_colour(int fd) {
 }
 
 namespace colour {
-inline constexpr const char* step = "\033[1m";     // bold
-inline constexpr const char* guest = "\033[32m";   // green
-inline constexpr const char* error = "\033[31m";   // red
-inline constexpr const char* detail = "\033[2m";   // dim
+inline constexpr const char* step = "\033[1m";    // bold
+inline constexpr const char* guest = "\033[32m";  // green
+inline constexpr const char* error = "\033[31m";  // red
+inline constexpr const char* detail = "\033[2m";  // dim
 }  // namespace colour
 
 inline std::string paint(const char* sgr, std::string_view text) {
@@ -354,9 +354,10 @@ inline void announce(kh::Step step) {
 // A ONE_REG id, decoded: "0x6030000000100040 (arm64 u64 core 0x40: pc)".
 inline std::string describe_register_id(std::uint64_t id) {
   const kh::RegisterIdFields fields = kh::decode_register_id(id);
-  std::string kind = fields.coproc == (KVM_REG_ARM_CORE >> KVM_REG_ARM_COPROC_SHIFT)        ? "core"
-                     : fields.coproc == (KVM_REG_ARM64_SYSREG >> KVM_REG_ARM_COPROC_SHIFT) ? "sysreg"
-                                                                                            : "coproc " + hex(fields.coproc);
+  std::string kind = fields.coproc == (KVM_REG_ARM_CORE >> KVM_REG_ARM_COPROC_SHIFT) ? "core"
+                     : fields.coproc == (KVM_REG_ARM64_SYSREG >> KVM_REG_ARM_COPROC_SHIFT)
+                         ? "sysreg"
+                         : "coproc " + hex(fields.coproc);
   const std::string name = kh::register_name(id);
   return hex(id) + " (" + (fields.arch == KVM_REG_ARM64 ? "arm64" : "arch " + hex(fields.arch)) + " u" +
          std::to_string(fields.size_bytes * 8) + " " + kind + " " + hex(fields.index) +
@@ -402,17 +403,16 @@ inline std::string describe_argument(std::string_view request, const kh::CallArg
 // The request number's four fields: "0x4020ae46 = _IOW(0xae, 0x46, 32 bytes)".
 inline std::string describe_request_number(unsigned long number) {
   const kh::RequestFields fields = kh::decode_request(number);
-  const char* dir = fields.dir == _IOC_NONE                  ? "_IO"
-                    : fields.dir == _IOC_WRITE               ? "_IOW"
-                    : fields.dir == _IOC_READ                ? "_IOR"
-                                                             : "_IOWR";
+  const char* dir = fields.dir == _IOC_NONE    ? "_IO"
+                    : fields.dir == _IOC_WRITE ? "_IOW"
+                    : fields.dir == _IOC_READ  ? "_IOR"
+                                               : "_IOWR";
   return hex(number) + " = " + dir + "(" + hex(fields.type) + ", " + hex(fields.nr) +
          (fields.dir == _IOC_NONE ? "" : ", " + std::to_string(fields.size) + " bytes") + ")";
 }
 
 inline std::string describe_call(const kh::CallRecord& call) {
-  const std::string outcome =
-      call.result < 0 ? "-1 " + errno_text(call.err) : std::to_string(call.result);
+  const std::string outcome = call.result < 0 ? "-1 " + errno_text(call.err) : std::to_string(call.result);
   return "ioctl(" + std::to_string(call.fd) + ", " + std::string(call.name) +
          describe_argument(call.name, call.argument) + ") = " + outcome + "  [" + describe_request_number(call.number) +
          "]  " + format_duration(call.took);
@@ -451,8 +451,8 @@ inline std::string describe_run_fields(const kvm_run& run) {
               std::to_string(run.system_event.ndata) + ", data[0] " + hex(run.system_event.data[0]) + "}";
       break;
     case KVM_EXIT_DEBUG:
-      text += ", debug.arch {hsr " + hex(run.debug.arch.hsr) + ", hsr_high " + hex(run.debug.arch.hsr_high) +
-              ", far " + hex(run.debug.arch.far) + "}";
+      text += ", debug.arch {hsr " + hex(run.debug.arch.hsr) + ", hsr_high " + hex(run.debug.arch.hsr_high) + ", far " +
+              hex(run.debug.arch.far) + "}";
       break;
     case KVM_EXIT_FAIL_ENTRY:
       text += ", fail_entry {hardware_entry_failure_reason " + hex(run.fail_entry.hardware_entry_failure_reason) +
@@ -687,8 +687,9 @@ inline std::optional<kh::Registers> dump_registers(const kh::Vcpu& vcpu, FILE* t
 // After SYSTEM_OFF, x0-x3 hold what KVM preloaded as the call's return value.
 inline void explain_power_off_registers(const kh::Registers& regs) {
   if (regs.x[0] != static_cast<std::uint64_t>(PSCI_RET_INTERNAL_FAILURE)) return;
-  std::printf("      x0 = -6 (PSCI_RET_INTERNAL_FAILURE), x1-x3 = 0: KVM preloads SYSTEM_OFF's return value,\n"
-              "      which the guest would see only if we wrongly ran it again\n");
+  std::printf(
+      "      x0 = -6 (PSCI_RET_INTERNAL_FAILURE), x1-x3 = 0: KVM preloads SYSTEM_OFF's return value,\n"
+      "      which the guest would see only if we wrongly ran it again\n");
 }
 
 // ==== Command line ===========================================================
@@ -815,8 +816,8 @@ int main(int argc, char** argv) {
   if (!caps) return fail(caps.error(), options);
   for (std::size_t i = 0; i < kh::required_capabilities.size(); ++i) {
     const kh::Capability& cap = kh::required_capabilities[i];
-    say(Verbosity::normal, "%-23.*s = %d  %.*s", static_cast<int>(cap.name.size()), cap.name.data(),
-        caps->required[i], static_cast<int>(cap.why.size()), cap.why.data());
+    say(Verbosity::normal, "%-23.*s = %d  %.*s", static_cast<int>(cap.name.size()), cap.name.data(), caps->required[i],
+        static_cast<int>(cap.why.size()), cap.why.data());
   }
   say(Verbosity::normal, "%-23.*s = %d  %s", static_cast<int>(kh::ipa_size_capability.name.size()),
       kh::ipa_size_capability.name.data(), caps->ipa_limit, "the host's largest guest-physical address, in bits");
@@ -844,8 +845,8 @@ int main(int argc, char** argv) {
   announce(kh::Step::create_vcpu);
   auto vcpu = kh::create_vcpu(kvm->get(), vm->get());
   if (!vcpu) return fail(vcpu.error(), options);
-  say(Verbosity::normal, "vCPU 0 is fd %d; its struct kvm_run is the first of %zu bytes mapped at %p",
-      vcpu->fd.get(), vcpu->shared.size(), vcpu->shared.get());
+  say(Verbosity::normal, "vCPU 0 is fd %d; its struct kvm_run is the first of %zu bytes mapped at %p", vcpu->fd.get(),
+      vcpu->shared.size(), vcpu->shared.get());
   pause_after(kh::Step::create_vcpu, options.pause);
 
   announce(kh::Step::init_vcpu);
@@ -866,8 +867,9 @@ int main(int argc, char** argv) {
   if (options.step_guest) {
     const auto single_step = kh::enable_single_step(vcpu->fd.get());
     if (!single_step) return fail(single_step.error(), options, &*vcpu);
-    say(Verbosity::normal, "single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP); each instruction, then "
-                           "the registers it changed");
+    say(Verbosity::normal,
+        "single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP); each instruction, then "
+        "the registers it changed");
     const auto started = stepper.start();
     if (!started) return fail(started.error(), options, &*vcpu);
   }

@@ -213,6 +213,63 @@ TEST_CASE("after INIT, PSTATE is EL1h with D, A, I and F masked, and PC is where
   CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::sp_el1).value() == kh::ram_base + kh::ram_size);
 }
 
+TEST_CASE("after INIT, system registers the architecture leaves UNKNOWN hold KVM's marker") {
+  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::esr_el1).value() == kh::unknown_register_value);
+}
+
+TEST_CASE("the call observer sees every ioctl of the steps, in order, with results") {
+  static std::vector<std::string> seen;
+  seen.clear();
+  kh::call_observer = [](const kh::CallRecord& call) {
+    seen.push_back(std::string(call.name) + (call.result < 0 ? " failed" : ""));
+  };
+  {
+    Machine m = build_machine(image(guest_bin, guest_bin_len));
+    kh::HelloDevice device;
+    CHECK(kh::run_guest(m.vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {}));
+  }
+  kh::call_observer = nullptr;
+  const std::vector<std::string> setup{"KVM_GET_API_VERSION",
+                                       "KVM_CHECK_EXTENSION",
+                                       "KVM_CHECK_EXTENSION",
+                                       "KVM_CHECK_EXTENSION",
+                                       "KVM_CHECK_EXTENSION",
+                                       "KVM_CHECK_EXTENSION",
+                                       "KVM_CREATE_VM",
+                                       "KVM_SET_USER_MEMORY_REGION",
+                                       "KVM_CREATE_VCPU",
+                                       "KVM_GET_VCPU_MMAP_SIZE",
+                                       "KVM_ARM_PREFERRED_TARGET",
+                                       "KVM_ARM_VCPU_INIT",
+                                       "KVM_SET_ONE_REG",
+                                       "KVM_SET_ONE_REG"};
+  REQUIRE(seen.size() == setup.size() + 9);
+  CHECK(std::equal(setup.begin(), setup.end(), seen.begin()));
+  CHECK(std::all_of(seen.begin() + static_cast<long>(setup.size()), seen.end(),
+                    [](const std::string& name) { return name == "KVM_RUN"; }));
+}
+
+TEST_CASE("single-stepping: one KVM_EXIT_DEBUG per instruction, software step in the ESR") {
+  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  REQUIRE(kh::enable_single_step(m.vcpu.fd.get()));
+  kh::HelloDevice device;
+  unsigned steps = 0, other = 0;
+  const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(20), [&](const kh::Exit& exit) {
+    if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) {
+      CHECK(kh::exception_class_of(debug->esr) == kh::exception_class::software_step);
+      ++steps;
+    } else {
+      ++other;
+    }
+  });
+  REQUIRE(stats);
+  CHECK(device.output() == "hello\n");
+  CHECK(other == 9);  // the same MMIO exits and the shutdown as without stepping
+  CHECK(steps > 30);  // the loop runs 6 times over 5 instructions, and more
+  CHECK(stats->exits_by_reason[KVM_EXIT_DEBUG] == steps);
+}
+
 TEST_CASE("trap: a register before KVM_ARM_VCPU_INIT fails with ENOEXEC") {
   auto kvm = kh::open_kvm();
   REQUIRE(kvm);
@@ -282,11 +339,11 @@ std::string golden_dir;  // golden/ beside this binary
 
 std::string normalise(std::string text) {
   const std::pair<const char*, const char*> rules[] = {
-      {R"(\b[0-9]+(\.[0-9]+)? (ns|us|ms|s)\b)", "<time>"},                     // durations
-      {R"((mapped at |userspace_addr )0x[0-9a-f]+)", "$1<address>"},           // where mmap put things
-      {R"((KVM_CAP_ARM_VM_IPA_SIZE\)? += )[0-9]+)", "$1<ipa bits>"},           // the host's IPA limit
-      {R"(target [0-9]+)", "target <n>"},                                      // the host's preferred target
-      {R"((first of |KVM_GET_VCPU_MMAP_SIZE\) = )[0-9]+)", "$1<size>"},        // two host pages
+      {R"(\b[0-9]+(\.[0-9]+)? (ns|us|ms|s)\b)", "<time>"},               // durations
+      {R"((mapped at |userspace_addr )0x[0-9a-f]+)", "$1<address>"},     // where mmap put things
+      {R"((KVM_CAP_ARM_VM_IPA_SIZE\)? += )[0-9]+)", "$1<ipa bits>"},     // the host's IPA limit
+      {R"(target [0-9]+)", "target <n>"},                                // the host's preferred target
+      {R"((first of |KVM_GET_VCPU_MMAP_SIZE\) = )[0-9]+)", "$1<size>"},  // two host pages
   };
   for (const auto& [pattern, replacement] : rules) text = std::regex_replace(text, std::regex(pattern), replacement);
   return text;
@@ -313,8 +370,8 @@ std::string first_difference(const std::string& expected, const std::string& act
     const bool more_e = static_cast<bool>(std::getline(e, el)), more_a = static_cast<bool>(std::getline(a, al));
     if (!more_e && !more_a) return "no difference";
     if (el != al || more_e != more_a) {
-      return "line " + std::to_string(line) + "\n  expected: " + (more_e ? el : "<end>") + "\n  actual:   " +
-             (more_a ? al : "<end>");
+      return "line " + std::to_string(line) + "\n  expected: " + (more_e ? el : "<end>") +
+             "\n  actual:   " + (more_a ? al : "<end>");
     }
   }
 }

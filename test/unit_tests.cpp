@@ -414,7 +414,8 @@ TEST_CASE("docs: relative links resolve") {
 TEST_CASE("README: the exit status table is the program's") {
   const std::string readme = read_source("README.md");
   for (const StatusInfo& info : status_table) {
-    const std::string row = "| " + std::to_string(static_cast<int>(info.status)) + " | " + std::string(info.meaning) + " |";
+    const std::string row =
+        "| " + std::to_string(static_cast<int>(info.status)) + " | " + std::string(info.meaning) + " |";
     CHECK_MESSAGE(readme.find(row) != std::string::npos, "README.md lacks the row " << row);
   }
 }
@@ -439,4 +440,117 @@ TEST_CASE("README: the sample output is the real one (test/golden/default.txt)")
     ++checked;
   }
   CHECK(checked > 10);
+}
+
+// ==== Tracing and the state dump (main.cpp) ===================================
+
+TEST_CASE("PSTATE and ESR decode into the architecture's names") {
+  CHECK(describe_pstate(0x3c5) == "0x3c5 (EL1h: EL1 on SP_EL1; D A I F masked; flags nzcv)");
+  CHECK(describe_pstate(0x60000004) == "0x60000004 (EL1t: EL1 on SP_EL0; nothing masked; flags nZCv)");
+  CHECK(kh::exception_class_of(0x5a000000) == kh::exception_class::hvc64);
+  CHECK(describe_esr(0xca000000) == "0xca000000 (EC 0x32: software step: one instruction done)");
+  CHECK(describe_esr(0x96000000).find("data abort") != std::string::npos);
+}
+
+TEST_CASE("a register id decodes into arch, size, kind, index and name") {
+  CHECK(describe_register_id(kh::reg::pc) == "0x6030000000100040 (arm64 u64 core 0x40: pc)");
+  CHECK(describe_register_id(kh::reg::esr_el1) == "0x603000000013c290 (arm64 u64 sysreg 0xc290: esr_el1)");
+  CHECK(kh::register_name(kh::reg::x(17)) == "x17");
+  CHECK(kh::register_name(0x6030000000100099) == "");
+}
+
+TEST_CASE("a request number is shown as the macro that made it") {
+  CHECK(describe_request_number(kh::request::set_user_memory_region.number) ==
+        "0x4020ae46 = _IOW(0xae, 0x46, 32 bytes)");
+  CHECK(describe_request_number(kh::request::arm_preferred_target.number) == "0x8020aeaf = _IOR(0xae, 0xaf, 32 bytes)");
+  CHECK(describe_request_number(kh::request::run.number) == "0xae80 = _IO(0xae, 0x80)");
+}
+
+TEST_CASE("-v describes a call: fd, request, arguments that matter, result or errno, time") {
+  std::uint64_t value = 0x10000;
+  const kvm_one_reg one{.id = kh::reg::pc, .addr = reinterpret_cast<std::uintptr_t>(&value)};
+  const kh::CallRecord set{
+      kh::Step::set_boot_registers, "KVM_SET_ONE_REG", kh::request::set_one_reg.number, 5, &one, 0, 0,
+      std::chrono::microseconds(12)};
+  CHECK(describe_call(set) ==
+        "ioctl(5, KVM_SET_ONE_REG, {id 0x6030000000100040 (arm64 u64 core 0x40: pc), value 0x10000}) = 0  "
+        "[0x4010aeac = _IOW(0xae, 0xac, 16 bytes)]  12.0 us");
+  const kh::CallRecord cap{kh::Step::check_capabilities,
+                           "KVM_CHECK_EXTENSION",
+                           kh::request::check_extension.number,
+                           3,
+                           static_cast<unsigned long>(KVM_CAP_ONE_REG),
+                           1,
+                           0,
+                           std::chrono::nanoseconds(900)};
+  CHECK(describe_call(cap).starts_with("ioctl(3, KVM_CHECK_EXTENSION, 70 KVM_CAP_ONE_REG) = 1  "));
+  const kh::CallRecord bad{kh::Step::check_api_version,
+                           "KVM_GET_API_VERSION",
+                           kh::request::get_api_version.number,
+                           3,
+                           std::monostate{},
+                           -1,
+                           ENOTTY,
+                           std::chrono::nanoseconds(0)};
+  CHECK(describe_call(bad).starts_with("ioctl(3, KVM_GET_API_VERSION) = -1 ENOTTY (Inappropriate ioctl for device)"));
+}
+
+TEST_CASE("durations are shown in the unit that fits") {
+  CHECK(format_duration(std::chrono::nanoseconds(850)) == "850 ns");
+  CHECK(format_duration(std::chrono::nanoseconds(12'345)) == "12.3 us");
+  CHECK(format_duration(std::chrono::microseconds(4'560)) == "4.6 ms");
+  CHECK(format_duration(std::chrono::milliseconds(2'500)) == "2.50 s");
+}
+
+TEST_CASE("single-stepping: the registers an instruction changed, and its line of guest.S") {
+  kh::Registers before, after;
+  after.x[1] = 0x1100;
+  after.pc = 4;  // pc always moves: not listed
+  CHECK(register_changes(before, after) == "x1 0x0 -> 0x1100");
+  CHECK(register_changes(before, before).empty());
+  const GuestLine lines[] = {{0x10000, 21, "ldr x1, =OUT"}, {0x10004, 22, "adr x2, message"}};
+  REQUIRE(find_guest_line(lines, 0x10004) != nullptr);
+  CHECK(find_guest_line(lines, 0x10004)->line == 22);
+  CHECK(find_guest_line(lines, 0x10008) == nullptr);
+}
+
+TEST_CASE("the register dump explains ESR_EL1 only when the guest is in its exception vectors") {
+  kh::Registers regs;
+  regs.pc = 0x10034;
+  regs.esr_el1 = kh::unknown_register_value;
+  CHECK(format_registers(regs).find("esr_el1") == std::string::npos);
+  CHECK(format_registers(regs).find("no exception taken") != std::string::npos);
+  regs.pc = 0x200;  // VBAR_EL1 0 + 0x200: synchronous exception from the current EL, on SP_ELx
+  regs.esr_el1 = 0x86000010;
+  CHECK(format_registers(regs).find("esr_el1 0x86000010 (EC 0x21: instruction abort") != std::string::npos);
+}
+
+TEST_CASE("--pause has words for every step") {
+  for (int n = 1; n <= kh::step_count; ++n) CHECK_FALSE(walkthrough(static_cast<kh::Step>(n)).empty());
+}
+
+TEST_CASE("colour: never when NO_COLOR is set, never off a terminal") {
+  ::setenv("NO_COLOR", "1", 1);
+  CHECK_FALSE(wants_colour(STDOUT_FILENO));
+  ::unsetenv("NO_COLOR");
+  int ends[2];
+  REQUIRE(::pipe(ends) == 0);
+  CHECK_FALSE(wants_colour(ends[1]));  // a pipe is no terminal
+  ::close(ends[0]);
+  ::close(ends[1]);
+  style.colour = false;
+  CHECK(paint(colour::error, "x") == "x");
+  style.colour = true;
+  CHECK(paint(colour::error, "x") == "\033[31mx\033[0m");
+  style.colour = false;
+}
+
+TEST_CASE("the trace levels from the command line") {
+  std::string prog = "kvm-hello", q = "-q", vv = "-vv", step = "--step-guest";
+  char* quiet[] = {prog.data(), q.data()};
+  CHECK(parse_options(2, quiet)->level == Verbosity::quiet);
+  char* loud[] = {prog.data(), vv.data(), step.data()};
+  const auto options = parse_options(3, loud);
+  CHECK(options->level == Verbosity::very_verbose);
+  CHECK(options->step_guest);
 }
