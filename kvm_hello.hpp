@@ -470,6 +470,10 @@ inline constexpr std::array required_capabilities{
 inline constexpr Capability ipa_size_capability =
     KVM_HELLO_CAPABILITY(KVM_CAP_ARM_VM_IPA_SIZE, "the VM's guest-physical address size (step 4)");
 
+// Needed only for single-stepping (enable_single_step, below).
+inline constexpr Capability single_step_capability =
+    KVM_HELLO_CAPABILITY(KVM_CAP_SET_GUEST_DEBUG, "single-stepping the guest (--step-guest)");
+
 #undef KVM_HELLO_CAPABILITY
 
 // The name of a capability we know, for messages; "" for others.
@@ -477,7 +481,10 @@ constexpr std::string_view capability_name(std::uint64_t id) {
   for (const Capability& capability : required_capabilities) {
     if (static_cast<std::uint64_t>(capability.id) == id) return capability.name;
   }
-  return id == static_cast<std::uint64_t>(ipa_size_capability.id) ? ipa_size_capability.name : "";
+  for (const Capability& other : {ipa_size_capability, single_step_capability}) {
+    if (static_cast<std::uint64_t>(other.id) == id) return other.name;
+  }
+  return "";
 }
 
 // What the host said about each capability: the raw KVM_CHECK_EXTENSION results.
@@ -813,10 +820,17 @@ inline constexpr std::uint64_t unknown_register_value = 0x1de7ec7edbadc0de;
 // KVM_SET_GUEST_DEBUG (struct kvm_guest_debug) on the vCPU fd with
 // KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP: from the next KVM_RUN on,
 // the guest leaves with KVM_EXIT_DEBUG after every instruction, its ESR (EC
-// 0x32, software step) in kvm_run.debug.arch.hsr. Needs
-// KVM_CAP_SET_GUEST_DEBUG. EINVAL: a control bit the host does not support.
+// 0x32, software step) in kvm_run.debug.arch.hsr. Checks KVM_CAP_SET_GUEST_DEBUG
+// on the /dev/kvm fd first. EINVAL: a control bit the host does not support.
 // Why: watching a guest one instruction at a time is how you learn what it does.
-inline Result<void> enable_single_step(int vcpu_fd) {
+inline Result<void> enable_single_step(int kvm_fd, int vcpu_fd) {
+  const auto supported = call(Step::run_guest, kvm_fd, request::check_extension,
+                              static_cast<unsigned long>(single_step_capability.id));
+  if (!supported) return std::unexpected(supported.error());
+  if (*supported <= 0) {
+    return std::unexpected(Error{Step::run_guest, Problem::missing_capability, "KVM_CHECK_EXTENSION", 0,
+                                 static_cast<std::uint64_t>(single_step_capability.id)});
+  }
   kvm_guest_debug debug{};
   debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
   const auto done = call(Step::run_guest, vcpu_fd, request::set_guest_debug, &debug);

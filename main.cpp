@@ -865,7 +865,7 @@ int main(int argc, char** argv) {
   announce(kh::Step::run_guest);
   GuestStepper stepper(vcpu->fd.get(), memory->host.bytes(), guest_lines);
   if (options.step_guest) {
-    const auto single_step = kh::enable_single_step(vcpu->fd.get());
+    const auto single_step = kh::enable_single_step(kvm->get(), vcpu->fd.get());
     if (!single_step) return fail(single_step.error(), options, &*vcpu);
     say(Verbosity::normal,
         "single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP); each instruction, then "

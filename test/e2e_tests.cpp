@@ -252,7 +252,7 @@ TEST_CASE("the call observer sees every ioctl of the steps, in order, with resul
 
 TEST_CASE("single-stepping: one KVM_EXIT_DEBUG per instruction, software step in the ESR") {
   Machine m = build_machine(image(guest_bin, guest_bin_len));
-  REQUIRE(kh::enable_single_step(m.vcpu.fd.get()));
+  REQUIRE(kh::enable_single_step(m.kvm.get(), m.vcpu.fd.get()));
   kh::HelloDevice device;
   unsigned steps = 0, other = 0;
   const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(20), [&](const kh::Exit& exit) {
