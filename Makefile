@@ -200,10 +200,12 @@ $(UNIT_HOST): $(UNIT_SOURCES) $(if $(NATIVE),,$(UAPI_OVERLAY)/.done) | $(PACKAGE
 $(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. $(SOURCE_DIR) $(ARM64_LINK) -o $@ test/unit_tests.cpp
 
-# The e2e tests find kvm-hello and golden/ beside themselves.
+# The e2e tests find beside themselves: kvm-hello, golden/, guests/ (the
+# test guests assembled) and guest-sources/ (their .S, which say what to expect).
 $(E2E): test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden
+	ln -sfn ../test/guests $(BUILD)/guest-sources
 
 # Every test guest as a C array named after its file: spin.S -> spin_bin[].
 $(BUILD)/test_guests.h: $(TEST_GUESTS)
@@ -216,12 +218,13 @@ $(BUILD)/vm-init: tools/vm-init.cpp | $(PACKAGES_OK)
 # Stripped copies: the initramfs is smaller and boots faster; build/ keeps the
 # binaries with their debug information.
 
-# $(call make-initramfs,PROGRAMS,DIRECTORIES): /init, the programs, and copies of the directories.
+# $(call make-initramfs,PROGRAMS,SOURCE:DESTINATION...): /init, the programs,
+# and copies of files or directories at the paths given.
 define make-initramfs
 	rm -rf $@.root && mkdir -p $@.root
 	$(CROSS)strip -o $@.root/init $(BUILD)/vm-init
 	for program in $(1); do $(CROSS)strip -o $@.root/$$(basename $$program) $$program; done
-	$(if $(2),cp -r $(2) $@.root/)
+	for pair in $(2); do cp -r $${pair%%:*} $@.root/$${pair##*:}; done
 	cd $@.root && find . | cpio -o -H newc --quiet > ../$(notdir $@)
 	rm -rf $@.root
 endef
@@ -234,5 +237,5 @@ $(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
 	$(call make-initramfs,$(DEBUG_PROGRAM))
 
-$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(GOLDEN)
-	$(call make-initramfs,$(PROGRAM) $(E2E),test/golden)
+$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(GOLDEN) $(TEST_GUESTS)
+	$(call make-initramfs,$(PROGRAM) $(E2E),test/golden:golden $(BUILD)/guests:guests test/guests:guest-sources)

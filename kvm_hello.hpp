@@ -168,6 +168,7 @@ enum class Problem {
   guest_crash,         // the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)
   unexpected_exit,     // value: a KVM_EXIT_* reason this program has no handler for
   watchdog_expired,    // value: the time limit in milliseconds
+  interrupted,         // Ctrl-C (SIGINT) stopped the guest
 };
 
 // An error, as a value: which step, what kind of problem, which call failed
@@ -802,6 +803,38 @@ inline constexpr unsigned software_step = 0x32;  // from a lower EL: what single
 }  // namespace exception_class
 constexpr unsigned exception_class_of(std::uint64_t esr) { return static_cast<unsigned>((esr >> 26) & 0x3f); }
 
+// Why KVM could not handle an MMIO access itself: for a data abort the
+// hardware describes plain single-register loads and stores in the ESR
+// ("ISV", instruction syndrome valid), and KVM needs that description. These
+// A64 load/store forms come without it, and KVM_RUN fails with ENOSYS:
+enum class MmioInstruction {
+  plain,           // LDR/STR (and B/H/W forms) to one general register: KVM handles these
+  pair,            // LDP/STP: two registers in one access
+  writeback,       // pre- or post-index forms that also update the base register
+  simd,            // to a SIMD/FP register (q0, d0, ...)
+  atomic,          // exclusive or atomic memory operations
+  not_load_store,  // not a load or store at all
+};
+
+// Classifies an A64 encoding by the fields the Arm ARM's "Loads and Stores"
+// decode table uses: bits [29:27] the group, bit 26 V (SIMD/FP), bits [25:24],
+// bit 21 and bits [11:10] the addressing form.
+constexpr MmioInstruction classify_mmio_instruction(std::uint32_t encoding) {
+  const unsigned group = (encoding >> 27) & 0b111;
+  const bool simd = ((encoding >> 26) & 1) != 0;
+  if (((encoding >> 25) & 1) != 0 || ((encoding >> 27) & 1) == 0) return MmioInstruction::not_load_store;
+  if (group == 0b101) return MmioInstruction::pair;
+  if (group == 0b001) return MmioInstruction::atomic;  // load/store exclusive
+  if (group != 0b111) return MmioInstruction::not_load_store;
+  if (simd) return MmioInstruction::simd;
+  const bool unsigned_offset = ((encoding >> 24) & 0b11) == 0b01;
+  const bool bit21 = ((encoding >> 21) & 1) != 0;
+  const unsigned form = (encoding >> 10) & 0b11;
+  if (!unsigned_offset && !bit21 && (form == 0b01 || form == 0b11)) return MmioInstruction::writeback;
+  if (!unsigned_offset && bit21 && form == 0b00) return MmioInstruction::atomic;
+  return MmioInstruction::plain;
+}
+
 // Where a guest is after taking an exception: its vector table at VBAR_EL1 is
 // 0x800 bytes, 16 entries of 0x80. PC in there means ESR_EL1, ELR_EL1 and
 // FAR_EL1 describe that exception; before the first one, the architecture
@@ -824,8 +857,8 @@ inline constexpr std::uint64_t unknown_register_value = 0x1de7ec7edbadc0de;
 // on the /dev/kvm fd first. EINVAL: a control bit the host does not support.
 // Why: watching a guest one instruction at a time is how you learn what it does.
 inline Result<void> enable_single_step(int kvm_fd, int vcpu_fd) {
-  const auto supported = call(Step::run_guest, kvm_fd, request::check_extension,
-                              static_cast<unsigned long>(single_step_capability.id));
+  const auto supported =
+      call(Step::run_guest, kvm_fd, request::check_extension, static_cast<unsigned long>(single_step_capability.id));
   if (!supported) return std::unexpected(supported.error());
   if (*supported <= 0) {
     return std::unexpected(Error{Step::run_guest, Problem::missing_capability, "KVM_CHECK_EXTENSION", 0,
@@ -908,7 +941,11 @@ class HelloDevice {
   // A guest write. OUT: its low byte is output; ECHO: remembered. Others are ignored.
   void write(std::uint64_t address, std::span<const std::uint8_t> bytes) {
     if (address == mmio_out && !bytes.empty()) {
-      if (output_.size() < output_limit) output_.push_back(static_cast<char>(bytes[0]));
+      if (output_.size() < output_limit) {
+        output_.push_back(static_cast<char>(bytes[0]));
+      } else {
+        ++dropped_;
+      }
     } else if (address == mmio_echo) {
       std::uint32_t value = 0;
       std::memcpy(&value, bytes.data(), std::min(bytes.size(), sizeof value));
@@ -916,8 +953,14 @@ class HelloDevice {
       has_echo_ = true;
     }
   }
-  // A guest read: ANSWER gives host_answer; every other address reads as 0.
-  std::uint64_t read(std::uint64_t address) const { return address == mmio_answer ? host_answer : 0; }
+  // A guest read: ANSWER gives host_answer; an address with no register
+  // behind it reads as unmapped_read_value.
+  std::uint64_t read(std::uint64_t address) const { return address == mmio_answer ? host_answer : unmapped_read_value; }
+
+  static constexpr std::uint64_t unmapped_read_value = 0;
+  static constexpr bool has_register(std::uint64_t address) {
+    return address == mmio_out || address == mmio_answer || address == mmio_echo;
+  }
 
   // Fills in the data of a read, records a write: the device's side of one MMIO exit.
   void handle(MmioAccess& access) {
@@ -930,11 +973,13 @@ class HelloDevice {
   }
 
   std::string_view output() const { return output_; }
+  std::size_t output_dropped() const { return dropped_; }  // bytes past output_limit
   bool answer_came_back() const { return has_echo_ && echoed_ == host_answer; }
   std::uint32_t echoed() const { return echoed_; }
 
  private:
   std::string output_;
+  std::size_t dropped_ = 0;
   std::uint32_t echoed_ = 0;
   bool has_echo_ = false;
 };
@@ -942,33 +987,36 @@ class HelloDevice {
 // ---- The watchdog: a guest that never powers off must not hang us ----------
 //
 // A guest stuck in a loop (or faulting over and over inside the kernel) never
-// leaves KVM_RUN. A timer signal interrupts it: the handler sets
+// leaves KVM_RUN. A signal interrupts it: the handler sets
 // kvm_run.immediate_exit, so KVM_RUN returns -1 with errno EINTR, now or, if
-// the signal came just before the call, the next time we enter.
+// the signal came just before the call, the next time we enter. Two signals
+// do this: SIGALRM from the watchdog's timer, and SIGINT from Ctrl-C.
 
 namespace detail {
 inline std::atomic<kvm_run*> watched_run{nullptr};
-inline volatile std::sig_atomic_t watchdog_fired = 0;
+inline volatile std::sig_atomic_t stopped_by = 0;  // the signal that stopped the guest, 0 if none
 static_assert(std::atomic<kvm_run*>::is_always_lock_free, "the signal handler needs a lock-free pointer");
 
-inline void on_watchdog_signal(int) {
+inline void on_stop_signal(int signal) {
   if (kvm_run* run = watched_run.load()) run->immediate_exit = 1;
-  watchdog_fired = 1;
+  stopped_by = signal;
 }
 }  // namespace detail
 
-// Arms a one-shot SIGALRM for `limit` while it lives; the destructor disarms
-// it and restores the previous handler. One at a time per process.
+// While it lives: a one-shot SIGALRM after `limit`, and SIGINT, both stop
+// KVM_RUN. The destructor disarms the timer and restores the previous
+// handlers. One at a time per process.
 class Watchdog {
  public:
   Watchdog(kvm_run& run, std::chrono::milliseconds limit) {
-    detail::watchdog_fired = 0;
+    detail::stopped_by = 0;
     detail::watched_run.store(&run);
     struct sigaction action {};
-    action.sa_handler = detail::on_watchdog_signal;
+    action.sa_handler = detail::on_stop_signal;
     sigemptyset(&action.sa_mask);
     action.sa_flags = 0;  // no SA_RESTART: KVM_RUN must come back with EINTR
-    ::sigaction(SIGALRM, &action, &previous_);
+    ::sigaction(SIGALRM, &action, &previous_alarm_);
+    ::sigaction(SIGINT, &action, &previous_interrupt_);
     const auto us = std::chrono::duration_cast<std::chrono::microseconds>(limit).count();
     itimerval timer{};
     timer.it_value.tv_sec = static_cast<time_t>(us / 1'000'000);
@@ -980,13 +1028,16 @@ class Watchdog {
   ~Watchdog() {
     const itimerval off{};
     ::setitimer(ITIMER_REAL, &off, nullptr);
-    ::sigaction(SIGALRM, &previous_, nullptr);
+    ::sigaction(SIGALRM, &previous_alarm_, nullptr);
+    ::sigaction(SIGINT, &previous_interrupt_, nullptr);
     if (kvm_run* run = detail::watched_run.exchange(nullptr)) run->immediate_exit = 0;
   }
-  bool fired() const { return detail::watchdog_fired != 0; }
+  bool fired() const { return detail::stopped_by == SIGALRM; }
+  bool interrupted() const { return detail::stopped_by == SIGINT; }
 
  private:
-  struct sigaction previous_ {};
+  struct sigaction previous_alarm_ {};
+  struct sigaction previous_interrupt_ {};
 };
 
 inline constexpr std::chrono::milliseconds default_time_limit{5000};
@@ -1020,9 +1071,10 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
 // SYSTEM_EVENT of type SHUTDOWN (the guest's PSCI SYSTEM_OFF) ends the run:
 // returns the counts and times. `on_exit(const Exit&)` sees each exit after
 // the device handled it (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on. Errors: EINTR when the watchdog
-// stopped the guest after `limit` (Problem::watchdog_expired); ENOSYS for an MMIO instruction KVM cannot decode
-// (load/store pair, writeback, SIMD); an exit reason or system event other than those: Problem::unexpected_exit,
-// guest_reset, guest_crash. Why: this loop is the whole life of a VM: the guest runs until it needs us.
+// stopped the guest after `limit` (Problem::watchdog_expired) or Ctrl-C (Problem::interrupted); ENOSYS for an MMIO
+// instruction KVM cannot decode (load/store pair, writeback, SIMD); an exit reason or system event other than those:
+// Problem::unexpected_exit, guest_reset, guest_crash. Why: this loop is the whole life of a VM: the guest runs until it
+// needs us.
 template <class OnExit>
 Result<RunStats> run_guest(Vcpu& vcpu, HelloDevice& device, std::chrono::milliseconds limit, OnExit&& on_exit) {
   kvm_run& run = vcpu.run();
@@ -1040,6 +1092,9 @@ Result<RunStats> run_guest(Vcpu& vcpu, HelloDevice& device, std::chrono::millise
       if (entered.error().err == EINTR && watchdog.fired()) {
         return std::unexpected(Error{Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR,
                                      static_cast<std::uint64_t>(limit.count())});
+      }
+      if (entered.error().err == EINTR && watchdog.interrupted()) {
+        return std::unexpected(Error{Step::run_guest, Problem::interrupted, "KVM_RUN", EINTR});
       }
       return std::unexpected(entered.error());
     }

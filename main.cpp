@@ -5,11 +5,15 @@
 //
 // Read it top to bottom from main(); the helpers above it only format.
 
+#include <sys/stat.h>
+#include <sys/utsname.h>
+
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <vector>
 #include <string>
 #include <string_view>
 
@@ -31,11 +35,13 @@ enum class Status : int {
   out_of_memory = 16,
   setup_failed = 17,
   bad_guest_image = 18,
+  guest_file = 19,
   run_failed = 20,
   unexpected_exit = 21,
   guest_reset = 22,
   guest_crash = 23,
   watchdog = 24,
+  interrupted = 130,  // as a shell reports a program ended by Ctrl-C
 };
 
 struct StatusInfo {
@@ -55,11 +61,13 @@ inline constexpr StatusInfo status_table[] = {
     {Status::out_of_memory, "out of memory"},
     {Status::setup_failed, "another failure while setting up the VM (steps 1-8)"},
     {Status::bad_guest_image, "the guest image is empty or larger than guest RAM"},
+    {Status::guest_file, "the guest file (--guest) cannot be read"},
     {Status::run_failed, "KVM_RUN failed"},
     {Status::unexpected_exit, "the guest stopped for a reason this program does not handle"},
     {Status::guest_reset, "the guest asked for a reset"},
     {Status::guest_crash, "the guest reported a crash"},
     {Status::watchdog, "the watchdog stopped a guest that did not power off in time"},
+    {Status::interrupted, "Ctrl-C stopped the guest"},
 };
 
 constexpr bool is_missing_device(int err) { return err == ENOENT || err == ENODEV || err == ENXIO; }
@@ -76,6 +84,7 @@ constexpr Status status_for(const kh::Error& error) {
     case Problem::guest_crash: return Status::guest_crash;
     case Problem::unexpected_exit: return Status::unexpected_exit;
     case Problem::watchdog_expired: return Status::watchdog;
+    case Problem::interrupted: return Status::interrupted;
     case Problem::call_failed: break;
   }
   if (error.err == ENOMEM) return Status::out_of_memory;
@@ -103,14 +112,24 @@ inline std::string hex(std::uint64_t value) {
   return text;
 }
 
+// Why a machine has no KVM device, from what it is.
+inline std::string why_no_kvm() {
+  utsname machine{};
+  ::uname(&machine);
+  const std::string name = machine.machine;
+  if (name != "aarch64") {
+    return "this is an " + name + " machine, and KVM runs guests of its own architecture only; " +
+           "`make run` runs kvm-hello inside an emulated arm64 machine instead";
+  }
+  return "this arm64 kernel has no KVM: it needs CONFIG_KVM and to be booted at EL2 (`dmesg | grep -i kvm` says "
+         "more)";
+}
+
 // What a failed call means at its step, and what to do about it.
 inline std::string advice_for_call(const kh::Error& error, std::string_view device) {
   const std::string dev(device);
   switch (status_for(error)) {
-    case Status::no_kvm:
-      return dev +
-             " does not exist: this kernel has no KVM, or this is not an arm64 machine; "
-             "on any other Linux machine `make run` runs kvm-hello inside an emulated arm64 machine";
+    case Status::no_kvm: return dev + " does not exist: " + why_no_kvm();
     case Status::kvm_permission:
       return "you may not open " + dev + ": join its group (usually `sudo usermod -aG kvm $USER`, then log in again)";
     case Status::not_kvm_device: return dev + " is not a KVM device; use /dev/kvm";
@@ -169,7 +188,10 @@ inline std::string explain(const kh::Error& error, std::string_view device) {
     }
     case Problem::watchdog_expired:
       return line + "the guest did not power off within " + std::to_string(error.value) +
-             " ms, so the watchdog stopped it: it is in a loop, or faulting; the PC above shows where";
+             " ms, so the watchdog stopped it (KVM_RUN returned EINTR): the lines above say where it was; "
+             "a guest that runs longer needs --timeout";
+    case Problem::interrupted:
+      return line + "Ctrl-C stopped the guest (KVM_RUN returned EINTR): the registers above say where it was";
   }
   return line + "unknown problem";
 }
@@ -482,6 +504,35 @@ inline std::string describe_exit(const kh::Exit& exit) {
   return (name.empty() ? "exit reason " + std::to_string(other.reason) : name) + " detail=" + hex(other.detail);
 }
 
+// Prints "exit N: ..." for each exit (but KVM_EXIT_DEBUG), at most
+// line_limit of them, so a guest that floods us cannot flood the terminal;
+// and says once when the guest uses an address where no register is.
+class ExitReporter {
+ public:
+  static constexpr unsigned line_limit = 100;
+
+  void report(const kh::Exit& exit) {
+    ++count_;
+    if (count_ <= line_limit || shows(Verbosity::verbose)) {
+      say(Verbosity::normal, "exit %u: %s", count_, describe_exit(exit).c_str());
+    } else if (count_ == line_limit + 1) {
+      say(Verbosity::normal, "(more exits than %u: not shown one by one; -v shows them all)", line_limit);
+    }
+    const auto* access = std::get_if<kh::MmioAccess>(&exit);
+    if (access != nullptr && !kh::HelloDevice::has_register(access->address) && !said_unmapped_) {
+      said_unmapped_ = true;
+      say(Verbosity::normal,
+          "note: no register at %s (nor at any address but OUT, ANSWER and ECHO): reads there "
+          "return %s, writes are dropped; said once",
+          hex(access->address).c_str(), hex(kh::HelloDevice::unmapped_read_value).c_str());
+    }
+  }
+
+ private:
+  unsigned count_ = 0;
+  bool said_unmapped_ = false;
+};
+
 // ==== --step-guest: one guest instruction at a time ==========================
 
 // A guest instruction's line in guest.S; tools/guest-lines.sh makes the table.
@@ -692,11 +743,129 @@ inline void explain_power_off_registers(const kh::Registers& regs) {
       "      which the guest would see only if we wrongly ran it again\n");
 }
 
+// ==== Your own guest (--guest FILE) ===========================================
+
+struct GuestFileError {
+  Status status;
+  std::string message;
+};
+
+// Reads a raw guest image, and checks it fits guest RAM: all before any VM exists.
+inline std::expected<std::vector<std::uint8_t>, GuestFileError> load_guest_file(const std::string& path) {
+  const kh::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat info {};
+  if (fd.get() < 0 || ::fstat(fd.get(), &info) != 0) {
+    return std::unexpected(GuestFileError{Status::guest_file, "cannot open it: " + errno_text(errno)});
+  }
+  if (S_ISDIR(info.st_mode)) return std::unexpected(GuestFileError{Status::guest_file, "it is a directory"});
+  if (static_cast<std::uint64_t>(info.st_size) > kh::ram_size) {
+    return std::unexpected(GuestFileError{Status::bad_guest_image, "it is " + std::to_string(info.st_size) +
+                                                                       " bytes, more than guest RAM (" +
+                                                                       std::to_string(kh::ram_size) + " bytes)"});
+  }
+  std::vector<std::uint8_t> image(static_cast<std::size_t>(info.st_size));
+  std::size_t done = 0;
+  while (done < image.size()) {
+    const ssize_t got = ::read(fd.get(), image.data() + done, image.size() - done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return std::unexpected(GuestFileError{Status::guest_file, "cannot read it: " + errno_text(errno)});
+    if (got == 0) break;
+    done += static_cast<std::size_t>(got);
+  }
+  image.resize(done);
+  if (!kh::check_guest_image(image)) {
+    return std::unexpected(
+        GuestFileError{Status::bad_guest_image, "it is empty: a guest needs at least one instruction"});
+  }
+  return image;
+}
+
+// ==== After a failure: what the guest's state says ============================
+
+inline std::string_view describe_mmio_instruction(kh::MmioInstruction kind) {
+  switch (kind) {
+    case kh::MmioInstruction::plain: return "a plain load or store";
+    case kh::MmioInstruction::pair: return "a load/store pair (LDP/STP): two registers in one access";
+    case kh::MmioInstruction::writeback: return "a load or store with writeback (pre- or post-index)";
+    case kh::MmioInstruction::simd: return "a SIMD/FP load or store";
+    case kh::MmioInstruction::atomic: return "an exclusive or atomic access";
+    case kh::MmioInstruction::not_load_store: return "not a load or store";
+  }
+  return "";
+}
+
+// The vector table's 16 entries: four groups of 0x200 bytes (where the
+// exception came from), each of four 0x80-byte entries (what kind it is).
+inline std::string vector_entry_name(std::uint64_t offset) {
+  static constexpr const char* from[] = {"current EL on SP_EL0", "current EL on SP_ELx", "lower EL, AArch64",
+                                         "lower EL, AArch32"};
+  static constexpr const char* kind[] = {"synchronous", "IRQ", "FIQ", "SError"};
+  if (offset >= kh::vector_table_size) return "outside the table";
+  return "offset " + hex(offset & ~std::uint64_t{0x7f}) + " (" + kind[(offset / 0x80) % 4] + ", from the " +
+         from[offset / 0x200] + ")";
+}
+
+// What the guest was doing: the instruction at `address` and its guest.S line, when known.
+struct GuestView {
+  std::span<const std::uint8_t> ram;
+  std::span<const GuestLine> lines;
+
+  std::optional<std::uint32_t> instruction_at(std::uint64_t address) const {
+    if (address < kh::ram_base || address + 4 > kh::ram_base + ram.size()) return std::nullopt;
+    std::uint32_t encoding = 0;
+    std::memcpy(&encoding, ram.data() + (address - kh::ram_base), sizeof encoding);
+    return encoding;
+  }
+  std::string where(std::uint64_t address) const {
+    const GuestLine* line = find_guest_line(lines, address);
+    return hex(address) + (line != nullptr ? " (guest.S:" + std::to_string(line->line) + ": " + line->text + ")" : "");
+  }
+};
+
+// Lines that explain a failed run from the guest's registers: why it never
+// powered off, or which instruction KVM could not decode.
+inline std::vector<std::string> diagnose(const kh::Error& error, const kh::Registers& regs, const GuestView& guest) {
+  std::vector<std::string> lines;
+  const bool stopped = error.problem == kh::Problem::watchdog_expired || error.problem == kh::Problem::interrupted;
+  if (stopped && kh::in_exception_vectors(regs)) {
+    lines.push_back("PC " + hex(regs.pc) + " is in the exception vectors at VBAR_EL1 " + hex(regs.vbar_el1) + ", " +
+                    std::string(vector_entry_name(regs.pc - regs.vbar_el1)) + ": the guest took an exception.");
+    lines.push_back("ESR_EL1 says why: " + describe_esr(regs.esr_el1) + "; ELR_EL1 says where: " + hex(regs.elr_el1) +
+                    ".");
+    if (!guest.instruction_at(regs.vbar_el1)) {
+      lines.push_back(
+          "The vectors are outside guest RAM, so fetching the handler faults too, again and again, "
+          "inside the kernel: KVM_RUN never returns, and only the watchdog gets control back.");
+    }
+    if (regs.elr_el1 - regs.vbar_el1 < kh::vector_table_size) {
+      lines.push_back(
+          "ELR_EL1 is in the vectors too: each fault overwrote it, and the first exception's address "
+          "is lost; --step-guest shows the instruction that started it.");
+    }
+  } else if (stopped) {
+    lines.push_back("PC " + guest.where(regs.pc) + ": the guest is running there and never called PSCI SYSTEM_OFF.");
+  }
+  if (error.problem == kh::Problem::call_failed && error.err == ENOSYS && error.step == kh::Step::run_guest) {
+    if (const auto encoding = guest.instruction_at(regs.pc)) {
+      const auto kind = kh::classify_mmio_instruction(*encoding);
+      char text[32];
+      std::snprintf(text, sizeof text, "%08x", *encoding);
+      lines.push_back("the instruction at PC " + guest.where(regs.pc) + " is " + text + ", " +
+                      std::string(describe_mmio_instruction(kind)) + ".");
+      lines.push_back(
+          "For MMIO, the hardware describes only plain single-register loads and stores to KVM; "
+          "for this one it gives no description (no valid syndrome), so KVM cannot emulate it.");
+    }
+  }
+  return lines;
+}
+
 // ==== Command line ===========================================================
 
 struct Options {
   std::string kvm_device = kh::default_kvm_path;
   std::chrono::milliseconds time_limit = kh::default_time_limit;
+  std::string guest_file;  // empty: the embedded guest
   Verbosity level = Verbosity::normal;
   bool step_guest = false;
   bool caps = false;
@@ -729,6 +898,8 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       options.pause = true;
     } else if (arg == "--kvm-device" && has_value) {
       options.kvm_device = argv[++i];
+    } else if (arg == "--guest" && has_value) {
+      options.guest_file = argv[++i];
     } else if (arg == "--timeout" && has_value) {
       char* end = nullptr;
       const double seconds = std::strtod(argv[++i], &end);
@@ -746,7 +917,7 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
 inline void print_help() {
   std::printf(
       "usage: kvm-hello [-q | -v | -vv] [--step-guest] [--caps] [--pause]\n"
-      "                 [--kvm-device PATH] [--timeout SECONDS]\n"
+      "                 [--guest FILE] [--kvm-device PATH] [--timeout SECONDS]\n"
       "Runs a tiny arm64 guest with KVM, step by step: it writes \"hello\" to an MMIO\n"
       "register, reads a value from the host, writes it back, and powers off.\n\n"
       "  -q                  only the guest's output and the outcome\n"
@@ -755,11 +926,13 @@ inline void print_help() {
       "  --step-guest        run the guest one instruction at a time (KVM_SET_GUEST_DEBUG)\n"
       "  --caps              show the capabilities the host reports, then stop\n"
       "  --pause             explain each step and wait for Enter (on a terminal)\n"
+      "  --guest FILE        run this raw arm64 image instead (loaded at 0x10000, entry at its start)\n"
       "  --kvm-device PATH   the KVM device to open (default /dev/kvm)\n"
       "  --timeout SECONDS   the watchdog: stop a guest that has not powered off (default %lld)\n"
       "  --version           print the version\n"
       "  -h, --help          this text\n\n"
-      "Colour only on a terminal, and never when NO_COLOR is set.\n\n"
+      "Colour only on a terminal, and never when NO_COLOR is set. Ctrl-C stops the guest\n"
+      "cleanly and shows its registers.\n\n"
       "exit status:\n",
       static_cast<long long>(kh::default_time_limit.count() / 1000));
   for (const StatusInfo& info : status_table) {
@@ -768,10 +941,16 @@ inline void print_help() {
   }
 }
 
-// Reports an error on stderr, after the register dump when a vCPU exists; returns its status.
-inline int fail(const kh::Error& error, const Options& options, const kh::Vcpu* vcpu = nullptr) {
+// Reports an error on stderr, after the register dump and what it says when a
+// vCPU exists; returns its status.
+inline int fail(const kh::Error& error, const Options& options, const kh::Vcpu* vcpu = nullptr,
+                const GuestView& guest = {}) {
   std::fflush(stdout);
-  if (vcpu != nullptr && shows(Verbosity::normal)) dump_registers(*vcpu, stderr);
+  if (vcpu != nullptr && shows(Verbosity::normal)) {
+    if (const auto regs = dump_registers(*vcpu, stderr)) {
+      for (const std::string& line : diagnose(error, *regs, guest)) std::fprintf(stderr, "      %s\n", line.c_str());
+    }
+  }
   const bool colour = wants_colour(STDERR_FILENO) && style.colour;
   const std::string message = "kvm-hello: " + explain(error, options.kvm_device);
   std::fprintf(stderr, "%s\n", colour ? paint(colour::error, message).c_str() : message.c_str());
@@ -794,7 +973,19 @@ int main(int argc, char** argv) {
   if (options.version) return std::printf("kvm-hello %s\n", KVM_HELLO_VERSION), 0;
   style = {options.level, wants_colour(STDOUT_FILENO)};
   if (shows(Verbosity::verbose)) kh::call_observer = trace_call;
-  const std::span<const std::uint8_t> guest(guest_bin, guest_bin_len);
+  std::vector<std::uint8_t> guest_file;
+  if (!options.guest_file.empty()) {
+    auto loaded = load_guest_file(options.guest_file);
+    if (!loaded) {
+      std::fprintf(stderr, "kvm-hello: --guest %s: %s\n", options.guest_file.c_str(), loaded.error().message.c_str());
+      return static_cast<int>(loaded.error().status);
+    }
+    guest_file = std::move(*loaded);
+  }
+  const std::span<const std::uint8_t> guest =
+      guest_file.empty() ? std::span<const std::uint8_t>(guest_bin, guest_bin_len) : guest_file;
+  const std::span<const GuestLine> lines =
+      guest_file.empty() ? std::span<const GuestLine>(guest_lines) : std::span<const GuestLine>{};
 
   if (shows(Verbosity::normal)) std::printf("kvm-hello: an arm64 guest says hello through KVM, step by step\n");
 
@@ -835,6 +1026,7 @@ int main(int argc, char** argv) {
   announce(kh::Step::setup_guest_memory);
   auto memory = kh::setup_guest_memory(vm->get(), guest);
   if (!memory) return fail(memory.error(), options);
+  const GuestView view{memory->host.bytes(), lines};
   say(Verbosity::normal, "%zu bytes of guest code copied to the start of %s bytes mapped at %p", guest.size(),
       hex(memory->region.memory_size).c_str(), memory->host.get());
   say(Verbosity::normal, "slot %u: guest-physical %s..%s", memory->region.slot,
@@ -863,28 +1055,31 @@ int main(int argc, char** argv) {
   pause_after(kh::Step::set_boot_registers, options.pause);
 
   announce(kh::Step::run_guest);
-  GuestStepper stepper(vcpu->fd.get(), memory->host.bytes(), guest_lines);
+  GuestStepper stepper(vcpu->fd.get(), memory->host.bytes(), lines);
   if (options.step_guest) {
     const auto single_step = kh::enable_single_step(kvm->get(), vcpu->fd.get());
-    if (!single_step) return fail(single_step.error(), options, &*vcpu);
+    if (!single_step) return fail(single_step.error(), options, &*vcpu, view);
     say(Verbosity::normal,
         "single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP); each instruction, then "
         "the registers it changed");
     const auto started = stepper.start();
-    if (!started) return fail(started.error(), options, &*vcpu);
+    if (!started) return fail(started.error(), options, &*vcpu, view);
   }
   kh::HelloDevice device;
-  unsigned exit_number = 0;
+  ExitReporter reporter;
   const kvm_run& run = vcpu->run();
   const auto stats = kh::run_guest(*vcpu, device, options.time_limit, [&](const kh::Exit& exit) {
     say(Verbosity::very_verbose, "%s", describe_run_fields(run).c_str());
     if (std::holds_alternative<kh::DebugExit>(exit)) return stepper.stepped();
-    say(Verbosity::normal, "exit %u: %s", ++exit_number, describe_exit(exit).c_str());
+    reporter.report(exit);
   });
-  if (!stats) return fail(stats.error(), options, &*vcpu);
+  if (!stats) return fail(stats.error(), options, &*vcpu, view);
   pause_after(kh::Step::run_guest, options.pause);
 
-  std::printf("guest output: %s\n", paint(colour::guest, escaped(device.output())).c_str());
+  std::printf("guest output: %s%s\n", paint(colour::guest, escaped(device.output())).c_str(),
+              device.output_dropped() == 0
+                  ? ""
+                  : (" (and " + std::to_string(device.output_dropped()) + " more bytes, not kept)").c_str());
   if (shows(Verbosity::normal)) {
     if (device.answer_came_back()) {
       std::printf("the guest read %s from the host and wrote it back\n", hex(kh::host_answer).c_str());

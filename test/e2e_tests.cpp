@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <thread>
 #include <algorithm>
 #include <fstream>
 #include <regex>
@@ -46,8 +47,10 @@ std::string read_file(const std::string& path) {
   return text.str();
 }
 
-// Runs kvm-hello with `args`, as user `uid` when it is not -1.
-Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t>(-1)) {
+// Runs kvm-hello with `args`, as user `uid` when it is not -1; sends it
+// SIGINT (as Ctrl-C would) after `interrupt_after` when that is not zero.
+Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t>(-1),
+                    std::chrono::milliseconds interrupt_after = {}) {
   const std::string out_path = "/tmp/kvm-hello-e2e.out", err_path = "/tmp/kvm-hello-e2e.err";
   const auto start = std::chrono::steady_clock::now();
   const pid_t child = fork();
@@ -63,6 +66,10 @@ Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t
     argv.push_back(nullptr);
     execv(argv[0], argv.data());
     _exit(127);
+  }
+  if (interrupt_after.count() > 0) {
+    std::this_thread::sleep_for(interrupt_after);
+    kill(child, SIGINT);
   }
   int wait_status = 0;
   waitpid(child, &wait_status, 0);
@@ -81,6 +88,13 @@ std::size_t count(const std::string& text, const std::string& what) {
 }
 
 std::size_t line_count(const std::string& text) { return count(text, "\n"); }
+
+std::vector<std::string> split_words(const std::string& text) {
+  std::vector<std::string> words;
+  std::istringstream in(text);
+  for (std::string word; in >> word;) words.push_back(word);
+  return words;
+}
 
 // Steps 1 to 8, in-process, as main.cpp does them: a VM ready to run `image`.
 struct Machine {
@@ -119,6 +133,8 @@ int open_fd_count() {
   return n;
 }
 
+std::size_t mapping_count() { return line_count(read_file("/proc/self/maps")); }
+
 }  // namespace
 
 TEST_CASE("kvm-hello: every step, the MMIO exits, hello, a clean shutdown, status 0") {
@@ -148,7 +164,7 @@ TEST_CASE("no KVM device: one line naming step 1, ENOENT and what to do; status 
   CHECK(run.status == 10);
   CHECK(line_count(run.err) == 1);
   CHECK(run.err.starts_with("kvm-hello: step 1 (open_kvm): open failed with ENOENT"));
-  CHECK(run.err.find("make run") != std::string::npos);
+  CHECK(run.err.find("this arm64 kernel has no KVM: it needs CONFIG_KVM") != std::string::npos);
 }
 
 TEST_CASE("a file that is not a KVM device: step 2, ENOTTY; status 12") {
@@ -322,6 +338,140 @@ TEST_CASE("trap: a store pair to MMIO makes KVM_RUN fail with ENOSYS") {
   CHECK(stats.error().err == ENOSYS);
 }
 
+// ==== Bad guests, bad files, Ctrl-C ==========================================
+
+namespace {
+
+std::string guest_binaries;  // guests/ beside this binary: test/guests/*.S assembled
+std::string guest_sources;   // guest-sources/ beside it: test/guests/*.S themselves
+
+// What a test guest's comments say it must produce:
+//   // args: --timeout 1       // expect-status: 24
+//   // expect-stdout: TEXT     // expect-stderr: TEXT
+struct Expectation {
+  std::vector<std::string> args;
+  int status = 0;
+  std::vector<std::string> out, err;
+};
+
+Expectation read_expectation(const std::filesystem::path& source) {
+  Expectation expected;
+  std::istringstream text(read_file(source));
+  for (std::string line; std::getline(text, line);) {
+    const auto value = [&line](std::string_view key) { return line.substr(key.size()); };
+    if (line.starts_with("// args: ")) expected.args = split_words(value("// args: "));
+    if (line.starts_with("// expect-status: ")) expected.status = std::stoi(value("// expect-status: "));
+    if (line.starts_with("// expect-stdout: ")) expected.out.push_back(value("// expect-stdout: "));
+    if (line.starts_with("// expect-stderr: ")) expected.err.push_back(value("// expect-stderr: "));
+  }
+  return expected;
+}
+
+// The watchdog's limit a run has, from its arguments.
+double time_limit_seconds(const std::vector<std::string>& args) {
+  for (std::size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--timeout") return std::stod(args[i + 1]);
+  }
+  return static_cast<double>(kh::default_time_limit.count()) / 1000;
+}
+
+}  // namespace
+
+TEST_CASE("bad guests: each gives its message and exit status; none hangs past the watchdog plus a second") {
+  std::vector<std::filesystem::path> sources;
+  for (const auto& entry : std::filesystem::directory_iterator(guest_sources)) sources.push_back(entry.path());
+  std::sort(sources.begin(), sources.end());
+  REQUIRE(sources.size() >= 8);
+  for (const auto& source : sources) {
+    const Expectation expected = read_expectation(source);
+    std::vector<std::string> args{"--guest", guest_binaries + "/" + source.stem().string() + ".bin"};
+    args.insert(args.end(), expected.args.begin(), expected.args.end());
+    const Outcome run = run_program(args);
+    INFO(source.filename().string() << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
+    CHECK(run.status == expected.status);
+    for (const auto& text : expected.out)
+      CHECK_MESSAGE(run.out.find(text) != std::string::npos, "stdout lacks: " << text);
+    for (const auto& text : expected.err)
+      CHECK_MESSAGE(run.err.find(text) != std::string::npos, "stderr lacks: " << text);
+    CHECK(run.seconds < time_limit_seconds(args) + 1.0);
+    if (expected.status != 0) CHECK(run.err.find("kvm-hello: step ") != std::string::npos);
+  }
+}
+
+TEST_CASE("--guest FILE is checked before any VM exists") {
+  const auto guest_error = [](std::vector<std::string> args, int status, const std::string& text) {
+    const Outcome run = run_program(args);
+    INFO("stderr: " << run.err);
+    CHECK(run.status == status);
+    CHECK(run.out.empty());  // not even step 1
+    CHECK(line_count(run.err) == 1);
+    CHECK(run.err.find(text) != std::string::npos);
+  };
+  guest_error({"--guest", "/no/such/guest.bin"}, 19, "--guest /no/such/guest.bin: cannot open it: ENOENT");
+  guest_error({"--guest", "/tmp"}, 19, "it is a directory");
+  { std::ofstream empty("/tmp/empty.bin"); }
+  guest_error({"--guest", "/tmp/empty.bin"}, 18, "it is empty");
+  {
+    std::ofstream big("/tmp/big.bin");
+    big << std::string(kh::ram_size + 1, '\0');
+  }
+  guest_error({"--guest", "/tmp/big.bin"}, 18, "it is 65537 bytes, more than guest RAM (65536 bytes)");
+  if (getuid() == 0) {
+    {
+      std::ofstream secret("/tmp/secret.bin");
+      secret << "abcd";
+    }
+    chmod("/tmp/secret.bin", 0600);
+    const Outcome run = run_program({"--guest", "/tmp/secret.bin"}, 65534);
+    CHECK(run.status == 19);
+    CHECK(run.err.find("cannot open it: EACCES") != std::string::npos);
+  }
+}
+
+TEST_CASE("Ctrl-C stops the guest cleanly: the registers, then status 130") {
+  const Outcome run = run_program({"--guest", guest_binaries + "/spin.bin", "--timeout", "60"}, static_cast<uid_t>(-1),
+                                  std::chrono::milliseconds(500));
+  INFO("stderr: " << run.err);
+  CHECK(run.status == 130);
+  CHECK(run.err.find("registers (read with KVM_GET_ONE_REG") != std::string::npos);
+  CHECK(run.err.find("kvm-hello: step 9 (run_guest): Ctrl-C stopped the guest") != std::string::npos);
+  CHECK(run.seconds < 5);
+}
+
+TEST_CASE("no fd and no mapping is left open after a run, or after any error") {
+  const auto run_once = [](std::span<const std::uint8_t> guest, std::chrono::milliseconds limit) {
+    Machine m = build_machine(guest);
+    kh::HelloDevice device;
+    return kh::run_guest(m.vcpu, device, limit, [](const kh::Exit&) {}).has_value();
+  };
+  const auto unused_vcpu = [] {  // ENOEXEC: registers before INIT
+    auto kvm = kh::open_kvm();
+    auto vm = kh::create_vm(kvm->get(), kh::vm_type_for(kh::check_capabilities(kvm->get())->ipa_limit).value());
+    auto vcpu = kh::create_vcpu(kvm->get(), vm->get());
+    return kh::set_boot_registers(vcpu->fd.get()).has_value();
+  };
+  const auto empty_image = [] {
+    auto kvm = kh::open_kvm();
+    auto vm = kh::create_vm(kvm->get(), kh::vm_type_for(kh::check_capabilities(kvm->get())->ipa_limit).value());
+    return kh::setup_guest_memory(vm->get(), {}).has_value();
+  };
+  const auto all_paths = [&] {
+    CHECK(run_once(image(guest_bin, guest_bin_len), std::chrono::seconds(10)));
+    CHECK_FALSE(run_once(image(reset_bin, reset_bin_len), std::chrono::seconds(10)));
+    CHECK_FALSE(run_once(image(stp_mmio_bin, stp_mmio_bin_len), std::chrono::seconds(10)));
+    CHECK_FALSE(run_once(image(spin_bin, spin_bin_len), std::chrono::milliseconds(100)));
+    CHECK_FALSE(unused_vcpu());
+    CHECK_FALSE(empty_image());
+    CHECK_FALSE(kh::open_kvm("/no/such/kvm"));
+  };
+  all_paths();  // once first: the C library's own first-use allocations are not ours
+  const int fds = open_fd_count();
+  const std::size_t mappings = mapping_count();
+  for (int round = 0; round < 3; ++round) all_paths();
+  CHECK(open_fd_count() == fds);
+  CHECK(mapping_count() == mappings);
+}
+
 // ==== Golden output ===========================================================
 //
 // test/golden/NAME.txt holds what a user sees for one command line:
@@ -347,13 +497,6 @@ std::string normalise(std::string text) {
   };
   for (const auto& [pattern, replacement] : rules) text = std::regex_replace(text, std::regex(pattern), replacement);
   return text;
-}
-
-std::vector<std::string> split_words(const std::string& text) {
-  std::vector<std::string> words;
-  std::istringstream in(text);
-  for (std::string word; in >> word;) words.push_back(word);
-  return words;
 }
 
 std::string render(const std::string& args, const Outcome& run) {
@@ -403,6 +546,8 @@ int main(int argc, char** argv) {
   std::string self = std::filesystem::read_symlink("/proc/self/exe");
   program_path = self.substr(0, self.rfind('/') + 1) + "kvm-hello";
   golden_dir = self.substr(0, self.rfind('/') + 1) + "golden";
+  guest_binaries = self.substr(0, self.rfind('/') + 1) + "guests";
+  guest_sources = self.substr(0, self.rfind('/') + 1) + "guest-sources";
   doctest::Context context;
   context.setOption("no-colors", true);  // the emulated machine's console is a terminal, the log is not
   context.applyCommandLine(argc, argv);

@@ -286,7 +286,12 @@ TEST_CASE("an error message names the step, the call, the errno and what to do")
   using kh::Step;
   const std::string missing = explain({Step::open_kvm, Problem::call_failed, "open", ENOENT}, "/dev/kvm");
   CHECK(missing.starts_with("step 1 (open_kvm): open failed with ENOENT (No such file or directory): "));
-  CHECK(missing.find("make run") != std::string::npos);
+  CHECK(missing.find(why_no_kvm()) != std::string::npos);
+  utsname machine{};
+  ::uname(&machine);
+  // Off arm64 it points to the emulated machine; on arm64, to the kernel's KVM.
+  CHECK(why_no_kvm().find(std::string_view(machine.machine) == "aarch64" ? "CONFIG_KVM" : "make run") !=
+        std::string::npos);
   CHECK(missing.find('\n') == std::string::npos);
 
   const std::string denied = explain({Step::open_kvm, Problem::call_failed, "open", EACCES}, "/dev/kvm");
@@ -553,4 +558,24 @@ TEST_CASE("the trace levels from the command line") {
   const auto options = parse_options(3, loud);
   CHECK(options->level == Verbosity::very_verbose);
   CHECK(options->step_guest);
+}
+
+TEST_CASE("the exception vector entries by offset") {
+  CHECK(vector_entry_name(0x200) == "offset 0x200 (synchronous, from the current EL on SP_ELx)");
+  CHECK(vector_entry_name(0x480) == "offset 0x480 (IRQ, from the lower EL, AArch64)");
+  CHECK(vector_entry_name(0x204) == "offset 0x200 (synchronous, from the current EL on SP_ELx)");
+  CHECK(vector_entry_name(0x800) == "outside the table");
+}
+
+TEST_CASE("MMIO instructions KVM cannot decode are told apart") {
+  using kh::MmioInstruction;
+  CHECK(kh::classify_mmio_instruction(0x39000020) == MmioInstruction::plain);           // strb w0, [x1]
+  CHECK(kh::classify_mmio_instruction(0xb9400064) == MmioInstruction::plain);           // ldr w4, [x3]
+  CHECK(kh::classify_mmio_instruction(0xf8226820) == MmioInstruction::plain);           // str x0, [x1, x2]
+  CHECK(kh::classify_mmio_instruction(0xa9000c22) == MmioInstruction::pair);            // stp x2, x3, [x1]
+  CHECK(kh::classify_mmio_instruction(0x38001420) == MmioInstruction::writeback);       // strb w0, [x1], #1
+  CHECK(kh::classify_mmio_instruction(0xf8008c20) == MmioInstruction::writeback);       // str x0, [x1, #8]!
+  CHECK(kh::classify_mmio_instruction(0x3d800020) == MmioInstruction::simd);            // str q0, [x1]
+  CHECK(kh::classify_mmio_instruction(0xc85f7c20) == MmioInstruction::atomic);          // ldxr x0, [x1]
+  CHECK(kh::classify_mmio_instruction(0xd4000002) == MmioInstruction::not_load_store);  // hvc #0
 }

@@ -1,4 +1,7 @@
 // reset.S: a guest that asks for a reset instead of powering off.
+// expect-status: 22
+// expect-stdout: KVM_EXIT_SYSTEM_EVENT type=2 (RESET)
+// expect-stderr: the guest asked for a reset (PSCI SYSTEM_RESET)
 #include <linux/psci.h>   // PSCI_0_2_FN_SYSTEM_RESET
         .text
         .global _start

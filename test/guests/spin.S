@@ -1,5 +1,9 @@
-// spin.S: a guest that never powers off. It loops on one instruction, never
-// leaving the guest, so KVM_RUN would never return without the watchdog.
+// spin.S: a guest that never powers off. It loops on one instruction without
+// ever leaving the guest, so KVM_RUN would never return without the watchdog.
+// args: --timeout 1
+// expect-status: 24
+// expect-stderr: did not power off within 1000 ms, so the watchdog stopped it
+// expect-stderr: PC 0x10000: the guest is running there and never called PSCI SYSTEM_OFF
         .text
         .global _start
 _start:

@@ -1,6 +1,9 @@
 // stp_mmio.S: a guest that stores a register pair to MMIO. A load/store pair
 // gives KVM no description of the access (no valid syndrome), so KVM_RUN
 // fails with ENOSYS instead of exiting with KVM_EXIT_MMIO.
+// expect-status: 20
+// expect-stderr: the instruction at PC 0x10004 is a9000c22, a load/store pair (LDP/STP)
+// expect-stderr: KVM_RUN failed with ENOSYS
 #include "kvm_hello.hpp"
         .text
         .global _start
