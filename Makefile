@@ -50,13 +50,18 @@ endif
 GUEST_LOAD_ADDRESS = $(shell printf '#include "kvm_hello.hpp"\nKVM_HELLO_RAM_BASE\n' | $(CROSS)cpp -P -D__ASSEMBLER__ -I. - | tail -n 1)
 
 # Guests the tests run besides the embedded one (test/guests/*.S).
+GOLDEN      := $(wildcard test/golden/*.txt)
 TEST_GUESTS := $(patsubst test/guests/%.S,$(BUILD)/guests/%.bin,$(wildcard test/guests/*.S))
 
-PROGRAM     := $(BUILD)/kvm-hello
-UNIT_HOST   := $(BUILD)/unit-tests
-UNIT_ARM64  := $(BUILD)/unit-tests-arm64
-E2E         := $(BUILD)/e2e-tests
-PACKAGES_OK := $(BUILD)/.packages-ok
+# Everything built, named here before any rule uses the names.
+PROGRAM           := $(BUILD)/kvm-hello
+DEBUG_PROGRAM     := $(BUILD)/kvm-hello-debug
+SANITIZED_PROGRAM := $(BUILD)/kvm-hello-sanitized
+UNIT_HOST         := $(BUILD)/unit-tests
+UNIT_SANITIZED    := $(BUILD)/unit-tests-sanitized
+UNIT_ARM64        := $(BUILD)/unit-tests-arm64
+E2E               := $(BUILD)/e2e-tests
+PACKAGES_OK       := $(BUILD)/.packages-ok
 
 .DEFAULT_GOAL := all
 .PHONY: all run trace gdb test golden help clean distclean format
@@ -65,18 +70,28 @@ PACKAGES_OK := $(BUILD)/.packages-ok
 
 ## all        build the program and every test (the default)
 ifdef NATIVE
-all: $(PROGRAM) $(UNIT_HOST) $(E2E) $(DEBUG_PROGRAM)
+all: $(PROGRAM) $(UNIT_HOST) $(UNIT_SANITIZED) $(E2E) $(DEBUG_PROGRAM) $(SANITIZED_PROGRAM)
 else
-all: $(PROGRAM) $(UNIT_HOST) $(UNIT_ARM64) $(E2E) $(BUILD)/run.cpio $(BUILD)/test.cpio $(BUILD)/gdb.cpio
+all: $(PROGRAM) $(UNIT_HOST) $(UNIT_SANITIZED) $(UNIT_ARM64) $(E2E) $(BUILD)/run.cpio $(BUILD)/test.cpio \
+  $(BUILD)/gdb.cpio
 endif
 
 ## run        build and run kvm-hello (options: make run ARGS="--timeout 2")
+##            GUEST=path/to/file.S assembles that guest and runs it instead
+ifdef GUEST
+  # Your guest, assembled like guest.S into build/your-guest/NAME.bin.
+  GUEST_BIN := $(BUILD)/your-guest/$(basename $(notdir $(GUEST))).bin
+  GUEST_ARGS = --guest $(if $(NATIVE),$(GUEST_BIN),/$(notdir $(GUEST_BIN)))
+  $(GUEST_BIN:.bin=.o): $(GUEST) kvm_hello.hpp | $(PACKAGES_OK)
+	@mkdir -p $(@D)
+	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
+endif
 ifdef NATIVE
-run: $(PROGRAM)
-	@$(PROGRAM) $(ARGS)
+run: $(PROGRAM) $(GUEST_BIN)
+	@$(PROGRAM) $(GUEST_ARGS) $(ARGS)
 else
 run: $(BUILD)/run.cpio $(KERNEL)
-	@tools/run-in-vm.sh $(KERNEL) $(BUILD)/run.cpio /kvm-hello $(ARGS)
+	@tools/run-in-vm.sh $(KERNEL) $(BUILD)/run.cpio /kvm-hello $(GUEST_ARGS) $(ARGS)
 endif
 
 ## trace      run the guest one instruction at a time (make run ARGS=--step-guest)
@@ -95,16 +110,18 @@ endif
 ## test       unit tests, then end-to-end tests against real KVM; ends with "N passed, M failed"
 TEST_LOGS := $(BUILD)/test-logs
 ifdef NATIVE
-test: $(UNIT_HOST) $(E2E) $(PROGRAM) $(DEBUG_PROGRAM)
+test: $(UNIT_HOST) $(UNIT_SANITIZED) $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM)
 	@rm -rf $(TEST_LOGS)
 	@test/run-suite.sh $(TEST_LOGS) unit $(UNIT_HOST)
+	@test/run-suite.sh $(TEST_LOGS) unit-sanitized $(UNIT_SANITIZED)
 	@test/run-suite.sh $(TEST_LOGS) e2e $(E2E)
 	@test/run-suite.sh $(TEST_LOGS) gdb test/gdb-test.sh run gdb -q -x tools/steps.gdb $(DEBUG_PROGRAM)
 	@test/summarize.sh $(TEST_LOGS)
 else
-test: $(UNIT_HOST) $(UNIT_ARM64) $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
+test: $(UNIT_HOST) $(UNIT_SANITIZED) $(UNIT_ARM64) $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
 	@rm -rf $(TEST_LOGS)
 	@test/run-suite.sh $(TEST_LOGS) unit-$(HOST_ARCH) $(UNIT_HOST)
+	@test/run-suite.sh $(TEST_LOGS) unit-$(HOST_ARCH)-sanitized $(UNIT_SANITIZED)
 	@test/run-suite.sh $(TEST_LOGS) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64)
 	@test/run-suite.sh $(TEST_LOGS) e2e-in-emulated-arm64 tools/run-in-vm.sh $(KERNEL) $(BUILD)/test.cpio /e2e-tests
 	@test/run-suite.sh $(TEST_LOGS) gdb-in-emulated-arm64 \
@@ -179,10 +196,20 @@ $(PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h
 # For gdb: no optimisation, so every step is a function of its own; and, when
 # it runs in the emulated machine, linked at an address no other program there
 # uses (gdb's breakpoints there are by virtual address).
-DEBUG_PROGRAM := $(BUILD)/kvm-hello-debug
 DEBUG_LINK := $(if $(NATIVE),,-static -Wl,-Ttext-segment=0x1000000)
 $(DEBUG_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h
 	$(ARM64_CXX) $(CXXSTD) -O0 -g $(WARNINGS) -I$(BUILD) $(DEBUG_LINK) -o $@ main.cpp
+
+# Sanitizers: AddressSanitizer (with LeakSanitizer) and UndefinedBehaviorSanitizer,
+# every finding fatal. The unit tests run under them on the build machine; a
+# build of kvm-hello runs under them against real KVM (e2e_tests.cpp). The
+# sanitizers need dynamic linking: the emulated machine gets the arm64 shared
+# libraries it needs in /lib.
+# (-Wno-maybe-uninitialized: with ASan, GCC 12 warns falsely inside <regex>.)
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wno-maybe-uninitialized
+ARM64_LIBS := ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libstdc++.so.6 libgcc_s.so.1 libasan.so.8 libubsan.so.1
+$(SANITIZED_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h
+	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) -I$(BUILD) -o $@ main.cpp
 
 $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 	@for header in $(UAPI_HEADERS); do \
@@ -196,6 +223,9 @@ UNIT_SOURCES := test/unit_tests.cpp main.cpp kvm_hello.hpp
 
 $(UNIT_HOST): $(UNIT_SOURCES) $(if $(NATIVE),,$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
 	$(HOST_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) $(HOST_UAPI) -I. $(SOURCE_DIR) -o $@ test/unit_tests.cpp
+
+$(UNIT_SANITIZED): $(UNIT_SOURCES) $(if $(NATIVE),,$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
+	$(HOST_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) $(HOST_UAPI) -I. $(SOURCE_DIR) -o $@ test/unit_tests.cpp
 
 $(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. $(SOURCE_DIR) $(ARM64_LINK) -o $@ test/unit_tests.cpp
@@ -218,24 +248,34 @@ $(BUILD)/vm-init: tools/vm-init.cpp | $(PACKAGES_OK)
 # Stripped copies: the initramfs is smaller and boots faster; build/ keeps the
 # binaries with their debug information.
 
-# $(call make-initramfs,PROGRAMS,SOURCE:DESTINATION...): /init, the programs,
-# and copies of files or directories at the paths given.
+# $(call make-initramfs,PROGRAMS,SOURCE:DESTINATION...,LIBRARIES): /init, the
+# programs, copies of files or directories at the paths given, and shared
+# libraries in /lib.
 define make-initramfs
 	rm -rf $@.root && mkdir -p $@.root
 	$(CROSS)strip -o $@.root/init $(BUILD)/vm-init
 	for program in $(1); do $(CROSS)strip -o $@.root/$$(basename $$program) $$program; done
-	for pair in $(2); do cp -r $${pair%%:*} $@.root/$${pair##*:}; done
+	for pair in $(2); do \
+	  mkdir -p $$(dirname $@.root/$${pair##*:}) && cp -rL $${pair%%:*} $@.root/$${pair##*:}; done
+	$(if $(3),mkdir -p $@.root/lib)
+	for lib in $(3); do $(CROSS)strip --strip-unneeded -o $@.root/lib/$$(basename $$lib) $$lib; done
 	cd $@.root && find . | cpio -o -H newc --quiet > ../$(notdir $@)
 	rm -rf $@.root
 endef
 
-GOLDEN := $(wildcard test/golden/*.txt)
+# Rebuilt whenever GUEST changes what it holds.
+$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM) $(GUEST_BIN) $(BUILD)/run-guest.txt
+	$(call make-initramfs,$(PROGRAM),$(if $(GUEST_BIN),$(GUEST_BIN):$(notdir $(GUEST_BIN))))
 
-$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
-	$(call make-initramfs,$(PROGRAM))
+$(BUILD)/run-guest.txt: FORCE
+	@mkdir -p $(@D)
+	@echo "$(GUEST)" | cmp -s - $@ || echo "$(GUEST)" > $@
+
+FORCE:
 
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
 	$(call make-initramfs,$(DEBUG_PROGRAM))
 
-$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(GOLDEN) $(TEST_GUESTS)
-	$(call make-initramfs,$(PROGRAM) $(E2E),test/golden:golden $(BUILD)/guests:guests test/guests:guest-sources)
+$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS)
+	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM),test/golden:golden $(BUILD)/guests:guests \
+	  test/guests:guest-sources,$(addprefix /usr/aarch64-linux-gnu/lib/,$(ARM64_LIBS)))

@@ -50,7 +50,7 @@ std::string read_file(const std::string& path) {
 // Runs kvm-hello with `args`, as user `uid` when it is not -1; sends it
 // SIGINT (as Ctrl-C would) after `interrupt_after` when that is not zero.
 Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t>(-1),
-                    std::chrono::milliseconds interrupt_after = {}) {
+                    std::chrono::milliseconds interrupt_after = {}, std::string program = program_path) {
   const std::string out_path = "/tmp/kvm-hello-e2e.out", err_path = "/tmp/kvm-hello-e2e.err";
   const auto start = std::chrono::steady_clock::now();
   const pid_t child = fork();
@@ -61,7 +61,7 @@ Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t
     const int in = open("/dev/null", O_RDONLY | O_CLOEXEC);  // not a terminal: --pause runs straight through
     if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
     if (uid != static_cast<uid_t>(-1) && (setgid(uid) != 0 || setuid(uid) != 0)) _exit(126);
-    std::vector<char*> argv{program_path.data()};
+    std::vector<char*> argv{program.data()};
     for (auto& arg : args) argv.push_back(arg.data());
     argv.push_back(nullptr);
     execv(argv[0], argv.data());
@@ -470,6 +470,27 @@ TEST_CASE("no fd and no mapping is left open after a run, or after any error") {
   for (int round = 0; round < 3; ++round) all_paths();
   CHECK(open_fd_count() == fds);
   CHECK(mapping_count() == mappings);
+}
+
+TEST_CASE("the sanitized build (ASan, LeakSanitizer, UBSan) runs clean, on the good path and the bad ones") {
+  const std::string sanitized = program_path + "-sanitized";
+  REQUIRE_MESSAGE(access(sanitized.c_str(), X_OK) == 0, sanitized << " is missing");
+  const std::pair<std::vector<std::string>, int> runs[] = {
+      {{}, 0},
+      {{"-vv", "--step-guest"}, 0},
+      {{"--kvm-device", "/dev/null"}, 12},
+      {{"--guest", guest_binaries + "/undefined.bin", "--timeout", "1"}, 24},
+      {{"--guest", guest_binaries + "/stp_mmio.bin"}, 20},
+      {{"--guest", guest_binaries + "/flood.bin"}, 0},
+      {{"--guest", "/tmp"}, 19},
+  };
+  for (const auto& [args, status] : runs) {
+    const Outcome run = run_program(args, static_cast<uid_t>(-1), {}, sanitized);
+    INFO("args: " << args.size() << (args.empty() ? "" : " " + args[0]) << "\nstderr:\n" << run.err);
+    CHECK(run.status == status);
+    CHECK(run.err.find("Sanitizer") == std::string::npos);
+    CHECK(run.err.find("runtime error") == std::string::npos);
+  }
 }
 
 // ==== Golden output ===========================================================
