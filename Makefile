@@ -64,7 +64,7 @@ E2E               := $(BUILD)/e2e-tests
 PACKAGES_OK       := $(BUILD)/.packages-ok
 
 .DEFAULT_GOAL := all
-.PHONY: all run trace gdb test golden help clean distclean format
+.PHONY: all run trace gdb test golden fuzz help clean distclean format
 .DELETE_ON_ERROR:
 .SECONDARY:  # keep the guest's .o and .elf: debuggers and the tests read them
 
@@ -138,6 +138,18 @@ golden: $(BUILD)/test.cpio $(KERNEL)
 	tools/run-in-vm.sh $(KERNEL) $(BUILD)/test.cpio KVM_HELLO_PRINT_GOLDEN=1 /e2e-tests '-tc=golden*' | \
 	  test/update-golden.sh test/golden
 endif
+
+## fuzz       libFuzzer on the exit decoder and reports (FUZZ_SECONDS, default 60)
+FUZZ_SECONDS ?= 60
+FUZZER := $(BUILD)/fuzz-exits
+$(FUZZER): test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(if $(NATIVE),,$(UAPI_OVERLAY)/.done)
+	@tools/ensure-packages.sh clang-19 libclang-rt-19-dev
+	clang++-19 $(CXXSTD) -O1 -g $(WARNINGS) -fsanitize=fuzzer,address,undefined $(HOST_UAPI) -I. -o $@ $<
+
+fuzz: $(FUZZER)
+	@mkdir -p $(BUILD)/fuzz-corpus
+	$(FUZZER) -max_total_time=$(FUZZ_SECONDS) -seed=1 -print_final_stats=1 -artifact_prefix=$(BUILD)/ \
+	  $(BUILD)/fuzz-corpus
 
 ## format     reformat the C++ sources with clang-format
 format:
@@ -219,7 +231,7 @@ $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 
 # The unit tests also check README.md and docs/ against the code: they read them from here.
 SOURCE_DIR := -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
-UNIT_SOURCES := test/unit_tests.cpp main.cpp kvm_hello.hpp
+UNIT_SOURCES := test/unit_tests.cpp test/fuzz_exits.cpp main.cpp kvm_hello.hpp
 
 $(UNIT_HOST): $(UNIT_SOURCES) $(if $(NATIVE),,$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
 	$(HOST_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) $(HOST_UAPI) -I. $(SOURCE_DIR) -o $@ test/unit_tests.cpp

@@ -564,12 +564,29 @@ inline std::string register_changes(const kh::Registers& before, const kh::Regis
   return text;
 }
 
+// What the guest was doing: the instruction at `address` and its guest.S line, when known.
+struct GuestView {
+  std::span<const std::uint8_t> ram;
+  std::span<const GuestLine> lines;
+
+  std::optional<std::uint32_t> instruction_at(std::uint64_t address) const {
+    // (Written so that no sum can wrap around: a broken guest's PC may be anything.)
+    if (address < kh::ram_base || ram.size() < 4 || address - kh::ram_base > ram.size() - 4) return std::nullopt;
+    std::uint32_t encoding = 0;
+    std::memcpy(&encoding, ram.data() + (address - kh::ram_base), sizeof encoding);
+    return encoding;
+  }
+  std::string where(std::uint64_t address) const {
+    const GuestLine* line = find_guest_line(lines, address);
+    return hex(address) + (line != nullptr ? " (guest.S:" + std::to_string(line->line) + ": " + line->text + ")" : "");
+  }
+};
+
 // Prints each instruction before it runs (address, encoding, guest.S line),
 // and after it the registers it changed; exits appear in between, in place.
 class GuestStepper {
  public:
-  GuestStepper(int vcpu_fd, std::span<const std::uint8_t> ram, std::span<const GuestLine> lines)
-      : vcpu_fd_(vcpu_fd), ram_(ram), lines_(lines) {}
+  GuestStepper(int vcpu_fd, GuestView guest) : vcpu_fd_(vcpu_fd), guest_(guest) {}
 
   // Before the first KVM_RUN: show the first instruction.
   kh::Result<void> start() {
@@ -595,11 +612,8 @@ class GuestStepper {
  private:
   void show_instruction(std::uint64_t pc) {
     ++shown_;
-    std::uint32_t encoding = 0;
-    if (pc >= kh::ram_base && pc + 4 <= kh::ram_base + ram_.size()) {
-      std::memcpy(&encoding, ram_.data() + (pc - kh::ram_base), sizeof encoding);
-    }
-    const GuestLine* line = find_guest_line(lines_, pc);
+    const std::uint32_t encoding = guest_.instruction_at(pc).value_or(0);
+    const GuestLine* line = find_guest_line(guest_.lines, pc);
     char text[512];
     if (line != nullptr) {
       std::snprintf(text, sizeof text, "guest %s  %08x  guest.S:%-3d %s", hex(pc).c_str(), encoding, line->line,
@@ -611,8 +625,7 @@ class GuestStepper {
   }
 
   int vcpu_fd_;
-  std::span<const std::uint8_t> ram_;
-  std::span<const GuestLine> lines_;
+  GuestView guest_;
   kh::Registers before_;
   unsigned shown_ = 0;
 };
@@ -804,23 +817,6 @@ inline std::string vector_entry_name(std::uint64_t offset) {
   return "offset " + hex(offset & ~std::uint64_t{0x7f}) + " (" + kind[(offset / 0x80) % 4] + ", from the " +
          from[offset / 0x200] + ")";
 }
-
-// What the guest was doing: the instruction at `address` and its guest.S line, when known.
-struct GuestView {
-  std::span<const std::uint8_t> ram;
-  std::span<const GuestLine> lines;
-
-  std::optional<std::uint32_t> instruction_at(std::uint64_t address) const {
-    if (address < kh::ram_base || address + 4 > kh::ram_base + ram.size()) return std::nullopt;
-    std::uint32_t encoding = 0;
-    std::memcpy(&encoding, ram.data() + (address - kh::ram_base), sizeof encoding);
-    return encoding;
-  }
-  std::string where(std::uint64_t address) const {
-    const GuestLine* line = find_guest_line(lines, address);
-    return hex(address) + (line != nullptr ? " (guest.S:" + std::to_string(line->line) + ": " + line->text + ")" : "");
-  }
-};
 
 // Lines that explain a failed run from the guest's registers: why it never
 // powered off, or which instruction KVM could not decode.
@@ -1055,7 +1051,7 @@ int main(int argc, char** argv) {
   pause_after(kh::Step::set_boot_registers, options.pause);
 
   announce(kh::Step::run_guest);
-  GuestStepper stepper(vcpu->fd.get(), memory->host.bytes(), lines);
+  GuestStepper stepper(vcpu->fd.get(), view);
   if (options.step_guest) {
     const auto single_step = kh::enable_single_step(kvm->get(), vcpu->fd.get());
     if (!single_step) return fail(single_step.error(), options, &*vcpu, view);

@@ -579,3 +579,34 @@ TEST_CASE("MMIO instructions KVM cannot decode are told apart") {
   CHECK(kh::classify_mmio_instruction(0xc85f7c20) == MmioInstruction::atomic);          // ldxr x0, [x1]
   CHECK(kh::classify_mmio_instruction(0xd4000002) == MmioInstruction::not_load_store);  // hvc #0
 }
+
+// ==== The fuzz target, on a fixed-seed sample (make fuzz runs it for real) ====
+
+#include "fuzz_exits.cpp"
+
+#include <random>
+
+TEST_CASE("fuzz target: 20000 random kvm_run contents, fixed seed, nothing breaks") {
+  std::mt19937_64 random(20261124);
+  std::vector<std::uint8_t> bytes(sizeof(kvm_run));
+  constexpr std::uint32_t interesting[] = {KVM_EXIT_MMIO,       KVM_EXIT_SYSTEM_EVENT,   KVM_EXIT_DEBUG,
+                                           KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_UNKNOWN};
+  for (int i = 0; i < 20000; ++i) {
+    for (auto& byte : bytes) byte = static_cast<std::uint8_t>(random());
+    if (i % 2 == 0) {  // half the time a reason the decoder knows, to reach its branches
+      const std::uint32_t reason = interesting[random() % std::size(interesting)];
+      std::memcpy(bytes.data() + offsetof(kvm_run, exit_reason), &reason, sizeof reason);
+    }
+    REQUIRE(LLVMFuzzerTestOneInput(bytes.data(), bytes.size()) == 0);
+  }
+}
+
+TEST_CASE("reading the guest's instruction at PC: no sum wraps around (found by the fuzzer)") {
+  const std::uint8_t ram[8] = {0x02, 0x00, 0x00, 0xd4, 0, 0, 0, 0};
+  const GuestView guest{ram, {}};
+  CHECK(guest.instruction_at(kh::ram_base) == 0xd4000002u);
+  CHECK(guest.instruction_at(kh::ram_base + 4) == 0u);
+  CHECK_FALSE(guest.instruction_at(kh::ram_base + 5));
+  CHECK_FALSE(guest.instruction_at(0xfffffffffffffffe));  // address + 4 would wrap to a small number
+  CHECK_FALSE(guest.instruction_at(kh::ram_base - 1));
+}
