@@ -12,6 +12,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
 #include <optional>
 #include <vector>
 #include <string>
@@ -133,7 +134,8 @@ inline std::string advice_for_call(const kh::Error& error, std::string_view devi
     case Status::kvm_permission:
       return "you may not open " + dev + ": join its group (usually `sudo usermod -aG kvm $USER`, then log in again)";
     case Status::not_kvm_device: return dev + " is not a KVM device; use /dev/kvm";
-    case Status::out_of_memory: return "the host is out of memory: free some and try again";
+    case Status::out_of_memory:
+      return "out of memory, or of this process's address-space limit (ulimit -v): free some, or raise the limit";
     default: break;
   }
   switch (error.err) {
@@ -149,6 +151,28 @@ inline std::string advice_for_call(const kh::Error& error, std::string_view devi
     default: break;
   }
   return "unexpected at this step: see its contract comment in kvm_hello.hpp";
+}
+
+// What an exit this program does not handle means.
+inline std::string explain_unexpected_exit(std::uint32_t reason) {
+  switch (reason) {
+    case KVM_EXIT_FAIL_ENTRY:
+      return "KVM_RUN returned KVM_EXIT_FAIL_ENTRY: KVM could not enter the guest, because the vCPU's state is "
+             "one the hardware refuses (kvm_run.fail_entry.hardware_entry_failure_reason says why); check the "
+             "registers set in step 8";
+    case KVM_EXIT_INTERNAL_ERROR:
+      return "KVM_RUN returned KVM_EXIT_INTERNAL_ERROR: KVM met a situation it cannot handle "
+             "(kvm_run.internal.suberror says which); run with -vv to see it";
+    case KVM_EXIT_SYSTEM_EVENT:
+      return "KVM_RUN returned a KVM_EXIT_SYSTEM_EVENT of a type this program does not handle (only SHUTDOWN, "
+             "RESET and CRASH are); run with -vv to see it";
+    default: break;
+  }
+  std::string name(kh::exit_reason_name(reason));
+  if (name.empty()) name = "exit reason " + std::to_string(reason);
+  return "KVM_RUN returned " + name +
+         ", which this program does not handle: see the kvm_run section of the "
+         "kernel's Documentation/virt/kvm/api.rst";
 }
 
 // The one-line explanation of an error, without the program name.
@@ -179,13 +203,7 @@ inline std::string explain(const kh::Error& error, std::string_view device) {
              "the guest asked for a reset (PSCI SYSTEM_RESET): this program runs a guest once; "
              "end it with PSCI SYSTEM_OFF";
     case Problem::guest_crash: return line + "the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)";
-    case Problem::unexpected_exit: {
-      std::string name(kh::exit_reason_name(static_cast<std::uint32_t>(error.value)));
-      if (name.empty()) name = "exit reason " + std::to_string(error.value);
-      return line + "KVM_RUN returned " + name +
-             ", which this program does not handle: see the kvm_run section of "
-             "the kernel's Documentation/virt/kvm/api.rst";
-    }
+    case Problem::unexpected_exit: return line + explain_unexpected_exit(static_cast<std::uint32_t>(error.value));
     case Problem::watchdog_expired:
       return line + "the guest did not power off within " + std::to_string(error.value) +
              " ms, so the watchdog stopped it (KVM_RUN returned EINTR): the lines above say where it was; "
@@ -957,8 +975,9 @@ inline int fail(const kh::Error& error, const Options& options, const kh::Vcpu* 
 #include "guest_image.h"  // made by the Makefile: `xxd -i guest.bin` gives guest_bin[] and guest_bin_len
 #include "guest_lines.h"  // made by tools/guest-lines.sh: guest_lines[], address -> line of guest.S
 
-int main(int argc, char** argv) {
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as it happens, also into a pipe
+// The whole program: the nine steps in order. main() only adds the one
+// failure that is not an Error value: memory for our own strings running out.
+int walk_through(int argc, char** argv) {
   const auto parsed = parse_options(argc, argv);
   if (!parsed) {
     std::fprintf(stderr, "kvm-hello: %s (try --help)\n", parsed.error().c_str());
@@ -1085,5 +1104,16 @@ int main(int argc, char** argv) {
   }
   std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %u exits\n", stats->exits);
   return static_cast<int>(Status::ok);
+}
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as it happens, also into a pipe
+  try {
+    return walk_through(argc, argv);
+  } catch (const std::bad_alloc&) {  // the owners have closed every fd and mapping on the way out
+    std::fprintf(stderr,
+                 "kvm-hello: out of memory (std::bad_alloc), or of this process's address-space limit "
+                 "(ulimit -v): free some, or raise the limit\n");
+    return static_cast<int>(Status::out_of_memory);
+  }
 }
 #endif  // KVM_HELLO_NO_MAIN

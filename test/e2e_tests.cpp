@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <filesystem>
 #include <thread>
 #include <algorithm>
+#include <set>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -50,7 +52,8 @@ std::string read_file(const std::string& path) {
 // Runs kvm-hello with `args`, as user `uid` when it is not -1; sends it
 // SIGINT (as Ctrl-C would) after `interrupt_after` when that is not zero.
 Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t>(-1),
-                    std::chrono::milliseconds interrupt_after = {}, std::string program = program_path) {
+                    std::chrono::milliseconds interrupt_after = {}, std::string program = program_path,
+                    rlim_t address_space = RLIM_INFINITY) {
   const std::string out_path = "/tmp/kvm-hello-e2e.out", err_path = "/tmp/kvm-hello-e2e.err";
   const auto start = std::chrono::steady_clock::now();
   const pid_t child = fork();
@@ -61,6 +64,8 @@ Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t
     const int in = open("/dev/null", O_RDONLY | O_CLOEXEC);  // not a terminal: --pause runs straight through
     if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
     if (uid != static_cast<uid_t>(-1) && (setgid(uid) != 0 || setuid(uid) != 0)) _exit(126);
+    const rlimit limit{address_space, address_space};
+    if (address_space != RLIM_INFINITY && setrlimit(RLIMIT_AS, &limit) != 0) _exit(126);
     std::vector<char*> argv{program.data()};
     for (auto& arg : args) argv.push_back(arg.data());
     argv.push_back(nullptr);
@@ -426,6 +431,24 @@ TEST_CASE("--guest FILE is checked before any VM exists") {
     CHECK(run.status == 19);
     CHECK(run.err.find("cannot open it: EACCES") != std::string::npos);
   }
+}
+
+TEST_CASE("out of memory, wherever it strikes: status 16 and a message, never a crash") {
+  // Address-space limits from too small to start, up to enough, 32 KiB apart:
+  // each run either never starts (the kernel cannot set up the process, so
+  // nothing is printed), says "out of memory" with status 16, or succeeds.
+  std::set<int> statuses;
+  for (rlim_t kib = 512; kib <= 16384; kib += 32) {
+    const Outcome run = run_program({}, static_cast<uid_t>(-1), {}, program_path, kib << 10);
+    INFO("limit " << kib << " KiB: status " << run.status << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
+    const bool never_started = run.out.empty() && run.err.empty() && run.status != 0;
+    CHECK((never_started || run.status == 16 || run.status == 0));
+    if (run.status == 16) CHECK(run.err.find("out of memory") != std::string::npos);
+    if (!never_started) statuses.insert(run.status);
+    if (run.status == 0) break;
+  }
+  CHECK(statuses.count(16) == 1);  // some limit did run out in a step, or in our own allocations
+  CHECK(statuses.count(0) == 1);   // and enough memory is enough
 }
 
 TEST_CASE("Ctrl-C stops the guest cleanly: the registers, then status 130") {

@@ -610,3 +610,26 @@ TEST_CASE("reading the guest's instruction at PC: no sum wraps around (found by 
   CHECK_FALSE(guest.instruction_at(0xfffffffffffffffe));  // address + 4 would wrap to a small number
   CHECK_FALSE(guest.instruction_at(kh::ram_base - 1));
 }
+
+TEST_CASE("exits this program does not handle are each explained, with their own statuses") {
+  using kh::Problem;
+  using kh::Step;
+  const kh::Error fail_entry{Step::run_guest, Problem::unexpected_exit, {}, 0, KVM_EXIT_FAIL_ENTRY};
+  const kh::Error internal{Step::run_guest, Problem::unexpected_exit, {}, 0, KVM_EXIT_INTERNAL_ERROR};
+  const kh::Error unknown{Step::run_guest, Problem::unexpected_exit, {}, 0, 99};
+  const kh::Error crash{Step::run_guest, Problem::guest_crash};
+  CHECK(explain(fail_entry, "/dev/kvm").find("KVM could not enter the guest") != std::string::npos);
+  CHECK(explain(internal, "/dev/kvm").find("kvm_run.internal.suberror") != std::string::npos);
+  CHECK(explain(unknown, "/dev/kvm").find("exit reason 99, which this program does not handle") != std::string::npos);
+  CHECK(explain(crash, "/dev/kvm").find("reported a crash") != std::string::npos);
+  CHECK(status_for(fail_entry) == Status::unexpected_exit);
+  CHECK(status_for(crash) == Status::guest_crash);
+  CHECK(status_for({Step::run_guest, Problem::interrupted}) == Status::interrupted);
+  CHECK(static_cast<int>(Status::interrupted) == 130);
+  // The decoder, the loop's decision and the message agree for a FAIL_ENTRY kvm_run.
+  kvm_run run{};
+  run.exit_reason = KVM_EXIT_FAIL_ENTRY;
+  const auto decided = kh::keep_running(kh::decode_exit(run));
+  REQUIRE_FALSE(decided);
+  CHECK(explain(decided.error(), "/dev/kvm") == explain(fail_entry, "/dev/kvm"));
+}
