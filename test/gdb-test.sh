@@ -31,6 +31,6 @@ stops=$(sed -n 's/^Breakpoint [0-9]*, kvm_hello::\([a-z_]*\).*/\1/p' "$log" | tr
 expected="open_kvm check_api_version check_capabilities create_vm setup_guest_memory create_vcpu init_vcpu set_boot_registers run_guest "
 check "the nine step functions stop in order (saw: $stops)" test "$stops" = "$expected"
 check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/dev/kvm"$' "$log"
-check "bt at run_guest shows main as its caller" grep -q '^#1 .* in main (' "$log"
+check "bt at run_guest shows walk_through (main.cpp) as its caller" grep -q '^#1 .* in walk_through (' "$log"
 check "the program ran to its clean shutdown" grep -q '^shutdown: the guest powered off' "$log"
 echo "$passed passed, $failed failed"

@@ -633,3 +633,19 @@ TEST_CASE("exits this program does not handle are each explained, with their own
   REQUIRE_FALSE(decided);
   CHECK(explain(decided.error(), "/dev/kvm") == explain(fail_entry, "/dev/kvm"));
 }
+
+TEST_CASE("README: the table of broken guests is test/guests/, no more, no less") {
+  const std::string whole = read_source("README.md");
+  const std::size_t start = whole.find("## Run your own guest");
+  REQUIRE(start != std::string::npos);
+  const std::string readme = whole.substr(start, whole.find("\n## ", start + 1) - start);
+  std::set<std::string> in_readme, on_disk;
+  const std::regex row("\\n\\| `([a-z_]+\\.S)` \\|");
+  for (std::sregex_iterator it(readme.begin(), readme.end(), row), end; it != end; ++it) in_readme.insert((*it)[1]);
+  for (const auto& entry : std::filesystem::directory_iterator(source_dir / "test/guests")) {
+    on_disk.insert(entry.path().filename().string());
+  }
+  INFO("README: " << in_readme.size() << " guests, test/guests: " << on_disk.size());
+  for (const auto& name : on_disk) CHECK_MESSAGE(in_readme.count(name) == 1, "README.md lacks " << name);
+  for (const auto& name : in_readme) CHECK_MESSAGE(on_disk.count(name) == 1, "test/guests lacks " << name);
+}
