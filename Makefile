@@ -63,6 +63,10 @@ UNIT_ARM64        := $(BUILD)/unit-tests-arm64
 E2E               := $(BUILD)/e2e-tests
 PACKAGES_OK       := $(BUILD)/.packages-ok
 
+# Build with every core (GNU make 4.3 and later take -j from here); the
+# test suites themselves run one after another.
+MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
+
 .DEFAULT_GOAL := all
 .PHONY: all run trace gdb test golden fuzz help clean distclean format
 .DELETE_ON_ERROR:
