@@ -68,7 +68,7 @@ PACKAGES_OK       := $(BUILD)/.packages-ok
 MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
 
 .DEFAULT_GOAL := all
-.PHONY: all run trace gdb test golden fuzz help clean distclean format
+.PHONY: all run trace gdb bench test golden fuzz help clean distclean format
 .DELETE_ON_ERROR:
 .SECONDARY:  # keep the guest's .o and .elf: debuggers and the tests read them
 
@@ -110,6 +110,10 @@ else
 gdb: $(BUILD)/gdb.cpio $(KERNEL)
 	@tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
 endif
+
+## bench      what a VM exit costs, measured here (make bench ARGS=--json for JSON)
+bench: ARGS += --bench
+bench: run
 
 ## test       unit tests, then end-to-end tests against real KVM; ends with "N passed, M failed"
 TEST_LOGS := $(BUILD)/test-logs
@@ -200,20 +204,24 @@ $(BUILD)/%.bin: $(BUILD)/%.elf
 $(BUILD)/guest_image.h: $(BUILD)/guest.bin
 	cd $(BUILD) && xxd -i guest.bin > guest_image.h
 
+# The benchmark guest (kvm-hello --bench), the same way: bench_guest_bin[].
+$(BUILD)/bench_guest_image.h: $(BUILD)/tools/bench-guest.bin
+	cd $(BUILD)/tools && xxd -i bench-guest.bin > ../bench_guest_image.h
+
 # ---- Programs ----------------------------------------------------------------
 
 # guest.S's instruction addresses and lines, for --step-guest.
 $(BUILD)/guest_lines.h: $(BUILD)/guest.elf guest.S tools/guest-lines.sh
 	tools/guest-lines.sh $(CROSS)readelf $(BUILD)/guest.elf guest.S > $@
 
-$(PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h
+$(PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
 
 # For gdb: no optimisation, so every step is a function of its own; and, when
 # it runs in the emulated machine, linked at an address no other program there
 # uses (gdb's breakpoints there are by virtual address).
 DEBUG_LINK := $(if $(NATIVE),,-static -Wl,-Ttext-segment=0x1000000)
-$(DEBUG_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h
+$(DEBUG_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
 	$(ARM64_CXX) $(CXXSTD) -O0 -g $(WARNINGS) -I$(BUILD) $(DEBUG_LINK) -o $@ main.cpp
 
 # Sanitizers: AddressSanitizer (with LeakSanitizer) and UndefinedBehaviorSanitizer,
@@ -224,7 +232,7 @@ $(DEBUG_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_l
 # (-Wno-maybe-uninitialized: with ASan, GCC 12 warns falsely inside <regex>.)
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wno-maybe-uninitialized
 ARM64_LIBS := ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libstdc++.so.6 libgcc_s.so.1 libasan.so.8 libubsan.so.1
-$(SANITIZED_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h
+$(SANITIZED_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
 	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) -I$(BUILD) -o $@ main.cpp
 
 $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)

@@ -57,6 +57,9 @@
 #define KVM_HELLO_MMIO_OUT 0x1100
 #define KVM_HELLO_MMIO_ANSWER 0x1108
 #define KVM_HELLO_MMIO_ECHO 0x1110
+/* Two more for the benchmark guest (kvm-hello --bench, tools/bench-guest.S): */
+#define KVM_HELLO_MMIO_SINK 0x1118   /* write: an exit that the host ignores */
+#define KVM_HELLO_MMIO_RESULT 0x1120 /* write 8 bytes: one measurement for the host */
 
 #ifndef __ASSEMBLER__
 
@@ -99,11 +102,13 @@ inline constexpr std::uint64_t ram_size = KVM_HELLO_RAM_SIZE;
 inline constexpr std::uint64_t mmio_out = KVM_HELLO_MMIO_OUT;
 inline constexpr std::uint64_t mmio_answer = KVM_HELLO_MMIO_ANSWER;
 inline constexpr std::uint64_t mmio_echo = KVM_HELLO_MMIO_ECHO;
+inline constexpr std::uint64_t mmio_sink = KVM_HELLO_MMIO_SINK;
+inline constexpr std::uint64_t mmio_result = KVM_HELLO_MMIO_RESULT;
 
 // MMIO only happens for addresses that no memslot covers: the device
 // registers must lie outside guest RAM, or the guest's stores would land in
 // RAM silently.
-static_assert(mmio_echo + 4 <= ram_base, "MMIO registers must be outside guest RAM");
+static_assert(mmio_result + 8 <= ram_base, "MMIO registers must be outside guest RAM");
 // KVM_SET_USER_MEMORY_REGION wants page-aligned addresses and sizes; 64 KiB
 // is a multiple of every arm64 page size (4K, 16K and 64K).
 static_assert(ram_base % 0x10000 == 0 && ram_size % 0x10000 == 0);
@@ -1065,18 +1070,21 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
 }
 
 // Step 9. KVM_RUN on the vCPU fd, again and again: each return is an exit,
-// explained in kvm_run. MMIO writes go to the device; for an MMIO read the
-// device's answer is put in kvm_run.mmio.data, and the next KVM_RUN hands it
-// to the guest (a read or a write completes only when we re-enter). A
-// SYSTEM_EVENT of type SHUTDOWN (the guest's PSCI SYSTEM_OFF) ends the run:
-// returns the counts and times. `on_exit(const Exit&)` sees each exit after
-// the device handled it (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on. Errors: EINTR when the watchdog
-// stopped the guest after `limit` (Problem::watchdog_expired) or Ctrl-C (Problem::interrupted); ENOSYS for an MMIO
-// instruction KVM cannot decode (load/store pair, writeback, SIMD); an exit reason or system event other than those:
-// Problem::unexpected_exit, guest_reset, guest_crash. Why: this loop is the whole life of a VM: the guest runs until it
-// needs us.
-template <class OnExit>
-Result<RunStats> run_guest(Vcpu& vcpu, HelloDevice& device, std::chrono::milliseconds limit, OnExit&& on_exit) {
+// explained in kvm_run. MMIO goes to `device` (a HelloDevice, or any type with
+// handle(MmioAccess&)): it takes writes, and fills in reads, whose answer is
+// put in kvm_run.mmio.data for the next KVM_RUN to hand to the guest (a read
+// or a write completes only when we re-enter). A SYSTEM_EVENT of type
+// SHUTDOWN (the guest's PSCI SYSTEM_OFF) ends the run: returns the counts and
+// times. `on_exit(const Exit&)` sees each exit after the device handled it
+// (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on.
+// Errors: EINTR when the watchdog stopped the guest after `limit`
+// (Problem::watchdog_expired) or Ctrl-C did (Problem::interrupted); ENOSYS for
+// an MMIO instruction KVM cannot decode (load/store pair, writeback, SIMD);
+// another exit reason or system event: Problem::unexpected_exit, guest_reset
+// or guest_crash.
+// Why: this loop is the whole life of a VM: the guest runs until it needs us.
+template <class Device, class OnExit>
+Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds limit, OnExit&& on_exit) {
   kvm_run& run = vcpu.run();
   const Watchdog watchdog(run, limit);
   RunStats stats;

@@ -31,6 +31,8 @@ marker='kvm-hello-vm: exit status '
 # NO_COLOR there when our own output is not a terminal, or when it is set here.
 # (Kernel command line words with "=" before "--" become /init's environment.)
 if [ ! -t 1 ] || [ -n "${NO_COLOR:-}" ]; then environment+=("NO_COLOR=1"); fi
+# Programs that measure time (kvm-hello --bench) must say their CPU is emulated.
+environment+=("KVM_HELLO_EMULATED=QEMU-TCG-$(uname -m)-host")
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
