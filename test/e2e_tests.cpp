@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <thread>
 #include <algorithm>
@@ -435,13 +436,14 @@ TEST_CASE("--guest FILE is checked before any VM exists") {
 
 TEST_CASE("out of memory, wherever it strikes: status 16 and a message, never a crash") {
   // Address-space limits from too small to start, up to enough, 32 KiB apart:
-  // each run either never starts (the kernel cannot set up the process, so
-  // nothing is printed), says "out of memory" with status 16, or succeeds.
+  // each run either never reaches main() (the kernel cannot set up the
+  // process, or the C library cannot start: nothing of ours is printed), says
+  // "out of memory" with status 16, or succeeds.
   std::set<int> statuses;
   for (rlim_t kib = 512; kib <= 16384; kib += 32) {
     const Outcome run = run_program({}, static_cast<uid_t>(-1), {}, program_path, kib << 10);
     INFO("limit " << kib << " KiB: status " << run.status << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
-    const bool never_started = run.out.empty() && run.err.empty() && run.status != 0;
+    const bool never_started = run.out.empty() && run.err.find("kvm-hello") == std::string::npos && run.status != 0;
     CHECK((never_started || run.status == 16 || run.status == 0));
     if (run.status == 16) CHECK(run.err.find("out of memory") != std::string::npos);
     if (!never_started) statuses.insert(run.status);
@@ -515,6 +517,45 @@ TEST_CASE("the sanitized build (ASan, LeakSanitizer, UBSan) runs clean, on the g
     CHECK(run.err.find("Sanitizer") == std::string::npos);
     CHECK(run.err.find("runtime error") == std::string::npos);
   }
+}
+
+TEST_CASE("--bench: the table's structure, and every figure sane (no timing is asserted)") {
+  const Outcome json = run_program({"--bench", "--bench-iterations", "256", "--bench-repeats", "3", "--json"});
+  INFO("stdout:\n" << json.out << "\nstderr:\n" << json.err);
+  REQUIRE(json.status == 0);
+  const std::regex figure(
+      "\"([a-z_]+_ns)\": \\{\"median\": ([0-9.e+-]+), \"min\": ([0-9.e+-]+), \"spread\": ([0-9.e+-]+)\\}");
+  std::set<std::string> kinds;
+  for (std::sregex_iterator it(json.out.begin(), json.out.end(), figure), end; it != end; ++it) {
+    const double median = std::stod((*it)[2]), min = std::stod((*it)[3]), spread = std::stod((*it)[4]);
+    kinds.insert((*it)[1]);
+    CHECK(median > 0);
+    CHECK(min > 0);
+    CHECK(min <= median);
+    CHECK(std::isfinite(spread));
+    CHECK(spread >= 0);
+  }
+  CHECK(kinds == std::set<std::string>{"mmio_write_ns", "mmio_read_ns", "hvc_ns", "mmio_write_bare_ioctl_ns"});
+  std::smatch ratio;
+  REQUIRE(std::regex_search(json.out, ratio, std::regex("\"ratio_mmio_read_to_hvc\": ([0-9.]+)")));
+  CHECK(std::isfinite(std::stod(ratio[1])));
+  CHECK(std::stod(ratio[1]) > 0);
+  std::smatch steps;
+  REQUIRE(std::regex_search(json.out, steps, std::regex("\"step_ns\": \\[([0-9, ]+)\\]")));
+  const std::vector<std::string> step_ns = split_words(std::regex_replace(std::string(steps[1]), std::regex(","), " "));
+  CHECK(step_ns.size() == static_cast<std::size_t>(kh::step_count));
+  for (const auto& ns : step_ns) CHECK(std::stoll(ns) > 0);
+  CHECK(json.out.find(std::getenv("KVM_HELLO_EMULATED") ? "\"where\": \"emulated\"" : "\"where\": \"native\"") !=
+        std::string::npos);
+
+  const Outcome text = run_program({"--bench", "--bench-iterations", "256", "--bench-repeats", "2"});
+  REQUIRE(text.status == 0);
+  // On an emulated CPU the first line says so; the reference figures are labelled as such.
+  const std::string first_line = text.out.substr(0, text.out.find('\n'));
+  CHECK(first_line.find(std::getenv("KVM_HELLO_EMULATED") ? "EMULATED" : "own arm64 CPU") != std::string::npos);
+  CHECK(text.out.find("reference (not measured here)") != std::string::npos);
+  CHECK(text.out.find("wrappers: ") != std::string::npos);
+  CHECK(count(text.out, "] ") >= static_cast<std::size_t>(kh::step_count));
 }
 
 // ==== Golden output ===========================================================

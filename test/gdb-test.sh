@@ -27,7 +27,7 @@ check() {  # check DESCRIPTION COMMAND...
     failed=$((failed + 1)); echo "gdb-test: FAILED: $1"
   fi
 }
-stops=$(sed -n 's/^Breakpoint [0-9]*, kvm_hello::\([a-z_]*\).*/\1/p' "$log" | tr '\n' ' ')
+stops=$(sed -n 's/^Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\1/p' "$log" | tr '\n' ' ')
 expected="open_kvm check_api_version check_capabilities create_vm setup_guest_memory create_vcpu init_vcpu set_boot_registers run_guest "
 check "the nine step functions stop in order (saw: $stops)" test "$stops" = "$expected"
 check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/dev/kvm"$' "$log"

@@ -649,3 +649,35 @@ TEST_CASE("README: the table of broken guests is test/guests/, no more, no less"
   for (const auto& name : on_disk) CHECK_MESSAGE(in_readme.count(name) == 1, "README.md lacks " << name);
   for (const auto& name : in_readme) CHECK_MESSAGE(on_disk.count(name) == 1, "test/guests lacks " << name);
 }
+
+// ==== The benchmark's arithmetic (main.cpp) ===================================
+
+TEST_CASE("bench: ticks become nanoseconds per exit; median, min and spread") {
+  const BenchSettings settings{.iterations = 1000, .repeats = 3, .json = false};
+  // 1 GHz counter; write: 2000, 1000, 3000 ticks for 1000 exits: 2, 1, 3 ns each.
+  const std::uint64_t results[] = {1'000'000'000, 2000, 1000, 3000, 5000, 5000, 5000, 100, 100, 100};
+  const Figures write = figures(results, mmio_write, settings);
+  CHECK(write.median_ns == doctest::Approx(2.0));
+  CHECK(write.min_ns == doctest::Approx(1.0));
+  CHECK(write.spread == doctest::Approx(1.0));  // (3 - 1) / 2
+  const Figures read = figures(results, mmio_read, settings);
+  CHECK(read.median_ns == doctest::Approx(5.0));
+  CHECK(read.spread == doctest::Approx(0.0));
+  CHECK(figures(results, hvc_in_kernel, settings).median_ns == doctest::Approx(0.1));
+}
+
+TEST_CASE("bench: the device keeps RESULT writes in fixed storage, answers reads, and never overflows") {
+  BenchDevice device;
+  kh::MmioAccess read{kh::mmio_answer, 4, false, {}};
+  device.handle(read);
+  CHECK(read.data[0] == kh::host_answer);
+  kh::MmioAccess sink{kh::mmio_sink, 1, true, {7}};
+  device.handle(sink);
+  CHECK(device.results().empty());
+  for (std::size_t i = 0; i < BenchDevice::capacity + 5; ++i) {
+    kh::MmioAccess result{kh::mmio_result, 8, true, {static_cast<std::uint8_t>(i)}};
+    device.handle(result);
+  }
+  CHECK(device.results().size() == BenchDevice::capacity);
+  CHECK(device.results()[3] == 3);
+}
