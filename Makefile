@@ -256,7 +256,7 @@ $(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
 
 # The e2e tests find beside themselves: kvm-hello, golden/, guests/ (the
 # test guests assembled) and guest-sources/ (their .S, which say what to expect).
-$(E2E): test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h
+$(E2E): test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h $(BUILD)/bench_guest_image.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden
 	ln -sfn ../test/guests $(BUILD)/guest-sources
