@@ -26,6 +26,13 @@
  *   call that failed and its errno. Nothing here prints: the caller decides
  *   how to report (main.cpp does it for this program).
  *
+ * ALSO HERE, FOR SEEING INSIDE
+ *   call_observer        set it to see every ioctl as it happens (main.cpp -v)
+ *   enable_single_step   KVM_SET_GUEST_DEBUG: one exit per guest instruction
+ *   read_registers       the guest's registers, with KVM_GET_ONE_REG
+ *   Watchdog             stops KVM_RUN after a time limit, or on Ctrl-C
+ *   HelloDevice          the host side of the guest's MMIO registers
+ *
  * DOES NOT DO
  *   Interrupts, more than one vCPU, an MMU in the guest, or any device other
  *   than the three MMIO registers of the memory map below.

@@ -425,29 +425,67 @@ TEST_CASE("README: the exit status table is the program's") {
   }
 }
 
+namespace {
+
+// Checks that every line of an excerpt of the program's output is real: each
+// line is a line of the golden output, or, ending in "...", begins one; a
+// line of only "..." stands for lines left out. Returns the lines checked.
+int check_excerpt(const std::string& excerpt, const std::string& golden, const std::string& where) {
+  std::istringstream lines(excerpt);
+  int checked = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find_first_not_of(' ') == line.find("...")) continue;
+    const bool shortened = line.ends_with("...");
+    const std::string wanted = shortened ? line.substr(0, line.size() - 3) : line + "\n";
+    const bool found = golden.find("\n" + wanted) != std::string::npos || golden.starts_with(wanted);
+    CHECK_MESSAGE(found, where << " shows a line the program does not print: " << line);
+    ++checked;
+  }
+  return checked;
+}
+
+}  // namespace
+
 TEST_CASE("README: the sample output is the real one (test/golden/default.txt)") {
   const std::string readme = read_source("README.md");
-  const std::string golden = read_source("test/golden/default.txt");
   const std::size_t section = readme.find("## What you will see");
   REQUIRE(section != std::string::npos);
   const std::size_t start = readme.find("```\n", section) + 4;
   const std::size_t end = readme.find("```", start);
-  std::istringstream sample(readme.substr(start, end - start));
-  int checked = 0;
-  for (std::string line; std::getline(sample, line);) {
-    if (line.find_first_not_of(' ') == line.find("...")) continue;  // a line that only says "more here"
-    // A line ending in "..." is shortened: it must begin a line of the real output.
-    const bool shortened = line.ends_with("...");
-    const std::string wanted = shortened ? line.substr(0, line.size() - 3) : line + "\n";
-    const bool found = shortened ? golden.find("\n" + wanted) != std::string::npos
-                                 : golden.find("\n" + wanted) != std::string::npos || golden.starts_with(wanted);
-    CHECK_MESSAGE(found, "README.md shows a line the program does not print: " << line);
-    ++checked;
-  }
-  CHECK(checked > 10);
+  CHECK(check_excerpt(readme.substr(start, end - start), read_source("test/golden/default.txt"), "README.md") > 10);
 }
 
-// ==== Tracing and the state dump (main.cpp) ===================================
+TEST_CASE("docs: every excerpt marked <!-- output: NAME --> is from test/golden/NAME.txt") {
+  const std::regex marked("<!-- output: ([a-z-]+) -->\n```\n([^`]*)```");
+  int excerpts = 0;
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), marked), end; it != end; ++it) {
+      const std::string golden = read_source("test/golden/" + std::string((*it)[1]) + ".txt");
+      CHECK(check_excerpt((*it)[2], golden, file.string()) > 0);
+      ++excerpts;
+    }
+  }
+  CHECK(excerpts >= kh::step_count);
+}
+
+TEST_CASE("docs: one chapter per step, numbered as main.cpp numbers them, titled with its function") {
+  for (int n = 1; n <= kh::step_count; ++n) {
+    const std::string name(kh::step_info(static_cast<kh::Step>(n)).name);
+    std::string file_name = name;
+    std::replace(file_name.begin(), file_name.end(), '_', '-');
+    char prefix[8];
+    std::snprintf(prefix, sizeof prefix, "%02d-", n);
+    const std::string chapter = "docs/" + std::string(prefix) + file_name + ".md";
+    REQUIRE_MESSAGE(std::filesystem::exists(source_dir / chapter), chapter << " is missing");
+    const std::string text = read_source(chapter);
+    CHECK(text.starts_with("# Step " + std::to_string(n) + ": "));
+    CHECK(text.substr(0, text.find('\n')).find("`" + name + "()`") != std::string::npos);
+    CHECK_MESSAGE(read_source("docs/README.md").find("(" + std::string(prefix) + file_name + ".md)") !=
+                      std::string::npos,
+                  "docs/README.md does not link " << chapter);
+  }
+}
 
 TEST_CASE("PSTATE and ESR decode into the architecture's names") {
   CHECK(describe_pstate(0x3c5) == "0x3c5 (EL1h: EL1 on SP_EL1; D A I F masked; flags nzcv)");
