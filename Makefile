@@ -52,6 +52,8 @@ GUEST_LOAD_ADDRESS = $(shell printf '#include "kvm_hello.hpp"\nKVM_HELLO_RAM_BAS
 # Guests the tests run besides the embedded one (test/guests/*.S).
 GOLDEN      := $(wildcard test/golden/*.txt)
 TEST_GUESTS := $(patsubst test/guests/%.S,$(BUILD)/guests/%.bin,$(wildcard test/guests/*.S))
+# The tutorial's exercises, answered (docs/15-exercises.md).
+EXERCISES   := $(patsubst test/exercises/%.S,$(BUILD)/exercises/%.bin,$(wildcard test/exercises/*.S))
 
 # Everything built, named here before any rule uses the names.
 PROGRAM           := $(BUILD)/kvm-hello
@@ -195,6 +197,10 @@ $(BUILD)/guests/%.o: test/guests/%.S kvm_hello.hpp | $(PACKAGES_OK)
 	@mkdir -p $(@D)
 	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
 
+$(BUILD)/exercises/%.o: test/exercises/%.S kvm_hello.hpp | $(PACKAGES_OK)
+	@mkdir -p $(@D)
+	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
+
 $(BUILD)/%.elf: $(BUILD)/%.o
 	$(CROSS)ld -Ttext=$(GUEST_LOAD_ADDRESS) -e _start --no-warn-rwx-segments -o $@ $<
 
@@ -256,10 +262,11 @@ $(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
 
 # The e2e tests find beside themselves: kvm-hello, golden/, guests/ (the
 # test guests assembled) and guest-sources/ (their .S, which say what to expect).
-$(E2E): test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h $(BUILD)/bench_guest_image.h
+$(E2E): $(EXERCISES) test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h $(BUILD)/bench_guest_image.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden
 	ln -sfn ../test/guests $(BUILD)/guest-sources
+	ln -sfn ../test/exercises $(BUILD)/exercise-sources
 
 # Every test guest as a C array named after its file: spin.S -> spin_bin[].
 $(BUILD)/test_guests.h: $(TEST_GUESTS)
@@ -300,6 +307,7 @@ FORCE:
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
 	$(call make-initramfs,$(DEBUG_PROGRAM))
 
-$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS)
+$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS) $(EXERCISES)
 	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM),test/golden:golden $(BUILD)/guests:guests \
-	  test/guests:guest-sources,$(addprefix /usr/aarch64-linux-gnu/lib/,$(ARM64_LIBS)))
+	  test/guests:guest-sources $(BUILD)/exercises:exercises test/exercises:exercise-sources,\
+	  $(addprefix /usr/aarch64-linux-gnu/lib/,$(ARM64_LIBS)))

@@ -366,8 +366,9 @@ TEST_CASE("trap: a store pair to MMIO makes KVM_RUN fail with ENOSYS") {
 
 namespace {
 
-std::string guest_binaries;  // guests/ beside this binary: test/guests/*.S assembled
-std::string guest_sources;   // guest-sources/ beside it: test/guests/*.S themselves
+std::string guest_binaries;                       // guests/ beside this binary: test/guests/*.S assembled
+std::string guest_sources;                        // guest-sources/ beside it: test/guests/*.S themselves
+std::string exercise_binaries, exercise_sources;  // the same for test/exercises/
 
 // What a test guest's comments say it must produce:
 //   // args: --timeout 1       // expect-status: 24
@@ -401,14 +402,16 @@ double time_limit_seconds(const std::vector<std::string>& args) {
 
 }  // namespace
 
-TEST_CASE("bad guests: each gives its message and exit status; none hangs past the watchdog plus a second") {
+// Runs each guest of a folder of .S files (their binaries in `binaries`) and
+// checks what its comments say it must produce, and that it does not hang.
+static void check_guests(const std::string& sources_dir, const std::string& binaries, std::size_t at_least) {
   std::vector<std::filesystem::path> sources;
-  for (const auto& entry : std::filesystem::directory_iterator(guest_sources)) sources.push_back(entry.path());
+  for (const auto& entry : std::filesystem::directory_iterator(sources_dir)) sources.push_back(entry.path());
   std::sort(sources.begin(), sources.end());
-  REQUIRE(sources.size() >= 8);
+  REQUIRE(sources.size() >= at_least);
   for (const auto& source : sources) {
     const Expectation expected = read_expectation(source);
-    std::vector<std::string> args{"--guest", guest_binaries + "/" + source.stem().string() + ".bin"};
+    std::vector<std::string> args{"--guest", binaries + "/" + source.stem().string() + ".bin"};
     args.insert(args.end(), expected.args.begin(), expected.args.end());
     const Outcome run = run_program(args);
     INFO(source.filename().string() << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
@@ -420,6 +423,14 @@ TEST_CASE("bad guests: each gives its message and exit status; none hangs past t
     CHECK(run.seconds < time_limit_seconds(args) + 1.0);
     if (expected.status != 0) CHECK(run.err.find("kvm-hello: step ") != std::string::npos);
   }
+}
+
+TEST_CASE("bad guests: each gives its message and exit status; none hangs past the watchdog plus a second") {
+  check_guests(guest_sources, guest_binaries, 10);
+}
+
+TEST_CASE("the tutorial's exercises: each answer does what docs/15-exercises.md asks") {
+  check_guests(exercise_sources, exercise_binaries, 4);
 }
 
 TEST_CASE("--guest FILE is checked before any VM exists") {
@@ -667,6 +678,8 @@ int main(int argc, char** argv) {
   golden_dir = self.substr(0, self.rfind('/') + 1) + "golden";
   guest_binaries = self.substr(0, self.rfind('/') + 1) + "guests";
   guest_sources = self.substr(0, self.rfind('/') + 1) + "guest-sources";
+  exercise_binaries = self.substr(0, self.rfind('/') + 1) + "exercises";
+  exercise_sources = self.substr(0, self.rfind('/') + 1) + "exercise-sources";
   doctest::Context context;
   context.setOption("no-colors", true);  // the emulated machine's console is a terminal, the log is not
   context.applyCommandLine(argc, argv);

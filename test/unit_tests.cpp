@@ -474,16 +474,16 @@ TEST_CASE("docs: one chapter per step, numbered as main.cpp numbers them, titled
     const std::string name(kh::step_info(static_cast<kh::Step>(n)).name);
     std::string file_name = name;
     std::replace(file_name.begin(), file_name.end(), '_', '-');
-    char prefix[8];
+    char prefix[16];
     std::snprintf(prefix, sizeof prefix, "%02d-", n);
     const std::string chapter = "docs/" + std::string(prefix) + file_name + ".md";
     REQUIRE_MESSAGE(std::filesystem::exists(source_dir / chapter), chapter << " is missing");
     const std::string text = read_source(chapter);
     CHECK(text.starts_with("# Step " + std::to_string(n) + ": "));
     CHECK(text.substr(0, text.find('\n')).find("`" + name + "()`") != std::string::npos);
-    CHECK_MESSAGE(read_source("docs/README.md").find("(" + std::string(prefix) + file_name + ".md)") !=
-                      std::string::npos,
-                  "docs/README.md does not link " << chapter);
+    CHECK_MESSAGE(
+        read_source("docs/README.md").find("(" + std::string(prefix) + file_name + ".md)") != std::string::npos,
+        "docs/README.md does not link " << chapter);
   }
 }
 

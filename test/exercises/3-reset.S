@@ -1,0 +1,14 @@
+// Exercise 3, an answer: reset instead of powering off. PSCI SYSTEM_RESET
+// (function 9) instead of SYSTEM_OFF (8): KVM reports a system event of type
+// RESET, and kvm-hello, which runs a guest once, says so and stops.
+// expect-status: 22
+// expect-stdout: KVM_EXIT_SYSTEM_EVENT type=2 (RESET)
+// expect-stderr: the guest asked for a reset (PSCI SYSTEM_RESET)
+#include "kvm_hello.hpp"
+#include <linux/psci.h>
+        .text
+        .global _start
+_start:
+        ldr     x0, =PSCI_0_2_FN_SYSTEM_RESET
+        hvc     #0
+        .ltorg
