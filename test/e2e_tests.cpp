@@ -662,7 +662,9 @@ TEST_CASE("golden output: kvm-hello prints what test/golden/ shows") {
     const std::string header = expected.substr(0, expected.find('\n'));
     REQUIRE_MESSAGE(header.starts_with("# args:"), file << " must start with '# args:'");
     const std::string args = header.size() > 8 ? header.substr(8) : "";
-    const std::string actual = render(args, run_program(split_words(args)));
+    // "{guests}" in the arguments: the folder of the test guests, wherever it is.
+    const std::string actual =
+        render(args, run_program(split_words(std::regex_replace(args, std::regex("\\{guests\\}"), guest_binaries))));
     if (print) {
       std::printf("=== golden %s ===\n%s=== end ===\n", file.filename().c_str(), actual.c_str());
       continue;

@@ -719,3 +719,21 @@ TEST_CASE("bench: the device keeps RESULT writes in fixed storage, answers reads
   CHECK(device.results().size() == BenchDevice::capacity);
   CHECK(device.results()[3] == 3);
 }
+
+TEST_CASE("docs: every block marked <!-- source: FILE --> is still, line for line, in FILE") {
+  const std::regex marked("<!-- source: ([A-Za-z0-9_./-]+) -->\\n```\\n([^`]*)```");
+  int blocks = 0;
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), marked), end; it != end; ++it) {
+      const std::string source = "\n" + read_source(std::string((*it)[1]));
+      std::istringstream lines((*it)[2]);
+      for (std::string line; std::getline(lines, line);) {
+        CHECK_MESSAGE(source.find("\n" + line + "\n") != std::string::npos,
+                      file << " quotes a line " << (*it)[1] << " does not have: " << line);
+      }
+      ++blocks;
+    }
+  }
+  CHECK(blocks >= 4);
+}
