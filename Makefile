@@ -44,6 +44,12 @@ else
   HOST_UAPI := -isystem $(UAPI_OVERLAY)
 endif
 
+# Every guest image made from a .S file. Their .o and .elf are kept (the
+# tests, gdb and --step-guest's line table read them); naming them, rather
+# than a bare .SECONDARY:, keeps make rebuilding an image that is missing.
+GUEST_IMAGES = $(BUILD)/guest.bin $(BUILD)/tools/bench-guest.bin $(TEST_GUESTS) $(EXERCISES) $(GUEST_BIN)
+.SECONDARY: $(GUEST_IMAGES:.bin=.o) $(GUEST_IMAGES:.bin=.elf)
+
 # The guest is linked where it will run: the start of guest RAM, read from
 # kvm_hello.hpp's memory map (deferred: the cross preprocessor may not be
 # installed yet when make starts).
@@ -72,7 +78,6 @@ MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
 .DEFAULT_GOAL := all
 .PHONY: all run trace gdb bench test golden fuzz help clean distclean format
 .DELETE_ON_ERROR:
-.SECONDARY:  # keep the guest's .o and .elf: debuggers and the tests read them
 
 ## all        build the program and every test (the default)
 ifdef NATIVE

@@ -739,8 +739,7 @@ inline void pause_after(kh::Step step, bool pausing) {
   const std::string_view text = walkthrough(step);
   std::printf("      -- %.*s\n", static_cast<int>(text.size()), text.data());
   if (::isatty(STDIN_FILENO) != 1) return;  // not a terminal: run straight through
-  std::printf("      -- press Enter to go on ");
-  std::fflush(stdout);
+  std::printf("      -- press Enter to go on\n");
   for (int c = std::getchar(); c != '\n' && c != EOF; c = std::getchar()) {
   }
 }

@@ -31,13 +31,31 @@ marker='kvm-hello-vm: exit status '
 # NO_COLOR there when our own output is not a terminal, or when it is set here.
 # (Kernel command line words with "=" before "--" become /init's environment.)
 if [ ! -t 1 ] || [ -n "${NO_COLOR:-}" ]; then environment+=("NO_COLOR=1"); fi
+# Keyboard input reaches the program only through the machine's console, whose
+# input is ours: our terminal when we have one (then `kvm-hello --pause` can
+# wait for Enter; Ctrl-C still stops QEMU), otherwise nothing, and then
+# KVM_HELLO_NO_INPUT tells /init to give the program /dev/null instead.
+input=/dev/stdin
+if [ ! -t 0 ]; then
+  input=/dev/null
+  environment+=("KVM_HELLO_NO_INPUT=1")
+fi
 # Programs that measure time (kvm-hello --bench) must say their CPU is emulated.
 environment+=("KVM_HELLO_EMULATED=QEMU-TCG-$(uname -m)-host")
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 # The serial console writes \r\n; what comes after the marker is the
-# kernel powering off, not ours to show.
+# kernel powering off, not ours to show. Every stage passes each line on at
+# once (sed -u, tee, a read loop; not awk, which may read ahead in blocks), so
+# interactive output is not held back.
+show_until_marker() {
+  local line shown=1
+  while IFS= read -r line; do
+    [[ $line == "$marker"* ]] && shown=0
+    if [ "$shown" = 1 ]; then printf '%s\n' "$line"; fi
+  done
+}
 # The kernel command line: its console on the serial port, our /init, quiet;
 # cryptomgr.notests skips the crypto self-tests, about 0.2 s of a 1.1 s boot
 # under emulation (measured with initcall_debug), for code nothing here uses.
@@ -53,8 +71,8 @@ timeout --foreground "${KVM_HELLO_VM_TIMEOUT:-300}" \
     -M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 1 -m 256 \
     -nodefaults -display none -monitor none -serial stdio -no-reboot \
     -kernel "$kernel" -initrd "$initramfs" "${debug[@]}" \
-    -append "$cmdline ${environment[*]} -- $*" </dev/null |
-  tr -d '\r' | tee "$log" | awk -v m="$marker" 'index($0, m) == 1 {done = 1} !done {print; fflush()}'
+    -append "$cmdline ${environment[*]} -- $*" <"$input" |
+  sed -u 's/\r$//' | tee "$log" | show_until_marker
 qemu_status=${PIPESTATUS[0]}
 set -e
 

@@ -16,6 +16,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace {
@@ -31,6 +32,14 @@ int run(char** command) {
   const pid_t child = fork();
   if (child < 0) return 125;
   if (child == 0) {
+    // No keyboard behind the console (see run-in-vm.sh): the program's input is empty, not a terminal.
+    if (std::getenv("KVM_HELLO_NO_INPUT") != nullptr) {
+      const int none = open("/dev/null", O_RDONLY);
+      if (none > STDIN_FILENO) {
+        dup2(none, STDIN_FILENO);
+        close(none);  // the program starts with fds 0, 1 and 2 only
+      }
+    }
     execv(command[0], command);
     std::fprintf(stderr, "kvm-hello-vm: cannot run %s: %s\n", command[0], std::strerror(errno));
     _exit(127);
