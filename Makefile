@@ -44,12 +44,6 @@ else
   HOST_UAPI := -isystem $(UAPI_OVERLAY)
 endif
 
-# Every guest image made from a .S file. Their .o and .elf are kept (the
-# tests, gdb and --step-guest's line table read them); naming them, rather
-# than a bare .SECONDARY:, keeps make rebuilding an image that is missing.
-GUEST_IMAGES = $(BUILD)/guest.bin $(BUILD)/tools/bench-guest.bin $(TEST_GUESTS) $(EXERCISES) $(GUEST_BIN)
-.SECONDARY: $(GUEST_IMAGES:.bin=.o) $(GUEST_IMAGES:.bin=.elf)
-
 # The guest is linked where it will run: the start of guest RAM, read from
 # kvm_hello.hpp's memory map (deferred: the cross preprocessor may not be
 # installed yet when make starts).
@@ -60,6 +54,13 @@ GOLDEN      := $(wildcard test/golden/*.txt)
 TEST_GUESTS := $(patsubst test/guests/%.S,$(BUILD)/guests/%.bin,$(wildcard test/guests/*.S))
 # The tutorial's exercises, answered (docs/15-exercises.md).
 EXERCISES   := $(patsubst test/exercises/%.S,$(BUILD)/exercises/%.bin,$(wildcard test/exercises/*.S))
+
+# Every guest image made from a .S file. Their .o and .elf are kept (gdb and
+# --step-guest's line table read the guest's); naming them, rather
+# than a bare .SECONDARY:, keeps make rebuilding an image that is missing.
+GUEST_IMAGES = $(BUILD)/guest.bin $(BUILD)/tools/bench-guest.bin $(TEST_GUESTS) $(EXERCISES)
+.SECONDARY: $(GUEST_IMAGES:.bin=.o) $(GUEST_IMAGES:.bin=.elf)
+
 
 # Everything built, named here before any rule uses the names.
 PROGRAM           := $(BUILD)/kvm-hello
