@@ -1,34 +1,314 @@
-# Makefile for kvm-hello. `make help` lists the targets.
+# Makefile for kvm-hello. `make help` lists the targets and the settings.
 #
-# On an arm64 machine the program is built and run natively. On any other
-# machine it is cross-built for arm64 and run inside an emulated arm64 machine
-# (tools/run-in-vm.sh) whose kernel has a real /dev/kvm. Either way `make run`
-# and `make test` first install what is missing (tools/ensure-packages.sh)
-# and, when emulating, download Debian's arm64 kernel once into $(CACHE).
+# Where kvm-hello runs: natively on an arm64 machine whose /dev/kvm exists;
+# anywhere else inside an emulated arm64 machine whose kernel has a real
+# arm64 /dev/kvm (tools/run-in-vm.sh). KVM_HELLO_MACHINE picks one by hand.
+# Either way `make run` and `make test` first install what is missing
+# (tools/ensure-packages.sh, then tools/check-prerequisites.sh) and, when
+# emulating, download the chosen Debian arm64 kernel once into $(CACHE).
 
-HOST_ARCH := $(shell uname -m)
-BUILD     := build
-CACHE     ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kvm-hello
+## Targets:
+##   make run         build and run kvm-hello (ARGS="--timeout 2" passes options;
+##                    GUEST=path/to/file.S assembles that guest and runs it instead)
+##   make trace       run the guest one instruction at a time (--step-guest, plus ARGS)
+##   make gdb         gdb on kvm-hello, stopped at each step function (tools/steps.gdb)
+##   make bench       what a VM exit costs, measured here (ARGS=--json for JSON)
+##   make test        every test suite; the last line is "N passed, M failed"
+##   make test-e2e    only the suites against real KVM (e2e and gdb), on the chosen host
+##   make test-hosts  the e2e and gdb suites on every host of test/hosts.txt, then a table
+##   make golden      rewrite the golden outputs of this host's kernel from a real run
+##   make fuzz        libFuzzer on the exit decoder and reports (FUZZ_SECONDS, default 60)
+##   make format      reformat the C++ sources with clang-format
+##   make clean       remove build/ (downloaded kernels stay in the cache)
+##   make distclean   clean, and remove the downloaded kernels from $(CACHE)
+##
+## Settings (on the command line or in the environment):
+##   KVM_HELLO_MACHINE=native|emulated  where kvm-hello runs (default: native on
+##                    arm64 when /dev/kvm exists, else emulated)
+##   The emulated host:
+##   KVM_HELLO_SUITE  the Debian release whose arm64 kernel boots (default trixie;
+##                    also bookworm, bookworm-backports, sid, ...)
+##   KVM_HELLO_FLAVOUR  arm64 (4 KiB pages, the default) or arm64-16k (16 KiB pages)
+##   KVM_HELLO_CPU    QEMU's -cpu model (default cortex-a57; neoverse-n1 for arm64-16k)
+##   KVM_HELLO_SMP    vCPUs of the emulated machine (default 1)
+##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
-ifeq ($(HOST_ARCH),aarch64)
-  NATIVE     := 1
-  CROSS      :=
-  ARM64_LINK :=
-  PACKAGES   := g++ xxd doctest-dev gdb
-else
-  CROSS      := aarch64-linux-gnu-
-  ARM64_LINK := -static
-  PACKAGES   := g++ xxd doctest-dev g++-aarch64-linux-gnu qemu-system-arm qemu-user-static cpio gdb-multiarch
+.DEFAULT_GOAL := all
+.PHONY: all run trace gdb bench test test-e2e test-hosts golden fuzz format help clean distclean FORCE
+.DELETE_ON_ERROR:
+
+BUILD := build
+CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kvm-hello
+
+# ==== Native or emulated: the one place that decides ========================
+#
+# The architecture is the compiler's, not the kernel's (`uname -m`): a 32-bit
+# userland on an arm64 kernel, or an x86 container on an arm64 machine, builds
+# for its own architecture. (Before any compiler is installed: dpkg's.)
+CXX_MACHINE := $(shell $(CXX) -dumpmachine 2>/dev/null || dpkg --print-architecture 2>/dev/null || uname -m)
+ARM64_BUILD := $(if $(filter aarch64% arm64%,$(CXX_MACHINE)),yes)
+
+ifndef KVM_HELLO_MACHINE
+  ifeq ($(ARM64_BUILD),yes)
+    KVM_HELLO_MACHINE := $(if $(wildcard /dev/kvm),native,emulated)
+    ifeq ($(KVM_HELLO_MACHINE),emulated)
+      MACHINE_NOTE := kvm-hello: this arm64 machine has no /dev/kvm (no KVM in its kernel, or no EL2 for it): \
+        running kvm-hello in the emulated arm64 machine instead (KVM_HELLO_MACHINE=native forces the native path)
+    endif
+  else
+    KVM_HELLO_MACHINE := emulated
+  endif
+endif
+ifeq ($(filter native emulated,$(KVM_HELLO_MACHINE)),)
+  $(error KVM_HELLO_MACHINE is "$(KVM_HELLO_MACHINE)": it must be native or emulated)
+endif
+ifeq ($(KVM_HELLO_MACHINE)$(ARM64_BUILD),native)
+  $(error KVM_HELLO_MACHINE=native needs an arm64 compiler; $(CXX) builds for $(CXX_MACHINE))
 endif
 
-# KVM_HELLO_KERNEL=/path/to/arm64/Image uses that kernel instead of downloading one.
-KERNEL := $(or $(KVM_HELLO_KERNEL),$(CACHE)/vmlinuz)
+# The compilers: the build machine's own (unit tests, fuzzing), and arm64's
+# (everything that runs against arm64 KVM): the same one on arm64.
+HOST_CXX := $(CXX)
+ifeq ($(ARM64_BUILD),yes)
+  CROSS :=
+else
+  CROSS := aarch64-linux-gnu-
+endif
+ARM64_CXX ?= $(CROSS)g++
+
+ifeq ($(KVM_HELLO_MACHINE),native)
+  PACKAGES := g++ xxd doctest-dev gdb
+else
+  # The programs the emulated machine runs are linked statically: its
+  # initramfs has no C library.
+  ARM64_LINK := -static
+  PACKAGES := g++ xxd doctest-dev qemu-system-arm cpio gdb-multiarch debian-archive-keyring \
+    $(if $(CROSS),g++-aarch64-linux-gnu qemu-user-static)
+
+  # The emulated host (README.md explains the default): a Debian suite's
+  # kernel, downloaded once per suite and flavour.
+  KVM_HELLO_SUITE   ?= trixie
+  KVM_HELLO_FLAVOUR ?= arm64
+  KVM_HELLO_CPU     ?= $(if $(findstring 16k,$(KVM_HELLO_FLAVOUR)),neoverse-n1,cortex-a57)
+  KVM_HELLO_SMP     ?= 1
+  export KVM_HELLO_CPU KVM_HELLO_SMP
+  KERNEL_DIR := $(CACHE)/kernels/$(KVM_HELLO_SUITE)-$(KVM_HELLO_FLAVOUR)
+  KERNEL := $(or $(KVM_HELLO_KERNEL),$(KERNEL_DIR)/vmlinuz)
+  IN_VM := tools/run-in-vm.sh $(KERNEL)
+endif
+
+# ==== What gets built ========================================================
 
 CXXSTD   := -std=c++23
 WARNINGS := -Wall -Wextra -Werror
 OPTIMISE := -O2 -g
-HOST_CXX := g++
-ARM64_CXX := $(CROSS)g++
+
+PROGRAM           := $(BUILD)/kvm-hello
+DEBUG_PROGRAM     := $(BUILD)/kvm-hello-debug
+SANITIZED_PROGRAM := $(BUILD)/kvm-hello-sanitized
+UNIT_HOST         := $(BUILD)/unit-tests
+UNIT_SANITIZED    := $(BUILD)/unit-tests-sanitized
+UNIT_ARM64        := $(BUILD)/unit-tests-arm64
+E2E               := $(BUILD)/e2e-tests
+FUZZER            := $(BUILD)/fuzz-exits
+PACKAGES_OK       := $(BUILD)/.packages-ok
+
+# Guests: each .S is assembled, linked where guest RAM starts, and cut to its
+# raw bytes, under build/ at the path of its source (guest.S -> build/guest.bin).
+TEST_GUESTS := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/guests/*.S))
+EXERCISES   := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/exercises/*.S))
+GOLDEN      := $(wildcard test/golden/*.txt)
+ifdef GUEST
+  # Your guest, assembled the same way into build/your-guest/NAME.bin.
+  GUEST_BIN  := $(BUILD)/your-guest/$(basename $(notdir $(GUEST))).bin
+  GUEST_ARGS  = --guest $(if $(filter native,$(KVM_HELLO_MACHINE)),$(GUEST_BIN),/$(notdir $(GUEST_BIN)))
+endif
+GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/tools/bench-guest.bin $(TEST_GUESTS) $(EXERCISES) $(GUEST_BIN)
+# Their .o and .elf are kept (gdb and --step-guest's line table read the
+# guest's); naming them, rather than a bare .SECONDARY:, keeps make
+# rebuilding an image that is missing.
+.SECONDARY: $(GUEST_IMAGES:.bin=.o) $(GUEST_IMAGES:.bin=.elf)
+
+# Build with every core (GNU make 4.3 and later take -j from here); the
+# test suites themselves run one after another.
+MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
+
+ifeq ($(KVM_HELLO_MACHINE),native)
+all: $(PROGRAM) $(DEBUG_PROGRAM) $(SANITIZED_PROGRAM) $(UNIT_HOST) $(UNIT_SANITIZED) $(E2E)
+else
+all: $(BUILD)/run.cpio $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(UNIT_HOST) $(UNIT_SANITIZED) \
+  $(if $(CROSS),$(UNIT_ARM64))
+endif
+
+# ==== The targets ============================================================
+
+ifeq ($(KVM_HELLO_MACHINE),native)
+run: $(PROGRAM) $(GUEST_BIN)
+	@$(PROGRAM) $(GUEST_ARGS) $(ARGS)
+else
+run: $(BUILD)/run.cpio $(KERNEL)
+	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
+	@$(IN_VM) $(BUILD)/run.cpio /kvm-hello $(GUEST_ARGS) $(ARGS)
+endif
+
+trace: ARGS += --step-guest
+trace: run
+
+bench: ARGS += --bench
+bench: run
+
+ifeq ($(KVM_HELLO_MACHINE),native)
+gdb: $(DEBUG_PROGRAM)
+	gdb -q -x tools/steps.gdb --args $(DEBUG_PROGRAM) $(ARGS)
+else
+gdb: $(BUILD)/gdb.cpio $(KERNEL)
+	@tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
+endif
+
+# `make test`: the unit suites, then the suites against real KVM. Each suite's
+# log is kept in build/test-logs; test/summarize.sh adds them up.
+TEST_LOGS := $(BUILD)/test-logs
+SUITE     := test/run-suite.sh $(TEST_LOGS)
+ifeq ($(KVM_HELLO_MACHINE),native)
+E2E_PREREQUISITES := $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM)
+define run-e2e-suites
+	@$(SUITE) e2e $(E2E)
+	@$(SUITE) gdb test/gdb-test.sh run gdb -q -x tools/steps.gdb $(DEBUG_PROGRAM)
+endef
+else
+E2E_PREREQUISITES := $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
+define run-e2e-suites
+	@$(SUITE) e2e-in-emulated-arm64 $(IN_VM) $(BUILD)/test.cpio /e2e-tests
+	@$(SUITE) gdb-in-emulated-arm64 test/gdb-test.sh continue tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio \
+	  $(DEBUG_PROGRAM)
+endef
+endif
+
+test: $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64)) $(E2E_PREREQUISITES) | kvm-usable
+	@rm -rf $(TEST_LOGS)
+	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
+	@$(SUITE) unit-$(firstword $(subst -, ,$(CXX_MACHINE))) $(UNIT_HOST)
+	@$(SUITE) unit-$(firstword $(subst -, ,$(CXX_MACHINE)))-sanitized $(UNIT_SANITIZED)
+	$(if $(CROSS),@$(SUITE) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64))
+	$(run-e2e-suites)
+	@test/summarize.sh $(TEST_LOGS)
+
+test-e2e: $(E2E_PREREQUISITES) | kvm-usable
+	@rm -rf $(TEST_LOGS)
+	$(run-e2e-suites)
+	@test/summarize.sh $(TEST_LOGS)
+
+test-hosts: $(BUILD)/test.cpio $(BUILD)/gdb.cpio
+	@test/test-hosts.sh test/hosts.txt
+
+# The native suites need a KVM they may use: say so once, before any test runs.
+.PHONY: kvm-usable
+kvm-usable:
+ifeq ($(KVM_HELLO_MACHINE),native)
+	@tools/check-kvm.sh /dev/kvm
+endif
+
+ifeq ($(KVM_HELLO_MACHINE),native)
+golden: $(E2E) $(PROGRAM)
+	KVM_HELLO_PRINT_GOLDEN=1 $(E2E) '-tc=golden*' | test/update-golden.sh test/golden
+else
+golden: $(BUILD)/test.cpio $(KERNEL)
+	$(IN_VM) $(BUILD)/test.cpio KVM_HELLO_PRINT_GOLDEN=1 /e2e-tests '-tc=golden*' | test/update-golden.sh test/golden
+endif
+
+FUZZ_SECONDS ?= 60
+fuzz: $(FUZZER)
+	@mkdir -p $(BUILD)/fuzz-corpus
+	$(FUZZER) -max_total_time=$(FUZZ_SECONDS) -seed=1 -print_final_stats=1 -artifact_prefix=$(BUILD)/ \
+	  $(BUILD)/fuzz-corpus
+
+format:
+	clang-format -i kvm_hello.hpp main.cpp test/*.cpp tools/*.cpp
+
+help:
+	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST)
+
+clean:
+	rm -rf $(BUILD)
+
+distclean: clean
+	rm -rf $(CACHE)
+
+# ==== Set-up: packages, prerequisites, the kernel ============================
+
+$(PACKAGES_OK):
+	@mkdir -p $(@D)
+	@tools/ensure-packages.sh $(PACKAGES)
+	@tools/check-prerequisites.sh "$(HOST_CXX)" "$(ARM64_CXX)" $(if $(CROSS),$(ARM64_UAPI))
+	@touch $@
+
+$(CACHE)/kernels/%/vmlinuz: | $(PACKAGES_OK)
+	@tools/fetch-kernel.sh $(KVM_HELLO_SUITE) $(KVM_HELLO_FLAVOUR) $(@D)
+
+# ==== Guests: assembled, linked at guest RAM, raw bytes, a C array ==========
+
+# The guest is linked where it will run: the start of guest RAM, read from
+# kvm_hello.hpp's memory map (deferred: the compiler may not be installed yet
+# when make starts).
+GUEST_LOAD_ADDRESS = $(shell printf '#include "kvm_hello.hpp"\nKVM_HELLO_RAM_BASE\n' | \
+  $(CROSS)cpp -P -D__ASSEMBLER__ -I. - | tail -n 1)
+
+define assemble
+	@mkdir -p $(@D)
+	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
+endef
+$(BUILD)/%.o: %.S kvm_hello.hpp | $(PACKAGES_OK)
+	$(assemble)
+$(BUILD)/your-guest/%.o: $(GUEST) kvm_hello.hpp | $(PACKAGES_OK)
+	$(assemble)
+
+$(BUILD)/%.elf: $(BUILD)/%.o
+	$(CROSS)ld -Ttext=$(GUEST_LOAD_ADDRESS) -e _start --no-warn-rwx-segments -o $@ $<
+
+# A guest with no bytes at all becomes an empty image, for kvm-hello to refuse
+# with its own message (objcopy would stop at "has no sections").
+$(BUILD)/%.bin: $(BUILD)/%.elf
+	if $(CROSS)readelf -l $< | grep -q LOAD; then $(CROSS)objcopy -O binary $< $@; else : > $@; fi
+
+# `xxd -i NAME.bin` names the array after the file: guest_bin[], bench_guest_bin[].
+$(BUILD)/guest_image.h: $(BUILD)/guest.bin
+	cd $(<D) && xxd -i $(<F) > $(abspath $@)
+$(BUILD)/bench_guest_image.h: $(BUILD)/tools/bench-guest.bin
+	cd $(<D) && xxd -i $(<F) > $(abspath $@)
+# Every test guest as a C array named after its file: spin.S -> spin_bin[].
+$(BUILD)/test_guests.h: $(TEST_GUESTS)
+	cd $(BUILD)/test/guests && for bin in $(notdir $^); do xxd -i $$bin; done > $(abspath $@)
+
+# guest.S's instruction addresses and lines, for --step-guest.
+$(BUILD)/guest_lines.h: $(BUILD)/guest.elf guest.S tools/guest-lines.sh
+	tools/guest-lines.sh $(CROSS)readelf $(BUILD)/guest.elf guest.S > $@
+
+# ==== Programs ===============================================================
+
+PROGRAM_SOURCES := main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
+
+$(PROGRAM): $(PROGRAM_SOURCES)
+	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
+
+# For gdb: no optimisation, so every step is a function of its own; and, when
+# it runs in the emulated machine, linked at an address no other program there
+# uses (gdb's breakpoints there are by virtual address).
+ifeq ($(KVM_HELLO_MACHINE),emulated)
+  DEBUG_LINK := -static -Wl,-Ttext-segment=0x1000000
+endif
+$(DEBUG_PROGRAM): $(PROGRAM_SOURCES)
+	$(ARM64_CXX) $(CXXSTD) -O0 -g $(WARNINGS) -I$(BUILD) $(DEBUG_LINK) -o $@ main.cpp
+
+# Sanitizers: AddressSanitizer (with LeakSanitizer) and UndefinedBehaviorSanitizer,
+# every finding fatal. The unit tests run under them on the build machine; a
+# build of kvm-hello runs under them against real KVM (e2e_tests.cpp). The
+# sanitizers need dynamic linking: the emulated machine gets the arm64 shared
+# libraries it needs in /lib, wherever this compiler finds them.
+# (-Wno-maybe-uninitialized: with ASan, GCC 12 warns falsely inside <regex>.)
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wno-maybe-uninitialized
+ARM64_LIBS := ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libstdc++.so.6 libgcc_s.so.1 libasan.so.8 libubsan.so.1
+$(SANITIZED_PROGRAM): $(PROGRAM_SOURCES)
+	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) -I$(BUILD) -o $@ main.cpp
 
 # The unit tests run on the build machine but test code written against
 # arm64's KVM structs. When the build machine is not arm64, these headers come
@@ -38,215 +318,7 @@ ARM64_CXX := $(CROSS)g++
 ARM64_UAPI   := /usr/aarch64-linux-gnu/include
 UAPI_HEADERS := linux/kvm.h linux/psci.h asm/kvm.h asm/ptrace.h asm/hwcap.h asm/sve_context.h
 UAPI_OVERLAY := $(BUILD)/arm64-uapi
-ifdef NATIVE
-  HOST_UAPI :=
-else
-  HOST_UAPI := -isystem $(UAPI_OVERLAY)
-endif
-
-# The guest is linked where it will run: the start of guest RAM, read from
-# kvm_hello.hpp's memory map (deferred: the cross preprocessor may not be
-# installed yet when make starts).
-GUEST_LOAD_ADDRESS = $(shell printf '#include "kvm_hello.hpp"\nKVM_HELLO_RAM_BASE\n' | $(CROSS)cpp -P -D__ASSEMBLER__ -I. - | tail -n 1)
-
-# Guests the tests run besides the embedded one (test/guests/*.S).
-GOLDEN      := $(wildcard test/golden/*.txt)
-TEST_GUESTS := $(patsubst test/guests/%.S,$(BUILD)/guests/%.bin,$(wildcard test/guests/*.S))
-# The tutorial's exercises, answered (docs/15-exercises.md).
-EXERCISES   := $(patsubst test/exercises/%.S,$(BUILD)/exercises/%.bin,$(wildcard test/exercises/*.S))
-
-# Every guest image made from a .S file. Their .o and .elf are kept (gdb and
-# --step-guest's line table read the guest's); naming them, rather
-# than a bare .SECONDARY:, keeps make rebuilding an image that is missing.
-GUEST_IMAGES = $(BUILD)/guest.bin $(BUILD)/tools/bench-guest.bin $(TEST_GUESTS) $(EXERCISES)
-.SECONDARY: $(GUEST_IMAGES:.bin=.o) $(GUEST_IMAGES:.bin=.elf)
-
-
-# Everything built, named here before any rule uses the names.
-PROGRAM           := $(BUILD)/kvm-hello
-DEBUG_PROGRAM     := $(BUILD)/kvm-hello-debug
-SANITIZED_PROGRAM := $(BUILD)/kvm-hello-sanitized
-UNIT_HOST         := $(BUILD)/unit-tests
-UNIT_SANITIZED    := $(BUILD)/unit-tests-sanitized
-UNIT_ARM64        := $(BUILD)/unit-tests-arm64
-E2E               := $(BUILD)/e2e-tests
-PACKAGES_OK       := $(BUILD)/.packages-ok
-
-# Build with every core (GNU make 4.3 and later take -j from here); the
-# test suites themselves run one after another.
-MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
-
-.DEFAULT_GOAL := all
-.PHONY: all run trace gdb bench test golden fuzz help clean distclean format
-.DELETE_ON_ERROR:
-
-## all        build the program and every test (the default)
-ifdef NATIVE
-all: $(PROGRAM) $(UNIT_HOST) $(UNIT_SANITIZED) $(E2E) $(DEBUG_PROGRAM) $(SANITIZED_PROGRAM)
-else
-all: $(PROGRAM) $(UNIT_HOST) $(UNIT_SANITIZED) $(UNIT_ARM64) $(E2E) $(BUILD)/run.cpio $(BUILD)/test.cpio \
-  $(BUILD)/gdb.cpio
-endif
-
-## run        build and run kvm-hello (options: make run ARGS="--timeout 2")
-##            GUEST=path/to/file.S assembles that guest and runs it instead
-ifdef GUEST
-  # Your guest, assembled like guest.S into build/your-guest/NAME.bin.
-  GUEST_BIN := $(BUILD)/your-guest/$(basename $(notdir $(GUEST))).bin
-  GUEST_ARGS = --guest $(if $(NATIVE),$(GUEST_BIN),/$(notdir $(GUEST_BIN)))
-  $(GUEST_BIN:.bin=.o): $(GUEST) kvm_hello.hpp | $(PACKAGES_OK)
-	@mkdir -p $(@D)
-	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
-endif
-ifdef NATIVE
-run: $(PROGRAM) $(GUEST_BIN)
-	@$(PROGRAM) $(GUEST_ARGS) $(ARGS)
-else
-run: $(BUILD)/run.cpio $(KERNEL)
-	@tools/run-in-vm.sh $(KERNEL) $(BUILD)/run.cpio /kvm-hello $(GUEST_ARGS) $(ARGS)
-endif
-
-## trace      run the guest one instruction at a time (make run ARGS=--step-guest)
-trace: ARGS += --step-guest
-trace: run
-
-## gdb        gdb on kvm-hello, with a breakpoint on each step function (tools/steps.gdb)
-ifdef NATIVE
-gdb: $(DEBUG_PROGRAM)
-	gdb -q -x tools/steps.gdb --args $(DEBUG_PROGRAM) $(ARGS)
-else
-gdb: $(BUILD)/gdb.cpio $(KERNEL)
-	@tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
-endif
-
-## bench      what a VM exit costs, measured here (make bench ARGS=--json for JSON)
-bench: ARGS += --bench
-bench: run
-
-## test       unit tests, then end-to-end tests against real KVM; ends with "N passed, M failed"
-TEST_LOGS := $(BUILD)/test-logs
-ifdef NATIVE
-test: $(UNIT_HOST) $(UNIT_SANITIZED) $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM)
-	@rm -rf $(TEST_LOGS)
-	@test/run-suite.sh $(TEST_LOGS) unit $(UNIT_HOST)
-	@test/run-suite.sh $(TEST_LOGS) unit-sanitized $(UNIT_SANITIZED)
-	@test/run-suite.sh $(TEST_LOGS) e2e $(E2E)
-	@test/run-suite.sh $(TEST_LOGS) gdb test/gdb-test.sh run gdb -q -x tools/steps.gdb $(DEBUG_PROGRAM)
-	@test/summarize.sh $(TEST_LOGS)
-else
-test: $(UNIT_HOST) $(UNIT_SANITIZED) $(UNIT_ARM64) $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
-	@rm -rf $(TEST_LOGS)
-	@test/run-suite.sh $(TEST_LOGS) unit-$(HOST_ARCH) $(UNIT_HOST)
-	@test/run-suite.sh $(TEST_LOGS) unit-$(HOST_ARCH)-sanitized $(UNIT_SANITIZED)
-	@test/run-suite.sh $(TEST_LOGS) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64)
-	@test/run-suite.sh $(TEST_LOGS) e2e-in-emulated-arm64 tools/run-in-vm.sh $(KERNEL) $(BUILD)/test.cpio /e2e-tests
-	@test/run-suite.sh $(TEST_LOGS) gdb-in-emulated-arm64 \
-	  test/gdb-test.sh continue tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
-	@test/summarize.sh $(TEST_LOGS)
-endif
-
-## golden     rewrite test/golden/ from a real run (then review it with git diff)
-ifdef NATIVE
-golden: $(E2E) $(PROGRAM)
-	KVM_HELLO_PRINT_GOLDEN=1 $(E2E) '-tc=golden*' | test/update-golden.sh test/golden
-else
-golden: $(BUILD)/test.cpio $(KERNEL)
-	tools/run-in-vm.sh $(KERNEL) $(BUILD)/test.cpio KVM_HELLO_PRINT_GOLDEN=1 /e2e-tests '-tc=golden*' | \
-	  test/update-golden.sh test/golden
-endif
-
-## fuzz       libFuzzer on the exit decoder and reports (FUZZ_SECONDS, default 60)
-FUZZ_SECONDS ?= 60
-FUZZER := $(BUILD)/fuzz-exits
-$(FUZZER): test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(if $(NATIVE),,$(UAPI_OVERLAY)/.done)
-	@tools/ensure-packages.sh clang-19 libclang-rt-19-dev
-	clang++-19 $(CXXSTD) -O1 -g $(WARNINGS) -fsanitize=fuzzer,address,undefined $(HOST_UAPI) -I. -o $@ $<
-
-fuzz: $(FUZZER)
-	@mkdir -p $(BUILD)/fuzz-corpus
-	$(FUZZER) -max_total_time=$(FUZZ_SECONDS) -seed=1 -print_final_stats=1 -artifact_prefix=$(BUILD)/ \
-	  $(BUILD)/fuzz-corpus
-
-## format     reformat the C++ sources with clang-format
-format:
-	clang-format -i kvm_hello.hpp main.cpp test/*.cpp tools/*.cpp
-
-## help       this list
-help:
-	@sed -n 's/^## //p' $(MAKEFILE_LIST)
-
-## clean      remove build/ (the downloaded kernel stays in the cache)
-clean:
-	rm -rf $(BUILD)
-
-## distclean  clean, and remove the downloaded kernel from $(CACHE)
-distclean: clean
-	rm -rf $(CACHE)
-
-# ---- Set-up ----------------------------------------------------------------
-
-$(PACKAGES_OK):
-	@mkdir -p $(@D)
-	@tools/ensure-packages.sh $(PACKAGES)
-	@touch $@
-
-$(CACHE)/vmlinuz: | $(PACKAGES_OK)
-	@tools/fetch-kernel.sh $(CACHE)
-
-# ---- The guest: assembled, linked at guest RAM, raw bytes, a C array -------
-
-$(BUILD)/%.o: %.S kvm_hello.hpp | $(PACKAGES_OK)
-	@mkdir -p $(@D)
-	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
-
-$(BUILD)/guests/%.o: test/guests/%.S kvm_hello.hpp | $(PACKAGES_OK)
-	@mkdir -p $(@D)
-	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
-
-$(BUILD)/exercises/%.o: test/exercises/%.S kvm_hello.hpp | $(PACKAGES_OK)
-	@mkdir -p $(@D)
-	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
-
-$(BUILD)/%.elf: $(BUILD)/%.o
-	$(CROSS)ld -Ttext=$(GUEST_LOAD_ADDRESS) -e _start --no-warn-rwx-segments -o $@ $<
-
-$(BUILD)/%.bin: $(BUILD)/%.elf
-	$(CROSS)objcopy -O binary $< $@
-
-$(BUILD)/guest_image.h: $(BUILD)/guest.bin
-	cd $(BUILD) && xxd -i guest.bin > guest_image.h
-
-# The benchmark guest (kvm-hello --bench), the same way: bench_guest_bin[].
-$(BUILD)/bench_guest_image.h: $(BUILD)/tools/bench-guest.bin
-	cd $(BUILD)/tools && xxd -i bench-guest.bin > ../bench_guest_image.h
-
-# ---- Programs ----------------------------------------------------------------
-
-# guest.S's instruction addresses and lines, for --step-guest.
-$(BUILD)/guest_lines.h: $(BUILD)/guest.elf guest.S tools/guest-lines.sh
-	tools/guest-lines.sh $(CROSS)readelf $(BUILD)/guest.elf guest.S > $@
-
-$(PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
-	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
-
-# For gdb: no optimisation, so every step is a function of its own; and, when
-# it runs in the emulated machine, linked at an address no other program there
-# uses (gdb's breakpoints there are by virtual address).
-DEBUG_LINK := $(if $(NATIVE),,-static -Wl,-Ttext-segment=0x1000000)
-$(DEBUG_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
-	$(ARM64_CXX) $(CXXSTD) -O0 -g $(WARNINGS) -I$(BUILD) $(DEBUG_LINK) -o $@ main.cpp
-
-# Sanitizers: AddressSanitizer (with LeakSanitizer) and UndefinedBehaviorSanitizer,
-# every finding fatal. The unit tests run under them on the build machine; a
-# build of kvm-hello runs under them against real KVM (e2e_tests.cpp). The
-# sanitizers need dynamic linking: the emulated machine gets the arm64 shared
-# libraries it needs in /lib.
-# (-Wno-maybe-uninitialized: with ASan, GCC 12 warns falsely inside <regex>.)
-SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wno-maybe-uninitialized
-ARM64_LIBS := ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libstdc++.so.6 libgcc_s.so.1 libasan.so.8 libubsan.so.1
-$(SANITIZED_PROGRAM): main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
-	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) -I$(BUILD) -o $@ main.cpp
-
+HOST_UAPI    := $(if $(CROSS),-isystem $(UAPI_OVERLAY))
 $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 	@for header in $(UAPI_HEADERS); do \
 	  mkdir -p $(UAPI_OVERLAY)/$$(dirname $$header) && ln -sf $(ARM64_UAPI)/$$header $(UAPI_OVERLAY)/$$header; \
@@ -254,36 +326,40 @@ $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 	@touch $@
 
 # The unit tests also check README.md and docs/ against the code: they read them from here.
-SOURCE_DIR := -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
-UNIT_SOURCES := test/unit_tests.cpp test/fuzz_exits.cpp main.cpp kvm_hello.hpp
+SOURCE_DIR   := -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
+UNIT_SOURCES := test/unit_tests.cpp test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done)
 
-$(UNIT_HOST): $(UNIT_SOURCES) $(if $(NATIVE),,$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
+$(UNIT_HOST): $(UNIT_SOURCES) | $(PACKAGES_OK)
 	$(HOST_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) $(HOST_UAPI) -I. $(SOURCE_DIR) -o $@ test/unit_tests.cpp
 
-$(UNIT_SANITIZED): $(UNIT_SOURCES) $(if $(NATIVE),,$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
+$(UNIT_SANITIZED): $(UNIT_SOURCES) | $(PACKAGES_OK)
 	$(HOST_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) $(HOST_UAPI) -I. $(SOURCE_DIR) -o $@ test/unit_tests.cpp
 
 $(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. $(SOURCE_DIR) $(ARM64_LINK) -o $@ test/unit_tests.cpp
 
+$(FUZZER): test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done)
+	@tools/ensure-packages.sh clang-19 libclang-rt-19-dev
+	clang++-19 $(CXXSTD) -O1 -g $(WARNINGS) -fsanitize=fuzzer,address,undefined $(HOST_UAPI) -I. -o $@ $<
+
 # The e2e tests find beside themselves: kvm-hello, golden/, guests/ (the
-# test guests assembled) and guest-sources/ (their .S, which say what to expect).
-$(E2E): $(EXERCISES) test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h $(BUILD)/bench_guest_image.h
+# test guests assembled) and guest-sources/ (their .S, which say what to
+# expect); the same for the exercises.
+$(E2E): $(EXERCISES) test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h \
+  $(BUILD)/bench_guest_image.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden
+	ln -sfn test/guests $(BUILD)/guests
 	ln -sfn ../test/guests $(BUILD)/guest-sources
+	ln -sfn test/exercises $(BUILD)/exercises
 	ln -sfn ../test/exercises $(BUILD)/exercise-sources
 
-# Every test guest as a C array named after its file: spin.S -> spin_bin[].
-$(BUILD)/test_guests.h: $(TEST_GUESTS)
-	cd $(BUILD)/guests && for bin in $(notdir $^); do xxd -i $$bin; done > ../test_guests.h
+# ==== The emulated machine's initramfs: /init and the programs it runs ======
+# Stripped copies: the initramfs is smaller and boots faster; build/ keeps the
+# binaries with their debug information.
 
 $(BUILD)/vm-init: tools/vm-init.cpp | $(PACKAGES_OK)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -static -o $@ $<
-
-# ---- The emulated machine's initramfs: /init and the programs it runs -------
-# Stripped copies: the initramfs is smaller and boots faster; build/ keeps the
-# binaries with their debug information.
 
 # $(call make-initramfs,PROGRAMS,SOURCE:DESTINATION...,LIBRARIES): /init, the
 # programs, copies of files or directories at the paths given, and shared
@@ -295,7 +371,8 @@ define make-initramfs
 	for pair in $(2); do \
 	  mkdir -p $$(dirname $@.root/$${pair##*:}) && cp -rL $${pair%%:*} $@.root/$${pair##*:}; done
 	$(if $(3),mkdir -p $@.root/lib)
-	for lib in $(3); do $(CROSS)strip --strip-unneeded -o $@.root/lib/$$(basename $$lib) $$lib; done
+	for lib in $(3); do \
+	  $(CROSS)strip --strip-unneeded -o $@.root/lib/$$lib $$($(ARM64_CXX) -print-file-name=$$lib); done
 	cd $@.root && find . | cpio -o -H newc --quiet > ../$(notdir $@)
 	rm -rf $@.root
 endef
@@ -308,12 +385,9 @@ $(BUILD)/run-guest.txt: FORCE
 	@mkdir -p $(@D)
 	@echo "$(GUEST)" | cmp -s - $@ || echo "$(GUEST)" > $@
 
-FORCE:
-
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
 	$(call make-initramfs,$(DEBUG_PROGRAM))
 
 $(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS) $(EXERCISES)
-	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM),test/golden:golden $(BUILD)/guests:guests \
-	  test/guests:guest-sources $(BUILD)/exercises:exercises test/exercises:exercise-sources,\
-	  $(addprefix /usr/aarch64-linux-gnu/lib/,$(ARM64_LIBS)))
+	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM),test/golden:golden $(BUILD)/test/guests:guests \
+	  test/guests:guest-sources $(BUILD)/test/exercises:exercises test/exercises:exercise-sources,$(ARM64_LIBS))

@@ -3,14 +3,41 @@
 #
 # Installs those of the Debian packages named that are not installed yet, and
 # says which; uses sudo when not run as root. Nothing happens when all are
-# there. On a system without dpkg it only lists what the build needs.
+# there. On a system without apt it names, in words, what is missing.
 set -euo pipefail
 
-missing=()
-if ! command -v dpkg-query >/dev/null 2>&1; then
-  echo "ensure-packages: not a Debian-like system; make sure you have the equivalents of: $*" >&2
-  exit 0
+# What each package gives, in words, and a command or file that shows it is
+# there: for machines without dpkg and apt.
+describe() {
+  case $1 in
+    g++) echo "g++|a C++ compiler with C++23's <expected> (g++ 12 or newer)" ;;
+    g++-aarch64-linux-gnu) echo "aarch64-linux-gnu-g++|a C++ cross compiler for aarch64 Linux (g++ 12 or newer) with arm64 kernel headers" ;;
+    xxd) echo "xxd|xxd (it comes with vim)" ;;
+    doctest-dev) echo "/usr/include/doctest/doctest.h|the doctest unit-test header (doctest/doctest.h)" ;;
+    qemu-system-arm) echo "qemu-system-aarch64|QEMU's arm64 system emulator (qemu-system-aarch64)" ;;
+    qemu-user-static) echo "qemu-aarch64-static|QEMU's arm64 user-mode emulator (qemu-aarch64-static)" ;;
+    cpio) echo "cpio|cpio" ;;
+    gdb) echo "gdb|gdb" ;;
+    gdb-multiarch) echo "gdb-multiarch|gdb with arm64 support (gdb-multiarch)" ;;
+    debian-archive-keyring) echo "/usr/share/keyrings/debian-archive-keyring.gpg|the Debian archive keyring, which checks the arm64 kernel download" ;;
+    *) echo "$1|$1" ;;
+  esac
+}
+present() { [ -e "$1" ] || command -v "$1" >/dev/null 2>&1; }
+
+if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+  lacking=()
+  for package in "$@"; do
+    IFS='|' read -r probe words <<<"$(describe "$package")"
+    present "$probe" || lacking+=("$words")
+  done
+  [ ${#lacking[@]} -eq 0 ] && exit 0
+  echo "ensure-packages: this system has no apt, so install these yourself, then run make again:" >&2
+  printf '  - %s\n' "${lacking[@]}" >&2
+  exit 1
 fi
+
+missing=()
 for package in "$@"; do
   status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
   [ "$status" = installed ] || missing+=("$package")

@@ -7,11 +7,23 @@
 #
 # The machine: QEMU's "virt" board with virtualization=on, so QEMU emulates
 # EL2 and the arm64 Linux kernel inside boots with KVM: its /dev/kvm is a real
-# arm64 KVM. The CPU model is cortex-a57: models with pointer authentication
-# (such as "max") boot several times slower under emulation.
-# tools/vm-init.cpp is /init: it runs PROGRAM and reports its exit status.
+# arm64 KVM. tools/vm-init.cpp is /init: it prints one line naming the host
+# (kernel, CPU, vCPUs, page size, KVM's mode, all read inside the machine),
+# runs PROGRAM and reports its exit status.
 #
-# KVM_HELLO_VM_TIMEOUT (seconds, default 300) bounds the whole boot.
+# The host it emulates, from the environment (the Makefile passes them on):
+#   KVM_HELLO_CPU   QEMU's -cpu model (default cortex-a57: no pointer
+#                   authentication to emulate, the fastest boot). For "max",
+#                   QEMU's cheaper implementation-defined pointer
+#                   authentication is chosen (pauth-impdef=on): the
+#                   architected algorithm (QARMA) makes every boot several
+#                   times slower under emulation.
+#   KVM_HELLO_SMP   vCPUs of the emulated machine (default 1)
+# Time bounds, in seconds:
+#   KVM_HELLO_BOOT_TIMEOUT  until /init reports the host (default 60): a
+#                           kernel that cannot boot on this CPU prints
+#                           nothing, and would otherwise hang
+#   KVM_HELLO_VM_TIMEOUT    the whole run (default 300)
 set -euo pipefail
 
 usage="usage: run-in-vm.sh KERNEL INITRAMFS [NAME=VALUE...] PROGRAM [ARGS...]"
@@ -24,8 +36,17 @@ while [ $# -ge 1 ] && [[ $1 == [A-Za-z_]*=* ]]; do
   shift
 done
 [ $# -ge 1 ] || { echo "run-in-vm: no program given; $usage" >&2; exit 2; }
+[ -r "$kernel" ] || { echo "run-in-vm: no kernel at $kernel" >&2; exit 2; }
 
-marker='kvm-hello-vm: exit status '
+cpu=${KVM_HELLO_CPU:-cortex-a57}
+smp=${KVM_HELLO_SMP:-1}
+boot_limit=${KVM_HELLO_BOOT_TIMEOUT:-60}
+run_limit=${KVM_HELLO_VM_TIMEOUT:-300}
+qemu_cpu=$cpu
+[ "$cpu" != max ] || qemu_cpu=max,pauth-impdef=on
+
+host_marker='kvm-hello-vm: host: '
+status_marker='kvm-hello-vm: exit status '
 
 # Inside, the program's output goes to the machine's console, a terminal: say
 # NO_COLOR there when our own output is not a terminal, or when it is set here.
@@ -41,48 +62,78 @@ if [ ! -t 0 ]; then
   environment+=("KVM_HELLO_NO_INPUT=1")
 fi
 # Programs that measure time (kvm-hello --bench) must say their CPU is emulated.
-environment+=("KVM_HELLO_EMULATED=QEMU-TCG-$(uname -m)-host")
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+environment+=("KVM_HELLO_EMULATED=QEMU-TCG-$cpu-on-$(uname -m)")
 
-# The serial console writes \r\n; what comes after the marker is the
-# kernel powering off, not ours to show. Every stage passes each line on at
-# once (sed -u, tee, a read loop; not awk, which may read ahead in blocks), so
-# interactive output is not held back.
-show_until_marker() {
-  local line shown=1
-  while IFS= read -r line; do
-    [[ $line == "$marker"* ]] && shown=0
-    if [ "$shown" = 1 ]; then printf '%s\n' "$line"; fi
-  done
-}
 # The kernel command line: its console on the serial port, our /init, quiet;
 # cryptomgr.notests skips the crypto self-tests, about 0.2 s of a 1.1 s boot
 # under emulation (measured with initcall_debug), for code nothing here uses.
 cmdline="console=ttyAMA0 rdinit=/init quiet loglevel=1 cryptomgr.notests"
 
-# KVM_HELLO_GDB_PORT: QEMU's gdb stub on that loopback port, waiting for gdb.
+# KVM_HELLO_GDB_PORT: QEMU's gdb stub on that loopback port, waiting for gdb
+# (the boot then waits for the person at gdb: no boot time limit).
 debug=()
-if [ -n "${KVM_HELLO_GDB_PORT:-}" ]; then debug=(-gdb "tcp:127.0.0.1:$KVM_HELLO_GDB_PORT" -S); fi
-
-set +e
-timeout --foreground "${KVM_HELLO_VM_TIMEOUT:-300}" \
-  qemu-system-aarch64 \
-    -M virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 1 -m 256 \
-    -nodefaults -display none -monitor none -serial stdio -no-reboot \
-    -kernel "$kernel" -initrd "$initramfs" "${debug[@]}" \
-    -append "$cmdline ${environment[*]} -- $*" <"$input" |
-  sed -u 's/\r$//' | tee "$log" | show_until_marker
-qemu_status=${PIPESTATUS[0]}
-set -e
-
-status=$(sed -n "s/^${marker}\([0-9][0-9]*\)\$/\1/p" "$log" | tail -n 1)
-if [ -z "$status" ]; then
-  if [ "$qemu_status" = 124 ]; then
-    echo "run-in-vm: the emulated machine did not finish within ${KVM_HELLO_VM_TIMEOUT:-300} s and was stopped" >&2
-  else
-    echo "run-in-vm: the emulated machine stopped (QEMU status $qemu_status) before $1 reported its exit status" >&2
-  fi
-  exit 125
+if [ -n "${KVM_HELLO_GDB_PORT:-}" ]; then
+  debug=(-gdb "tcp:127.0.0.1:$KVM_HELLO_GDB_PORT" -S)
+  boot_limit=0
 fi
-exit "$status"
+
+work=$(mktemp -d)
+console="$work/console"
+mkfifo "$console"
+qemu=0
+cleanup() {
+  [ "$qemu" = 0 ] || kill "$qemu" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+qemu-system-aarch64 \
+  -M virt,virtualization=on,gic-version=3 -cpu "$qemu_cpu" -smp "$smp" -m 256 \
+  -nodefaults -display none -monitor none -serial stdio -no-reboot \
+  -kernel "$kernel" -initrd "$initramfs" "${debug[@]}" \
+  -append "$cmdline ${environment[*]} -- $*" <"$input" >"$console" 2>&1 &
+qemu=$!
+exec 3<"$console"
+
+# Each console line as it comes (the serial console writes \r\n), until the
+# exit status; what comes after it is the kernel powering off, not ours to show.
+# Until /init has reported the host, a read waits at most until the boot's deadline.
+status="" booted=0 timed_out=""
+started=$SECONDS
+while :; do
+  limit=$((started + run_limit - SECONDS))
+  if [ "$booted" = 0 ] && [ "$boot_limit" != 0 ]; then limit=$((started + boot_limit - SECONDS)); fi
+  if [ "$limit" -le 0 ]; then timed_out=$([ "$booted" = 0 ] && echo boot || echo run); break; fi
+  if IFS= read -r -t "$limit" line <&3; then
+    :
+  elif [ $? -gt 128 ]; then
+    continue  # the time is up: the test at the top of the loop says so
+  else
+    break  # QEMU has gone
+  fi
+  line=${line%$'\r'}
+  case $line in
+    "$status_marker"*) status=${line#"$status_marker"}; break ;;
+    "$host_marker"*) booted=1 ;;
+  esac
+  printf '%s\n' "$line"
+done
+
+if [ -n "$status" ]; then
+  wait "$qemu" 2>/dev/null || true
+  qemu=0
+  exit "$status"
+fi
+case $timed_out in
+  boot)
+    echo "run-in-vm: the emulated machine did not boot within $boot_limit s: the kernel printed nothing and /init never ran." >&2
+    echo "run-in-vm: the kernel may not run on this CPU (-cpu $cpu): a 16K-page kernel needs a CPU with the 16K granule" \
+      "(KVM_HELLO_CPU=neoverse-n1, cortex-a76 or max; cortex-a57 and cortex-a72 have none)." >&2
+    echo "run-in-vm: try another KVM_HELLO_CPU or kernel; on a very busy machine, a larger KVM_HELLO_BOOT_TIMEOUT." >&2 ;;
+  run) echo "run-in-vm: the emulated machine did not finish within $run_limit s and was stopped (KVM_HELLO_VM_TIMEOUT)" >&2 ;;
+  *)
+    wait "$qemu" && qemu_status=0 || qemu_status=$?
+    qemu=0
+    echo "run-in-vm: the emulated machine stopped (QEMU status $qemu_status) before $1 reported its exit status" >&2 ;;
+esac
+exit 125

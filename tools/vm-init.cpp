@@ -4,13 +4,16 @@
 //
 // The kernel runs it as the first process, with the words after "--" on the
 // kernel command line as its arguments: a program and its arguments. It
-// mounts /dev (which holds the real arm64 /dev/kvm) and /proc, runs the
-// program, prints "kvm-hello-vm: exit status N" for tools/run-in-vm.sh, and
+// mounts /dev (which holds the real arm64 /dev/kvm) and /proc, prints one line
+// naming the host the program runs on (read here, inside the machine), runs
+// the program, prints "kvm-hello-vm: exit status N" for tools/run-in-vm.sh, and
 // powers the machine off. QEMU's own exit status cannot carry N.
 #include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/klog.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,8 +21,76 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
 
 namespace {
+
+// ---- The host line: what this machine is, as the program sees it -----------
+
+// "CPU implementer : 0x41" -> "0x41": the first value of a /proc/cpuinfo field.
+std::string cpuinfo_field(const std::string& cpuinfo, const std::string& name) {
+  const auto at = cpuinfo.find("\n" + name);
+  if (at == std::string::npos) return "";
+  const auto colon = cpuinfo.find(':', at);
+  const auto end = cpuinfo.find('\n', colon);
+  if (colon == std::string::npos) return "";
+  return cpuinfo.substr(colon + 2, end == std::string::npos ? std::string::npos : end - colon - 2);
+}
+
+// The CPU's name from MIDR_EL1's implementer and part numbers (Arm's own
+// parts that QEMU emulates); QEMU's "max" has implementer 0 ("software").
+std::string cpu_name(const std::string& cpuinfo) {
+  const unsigned long implementer = std::strtoul(cpuinfo_field(cpuinfo, "CPU implementer").c_str(), nullptr, 0);
+  const unsigned long part = std::strtoul(cpuinfo_field(cpuinfo, "CPU part").c_str(), nullptr, 0);
+  const struct {
+    unsigned long implementer, part;
+    const char* name;
+  } known[] = {{0x41, 0xd03, "Cortex-A53"}, {0x41, 0xd04, "Cortex-A35"},  {0x41, 0xd07, "Cortex-A57"},
+               {0x41, 0xd08, "Cortex-A72"}, {0x41, 0xd0b, "Cortex-A76"},  {0x41, 0xd0c, "Neoverse-N1"},
+               {0x46, 0x001, "A64FX"},      {0x00, 0x051, "QEMU max"}};
+  for (const auto& cpu : known) {
+    if (cpu.implementer == implementer && cpu.part == part) return cpu.name;
+  }
+  char text[64];
+  std::snprintf(text, sizeof text, "implementer 0x%02lx part 0x%03lx", implementer, part);
+  return text;
+}
+
+// How KVM runs here, from its own boot message "kvm [1]: <mode> mode
+// initialized successfully": "VHE"; nVHE says "Hyp" (6.1) or "Hyp nVHE"
+// (6.12 and later); pKVM says "Protected nVHE".
+std::string kvm_mode() {
+  if (access("/dev/kvm", F_OK) != 0) return "no /dev/kvm";
+  std::vector<char> log(1 << 20);
+  const int size = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log.data(), static_cast<int>(log.size()));
+  const std::string text(log.data(), size > 0 ? static_cast<std::size_t>(size) : 0);
+  const auto end = text.find(" mode initialized successfully");
+  if (end == std::string::npos) return "KVM (its mode was not logged)";
+  const auto start = text.rfind(": ", end);
+  const std::string mode = text.substr(start + 2, end - start - 2);
+  if (mode.find("Protected") != std::string::npos) return "pKVM (protected nVHE): the kernel at EL1, KVM's hyp code at EL2";
+  if (mode == "VHE") return "KVM VHE: the kernel runs at EL2";
+  return "KVM nVHE: the kernel at EL1, KVM's hyp code at EL2";
+}
+
+// "host: Linux 6.12.117+deb13-arm64 (Debian 6.12.117-1), Cortex-A57, 1 vCPU,
+// 4 KiB pages, KVM nVHE: ...": every value read from inside the machine.
+void print_host_line() {
+  utsname system{};
+  uname(&system);
+  std::string version = system.version;  // "#1 SMP Debian 6.12.117-1 (2025-11-12)"
+  const auto debian = version.find("Debian ");
+  version = debian == std::string::npos ? "" : " (" + version.substr(debian, version.find(' ', debian + 7) - debian) + ")";
+  std::ifstream file("/proc/cpuinfo");
+  const std::string cpuinfo = "\n" + std::string(std::istreambuf_iterator<char>(file), {});
+  const long vcpus = sysconf(_SC_NPROCESSORS_ONLN);
+  std::printf("kvm-hello-vm: host: Linux %s%s, %s, %ld vCPU%s, %ld KiB pages, %s\n", system.release, version.c_str(),
+              cpu_name(cpuinfo).c_str(), vcpus, vcpus == 1 ? "" : "s", sysconf(_SC_PAGESIZE) / 1024,
+              kvm_mode().c_str());
+  std::fflush(stdout);
+}
 
 // The program's exit status as a shell reports it: 128 + N when killed by signal N.
 int status_of(int wait_status) {
@@ -67,6 +138,7 @@ int main(int argc, char** argv) {
     if (console > 2) close(console);
   }
 
+  print_host_line();
   int status = 125;
   if (argc < 2) {
     std::fprintf(stderr, "kvm-hello-vm: no program given after -- on the kernel command line\n");
