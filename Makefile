@@ -285,10 +285,11 @@ $(BUILD)/guest_lines.h: $(BUILD)/guest.elf guest.S tools/guest-lines.sh
 
 # ==== Programs ===============================================================
 
-PROGRAM_SOURCES := main.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
+PROGRAM_HEADERS := $(wildcard program/*.hpp)
+PROGRAM_SOURCES := main.cpp kvm_hello.hpp $(PROGRAM_HEADERS) $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
 
 $(PROGRAM): $(PROGRAM_SOURCES)
-	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
+	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
 
 # For gdb: no optimisation, so every step is a function of its own; and, when
 # it runs in the emulated machine, linked at an address no other program there
@@ -297,7 +298,7 @@ ifeq ($(KVM_HELLO_MACHINE),emulated)
   DEBUG_LINK := -static -Wl,-Ttext-segment=0x1000000
 endif
 $(DEBUG_PROGRAM): $(PROGRAM_SOURCES)
-	$(ARM64_CXX) $(CXXSTD) -O0 -g $(WARNINGS) -I$(BUILD) $(DEBUG_LINK) -o $@ main.cpp
+	$(ARM64_CXX) $(CXXSTD) -O0 -g $(WARNINGS) -I. -I$(BUILD) $(DEBUG_LINK) -o $@ main.cpp
 
 # Sanitizers: AddressSanitizer (with LeakSanitizer) and UndefinedBehaviorSanitizer,
 # every finding fatal. The unit tests run under them on the build machine; a
@@ -308,7 +309,7 @@ $(DEBUG_PROGRAM): $(PROGRAM_SOURCES)
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wno-maybe-uninitialized
 ARM64_LIBS := ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libstdc++.so.6 libgcc_s.so.1 libasan.so.8 libubsan.so.1
 $(SANITIZED_PROGRAM): $(PROGRAM_SOURCES)
-	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) -I$(BUILD) -o $@ main.cpp
+	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) -I. -I$(BUILD) -o $@ main.cpp
 
 # The unit tests run on the build machine but test code written against
 # arm64's KVM structs. When the build machine is not arm64, these headers come
@@ -327,7 +328,7 @@ $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 
 # The unit tests also check README.md and docs/ against the code: they read them from here.
 SOURCE_DIR   := -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
-UNIT_SOURCES := test/unit_tests.cpp test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done)
+UNIT_SOURCES := test/unit_tests.cpp test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(PROGRAM_HEADERS) $(if $(CROSS),$(UAPI_OVERLAY)/.done)
 
 $(UNIT_HOST): $(UNIT_SOURCES) | $(PACKAGES_OK)
 	$(HOST_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) $(HOST_UAPI) -I. $(SOURCE_DIR) -o $@ test/unit_tests.cpp
@@ -338,14 +339,14 @@ $(UNIT_SANITIZED): $(UNIT_SOURCES) | $(PACKAGES_OK)
 $(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. $(SOURCE_DIR) $(ARM64_LINK) -o $@ test/unit_tests.cpp
 
-$(FUZZER): test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done)
+$(FUZZER): test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(PROGRAM_HEADERS) $(if $(CROSS),$(UAPI_OVERLAY)/.done)
 	@tools/ensure-packages.sh clang-19 libclang-rt-19-dev
 	clang++-19 $(CXXSTD) -O1 -g $(WARNINGS) -fsanitize=fuzzer,address,undefined $(HOST_UAPI) -I. -o $@ $<
 
 # The e2e tests find beside themselves: kvm-hello, golden/, guests/ (the
 # test guests assembled) and guest-sources/ (their .S, which say what to
 # expect); the same for the exercises.
-$(E2E): $(EXERCISES) test/e2e_tests.cpp kvm_hello.hpp $(BUILD)/guest_image.h $(BUILD)/test_guests.h \
+$(E2E): $(EXERCISES) test/e2e_tests.cpp kvm_hello.hpp $(PROGRAM_HEADERS) $(BUILD)/guest_image.h $(BUILD)/test_guests.h \
   $(BUILD)/bench_guest_image.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden

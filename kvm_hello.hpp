@@ -705,6 +705,10 @@ constexpr std::uint64_t x(int n) { return core_register_id(offsetof(kvm_regs, re
 inline constexpr std::uint64_t esr_el1 = ARM64_SYS_REG(3, 0, 5, 2, 0);    // why the last exception was taken
 inline constexpr std::uint64_t far_el1 = ARM64_SYS_REG(3, 0, 6, 0, 0);    // the address that faulted
 inline constexpr std::uint64_t vbar_el1 = ARM64_SYS_REG(3, 0, 12, 0, 0);  // where the exception vectors are
+
+// A firmware pseudo-register: the PSCI version KVM answers the guest's
+// PSCI_VERSION call with (major << 16 | minor), after KVM_ARM_VCPU_INIT.
+inline constexpr std::uint64_t psci_version = KVM_REG_ARM_PSCI_VERSION;
 }  // namespace reg
 
 // The ids the kernel's own macro gives, and the values its documentation lists.
@@ -714,6 +718,7 @@ static_assert(reg::pstate == 0x6030000000100042);
 static_assert(reg::sp_el1 == 0x6030000000100044);
 static_assert(reg::x(0) == 0x6030000000100000 && reg::x(30) == 0x603000000010003c);
 static_assert(reg::esr_el1 == 0x603000000013c290);
+static_assert(reg::psci_version == 0x6030000000140000);
 
 // The fields of a ONE_REG id (see the picture above), for tracing.
 struct RegisterIdFields {
@@ -735,7 +740,8 @@ inline std::string register_name(std::uint64_t id) {
   }
   constexpr std::pair<std::uint64_t, std::string_view> named[] = {
       {reg::sp_el0, "sp_el0"},   {reg::pc, "pc"},           {reg::pstate, "pstate"},   {reg::sp_el1, "sp_el1"},
-      {reg::elr_el1, "elr_el1"}, {reg::esr_el1, "esr_el1"}, {reg::far_el1, "far_el1"}, {reg::vbar_el1, "vbar_el1"}};
+      {reg::elr_el1, "elr_el1"}, {reg::esr_el1, "esr_el1"}, {reg::far_el1, "far_el1"}, {reg::vbar_el1, "vbar_el1"},
+      {reg::psci_version, "psci_version"}};
   for (const auto& [known, name] : named) {
     if (id == known) return std::string(name);
   }
@@ -1085,7 +1091,9 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
 // times. `on_exit(const Exit&)` sees each exit after the device handled it
 // (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on.
 // Errors: EINTR when the watchdog stopped the guest after `limit`
-// (Problem::watchdog_expired) or Ctrl-C did (Problem::interrupted); ENOSYS for
+// (Problem::watchdog_expired) or Ctrl-C did (Problem::interrupted); an EINTR
+// for any other signal is no error: KVM_RUN returns it whenever a signal is
+// pending, and the guest is simply entered again; ENOSYS for
 // an MMIO instruction KVM cannot decode (load/store pair, writeback, SIMD);
 // another exit reason or system event: Problem::unexpected_exit, guest_reset
 // or guest_crash.
@@ -1104,14 +1112,13 @@ Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds
     stats.in_kvm_run += returned - entering;
     stats.total = returned - started;
     if (!entered) {
-      if (entered.error().err == EINTR && watchdog.fired()) {
+      if (entered.error().err != EINTR) return std::unexpected(entered.error());
+      if (watchdog.fired()) {
         return std::unexpected(Error{Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR,
                                      static_cast<std::uint64_t>(limit.count())});
       }
-      if (entered.error().err == EINTR && watchdog.interrupted()) {
-        return std::unexpected(Error{Step::run_guest, Problem::interrupted, "KVM_RUN", EINTR});
-      }
-      return std::unexpected(entered.error());
+      if (watchdog.interrupted()) return std::unexpected(Error{Step::run_guest, Problem::interrupted, "KVM_RUN", EINTR});
+      continue;  // another signal (Ctrl-Z then fg, SIGSTOP/SIGCONT, a debugger): nothing to do but go back in
     }
     ++stats.exits;
     ++stats.exits_by_reason[std::min<std::size_t>(run.exit_reason, stats.exits_by_reason.size() - 1)];

@@ -20,6 +20,8 @@
 #include <string_view>
 
 #include "kvm_hello.hpp"
+#include "program/capabilities.hpp"
+#include "program/kernel_version.hpp"
 
 namespace kh = kvm_hello;
 
@@ -277,6 +279,39 @@ inline std::string format_duration(std::chrono::nanoseconds time) {
   return text;
 }
 
+// ==== Which kernel: behaviours that changed between Linux versions ==========
+//
+// A few things a learner sees depend on the host kernel's version (docs/
+// names the kernel source of each): the syndrome of an abort KVM injects
+// (sign-extended before 6.12), SMC as a PSCI call (from 6.4), the PSCI
+// version (1.3 from 6.13), the preferred target (GENERIC_V8 on every CPU
+// from 6.6).
+
+// KVM_ARM_PREFERRED_TARGET's answer, named. Linux before 6.6 answers the
+// host CPU's own type on a Cortex-A53 or A57, GENERIC_V8 elsewhere; 6.6 and
+// later answer GENERIC_V8 everywhere.
+inline std::string describe_target(std::uint32_t target) {
+  switch (target) {
+    case KVM_ARM_TARGET_GENERIC_V8: return std::to_string(target) + " (KVM_ARM_TARGET_GENERIC_V8)";
+    case KVM_ARM_TARGET_CORTEX_A57:
+      return std::to_string(target) + " (KVM_ARM_TARGET_CORTEX_A57: Linux before 6.6 names the host's CPU)";
+    case KVM_ARM_TARGET_CORTEX_A53:
+      return std::to_string(target) + " (KVM_ARM_TARGET_CORTEX_A53: Linux before 6.6 names the host's CPU)";
+    default: return std::to_string(target);
+  }
+}
+
+// What the guest gets when it calls PSCI: the version KVM answers (read from
+// the firmware register) and the instructions that reach it on this kernel.
+inline std::string describe_psci(std::uint64_t version, KernelVersion kernel) {
+  std::string text = "PSCI for the guest: version " + std::to_string(PSCI_VERSION_MAJOR(version)) + "." +
+                     std::to_string(PSCI_VERSION_MINOR(version)) + " (KVM_REG_ARM_PSCI_VERSION";
+  text += kernel.at_least(6, 13) ? ")" : "; 1.3 from Linux 6.13)";
+  text += kernel.at_least(6, 4) ? ", called with hvc or smc"
+                                : ", called with hvc only: before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)";
+  return text;
+}
+
 // ==== What the machine's state means =========================================
 
 // PSTATE as the Arm architecture names its parts: mode (exception level and
@@ -313,9 +348,21 @@ inline std::string_view exception_class_name(unsigned ec) {
   }
 }
 
+// The syndrome of an abort KVM injects, as Linux before 6.12 leaves it: built
+// from a signed int (the ESR_ELx_EC_* constants were ints), so a syndrome
+// with bit 31 set arrives with its upper 32 bits all ones.
+constexpr bool is_sign_extended_syndrome(std::uint64_t esr) {
+  return (esr >> 32) == 0xffffffff && (esr & 0x80000000) != 0;
+}
+
 inline std::string describe_esr(std::uint64_t esr) {
   const unsigned ec = kh::exception_class_of(esr);
-  return hex(esr) + " (EC " + hex(ec) + ": " + std::string(exception_class_name(ec)) + ")";
+  std::string text = hex(esr) + " (EC " + hex(ec) + ": " + std::string(exception_class_name(ec));
+  if (is_sign_extended_syndrome(esr)) {
+    text += "; the upper 32 bits are Linux's sign extension of the syndrome it injected, " + hex(esr & 0xffffffff) +
+            ", fixed in 6.12";
+  }
+  return text + ")";
 }
 
 // The register dump: x0-x30, then the registers that say where the guest is.
@@ -396,9 +443,9 @@ inline void announce(kh::Step step) {
 inline std::string describe_register_id(std::uint64_t id) {
   const kh::RegisterIdFields fields = kh::decode_register_id(id);
   std::string kind = fields.coproc == (KVM_REG_ARM_CORE >> KVM_REG_ARM_COPROC_SHIFT) ? "core"
-                     : fields.coproc == (KVM_REG_ARM64_SYSREG >> KVM_REG_ARM_COPROC_SHIFT)
-                         ? "sysreg"
-                         : "coproc " + hex(fields.coproc);
+                     : fields.coproc == (KVM_REG_ARM64_SYSREG >> KVM_REG_ARM_COPROC_SHIFT) ? "sysreg"
+                     : fields.coproc == (KVM_REG_ARM_FW >> KVM_REG_ARM_COPROC_SHIFT)        ? "firmware"
+                                                                                             : "coproc " + hex(fields.coproc);
   const std::string name = kh::register_name(id);
   return hex(id) + " (" + (fields.arch == KVM_REG_ARM64 ? "arm64" : "arch " + hex(fields.arch)) + " u" +
          std::to_string(fields.size_bytes * 8) + " " + kind + " " + hex(fields.index) +
@@ -649,57 +696,6 @@ class GuestStepper {
   unsigned shown_ = 0;
 };
 
-// ==== --caps: what the host's KVM offers, and what this program needs ========
-
-struct KnownCapability {
-  int id;
-  const char* name;
-  const char* use;  // what kvm-hello does with it; "" when nothing
-};
-
-// clang-format off
-#define KVM_HELLO_KNOWN(MACRO, USE) KnownCapability{MACRO, #MACRO, USE}
-// clang-format on
-inline constexpr KnownCapability known_capabilities[] = {
-    KVM_HELLO_KNOWN(KVM_CAP_USER_MEMORY, "needed"),
-    KVM_HELLO_KNOWN(KVM_CAP_ONE_REG, "needed"),
-    KVM_HELLO_KNOWN(KVM_CAP_ARM_PSCI_0_2, "needed"),
-    KVM_HELLO_KNOWN(KVM_CAP_IMMEDIATE_EXIT, "needed"),
-    KVM_HELLO_KNOWN(KVM_CAP_ARM_VM_IPA_SIZE, "used: step 4 picks the VM type with it"),
-    KVM_HELLO_KNOWN(KVM_CAP_SET_GUEST_DEBUG, "used by --step-guest"),
-    KVM_HELLO_KNOWN(KVM_CAP_ARM_PSCI, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_NR_VCPUS, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_MAX_VCPUS, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_NR_MEMSLOTS, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_READONLY_MEM, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_COALESCED_MMIO, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_IOEVENTFD, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_IRQFD, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_ARM_EL1_32BIT, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_ARM_PMU_V3, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_ARM_SVE, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_ARM_PTRAUTH_ADDRESS, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_ARM_NISV_TO_USER, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_ARM_MTE, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_GUEST_DEBUG_HW_BPS, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_GUEST_DEBUG_HW_WPS, ""),
-};
-#undef KVM_HELLO_KNOWN
-
-inline void print_capability_table(int kvm_fd) {
-  std::printf("%-28s %6s  %s\n", "capability", "value", "kvm-hello");
-  for (const KnownCapability& cap : known_capabilities) {
-    const auto value = kh::call(kh::Step::check_capabilities, kvm_fd, kh::request::check_extension,
-                                static_cast<unsigned long>(cap.id));
-    std::string use = cap.use;
-    for (const kh::Capability& required : kh::required_capabilities) {
-      if (required.id == cap.id) use += ": " + std::string(required.why);
-    }
-    std::printf("%-28s %6s  %s\n", cap.name, value ? std::to_string(*value).c_str() : "error",
-                use.empty() ? "-" : use.c_str());
-  }
-}
-
 // ==== --pause: a walkthrough, one step at a time =============================
 
 inline constexpr std::string_view walkthrough(kh::Step step) {
@@ -838,7 +834,21 @@ inline std::string vector_entry_name(std::uint64_t offset) {
 
 // Lines that explain a failed run from the guest's registers: why it never
 // powered off, or which instruction KVM could not decode.
-inline std::vector<std::string> diagnose(const kh::Error& error, const kh::Registers& regs, const GuestView& guest) {
+// SMC #imm16: 0xd4000003 | imm16 << 5 (the Arm ARM's "Exception generation").
+constexpr bool is_smc(std::uint32_t encoding) { return (encoding & 0xffe0001f) == 0xd4000003; }
+
+// Why a guest that called smc got -1 back, on this kernel.
+inline std::string explain_smc_refused(std::uint64_t at, KernelVersion kernel) {
+  std::string line = "the guest called smc at " + hex(at) + " and got x0 = -1 (PSCI NOT_SUPPORTED): ";
+  if (!kernel.at_least(6, 4)) {
+    return line + "Linux before 6.4 does not take smc as a PSCI call (handle_smc in arch/arm64/kvm/handle_exit.c " +
+           "answers every smc with -1); call PSCI with hvc";
+  }
+  return line + "KVM does not know the function id that was in x0";
+}
+
+inline std::vector<std::string> diagnose(const kh::Error& error, const kh::Registers& regs, const GuestView& guest,
+                                         KernelVersion kernel = running_kernel()) {
   std::vector<std::string> lines;
   const bool stopped = error.problem == kh::Problem::watchdog_expired || error.problem == kh::Problem::interrupted;
   if (stopped && kh::in_exception_vectors(regs)) {
@@ -858,6 +868,10 @@ inline std::vector<std::string> diagnose(const kh::Error& error, const kh::Regis
     }
   } else if (stopped) {
     lines.push_back("PC " + guest.where(regs.pc) + ": the guest is running there and never called PSCI SYSTEM_OFF.");
+    const auto before = guest.instruction_at(regs.pc - 4);
+    if (before && is_smc(*before) && regs.x[0] == static_cast<std::uint64_t>(PSCI_RET_NOT_SUPPORTED)) {
+      lines.push_back(explain_smc_refused(regs.pc - 4, kernel) + ".");
+    }
   }
   if (error.problem == kh::Problem::call_failed && error.err == ENOSYS && error.step == kh::Step::run_guest) {
     if (const auto encoding = guest.instruction_at(regs.pc)) {
@@ -902,54 +916,71 @@ struct Options {
   bool version = false;
 };
 
-// Parses argv; on a bad command line returns the message for it.
+// Parses argv; on a bad command line returns the message for it. A value may
+// follow its option as the next word or after "=", as with GNU tools:
+// `--timeout 2` and `--timeout=2` are the same.
 inline std::expected<Options, std::string> parse_options(int argc, char** argv) {
   Options options;
   for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    const bool has_value = i + 1 < argc;
-    if (arg == "-h" || arg == "--help") {
-      options.help = true;
-    } else if (arg == "--version") {
-      options.version = true;
-    } else if (arg == "-q" || arg == "--quiet") {
-      options.level = Verbosity::quiet;
-    } else if (arg == "-v") {
-      options.level = Verbosity::verbose;
-    } else if (arg == "-vv") {
-      options.level = Verbosity::very_verbose;
-    } else if (arg == "--step-guest") {
-      options.step_guest = true;
-    } else if (arg == "--caps") {
-      options.caps = true;
-    } else if (arg == "--bench") {
-      options.benchmark = true;
-    } else if (arg == "--json") {
-      options.bench.json = true;
-    } else if ((arg == "--bench-iterations" || arg == "--bench-repeats") && has_value) {
+    std::string_view arg = argv[i];
+    std::optional<std::string_view> attached;  // the value after "=", if any
+    if (const auto equals = arg.find('='); arg.starts_with("--") && equals != std::string_view::npos) {
+      attached = arg.substr(equals + 1);
+      arg = arg.substr(0, equals);
+    }
+    // The option's value: after "=", or the next word.
+    const auto value = [&]() -> std::optional<std::string_view> {
+      if (attached) return attached;
+      if (i + 1 < argc) return std::string_view(argv[++i]);
+      return std::nullopt;
+    };
+    const auto number = [](std::string_view text, double& out) {
+      const std::string copy(text);
       char* end = nullptr;
-      const unsigned long long value = std::strtoull(argv[++i], &end, 10);
-      const unsigned long long most = arg == "--bench-repeats" ? max_bench_repeats : 1ULL << 30;
-      if (end == argv[i] || *end != '\0' || value < 1 || value > most) {
-        return std::unexpected(std::string(arg) + " wants a number from 1 to " + std::to_string(most) + ": " + argv[i]);
+      out = std::strtod(copy.c_str(), &end);
+      return !copy.empty() && *end == '\0';
+    };
+    bool* flag = arg == "-h" || arg == "--help" ? &options.help
+                 : arg == "--version"           ? &options.version
+                 : arg == "--step-guest"        ? &options.step_guest
+                 : arg == "--caps"              ? &options.caps
+                 : arg == "--bench"             ? &options.benchmark
+                 : arg == "--json"              ? &options.bench.json
+                 : arg == "--pause"             ? &options.pause
+                                                : nullptr;
+    if (flag != nullptr || arg == "-q" || arg == "--quiet" || arg == "-v" || arg == "-vv") {
+      if (attached) return std::unexpected(std::string(arg) + " takes no value: " + argv[i]);
+      if (flag != nullptr) *flag = true;
+      if (arg == "-q" || arg == "--quiet") options.level = Verbosity::quiet;
+      if (arg == "-v") options.level = Verbosity::verbose;
+      if (arg == "-vv") options.level = Verbosity::very_verbose;
+      continue;
+    }
+    if (arg != "--bench-iterations" && arg != "--bench-repeats" && arg != "--kvm-device" && arg != "--guest" &&
+        arg != "--timeout") {
+      return std::unexpected("unknown option: " + std::string(arg));
+    }
+    const auto given = value();
+    if (!given) return std::unexpected(std::string(arg) + " needs a value");
+    double amount = 0;
+    if (arg == "--kvm-device") {
+      options.kvm_device = *given;
+    } else if (arg == "--guest") {
+      options.guest_file = *given;
+    } else if (arg == "--timeout") {
+      if (!number(*given, amount) || !(amount > 0 && amount <= 3600)) {
+        return std::unexpected("--timeout wants seconds, more than 0 and at most 3600: " + std::string(*given));
       }
-      (arg == "--bench-repeats" ? options.bench.repeats : options.bench.iterations) = value;
-    } else if (arg == "--pause") {
-      options.pause = true;
-    } else if (arg == "--kvm-device" && has_value) {
-      options.kvm_device = argv[++i];
-    } else if (arg == "--guest" && has_value) {
-      options.guest_file = argv[++i];
-    } else if (arg == "--timeout" && has_value) {
-      char* end = nullptr;
-      const double seconds = std::strtod(argv[++i], &end);
-      if (end == argv[i] || *end != '\0' || !(seconds > 0 && seconds <= 3600)) {
-        return std::unexpected("--timeout wants seconds, more than 0 and at most 3600: " + std::string(argv[i]));
-      }
-      options.time_limit = std::chrono::milliseconds(static_cast<long>(seconds * 1000));
+      options.time_limit = std::chrono::milliseconds(static_cast<long>(amount * 1000));
       options.time_limit_given = true;
     } else {
-      return std::unexpected("unknown option or missing value: " + std::string(arg));
+      const bool repeats = arg == "--bench-repeats";
+      const double most = repeats ? static_cast<double>(max_bench_repeats) : static_cast<double>(1ULL << 30);
+      if (!number(*given, amount) || amount < 1 || amount > most || amount != std::floor(amount)) {
+        return std::unexpected(std::string(arg) + " wants a whole number from 1 to " +
+                               std::to_string(static_cast<unsigned long long>(most)) + ": " + std::string(*given));
+      }
+      (repeats ? options.bench.repeats : options.bench.iterations) = static_cast<std::uint64_t>(amount);
     }
   }
   return options;
@@ -1329,7 +1360,11 @@ int walk_through(int argc, char** argv) {
   announce(kh::Step::init_vcpu);
   const auto init = kh::init_vcpu(vm->get(), vcpu->fd.get());
   if (!init) return fail(init.error(), options);
-  say(Verbosity::normal, "target %u, features[0] = %s (PSCI 0.2)", init->target, hex(init->features[0]).c_str());
+  say(Verbosity::normal, "target %s, features[0] = %s (PSCI 0.2)", describe_target(init->target).c_str(),
+      hex(init->features[0]).c_str());
+  const auto psci = kh::get_register(kh::Step::init_vcpu, vcpu->fd.get(), kh::reg::psci_version);
+  if (!psci) return fail(psci.error(), options);
+  say(Verbosity::normal, "%s", describe_psci(*psci, running_kernel()).c_str());
   pause_after(kh::Step::init_vcpu, options.pause);
 
   announce(kh::Step::set_boot_registers);

@@ -22,9 +22,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <functional>
 #include <new>
 #include <set>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -33,6 +35,8 @@
 #include "bench_guest_image.h"  // bench_guest_bin[]: the benchmark guest
 #include "guest_image.h"        // guest_bin[]: the guest kvm-hello embeds
 #include "kvm_hello.hpp"
+#include "program/capabilities.hpp"
+#include "program/kernel_version.hpp"
 #include "test_guests.h"  // spin_bin[], reset_bin[], stp_mmio_bin[]: from test/guests/*.S
 
 namespace kh = kvm_hello;
@@ -68,12 +72,20 @@ std::string read_file(const std::string& path) {
   return text.str();
 }
 
-// Runs kvm-hello with `args`, as user `uid` when it is not -1; sends it
-// SIGINT (as Ctrl-C would) after `interrupt_after` when that is not zero.
-Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t>(-1),
-                    std::chrono::milliseconds interrupt_after = {}, std::string program = program_path,
-                    rlim_t address_space = RLIM_INFINITY) {
-  const std::string out_path = "/tmp/kvm-hello-e2e.out", err_path = "/tmp/kvm-hello-e2e.err";
+// How to run it, beyond its arguments.
+struct How {
+  uid_t uid = static_cast<uid_t>(-1);    // run as this user, when not -1 (needs root)
+  rlim_t address_space = RLIM_INFINITY;  // its address-space limit (ulimit -v)
+  std::string program = program_path;
+  // Called once it runs, with its pid and the file its stdout goes to: to
+  // send it signals, as a user at the terminal would.
+  std::function<void(pid_t, const std::string&)> meanwhile = {};
+};
+
+const std::string out_path = "/tmp/kvm-hello-e2e.out", err_path = "/tmp/kvm-hello-e2e.err";
+
+// Runs kvm-hello (or `how.program`) with `args`; returns its status and output.
+Outcome run_program(std::vector<std::string> args, const How& how = {}) {
   const auto start = std::chrono::steady_clock::now();
   const pid_t child = fork();
   if (child == 0) {
@@ -82,19 +94,17 @@ Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t
     const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     const int in = open("/dev/null", O_RDONLY | O_CLOEXEC);  // not a terminal: --pause runs straight through
     if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
-    if (uid != static_cast<uid_t>(-1) && (setgid(uid) != 0 || setuid(uid) != 0)) _exit(126);
-    const rlimit limit{address_space, address_space};
-    if (address_space != RLIM_INFINITY && setrlimit(RLIMIT_AS, &limit) != 0) _exit(126);
+    if (how.uid != static_cast<uid_t>(-1) && (setgid(how.uid) != 0 || setuid(how.uid) != 0)) _exit(126);
+    const rlimit limit{how.address_space, how.address_space};
+    if (how.address_space != RLIM_INFINITY && setrlimit(RLIMIT_AS, &limit) != 0) _exit(126);
+    std::string program = how.program;
     std::vector<char*> argv{program.data()};
     for (auto& arg : args) argv.push_back(arg.data());
     argv.push_back(nullptr);
     execv(argv[0], argv.data());
     _exit(127);
   }
-  if (interrupt_after.count() > 0) {
-    std::this_thread::sleep_for(interrupt_after);
-    kill(child, SIGINT);
-  }
+  if (how.meanwhile) how.meanwhile(child, out_path);
   int wait_status = 0;
   waitpid(child, &wait_status, 0);
   Outcome outcome;
@@ -103,6 +113,15 @@ Outcome run_program(std::vector<std::string> args, uid_t uid = static_cast<uid_t
   outcome.out = read_file(out_path);
   outcome.err = read_file(err_path);
   return outcome;
+}
+
+// Waits until `file` holds `text` (the program got that far), or 30 s.
+bool wait_for_output(const std::string& file, const std::string& text) {
+  for (int i = 0; i < 3000; ++i) {
+    if (read_file(file).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
 }
 
 std::size_t count(const std::string& text, const std::string& what) {
@@ -199,21 +218,26 @@ TEST_CASE("a file that is not a KVM device: step 2, ENOTTY; status 12") {
 }
 
 TEST_CASE("permission denied: step 1, EACCES, the kvm group; status 11") {
-  if (getuid() != 0) {
-    MESSAGE("not root: cannot switch to an unprivileged user, so this case is not run");
-    return;
-  }
+  const auto denied = [](const std::string& device, const How& how) {
+    const Outcome run = run_program({"--kvm-device", device}, how);
+    INFO(device << ": status " << run.status << ", stderr: " << run.err);
+    CHECK(run.status == 11);
+    CHECK(line_count(run.err) == 1);
+    CHECK(run.err.starts_with("kvm-hello: step 1 (open_kvm): open failed with EACCES"));
+    CHECK(run.err.find("usermod -aG kvm") != std::string::npos);
+  };
+  // A device node nobody may open, as any user: root is denied it too once
+  // it runs as nobody (root itself passes every permission check).
+  const std::string locked = "/tmp/kvm-hello-locked-device";
+  { std::ofstream create(locked); }
+  REQUIRE(chmod(locked.c_str(), 0) == 0);
+  denied(locked, getuid() == 0 ? How{.uid = 65534} : How{});
+  // The real /dev/kvm, for a user outside its group: only root can become one.
   struct stat device {};
   REQUIRE(stat(kh::default_kvm_path, &device) == 0);
-  if ((device.st_mode & S_IROTH) && (device.st_mode & S_IWOTH)) {
-    MESSAGE("/dev/kvm is open to everyone here, so no permission can be denied");
-    return;
+  if (getuid() == 0 && !((device.st_mode & S_IROTH) && (device.st_mode & S_IWOTH))) {
+    denied(kh::default_kvm_path, How{.uid = 65534});
   }
-  const Outcome run = run_program({}, 65534);  // nobody
-  CHECK(run.status == 11);
-  CHECK(line_count(run.err) == 1);
-  CHECK(run.err.starts_with("kvm-hello: step 1 (open_kvm): open failed with EACCES"));
-  CHECK(run.err.find("usermod -aG kvm") != std::string::npos);
 }
 
 TEST_CASE("the bad command line: status 2") {
@@ -373,16 +397,30 @@ std::string exercise_binaries, exercise_sources;  // the same for test/exercises
 // What a test guest's comments say it must produce:
 //   // args: --timeout 1       // expect-status: 24
 //   // expect-stdout: TEXT     // expect-stderr: TEXT
+// A line may hold only on some kernels: "// linux < 6.4: expect-status: 24"
+// (or >=): a behaviour of KVM that changed there.
 struct Expectation {
   std::vector<std::string> args;
   int status = 0;
   std::vector<std::string> out, err;
 };
 
+// "linux >= 6.4: " at the start of `line`: whether the running kernel is one
+// it names; the line without it. Lines without a condition hold everywhere.
+bool holds_here(std::string& line) {
+  static const std::regex condition(R"(^// linux (<|>=) ([0-9]+)\.([0-9]+): )");
+  std::smatch match;
+  if (!std::regex_search(line, match, condition)) return true;
+  const bool at_least = running_kernel().at_least(std::stoi(match[2]), std::stoi(match[3]));
+  line = "// " + match.suffix().str();
+  return match[1] == ">=" ? at_least : !at_least;
+}
+
 Expectation read_expectation(const std::filesystem::path& source) {
   Expectation expected;
   std::istringstream text(read_file(source));
   for (std::string line; std::getline(text, line);) {
+    if (!holds_here(line)) continue;
     const auto value = [&line](std::string_view key) { return line.substr(key.size()); };
     if (line.starts_with("// args: ")) expected.args = split_words(value("// args: "));
     if (line.starts_with("// expect-status: ")) expected.status = std::stoi(value("// expect-status: "));
@@ -457,7 +495,7 @@ TEST_CASE("--guest FILE is checked before any VM exists") {
       secret << "abcd";
     }
     chmod("/tmp/secret.bin", 0600);
-    const Outcome run = run_program({"--guest", "/tmp/secret.bin"}, 65534);
+    const Outcome run = run_program({"--guest", "/tmp/secret.bin"}, How{.uid = 65534});
     CHECK(run.status == 19);
     CHECK(run.err.find("cannot open it: EACCES") != std::string::npos);
   }
@@ -470,9 +508,13 @@ TEST_CASE("out of memory, wherever it strikes: status 16 and a message, never a 
   // "out of memory" with status 16, or succeeds.
   std::set<int> statuses;
   for (rlim_t kib = 512; kib <= 16384; kib += 32) {
-    const Outcome run = run_program({}, static_cast<uid_t>(-1), {}, program_path, kib << 10);
+    const Outcome run = run_program({}, How{.address_space = kib << 10});
     INFO("limit " << kib << " KiB: status " << run.status << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
-    const bool never_started = run.out.empty() && run.err.find("kvm-hello") == std::string::npos && run.status != 0;
+    // Never started: nothing on stdout, and no line of ours ("kvm-hello: ...")
+    // on stderr; the dynamic loader's own message names the program by its
+    // path ("/.../kvm-hello: error while loading shared libraries").
+    const bool ours = run.err.starts_with("kvm-hello: ") || run.err.find("\nkvm-hello: ") != std::string::npos;
+    const bool never_started = run.out.empty() && !ours && run.status != 0;
     CHECK((never_started || run.status == 16 || run.status == 0));
     if (run.status == 16) CHECK(run.err.find("out of memory") != std::string::npos);
     if (!never_started) statuses.insert(run.status);
@@ -483,13 +525,38 @@ TEST_CASE("out of memory, wherever it strikes: status 16 and a message, never a 
 }
 
 TEST_CASE("Ctrl-C stops the guest cleanly: the registers, then status 130") {
-  const Outcome run = run_program({"--guest", guest_binaries + "/spin.bin", "--timeout", "60"}, static_cast<uid_t>(-1),
-                                  std::chrono::milliseconds(500));
+  const How ctrl_c{.meanwhile = [](pid_t pid, const std::string& out) {
+    CHECK(wait_for_output(out, "[9/9]"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    kill(pid, SIGINT);
+  }};
+  const Outcome run = run_program({"--guest", guest_binaries + "/spin.bin", "--timeout", "60"}, ctrl_c);
   INFO("stderr: " << run.err);
   CHECK(run.status == 130);
   CHECK(run.err.find("registers (read with KVM_GET_ONE_REG") != std::string::npos);
   CHECK(run.err.find("kvm-hello: step 9 (run_guest): Ctrl-C stopped the guest") != std::string::npos);
-  CHECK(run.seconds < 5);
+  CHECK(run.seconds < 10);
+}
+
+TEST_CASE("stopped and continued (Ctrl-Z then fg, a debugger): KVM_RUN returns EINTR, the guest goes on, status 0") {
+  // wait_a_second.S runs for a second by its own clock, inside KVM_RUN; the
+  // stop interrupts that KVM_RUN, and kvm-hello enters the guest again.
+  const How stop_and_continue{.meanwhile = [](pid_t pid, const std::string& out) {
+    CHECK(wait_for_output(out, "[9/9]"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    kill(pid, SIGSTOP);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    kill(pid, SIGCONT);
+  }};
+  const Outcome run = run_program({"--guest", guest_binaries + "/wait_a_second.bin"}, stop_and_continue);
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 0);
+  CHECK(run.err.empty());
+  // One exit (SYSTEM_OFF), but more KVM_RUN calls: each EINTR was a call that came back without an exit.
+  std::smatch summary;
+  REQUIRE(std::regex_search(run.out, summary, std::regex("summary: ([0-9]+) KVM_RUN calls, ([0-9]+) exits")));
+  CHECK(std::stoi(summary[2]) == 1);
+  CHECK(std::stoi(summary[1]) > 1);
 }
 
 TEST_CASE("no fd and no mapping is left open after a run, or after any error") {
@@ -540,7 +607,7 @@ TEST_CASE("the sanitized build (ASan, LeakSanitizer, UBSan) runs clean, on the g
       {{"--guest", guest_binaries + "/stp_mmio.bin"}, 20},
   };
   for (const auto& [args, status] : runs) {
-    const Outcome run = run_program(args, static_cast<uid_t>(-1), {}, sanitized);
+    const Outcome run = run_program(args, How{.program = sanitized});
     INFO("args: " << args.size() << (args.empty() ? "" : " " + args[0]) << "\nstderr:\n" << run.err);
     CHECK(run.status == status);
     CHECK(run.err.find("Sanitizer") == std::string::npos);
@@ -606,12 +673,17 @@ TEST_CASE("the run loop allocates nothing when tracing is off (the benchmark gue
 //
 // test/golden/NAME.txt holds what a user sees for one command line:
 //   # args: -v
+//   # linux: >= 6.12     (only when the output holds on some kernels only)
 //   # status: 0
 //   <stdout>
 //   --- stderr ---      (only when there is any)
 //   <stderr>
-// Values that change from run to run or host to host are normalised first.
-// `make golden` rewrites the files from a real run (KVM_HELLO_PRINT_GOLDEN=1).
+// Values that change from run to run, or from host to host, are normalised
+// first; the tests below check the host's values against what its KVM says.
+// Output that changed between kernel versions has one file per behaviour,
+// each with its "# linux:" line; the tests compare the one for this kernel.
+// `make golden` rewrites the files of this kernel from a real run
+// (KVM_HELLO_PRINT_GOLDEN=1).
 
 namespace {
 
@@ -622,15 +694,27 @@ std::string normalise(std::string text) {
       {R"(\b[0-9]+(\.[0-9]+)? (ns|us|ms|s)\b)", "<time>"},               // durations
       {R"((mapped at |userspace_addr )0x[0-9a-f]+)", "$1<address>"},     // where mmap put things
       {R"((KVM_CAP_ARM_VM_IPA_SIZE\)? += )[0-9]+)", "$1<ipa bits>"},     // the host's IPA limit
-      {R"(target [0-9]+)", "target <n>"},                                // the host's preferred target
+      {R"(target [0-9]+( \([^)]*\))?)", "target <n>"},                   // the host's preferred target
       {R"((first of |KVM_GET_VCPU_MMAP_SIZE\) = )[0-9]+)", "$1<size>"},  // two host pages
+      {R"((PSCI for the guest: ).*)", "$1<this kernel's>"},              // checked by its own test below
+      {R"((: psci_version\), value )0x[0-9a-f]+)", "$1<this kernel's>"},  // -v: the same, read by step 7
+      {R"((?:^|\n)(KVM_CAP_[A-Z0-9_]+) +(-?[0-9]+|error)  )", "\n$1 <value>  "},  // --caps: the host's values
   };
   for (const auto& [pattern, replacement] : rules) text = std::regex_replace(text, std::regex(pattern), replacement);
   return text;
 }
 
-std::string render(const std::string& args, const Outcome& run) {
-  std::string text = "# args: " + args + "\n# status: " + std::to_string(run.status) + "\n" + normalise(run.out);
+// "# linux: >= 6.12" (or <): whether the running kernel is one it names.
+bool kernel_matches(const std::string& condition) {
+  static const std::regex form(R"(^# linux: (<|>=) ([0-9]+)\.([0-9]+)$)");
+  std::smatch match;
+  REQUIRE_MESSAGE(std::regex_match(condition, match, form), "not a kernel condition: " << condition);
+  const bool at_least = running_kernel().at_least(std::stoi(match[2]), std::stoi(match[3]));
+  return match[1] == ">=" ? at_least : !at_least;
+}
+
+std::string render(const std::string& header, const Outcome& run) {
+  std::string text = header + "# status: " + std::to_string(run.status) + "\n" + normalise(run.out);
   if (!run.err.empty()) text += "--- stderr ---\n" + normalise(run.err);
   return text;
 }
@@ -651,26 +735,99 @@ std::string first_difference(const std::string& expected, const std::string& act
 
 }  // namespace
 
-TEST_CASE("golden output: kvm-hello prints what test/golden/ shows") {
+TEST_CASE("golden output: kvm-hello prints what test/golden/ shows for this kernel") {
   std::vector<std::filesystem::path> files;
   for (const auto& entry : std::filesystem::directory_iterator(golden_dir)) files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   REQUIRE_MESSAGE(!files.empty(), "no golden files in " << golden_dir);
   const bool print = std::getenv("KVM_HELLO_PRINT_GOLDEN") != nullptr;
+  std::map<std::string, int> compared;  // per command line: how many files held for this kernel
   for (const auto& file : files) {
     const std::string expected = read_file(file);
-    const std::string header = expected.substr(0, expected.find('\n'));
-    REQUIRE_MESSAGE(header.starts_with("# args:"), file << " must start with '# args:'");
-    const std::string args = header.size() > 8 ? header.substr(8) : "";
+    std::istringstream lines(expected);
+    std::string args_line, second;
+    std::getline(lines, args_line);
+    std::getline(lines, second);
+    REQUIRE_MESSAGE(args_line.starts_with("# args:"), file << " must start with '# args:'");
+    const std::string args = args_line.size() > 8 ? args_line.substr(8) : "";
+    std::string header = args_line + "\n";
+    if (second.starts_with("# linux:")) {
+      compared[args] += 0;
+      if (!kernel_matches(second)) continue;
+      header += second + "\n";
+    }
+    ++compared[args];
     // "{guests}" in the arguments: the folder of the test guests, wherever it is.
-    const std::string actual =
-        render(args, run_program(split_words(std::regex_replace(args, std::regex("\\{guests\\}"), guest_binaries))));
+    const std::string actual = render(
+        header, run_program(split_words(std::regex_replace(args, std::regex("\\{guests\\}"), guest_binaries))));
     if (print) {
       std::printf("=== golden %s ===\n%s=== end ===\n", file.filename().c_str(), actual.c_str());
       continue;
     }
     CHECK_MESSAGE(actual == expected, file.filename() << " differs at " << first_difference(expected, actual));
   }
+  for (const auto& [args, count] : compared) {
+    CHECK_MESSAGE(count == 1, "golden files for '" << args << "' that hold on this kernel: " << count);
+  }
+}
+
+// ==== What differs from host to host, checked against the host ===============
+
+TEST_CASE("--caps: each value is what this host's KVM_CHECK_EXTENSION says") {
+  const Outcome run = run_program({"--caps"});
+  INFO("stdout:\n" << run.out);
+  REQUIRE(run.status == 0);
+  auto kvm = kh::open_kvm();
+  REQUIRE(kvm);
+  const std::regex row(R"(\n(KVM_CAP_[A-Z0-9_]+) +(-?[0-9]+)  )");
+  std::size_t rows = 0;
+  for (std::sregex_iterator it(run.out.begin(), run.out.end(), row), end; it != end; ++it, ++rows) {
+    const std::string name = (*it)[1];
+    const auto known = std::find_if(std::begin(known_capabilities), std::end(known_capabilities),
+                                    [&](const KnownCapability& cap) { return name == cap.name; });
+    REQUIRE_MESSAGE(known != std::end(known_capabilities), name << " is not in known_capabilities");
+    const int value = ioctl(kvm->get(), KVM_CHECK_EXTENSION, static_cast<unsigned long>(known->id));
+    CHECK_MESSAGE(std::stoi((*it)[2]) == value, name << ": kvm-hello says " << (*it)[2] << ", KVM says " << value);
+  }
+  CHECK(rows == std::size(known_capabilities));
+}
+
+TEST_CASE("step 3's IPA limit is what this host's KVM says") {
+  auto kvm = kh::open_kvm();
+  REQUIRE(kvm);
+  const int limit = ioctl(kvm->get(), KVM_CHECK_EXTENSION, static_cast<unsigned long>(KVM_CAP_ARM_VM_IPA_SIZE));
+  const Outcome run = run_program({});
+  CHECK(run.out.find("KVM_CAP_ARM_VM_IPA_SIZE = " + std::to_string(limit) + "  ") != std::string::npos);
+}
+
+TEST_CASE("the preferred target is this kernel's: GENERIC_V8 from Linux 6.6, before it the host CPU's own type") {
+  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  kvm_vcpu_init preferred{};
+  REQUIRE(kh::call(kh::Step::init_vcpu, m.vm.get(), kh::request::arm_preferred_target, &preferred));
+  // Before 6.6: Cortex-A57 (part 0xd07) and A53 (0xd03) had types of their own.
+  const std::string cpuinfo = read_file("/proc/cpuinfo");
+  std::uint32_t expected = KVM_ARM_TARGET_GENERIC_V8;
+  if (!running_kernel().at_least(6, 6) && cpuinfo.find("CPU implementer\t: 0x41") != std::string::npos) {
+    if (cpuinfo.find("CPU part\t: 0xd07") != std::string::npos) expected = KVM_ARM_TARGET_CORTEX_A57;
+    if (cpuinfo.find("CPU part\t: 0xd03") != std::string::npos) expected = KVM_ARM_TARGET_CORTEX_A53;
+  }
+  CHECK(preferred.target == expected);
+  const Outcome run = run_program({});
+  CHECK(run.out.find("      target " + std::to_string(expected) + " (") != std::string::npos);
+}
+
+TEST_CASE("PSCI for the guest: version 1.1 before Linux 6.13, 1.3 from it; smc as a conduit from 6.4") {
+  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  const KernelVersion linux_version = running_kernel();
+  const std::uint64_t expected = linux_version.at_least(6, 13) ? PSCI_VERSION(1, 3) : PSCI_VERSION(1, 1);
+  CHECK(kh::get_register(kh::Step::init_vcpu, m.vcpu.fd.get(), kh::reg::psci_version).value() == expected);
+  const Outcome run = run_program({});
+  const std::string line =
+      std::string("PSCI for the guest: version ") + (linux_version.at_least(6, 13) ? "1.3" : "1.1") +
+      " (KVM_REG_ARM_PSCI_VERSION" + (linux_version.at_least(6, 13) ? ")" : "; 1.3 from Linux 6.13)") +
+      (linux_version.at_least(6, 4) ? ", called with hvc or smc"
+                                    : ", called with hvc only: before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)");
+  CHECK_MESSAGE(run.out.find("      " + line + "\n") != std::string::npos, "no line: " << line << "\n" << run.out);
 }
 
 int main(int argc, char** argv) {

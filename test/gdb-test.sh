@@ -7,17 +7,26 @@
 # FIRST is the command that starts the program: `run` for a local gdb,
 # `continue` for gdb attached to the emulated machine (tools/gdb-in-vm.sh).
 # Prints "N passed, M failed".
+#
+# Under emulation the program's output comes from the machine's console, at
+# its own pace, and can land in the middle of a line of gdb's: the machine's
+# console goes to a file of its own (KVM_HELLO_VM_CONSOLE, which
+# tools/gdb-in-vm.sh honours), so that gdb's lines are read whole.
 set -uo pipefail
 first=$1
 shift
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+console=$(mktemp)
+trap 'rm -f "$log" "$console"' EXIT
+export KVM_HELLO_VM_CONSOLE=$console
 
 commands=(-batch -ex "$first" -ex "print path")
 for _ in $(seq 8); do commands+=(-ex continue); done
 commands+=(-ex "bt 2" -ex continue)
 timeout 300 "$@" "${commands[@]}" >"$log" 2>&1
 cat "$log"
+[ -s "$console" ] && { echo "-- the program's output:"; cat "$console"; }
+cat "$console" >>"$log"
 
 passed=0 failed=0
 check() {  # check DESCRIPTION COMMAND...
@@ -27,7 +36,8 @@ check() {  # check DESCRIPTION COMMAND...
     failed=$((failed + 1)); echo "gdb-test: FAILED: $1"
   fi
 }
-stops=$(sed -n 's/^Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\1/p' "$log" | tr '\n' ' ')
+# "Breakpoint 3, kvm_hello::NAME (...)", or with several vCPUs "Thread 2 hit Breakpoint 3, ...".
+stops=$(sed -n 's/^\(Thread [0-9.]* hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\2/p' "$log" | tr '\n' ' ')
 expected="open_kvm check_api_version check_capabilities create_vm setup_guest_memory create_vcpu init_vcpu set_boot_registers run_guest "
 check "the nine step functions stop in order (saw: $stops)" test "$stops" = "$expected"
 check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/dev/kvm"$' "$log"

@@ -348,6 +348,78 @@ TEST_CASE("the command line") {
     char* argv[] = {prog.data(), dev.data()};
     CHECK_FALSE(parse_options(2, argv));
   }
+  SUBCASE("a value after '=', as GNU tools take it") {
+    std::string timeout_one = "--timeout=1", guest = "--guest=/tmp/g.bin", repeats = "--bench-repeats=2";
+    char* argv[] = {prog.data(), timeout_one.data(), guest.data(), repeats.data()};
+    const auto options = parse_options(4, argv);
+    REQUIRE(options);
+    CHECK(options->time_limit == std::chrono::milliseconds(1000));
+    CHECK(options->guest_file == "/tmp/g.bin");
+    CHECK(options->bench.repeats == 2);
+  }
+  SUBCASE("'=' on an option that takes no value, or a value that is no number") {
+    std::string caps = "--caps=yes", fraction = "--bench-repeats=2.5", empty = "--timeout=";
+    for (std::string* arg : {&caps, &fraction, &empty}) {
+      char* argv[] = {prog.data(), arg->data()};
+      const auto options = parse_options(2, argv);
+      REQUIRE_FALSE(options);
+      CHECK(options.error().find(arg->substr(0, arg->find('='))) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("the kernel's version from its release string") {
+  CHECK(parse_kernel_release("6.1.0-50-arm64").major == 6);
+  CHECK(parse_kernel_release("6.1.0-50-arm64").minor == 1);
+  CHECK(parse_kernel_release("6.12.117+deb13-arm64").minor == 12);
+  CHECK(parse_kernel_release("7.2.13+deb14-arm64").major == 7);
+  CHECK(parse_kernel_release("7.2.13+deb14-arm64").at_least(6, 13));
+  CHECK_FALSE(parse_kernel_release("6.12.117").at_least(6, 13));
+  CHECK(parse_kernel_release("6.12.117").at_least(6, 4));
+  CHECK(parse_kernel_release("").major == 0);
+}
+
+TEST_CASE("what changed between kernels is said where it shows") {
+  SUBCASE("the syndrome of an injected abort, sign-extended before 6.12") {
+    CHECK(describe_esr(0xffffffff86000010).find("sign extension of the syndrome it injected, 0x86000010, fixed in 6.12") !=
+          std::string::npos);
+    CHECK(describe_esr(0x86000010).find("sign extension") == std::string::npos);
+    CHECK_FALSE(is_sign_extended_syndrome(0x0000000086000010));
+    CHECK_FALSE(is_sign_extended_syndrome(0xffffffff06000010));  // bit 31 clear: not from a sign extension
+  }
+  SUBCASE("the PSCI version and conduit") {
+    CHECK(describe_psci(0x10001, {6, 1}) ==
+          "PSCI for the guest: version 1.1 (KVM_REG_ARM_PSCI_VERSION; 1.3 from Linux 6.13), called with hvc only: "
+          "before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)");
+    CHECK(describe_psci(0x10001, {6, 12}) ==
+          "PSCI for the guest: version 1.1 (KVM_REG_ARM_PSCI_VERSION; 1.3 from Linux 6.13), called with hvc or smc");
+    CHECK(describe_psci(0x10003, {7, 2}) ==
+          "PSCI for the guest: version 1.3 (KVM_REG_ARM_PSCI_VERSION), called with hvc or smc");
+  }
+  SUBCASE("the preferred target") {
+    CHECK(describe_target(KVM_ARM_TARGET_GENERIC_V8) == "5 (KVM_ARM_TARGET_GENERIC_V8)");
+    CHECK(describe_target(KVM_ARM_TARGET_CORTEX_A57).starts_with("2 (KVM_ARM_TARGET_CORTEX_A57: Linux before 6.6"));
+  }
+  SUBCASE("an smc answered with -1: why, on this kernel") {
+    CHECK(is_smc(0xd4000003));
+    CHECK_FALSE(is_smc(0xd4000002));  // hvc #0
+    std::array<std::uint8_t, 16> ram{};
+    const std::uint32_t smc = 0xd4000003, branch_to_self = 0x14000000;
+    std::memcpy(ram.data() + 4, &smc, 4);
+    std::memcpy(ram.data() + 8, &branch_to_self, 4);
+    kh::Registers regs;
+    regs.pc = kh::ram_base + 8;
+    regs.vbar_el1 = 0x100000;
+    regs.x[0] = static_cast<std::uint64_t>(PSCI_RET_NOT_SUPPORTED);
+    const kh::Error stuck{kh::Step::run_guest, kh::Problem::watchdog_expired, "KVM_RUN", EINTR, 1000};
+    const auto old_kernel = diagnose(stuck, regs, GuestView{ram, {}}, {6, 1});
+    REQUIRE(old_kernel.size() == 2);
+    CHECK(old_kernel[1].starts_with("the guest called smc at 0x10004 and got x0 = -1 (PSCI NOT_SUPPORTED): Linux "
+                                    "before 6.4 does not take smc as a PSCI call"));
+    const auto new_kernel = diagnose(stuck, regs, GuestView{ram, {}}, {6, 12});
+    REQUIRE(new_kernel.size() == 2);
+    CHECK(new_kernel[1].find("KVM does not know the function id") != std::string::npos);
+  }
 }
 
 // ==== The docs and the README stay true to the code ==========================

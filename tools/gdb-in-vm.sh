@@ -6,7 +6,10 @@
 # arm64 machine. QEMU's gdb stub listens on 127.0.0.1 and QEMU waits (-S)
 # until gdb-multiarch has connected and set the breakpoints of
 # tools/steps.gdb; then `continue` boots the machine and stops at step 1.
-# The program's output appears in the same terminal as gdb's.
+# The program's output appears in the same terminal as gdb's, or in the file
+# KVM_HELLO_VM_CONSOLE names (the machine's console comes at its own pace,
+# and can land in the middle of one of gdb's lines: test/gdb-test.sh reads
+# them apart).
 #
 # Breakpoints are on virtual addresses, whichever process is running: the
 # debug build is linked at its own address (see the Makefile), so nothing else
@@ -17,7 +20,8 @@ shift 3
 here=$(cd "$(dirname "$0")" && pwd)
 port=${KVM_HELLO_GDB_PORT:-$((20000 + RANDOM % 20000))}
 
-KVM_HELLO_GDB_PORT=$port "$here/run-in-vm.sh" "$kernel" "$initramfs" "/$(basename -- "$program")" &
+KVM_HELLO_GDB_PORT=$port "$here/run-in-vm.sh" "$kernel" "$initramfs" "/$(basename -- "$program")" \
+  >"${KVM_HELLO_VM_CONSOLE:-/dev/stdout}" &
 machine=$!
 trap 'kill "$machine" 2>/dev/null || true' EXIT
 

@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: MIT
+// program/capabilities.hpp: `kvm-hello --caps`: the capabilities the host's
+// KVM reports, and what kvm-hello does with each. The e2e tests check every
+// value it prints against the host's own KVM_CHECK_EXTENSION.
+#pragma once
+
+#include <cstdio>
+#include <string>
+
+#include "kvm_hello.hpp"
+
+namespace kh = kvm_hello;
+
+struct KnownCapability {
+  int id;
+  const char* name;
+  const char* use;  // what kvm-hello does with it; "" when nothing
+};
+
+// clang-format off
+#define KVM_HELLO_KNOWN(MACRO, USE) KnownCapability{MACRO, #MACRO, USE}
+// clang-format on
+inline constexpr KnownCapability known_capabilities[] = {
+    KVM_HELLO_KNOWN(KVM_CAP_USER_MEMORY, "needed"),
+    KVM_HELLO_KNOWN(KVM_CAP_ONE_REG, "needed"),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_PSCI_0_2, "needed"),
+    KVM_HELLO_KNOWN(KVM_CAP_IMMEDIATE_EXIT, "needed"),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_VM_IPA_SIZE, "used: step 4 picks the VM type with it"),
+    KVM_HELLO_KNOWN(KVM_CAP_SET_GUEST_DEBUG, "used by --step-guest"),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_PSCI, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_NR_VCPUS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_MAX_VCPUS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_NR_MEMSLOTS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_READONLY_MEM, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_COALESCED_MMIO, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_IOEVENTFD, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_IRQFD, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_EL1_32BIT, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_PMU_V3, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_SVE, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_PTRAUTH_ADDRESS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_NISV_TO_USER, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_ARM_MTE, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_GUEST_DEBUG_HW_BPS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_GUEST_DEBUG_HW_WPS, ""),
+};
+#undef KVM_HELLO_KNOWN
+
+// The table: capability, the value KVM_CHECK_EXTENSION gives on /dev/kvm, and our use of it.
+inline void print_capability_table(int kvm_fd) {
+  std::printf("%-28s %6s  %s\n", "capability", "value", "kvm-hello");
+  for (const KnownCapability& cap : known_capabilities) {
+    const auto value = kh::call(kh::Step::check_capabilities, kvm_fd, kh::request::check_extension,
+                                static_cast<unsigned long>(cap.id));
+    std::string use = cap.use;
+    for (const kh::Capability& required : kh::required_capabilities) {
+      if (required.id == cap.id) use += ": " + std::string(required.why);
+    }
+    std::printf("%-28s %6s  %s\n", cap.name, value ? std::to_string(*value).c_str() : "error",
+                use.empty() ? "-" : use.c_str());
+  }
+}
