@@ -250,11 +250,16 @@ TEST_CASE("a failed mmap is an Error, not a null pointer") {
 TEST_CASE("the watchdog sets immediate_exit when time is up, and the destructor clears it") {
   kvm_run run{};
   {
+    // SIGALRM is held back until sigsuspend() waits for it, so it cannot come
+    // too early, however slowly a busy machine gets there.
+    sigset_t alarm_only{}, before{};
+    sigemptyset(&alarm_only);
+    sigaddset(&alarm_only, SIGALRM);
+    REQUIRE(::sigprocmask(SIG_BLOCK, &alarm_only, &before) == 0);
     const kh::Watchdog watchdog(run, std::chrono::milliseconds(20));
-    const timespec pause{0, 200'000'000};
-    timespec left{};
-    const int slept = ::nanosleep(&pause, &left);  // the signal cuts the sleep short
-    CHECK(slept == -1);
+    const int waited = ::sigsuspend(&before);  // returns once the handler has run
+    ::sigprocmask(SIG_SETMASK, &before, nullptr);
+    CHECK(waited == -1);
     CHECK(errno == EINTR);
     CHECK(watchdog.fired());
     CHECK(run.immediate_exit == 1);

@@ -1,6 +1,7 @@
 // flood.S: a guest that floods OUT with 5000 bytes, escape characters among
 // them. The run goes on; the host keeps 4096 bytes, shows 100 exits one by
 // one, and never sends the guest's control characters to the terminal raw.
+// args: --timeout 60
 // expect-status: 0
 // expect-stdout: (more exits than 100: not shown one by one; -v shows them all)
 // expect-stdout: guest output: \x1b[X\x1b[X
