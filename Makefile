@@ -16,6 +16,7 @@
 ##   make test        every test suite; the last line is "N passed, M failed"
 ##   make test-e2e    only the suites against real KVM (e2e and gdb), on the chosen host
 ##   make test-hosts  the e2e and gdb suites on every host of test/hosts.txt, then a table
+##   make host        say where kvm-hello runs (native or emulated), and why
 ##   make golden      rewrite the golden outputs of this host's kernel from a real run
 ##   make fuzz        libFuzzer on the exit decoder and reports (FUZZ_SECONDS, default 60)
 ##   make format      reformat the C++ sources with clang-format
@@ -34,7 +35,7 @@
 ##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
 .DEFAULT_GOAL := all
-.PHONY: all run trace gdb bench test test-e2e test-hosts golden fuzz format help clean distclean FORCE
+.PHONY: all run trace gdb bench test test-e2e test-hosts host golden fuzz format help clean distclean FORCE
 .DELETE_ON_ERROR:
 
 BUILD := build
@@ -48,16 +49,21 @@ CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kvm-hello
 CXX_MACHINE := $(shell $(CXX) -dumpmachine 2>/dev/null || dpkg --print-architecture 2>/dev/null || uname -m)
 ARM64_BUILD := $(if $(filter aarch64% arm64%,$(CXX_MACHINE)),yes)
 
+KVM_DEVICE ?= /dev/kvm
 ifndef KVM_HELLO_MACHINE
   ifeq ($(ARM64_BUILD),yes)
-    KVM_HELLO_MACHINE := $(if $(wildcard /dev/kvm),native,emulated)
+    KVM_HELLO_MACHINE := $(if $(wildcard $(KVM_DEVICE)),native,emulated)
     ifeq ($(KVM_HELLO_MACHINE),emulated)
-      MACHINE_NOTE := kvm-hello: this arm64 machine has no /dev/kvm (no KVM in its kernel, or no EL2 for it): \
+      MACHINE_NOTE := kvm-hello: this arm64 machine has no $(KVM_DEVICE) (no KVM in its kernel, or no EL2 for it): \
         running kvm-hello in the emulated arm64 machine instead (KVM_HELLO_MACHINE=native forces the native path)
     endif
+    MACHINE_WHY := $(CXX) builds for $(CXX_MACHINE), and $(KVM_DEVICE) $(if $(wildcard $(KVM_DEVICE)),exists,does not exist)
   else
     KVM_HELLO_MACHINE := emulated
+    MACHINE_WHY := $(CXX) builds for $(CXX_MACHINE), not arm64
   endif
+else
+  MACHINE_WHY := KVM_HELLO_MACHINE=$(KVM_HELLO_MACHINE) says so
 endif
 ifeq ($(filter native emulated,$(KVM_HELLO_MACHINE)),)
   $(error KVM_HELLO_MACHINE is "$(KVM_HELLO_MACHINE)": it must be native or emulated)
@@ -190,6 +196,7 @@ test: $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64)) $(E2E_PREREQUI
 	@$(SUITE) unit-$(firstword $(subst -, ,$(CXX_MACHINE))) $(UNIT_HOST)
 	@$(SUITE) unit-$(firstword $(subst -, ,$(CXX_MACHINE)))-sanitized $(UNIT_SANITIZED)
 	$(if $(CROSS),@$(SUITE) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64))
+	@$(SUITE) makefile test/make-tests.sh
 	$(run-e2e-suites)
 	@test/summarize.sh $(TEST_LOGS)
 
@@ -201,11 +208,17 @@ test-e2e: $(E2E_PREREQUISITES) | kvm-usable
 test-hosts: $(BUILD)/test.cpio $(BUILD)/gdb.cpio
 	@test/test-hosts.sh test/hosts.txt
 
+host:
+	@echo "kvm-hello runs $(if $(filter native,$(KVM_HELLO_MACHINE)),natively,in the emulated arm64 machine): $(MACHINE_WHY)"
+ifeq ($(KVM_HELLO_MACHINE),emulated)
+	@echo "the emulated host: $(if $(KVM_HELLO_KERNEL),the kernel $(KVM_HELLO_KERNEL),Debian $(KVM_HELLO_SUITE)'s linux-image-$(KVM_HELLO_FLAVOUR)), -cpu $(KVM_HELLO_CPU), $(KVM_HELLO_SMP) vCPU(s)"
+endif
+
 # The native suites need a KVM they may use: say so once, before any test runs.
 .PHONY: kvm-usable
 kvm-usable:
 ifeq ($(KVM_HELLO_MACHINE),native)
-	@tools/check-kvm.sh /dev/kvm
+	@tools/check-kvm.sh $(KVM_DEVICE)
 endif
 
 ifeq ($(KVM_HELLO_MACHINE),native)

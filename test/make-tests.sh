@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# make-tests.sh: the Makefile as a user meets it. Where kvm-hello runs is
+# decided by the compiler's architecture and the KVM device (fake compilers
+# stand in for other machines' here); a bad setting stops make with a
+# message; a guest that assembles to nothing reaches kvm-hello's own check;
+# a guest's .elf is kept. Prints "N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# The sub-makes are a user's, not parts of the make that runs this.
+mk() { env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make --no-print-directory "$@" 2>&1; }
+
+passed=0 failed=0
+check() {  # check DESCRIPTION TEXT EXPECTED: TEXT holds EXPECTED
+  if [[ $2 == *"$3"* ]]; then
+    passed=$((passed + 1)); echo "make-tests: ok: $1"
+  else
+    failed=$((failed + 1)); printf 'make-tests: FAILED: %s\n  expected: %s\n  got: %s\n' "$1" "$3" "$2"
+  fi
+}
+
+# A compiler that says it builds for MACHINE and otherwise is the real g++.
+fake_compiler() {
+  printf '#!/bin/sh\n[ "$1" = -dumpmachine ] && { echo %s; exit 0; }\nexec g++ "$@"\n' "$2" >"$work/$1"
+  chmod +x "$work/$1"
+}
+fake_compiler arm64-g++ aarch64-linux-gnu
+fake_compiler x86-g++ x86_64-linux-gnu
+: >"$work/kvm"
+
+check "an x86 compiler: the emulated machine" "$(mk host CXX="$work/x86-g++")" \
+  "kvm-hello runs in the emulated arm64 machine: $work/x86-g++ builds for x86_64-linux-gnu, not arm64"
+check "an arm64 compiler and a KVM device: natively" "$(mk host CXX="$work/arm64-g++" KVM_DEVICE="$work/kvm")" \
+  "kvm-hello runs natively: $work/arm64-g++ builds for aarch64-linux-gnu, and $work/kvm exists"
+check "an arm64 compiler without a KVM device: the emulated machine" \
+  "$(mk host CXX="$work/arm64-g++" KVM_DEVICE="$work/none")" "and $work/none does not exist"
+check "KVM_HELLO_MACHINE=emulated chooses by hand" \
+  "$(mk host CXX="$work/arm64-g++" KVM_DEVICE="$work/kvm" KVM_HELLO_MACHINE=emulated)" \
+  "kvm-hello runs in the emulated arm64 machine: KVM_HELLO_MACHINE=emulated says so"
+check "KVM_HELLO_MACHINE=native with an x86 compiler stops make" \
+  "$(mk host CXX="$work/x86-g++" KVM_HELLO_MACHINE=native)" \
+  "KVM_HELLO_MACHINE=native needs an arm64 compiler; $work/x86-g++ builds for x86_64-linux-gnu"
+check "a KVM_HELLO_MACHINE that is neither stops make" "$(mk host KVM_HELLO_MACHINE=remote)" \
+  'KVM_HELLO_MACHINE is "remote": it must be native or emulated'
+check "the 16K-page flavour picks a CPU with the 16K granule" \
+  "$(mk host CXX="$work/x86-g++" KVM_HELLO_FLAVOUR=arm64-16k)" "linux-image-arm64-16k, -cpu neoverse-n1"
+
+# A guest with no instructions at all: kvm-hello's message and status, not objcopy's.
+: >"$work/nothing.S"
+out=$(mk run GUEST="$work/nothing.S")
+check "GUEST=nothing.S reaches kvm-hello's own check" "$out" "it is empty: a guest needs at least one instruction"
+check "... and make fails with kvm-hello's status 18" "$out" "Error 18"
+check "GUEST's .elf is kept for gdb and the line table" "$(ls build/your-guest/)" "nothing.elf"
+
+echo "$passed passed, $failed failed"
