@@ -15,7 +15,8 @@
 # list under DIR/apt: the machine's apt configuration, sources and package
 # lists are never changed, and no root is needed. The mirror is the first
 # Debian mirror of the machine's own sources, or deb.debian.org;
-# KVM_HELLO_MIRROR=URL chooses another.
+# KVM_HELLO_MIRROR=URL chooses another. A stable release's security suite is
+# asked too: its kernel updates come that way.
 #
 # To use a kernel you already have instead: KVM_HELLO_KERNEL=/path/to/Image.
 set -euo pipefail
@@ -40,13 +41,25 @@ machine_mirror() {
 }
 mirror=${KVM_HELLO_MIRROR:-$(machine_mirror | grep -E '/debian/?$' | head -n 1 || true)}
 mirror=${mirror:-http://deb.debian.org/debian}
+# A stable release's kernel updates come through its security suite: ask it too.
+security=""
+case $suite in
+  bullseye | bookworm | trixie)
+    if [ -z "${KVM_HELLO_MIRROR:-}" ]; then
+      security=$(machine_mirror | grep -E '/debian-security/?$' | head -n 1 || true)
+      security=${security:-http://deb.debian.org/debian-security}
+    fi ;;
+esac
 
 apt_dir="$dir/apt"
 rm -rf "$apt_dir"
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$apt_dir/sources" "$apt_dir/deb"
 : > "$apt_dir/status"
-printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n' "$mirror" "$suite" "$keyring" \
-  > "$apt_dir/sources/debian.sources"
+stanza() { printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n\n' "$1" "$2" "$keyring"; }
+{
+  stanza "$mirror" "$suite"
+  [ -z "$security" ] || stanza "$security" "$suite-security"
+} > "$apt_dir/sources/debian.sources"
 
 # Private state: lists, cache, dpkg status and sources all under $apt_dir;
 # only arm64 package lists are fetched. The machine's apt.conf (a proxy, say)
@@ -70,12 +83,15 @@ apt_opts=(
 
 echo "fetch-kernel: downloading Debian $suite's linux-image-$flavour once into $dir (from $mirror, signature checked; your apt setup is untouched)"
 apt-get "${apt_opts[@]}" -qq update >"$apt_dir/update.log" 2>&1 ||
-  fail "apt-get update of $mirror $suite (arm64) failed: $(grep -E '^(E|W):' "$apt_dir/update.log" | head -n 3)"
+  fail "apt-get update of $mirror $suite (arm64) failed: $(grep -E '^(E|W):' "$apt_dir/update.log" | head -n 3)
+fetch-kernel: the kernel comes from a Debian mirror that serves arm64 (KVM_HELLO_MIRROR=URL names another one)"
 
 # linux-image-FLAVOUR is a meta package; the kernel is the package it depends
 # on. From Linux 7.x Debian splits that one too: linux-image-VERSION is empty
 # and depends on linux-binary-VERSION, which holds the kernel image.
-depends_on() { apt-cache "${apt_opts[@]}" depends "$1" 2>/dev/null | awk -v p="$2" '$1 == "Depends:" && $2 ~ p {print $2; exit}'; }
+depends_on() {
+  { apt-cache "${apt_opts[@]}" depends "$1" 2>/dev/null || true; } | awk -v p="$2" '$1 == "Depends:" && $2 ~ p {print $2; exit}'
+}
 image_package=$(depends_on "linux-image-$flavour" '^linux-image-[0-9]')
 [ -n "$image_package" ] || fail "Debian $suite has no arm64 kernel package linux-image-$flavour at $mirror"
 packages=("$image_package")
@@ -95,7 +111,7 @@ image=$(ls "$extract"/boot/vmlinuz-* "$extract"/usr/lib/modules/*/vmlinuz 2>/dev
 [ -s "$image" ] || fail "${packages[*]} hold no kernel image (looked in /boot and /usr/lib/modules)"
 mv "$image" "$kernel.tmp" && mv "$kernel.tmp" "$kernel"
 version=$(apt-cache "${apt_opts[@]}" show "$image_package" | awk '/^Version:/ {print $2; exit}')
-echo "$image_package $version ($suite, $mirror)" > "$dir/package"
+echo "$image_package $version (Debian $suite, from $mirror${security:+ and $security})" > "$dir/package"
 
 megabytes() { du -sb "$@" | awk '{ total += $1 } END { printf "%.1f", total / 1e6 }'; }
 downloaded="$(megabytes "$apt_dir/lists" "$apt_dir/deb") MB (package lists $(megabytes "$apt_dir/lists") MB unpacked, $(basename -a "$apt_dir"/deb/*.deb | tr '\n' ' ')$(megabytes "$apt_dir/deb") MB)"
