@@ -196,7 +196,7 @@ test: $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64)) $(E2E_PREREQUI
 	@$(SUITE) unit-$(firstword $(subst -, ,$(CXX_MACHINE))) $(UNIT_HOST)
 	@$(SUITE) unit-$(firstword $(subst -, ,$(CXX_MACHINE)))-sanitized $(UNIT_SANITIZED)
 	$(if $(CROSS),@$(SUITE) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64))
-	@$(SUITE) makefile test/make-tests.sh
+	@ARM64_CXX=$(ARM64_CXX) $(SUITE) makefile test/make-tests.sh
 	$(run-e2e-suites)
 	@test/summarize.sh $(TEST_LOGS)
 

@@ -46,6 +46,21 @@ check "a KVM_HELLO_MACHINE that is neither stops make" "$(mk host KVM_HELLO_MACH
 check "the 16K-page flavour picks a CPU with the 16K granule" \
   "$(mk host CXX="$work/x86-g++" KVM_HELLO_FLAVOUR=arm64-16k)" "linux-image-arm64-16k, -cpu neoverse-n1"
 
+# Prerequisites: what a machine lacks is named, with what to install.
+printf '#!/bin/sh\nfor a; do shift; [ "$a" = -std=c++23 ] && a=-std=c++20; set -- "$@" "$a"; done\nexec g++ "$@"\n' \
+  >"$work/old-g++"
+chmod +x "$work/old-g++"
+check "a compiler without C++23's <expected> is named, with what to install" \
+  "$(tools/check-prerequisites.sh "$work/old-g++" g++ 2>&1)" "has no C++23 <expected>: kvm-hello needs g++ 12 or newer"
+mkdir -p "$work/no-uapi"
+check "missing arm64 KVM headers are named" \
+  "$(tools/check-prerequisites.sh g++ "${ARM64_CXX:-aarch64-linux-gnu-g++}" "$work/no-uapi" 2>&1)" \
+  "$work/no-uapi/asm/kvm.h is missing"
+mkdir -p "$work/bin"
+check "without apt, the packages are named in words" \
+  "$(PATH="$work/bin" /bin/bash tools/ensure-packages.sh qemu-system-arm doctest-dev 2>&1)" \
+  "QEMU's arm64 system emulator (qemu-system-aarch64)"
+
 # A guest with no instructions at all: kvm-hello's message and status, not objcopy's.
 : >"$work/nothing.S"
 out=$(mk run GUEST="$work/nothing.S")
