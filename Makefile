@@ -317,10 +317,17 @@ $(DEBUG_PROGRAM): $(PROGRAM_SOURCES)
 # every finding fatal. The unit tests run under them on the build machine; a
 # build of kvm-hello runs under them against real KVM (e2e_tests.cpp). The
 # sanitizers need dynamic linking: the emulated machine gets the arm64 shared
-# libraries it needs in /lib, wherever this compiler finds them.
+# libraries it needs in /lib, wherever this compiler finds them; but a cross
+# compiler's sanitizer runtimes come through tools/sanitizer-runtime.sh
+# (Debian 13's cross libasan crashes at start: it then takes Debian's arm64 build).
 # (-Wno-maybe-uninitialized: with ASan, GCC 12 warns falsely inside <regex>.)
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wno-maybe-uninitialized
-ARM64_LIBS := ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libstdc++.so.6 libgcc_s.so.1 libasan.so.8 libubsan.so.1
+SANITIZER_RUNTIME := $(BUILD)/arm64-sanitizer-runtime
+SANITIZER_LIBS := $(if $(CROSS),$(SANITIZER_RUNTIME)/libasan.so.8 $(SANITIZER_RUNTIME)/libubsan.so.1,libasan.so.8 libubsan.so.1)
+ARM64_LIBS := ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libstdc++.so.6 libgcc_s.so.1 $(SANITIZER_LIBS)
+$(SANITIZER_RUNTIME)/.done: tools/sanitizer-runtime.sh tools/private-apt.sh | $(PACKAGES_OK)
+	@tools/sanitizer-runtime.sh $(@D) $(CACHE)
+	@touch $@
 $(SANITIZED_PROGRAM): $(PROGRAM_SOURCES)
 	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) -I. -I$(BUILD) -o $@ main.cpp
 
@@ -377,7 +384,7 @@ $(BUILD)/vm-init: tools/vm-init.cpp | $(PACKAGES_OK)
 
 # $(call make-initramfs,PROGRAMS,SOURCE:DESTINATION...,LIBRARIES): /init, the
 # programs, copies of files or directories at the paths given, and shared
-# libraries in /lib.
+# libraries in /lib (a path, or a name the arm64 compiler finds).
 define make-initramfs
 	rm -rf $@.root && mkdir -p $@.root
 	$(CROSS)strip -o $@.root/init $(BUILD)/vm-init
@@ -386,7 +393,8 @@ define make-initramfs
 	  mkdir -p $$(dirname $@.root/$${pair##*:}) && cp -rL $${pair%%:*} $@.root/$${pair##*:}; done
 	$(if $(3),mkdir -p $@.root/lib)
 	for lib in $(3); do \
-	  $(CROSS)strip --strip-unneeded -o $@.root/lib/$$lib $$($(ARM64_CXX) -print-file-name=$$lib); done
+	  case $$lib in */*) from=$$lib ;; *) from=$$($(ARM64_CXX) -print-file-name=$$lib) ;; esac; \
+	  $(CROSS)strip --strip-unneeded -o $@.root/lib/$$(basename $$lib) $$from; done
 	cd $@.root && find . | cpio -o -H newc --quiet > ../$(notdir $@)
 	rm -rf $@.root
 endef
@@ -402,6 +410,7 @@ $(BUILD)/run-guest.txt: FORCE
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
 	$(call make-initramfs,$(DEBUG_PROGRAM))
 
-$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS) $(EXERCISES)
+$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS) $(EXERCISES) \
+  $(if $(CROSS),$(SANITIZER_RUNTIME)/.done)
 	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM),test/golden:golden $(BUILD)/test/guests:guests \
 	  test/guests:guest-sources $(BUILD)/test/exercises:exercises test/exercises:exercise-sources,$(ARM64_LIBS))

@@ -12,8 +12,8 @@
 # must be signed by a key of the Debian archive keyring
 # (/usr/share/keyrings/debian-archive-keyring.gpg, package
 # debian-archive-keyring). apt runs with a private state and a private sources
-# list under DIR/apt: the machine's apt configuration, sources and package
-# lists are never changed, and no root is needed. The mirror is the first
+# list under DIR/apt (tools/private-apt.sh): the machine's apt configuration,
+# sources and package lists are never changed, and no root is needed. The mirror is the first
 # Debian mirror of the machine's own sources, or deb.debian.org;
 # KVM_HELLO_MIRROR=URL chooses another. A stable release's security suite is
 # asked too: its kernel updates come that way.
@@ -53,33 +53,15 @@ esac
 
 apt_dir="$dir/apt"
 rm -rf "$apt_dir"
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$apt_dir/sources" "$apt_dir/deb"
-: > "$apt_dir/status"
+mkdir -p "$apt_dir/sources" "$apt_dir/deb"
 stanza() { printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n\n' "$1" "$2" "$keyring"; }
 {
   stanza "$mirror" "$suite"
   [ -z "$security" ] || stanza "$security" "$suite-security"
 } > "$apt_dir/sources/debian.sources"
-
-# Private state: lists, cache, dpkg status and sources all under $apt_dir;
-# only arm64 package lists are fetched. The machine's apt.conf (a proxy, say)
-# still applies.
-apt_opts=(
-  -o APT::Architecture=arm64
-  -o APT::Architectures::=arm64
-  -o Dir::State="$apt_dir"
-  -o Dir::State::Lists="$apt_dir/lists"
-  -o Dir::State::status="$apt_dir/status"
-  -o Dir::Cache="$apt_dir"
-  -o Dir::Cache::archives="$apt_dir/archives"
-  -o Dir::Etc::SourceList=/dev/null
-  -o Dir::Etc::SourceParts="$apt_dir/sources"
-  -o Dir::Etc::Preferences=/dev/null
-  -o Dir::Etc::PreferencesParts="$apt_dir/sources"
-  -o Debug::NoLocking=1
-  -o Acquire::Languages=none
-  -o APT::Sandbox::User="$(id -un)"
-)
+# shellcheck source=tools/private-apt.sh
+. "$(dirname "$0")/private-apt.sh"
+private_apt "$apt_dir" "$apt_dir/sources"
 
 echo "fetch-kernel: downloading Debian $suite's linux-image-$flavour once into $dir (from $mirror, signature checked; your apt setup is untouched)"
 apt-get "${apt_opts[@]}" -qq update >"$apt_dir/update.log" 2>&1 ||
