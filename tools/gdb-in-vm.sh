@@ -31,5 +31,11 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-gdb-multiarch -q -ex "target remote 127.0.0.1:$port" -x "$here/steps.gdb" "$@" "$program"
+# "enable once": each step's breakpoint stops the program once, then is
+# disabled; the steps run once each, so nothing is lost. On a busy machine
+# QEMU's gdb stub (7.2 at least) now and then reports gdb's one-instruction
+# step past a breakpoint as done with the PC unmoved (seen with gdb's
+# `set debug infrun 1`); with the breakpoint still enabled, gdb would then
+# announce the same breakpoint a second time.
+gdb-multiarch -q -ex "target remote 127.0.0.1:$port" -x "$here/steps.gdb" -ex "enable once" "$@" "$program"
 wait "$machine" || true
