@@ -4,14 +4,14 @@
 # anywhere else inside an emulated arm64 machine whose kernel has a real
 # arm64 /dev/kvm (tools/run-in-vm.sh). KVM_HELLO_MACHINE picks one by hand.
 # Either way `make run` and `make test` first install what is missing
-# (tools/ensure-packages.sh, then tools/check-prerequisites.sh) and, when
+# (setup/ensure-packages.sh, then setup/check-prerequisites.sh) and, when
 # emulating, download the chosen Debian arm64 kernel once into $(CACHE).
 
 ## Targets:
 ##   make run         build and run kvm-hello (ARGS="--timeout 2" passes options;
 ##                    GUEST=path/to/file.S assembles that guest and runs it instead)
 ##   make trace       run the guest one instruction at a time (--step-guest, plus ARGS)
-##   make gdb         gdb on kvm-hello, stopped at each step function (tools/steps.gdb)
+##   make gdb         gdb on kvm-hello, stopped at each step function (gdb/steps.gdb)
 ##   make bench       what a VM exit costs, measured here (ARGS=--json for JSON)
 ##   make test        every test suite; the last line is "N passed, M failed"
 ##   make test-e2e    only the suites against real KVM (e2e and gdb), on the chosen host
@@ -35,11 +35,27 @@
 ##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
 .DEFAULT_GOAL := all
-.PHONY: all run trace gdb bench test test-e2e test-hosts host golden fuzz format help clean distclean FORCE
+.PHONY: all run trace gdb bench test test-e2e test-hosts host golden fuzz format help clean distclean kvm-usable FORCE
 .DELETE_ON_ERROR:
 
 BUILD := build
 CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kvm-hello
+
+# Everything built, named here before any rule uses the names.
+PROGRAM           := $(BUILD)/kvm-hello
+DEBUG_PROGRAM     := $(BUILD)/kvm-hello-debug
+SANITIZED_PROGRAM := $(BUILD)/kvm-hello-sanitized
+UNIT_HOST         := $(BUILD)/unit-tests
+UNIT_SANITIZED    := $(BUILD)/unit-tests-sanitized
+UNIT_ARM64        := $(BUILD)/unit-tests-arm64
+E2E               := $(BUILD)/e2e-tests
+FUZZER            := $(BUILD)/fuzz-exits
+PACKAGES_OK       := $(BUILD)/.packages-ok
+TEST_LOGS         := $(BUILD)/test-logs
+ifdef GUEST
+  # Your guest (make run GUEST=file.S), assembled like every guest into build/your-guest/NAME.bin.
+  GUEST_BIN := $(BUILD)/your-guest/$(basename $(notdir $(GUEST))).bin
+endif
 
 # ==== Native or emulated: the one place that decides ========================
 #
@@ -48,8 +64,8 @@ CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kvm-hello
 # for its own architecture. (Before any compiler is installed: dpkg's.)
 CXX_MACHINE := $(shell $(CXX) -dumpmachine 2>/dev/null || dpkg --print-architecture 2>/dev/null || uname -m)
 ARM64_BUILD := $(if $(filter aarch64% arm64%,$(CXX_MACHINE)),yes)
-
 KVM_DEVICE ?= /dev/kvm
+
 ifndef KVM_HELLO_MACHINE
   ifeq ($(ARM64_BUILD),yes)
     KVM_HELLO_MACHINE := $(if $(wildcard $(KVM_DEVICE)),native,emulated)
@@ -74,16 +90,22 @@ endif
 
 # The compilers: the build machine's own (unit tests, fuzzing), and arm64's
 # (everything that runs against arm64 KVM): the same one on arm64.
+CROSS := $(if $(ARM64_BUILD),,aarch64-linux-gnu-)
 HOST_CXX := $(CXX)
-ifeq ($(ARM64_BUILD),yes)
-  CROSS :=
-else
-  CROSS := aarch64-linux-gnu-
-endif
 ARM64_CXX ?= $(CROSS)g++
 
 ifeq ($(KVM_HELLO_MACHINE),native)
   PACKAGES := g++ xxd doctest-dev gdb
+  # How each target runs kvm-hello, the tests and gdb: here, directly.
+  RUN_WITH          := $(PROGRAM)
+  GUEST_PATH         = $(GUEST_BIN)
+  GDB_WITH          := gdb -q -x gdb/steps.gdb --args $(DEBUG_PROGRAM) $(ARGS)
+  E2E_WITH          := $(E2E)
+  GDB_TEST_WITH     := run gdb -q -x gdb/steps.gdb $(DEBUG_PROGRAM)
+  RUN_NEEDS         := $(PROGRAM) $(GUEST_BIN)
+  GDB_NEEDS         := $(DEBUG_PROGRAM)
+  E2E_NEEDS         := $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM)
+  SUITE_WHERE       :=
 else
   # The programs the emulated machine runs are linked statically: its
   # initramfs has no C library.
@@ -98,64 +120,34 @@ else
   KVM_HELLO_CPU     ?= $(if $(findstring 16k,$(KVM_HELLO_FLAVOUR)),neoverse-n1,cortex-a57)
   KVM_HELLO_SMP     ?= 1
   export KVM_HELLO_CPU KVM_HELLO_SMP
-  KERNEL_DIR := $(CACHE)/kernels/$(KVM_HELLO_SUITE)-$(KVM_HELLO_FLAVOUR)
-  KERNEL := $(or $(KVM_HELLO_KERNEL),$(KERNEL_DIR)/vmlinuz)
-  IN_VM := tools/run-in-vm.sh $(KERNEL)
+  KERNEL := $(or $(KVM_HELLO_KERNEL),$(CACHE)/kernels/$(KVM_HELLO_SUITE)-$(KVM_HELLO_FLAVOUR)/vmlinuz)
+  IN_VM  := tools/run-in-vm.sh $(KERNEL)
+
+  # How each target runs kvm-hello, the tests and gdb: inside the machine,
+  # from an initramfs that holds them.
+  RUN_WITH          := $(IN_VM) $(BUILD)/run.cpio /kvm-hello
+  GUEST_PATH         = /$(notdir $(GUEST_BIN))
+  GDB_WITH          := tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
+  E2E_WITH          := $(IN_VM) $(BUILD)/test.cpio /e2e-tests
+  GDB_TEST_WITH     := continue tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
+  RUN_NEEDS         := $(BUILD)/run.cpio $(KERNEL)
+  GDB_NEEDS         := $(BUILD)/gdb.cpio $(KERNEL)
+  E2E_NEEDS         := $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
+  SUITE_WHERE       := -in-emulated-arm64
 endif
 
-# ==== What gets built ========================================================
-
-CXXSTD   := -std=c++23
-WARNINGS := -Wall -Wextra -Werror
-OPTIMISE := -O2 -g
-
-PROGRAM           := $(BUILD)/kvm-hello
-DEBUG_PROGRAM     := $(BUILD)/kvm-hello-debug
-SANITIZED_PROGRAM := $(BUILD)/kvm-hello-sanitized
-UNIT_HOST         := $(BUILD)/unit-tests
-UNIT_SANITIZED    := $(BUILD)/unit-tests-sanitized
-UNIT_ARM64        := $(BUILD)/unit-tests-arm64
-E2E               := $(BUILD)/e2e-tests
-FUZZER            := $(BUILD)/fuzz-exits
-PACKAGES_OK       := $(BUILD)/.packages-ok
-
-# Guests: each .S is assembled, linked where guest RAM starts, and cut to its
-# raw bytes, under build/ at the path of its source (guest.S -> build/guest.bin).
-TEST_GUESTS := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/guests/*.S))
-EXERCISES   := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/exercises/*.S))
-GOLDEN      := $(wildcard test/golden/*.txt)
-ifdef GUEST
-  # Your guest, assembled the same way into build/your-guest/NAME.bin.
-  GUEST_BIN  := $(BUILD)/your-guest/$(basename $(notdir $(GUEST))).bin
-  GUEST_ARGS  = --guest $(if $(filter native,$(KVM_HELLO_MACHINE)),$(GUEST_BIN),/$(notdir $(GUEST_BIN)))
-endif
-GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/tools/bench-guest.bin $(TEST_GUESTS) $(EXERCISES) $(GUEST_BIN)
-# Their .o and .elf are kept (gdb and --step-guest's line table read the
-# guest's); naming them, rather than a bare .SECONDARY:, keeps make
-# rebuilding an image that is missing.
-.SECONDARY: $(GUEST_IMAGES:.bin=.o) $(GUEST_IMAGES:.bin=.elf)
+# ==== The targets ============================================================
 
 # Build with every core (GNU make 4.3 and later take -j from here); the
 # test suites themselves run one after another.
 MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
 
-ifeq ($(KVM_HELLO_MACHINE),native)
-all: $(PROGRAM) $(DEBUG_PROGRAM) $(SANITIZED_PROGRAM) $(UNIT_HOST) $(UNIT_SANITIZED) $(E2E)
-else
-all: $(BUILD)/run.cpio $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(UNIT_HOST) $(UNIT_SANITIZED) \
-  $(if $(CROSS),$(UNIT_ARM64))
-endif
+UNIT_SUITES := $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64))
+all: $(UNIT_SUITES) $(E2E_NEEDS) $(RUN_NEEDS)
 
-# ==== The targets ============================================================
-
-ifeq ($(KVM_HELLO_MACHINE),native)
-run: $(PROGRAM) $(GUEST_BIN)
-	@$(PROGRAM) $(GUEST_ARGS) $(ARGS)
-else
-run: $(BUILD)/run.cpio $(KERNEL)
+run: $(RUN_NEEDS)
 	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
-	@$(IN_VM) $(BUILD)/run.cpio /kvm-hello $(GUEST_ARGS) $(ARGS)
-endif
+	@$(RUN_WITH) $(if $(GUEST),--guest $(GUEST_PATH)) $(ARGS)
 
 trace: ARGS += --step-guest
 trace: run
@@ -163,44 +155,30 @@ trace: run
 bench: ARGS += --bench
 bench: run
 
-ifeq ($(KVM_HELLO_MACHINE),native)
-gdb: $(DEBUG_PROGRAM)
-	gdb -q -x tools/steps.gdb --args $(DEBUG_PROGRAM) $(ARGS)
-else
-gdb: $(BUILD)/gdb.cpio $(KERNEL)
-	@tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
-endif
+gdb: $(GDB_NEEDS)
+	@$(GDB_WITH)
 
-# `make test`: the unit suites, then the suites against real KVM. Each suite's
-# log is kept in build/test-logs; test/summarize.sh adds them up.
-TEST_LOGS := $(BUILD)/test-logs
-SUITE     := test/run-suite.sh $(TEST_LOGS)
-ifeq ($(KVM_HELLO_MACHINE),native)
-E2E_PREREQUISITES := $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM)
+# `make test`: the unit suites, the Makefile's own, then the suites against
+# real KVM. Each suite's log is kept in $(TEST_LOGS); test/summarize.sh adds
+# them up.
+SUITE := test/run-suite.sh $(TEST_LOGS)
+UNIT_NAME := unit-$(firstword $(subst -, ,$(CXX_MACHINE)))
 define run-e2e-suites
-	@$(SUITE) e2e $(E2E)
-	@$(SUITE) gdb test/gdb-test.sh run gdb -q -x tools/steps.gdb $(DEBUG_PROGRAM)
+	@$(SUITE) e2e$(SUITE_WHERE) $(E2E_WITH)
+	@$(SUITE) gdb$(SUITE_WHERE) test/gdb-test.sh $(GDB_TEST_WITH)
 endef
-else
-E2E_PREREQUISITES := $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
-define run-e2e-suites
-	@$(SUITE) e2e-in-emulated-arm64 $(IN_VM) $(BUILD)/test.cpio /e2e-tests
-	@$(SUITE) gdb-in-emulated-arm64 test/gdb-test.sh continue tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio \
-	  $(DEBUG_PROGRAM)
-endef
-endif
 
-test: $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64)) $(E2E_PREREQUISITES) | kvm-usable
+test: $(UNIT_SUITES) $(E2E_NEEDS) | kvm-usable
 	@rm -rf $(TEST_LOGS)
 	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
-	@$(SUITE) unit-$(firstword $(subst -, ,$(CXX_MACHINE))) $(UNIT_HOST)
-	@$(SUITE) unit-$(firstword $(subst -, ,$(CXX_MACHINE)))-sanitized $(UNIT_SANITIZED)
+	@$(SUITE) $(UNIT_NAME) $(UNIT_HOST)
+	@$(SUITE) $(UNIT_NAME)-sanitized $(UNIT_SANITIZED)
 	$(if $(CROSS),@$(SUITE) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64))
 	@ARM64_CXX=$(ARM64_CXX) $(SUITE) makefile test/make-tests.sh
 	$(run-e2e-suites)
 	@test/summarize.sh $(TEST_LOGS)
 
-test-e2e: $(E2E_PREREQUISITES) | kvm-usable
+test-e2e: $(E2E_NEEDS) | kvm-usable
 	@rm -rf $(TEST_LOGS)
 	$(run-e2e-suites)
 	@test/summarize.sh $(TEST_LOGS)
@@ -215,19 +193,11 @@ ifeq ($(KVM_HELLO_MACHINE),emulated)
 endif
 
 # The native suites need a KVM they may use: say so once, before any test runs.
-.PHONY: kvm-usable
 kvm-usable:
-ifeq ($(KVM_HELLO_MACHINE),native)
-	@tools/check-kvm.sh $(KVM_DEVICE)
-endif
+	$(if $(filter native,$(KVM_HELLO_MACHINE)),@setup/check-kvm.sh $(KVM_DEVICE))
 
-ifeq ($(KVM_HELLO_MACHINE),native)
-golden: $(E2E) $(PROGRAM)
-	KVM_HELLO_PRINT_GOLDEN=1 $(E2E) '-tc=golden*' | test/update-golden.sh test/golden
-else
-golden: $(BUILD)/test.cpio $(KERNEL)
-	$(IN_VM) $(BUILD)/test.cpio KVM_HELLO_PRINT_GOLDEN=1 /e2e-tests '-tc=golden*' | test/update-golden.sh test/golden
-endif
+golden: $(E2E_NEEDS)
+	$(E2E_WITH) --print-golden '-tc=golden*' | test/update-golden.sh test/golden
 
 FUZZ_SECONDS ?= 60
 fuzz: $(FUZZER)
@@ -236,7 +206,7 @@ fuzz: $(FUZZER)
 	  $(BUILD)/fuzz-corpus
 
 format:
-	clang-format -i kvm_hello.hpp main.cpp test/*.cpp tools/*.cpp
+	clang-format -i kvm_hello.hpp main.cpp program/*.hpp bench/*.hpp test/*.cpp test/*.hpp tools/*.cpp
 
 help:
 	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST)
@@ -251,18 +221,28 @@ distclean: clean
 
 $(PACKAGES_OK):
 	@mkdir -p $(@D)
-	@tools/ensure-packages.sh $(PACKAGES)
-	@tools/check-prerequisites.sh "$(HOST_CXX)" "$(ARM64_CXX)" $(if $(CROSS),$(ARM64_UAPI))
+	@setup/ensure-packages.sh $(PACKAGES)
+	@setup/check-prerequisites.sh "$(HOST_CXX)" "$(ARM64_CXX)" $(if $(CROSS),$(ARM64_UAPI))
 	@touch $@
 
 $(CACHE)/kernels/%/vmlinuz: | $(PACKAGES_OK)
 	@tools/fetch-kernel.sh $(KVM_HELLO_SUITE) $(KVM_HELLO_FLAVOUR) $(@D)
 
 # ==== Guests: assembled, linked at guest RAM, raw bytes, a C array ==========
+#
+# Every guest .S becomes, under build/ at the path of its source, a .o, an
+# .elf linked where guest RAM starts (read from kvm_hello.hpp's memory map),
+# and a .bin of its raw bytes: guest.S -> build/guest.bin.
 
-# The guest is linked where it will run: the start of guest RAM, read from
-# kvm_hello.hpp's memory map (deferred: the compiler may not be installed yet
-# when make starts).
+TEST_GUESTS := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/guests/*.S))
+EXERCISES   := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/exercises/*.S))
+GOLDEN      := $(wildcard test/golden/*.txt)
+GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/bench/bench-guest.bin $(TEST_GUESTS) $(EXERCISES) $(GUEST_BIN)
+# Their .o and .elf are kept (gdb and --step-guest's line table read the
+# guest's); naming them, rather than a bare .SECONDARY:, keeps make
+# rebuilding an image that is missing.
+.SECONDARY: $(GUEST_IMAGES:.bin=.o) $(GUEST_IMAGES:.bin=.elf)
+
 GUEST_LOAD_ADDRESS = $(shell printf '#include "kvm_hello.hpp"\nKVM_HELLO_RAM_BASE\n' | \
   $(CROSS)cpp -P -D__ASSEMBLER__ -I. - | tail -n 1)
 
@@ -286,20 +266,23 @@ $(BUILD)/%.bin: $(BUILD)/%.elf
 # `xxd -i NAME.bin` names the array after the file: guest_bin[], bench_guest_bin[].
 $(BUILD)/guest_image.h: $(BUILD)/guest.bin
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
-$(BUILD)/bench_guest_image.h: $(BUILD)/tools/bench-guest.bin
+$(BUILD)/bench_guest_image.h: $(BUILD)/bench/bench-guest.bin
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
 # Every test guest as a C array named after its file: spin.S -> spin_bin[].
 $(BUILD)/test_guests.h: $(TEST_GUESTS)
 	cd $(BUILD)/test/guests && for bin in $(notdir $^); do xxd -i $$bin; done > $(abspath $@)
 
 # guest.S's instruction addresses and lines, for --step-guest.
-$(BUILD)/guest_lines.h: $(BUILD)/guest.elf guest.S tools/guest-lines.sh
-	tools/guest-lines.sh $(CROSS)readelf $(BUILD)/guest.elf guest.S > $@
+$(BUILD)/guest_lines.h: $(BUILD)/guest.elf guest.S program/guest-lines.sh
+	program/guest-lines.sh $(CROSS)readelf $(BUILD)/guest.elf guest.S > $@
 
 # ==== Programs ===============================================================
 
-PROGRAM_HEADERS := $(wildcard program/*.hpp)
-PROGRAM_SOURCES := main.cpp kvm_hello.hpp $(PROGRAM_HEADERS) $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
+CXXSTD   := -std=c++23
+WARNINGS := -Wall -Wextra -Werror
+OPTIMISE := -O2 -g
+HEADERS  := kvm_hello.hpp $(wildcard program/*.hpp bench/*.hpp)
+PROGRAM_SOURCES := main.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
 
 $(PROGRAM): $(PROGRAM_SOURCES)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
@@ -307,9 +290,8 @@ $(PROGRAM): $(PROGRAM_SOURCES)
 # For gdb: no optimisation, so every step is a function of its own; and, when
 # it runs in the emulated machine, linked at an address no other program there
 # uses (gdb's breakpoints there are by virtual address).
-ifeq ($(KVM_HELLO_MACHINE),emulated)
-  DEBUG_LINK := -static -Wl,-Ttext-segment=0x1000000
-endif
+comma := ,
+DEBUG_LINK := $(if $(ARM64_LINK),-static -Wl$(comma)-Ttext-segment=0x1000000)
 $(DEBUG_PROGRAM): $(PROGRAM_SOURCES)
 	$(ARM64_CXX) $(CXXSTD) -O0 -g $(WARNINGS) -I. -I$(BUILD) $(DEBUG_LINK) -o $@ main.cpp
 
@@ -322,18 +304,21 @@ $(DEBUG_PROGRAM): $(PROGRAM_SOURCES)
 # (Debian 13's cross libasan crashes at start: it then takes Debian's arm64 build).
 # (-Wno-maybe-uninitialized: with ASan, GCC 12 warns falsely inside <regex>.)
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wno-maybe-uninitialized
+$(SANITIZED_PROGRAM): $(PROGRAM_SOURCES)
+	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) -I. -I$(BUILD) -o $@ main.cpp
+
 SANITIZER_RUNTIME := $(BUILD)/arm64-sanitizer-runtime
 SANITIZER_LIBS := $(if $(CROSS),$(SANITIZER_RUNTIME)/libasan.so.8 $(SANITIZER_RUNTIME)/libubsan.so.1,libasan.so.8 libubsan.so.1)
 ARM64_LIBS := ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libstdc++.so.6 libgcc_s.so.1 $(SANITIZER_LIBS)
 $(SANITIZER_RUNTIME)/.done: tools/sanitizer-runtime.sh tools/private-apt.sh | $(PACKAGES_OK)
 	@tools/sanitizer-runtime.sh $(@D) $(CACHE)
 	@touch $@
-$(SANITIZED_PROGRAM): $(PROGRAM_SOURCES)
-	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) -I. -I$(BUILD) -o $@ main.cpp
 
-# The unit tests run on the build machine but test code written against
-# arm64's KVM structs. When the build machine is not arm64, these headers come
-# from the arm64 kernel headers that the cross compiler ships (package
+# ---- The unit tests: the lesson, the program, the docs -----------------------
+#
+# They run on the build machine but test code written against arm64's KVM
+# structs. When the build machine is not arm64, these headers come from the
+# arm64 kernel headers that the cross compiler ships (package
 # linux-libc-dev-arm64-cross); the rest (<linux/types.h>, <asm/ioctl.h>, ...)
 # is the same on every 64-bit Linux.
 ARM64_UAPI   := /usr/aarch64-linux-gnu/include
@@ -346,27 +331,42 @@ $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 	done
 	@touch $@
 
-# The unit tests also check README.md and docs/ against the code: they read them from here.
-SOURCE_DIR   := -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
-UNIT_SOURCES := test/unit_tests.cpp test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(PROGRAM_HEADERS) $(if $(CROSS),$(UAPI_OVERLAY)/.done)
+# One binary from four sources: doctest's main, and the tests of the steps
+# (kvm_hello.hpp), of the program (program/, bench/) and of the docs. Each is
+# built three ways: for the build machine, under the sanitizers, and (off
+# arm64) by the cross compiler, run under qemu-aarch64-static. The docs tests
+# read README.md and docs/ from here.
+UNIT_TESTS   := unit_main steps_tests program_tests docs_tests
+UNIT_FLAGS   := $(CXXSTD) $(WARNINGS) -I. -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
+UNIT_DEPENDS := $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
 
-$(UNIT_HOST): $(UNIT_SOURCES) | $(PACKAGES_OK)
-	$(HOST_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) $(HOST_UAPI) -I. $(SOURCE_DIR) -o $@ test/unit_tests.cpp
+$(BUILD)/unit/host/%.o: test/%.cpp $(UNIT_DEPENDS)
+	@mkdir -p $(@D)
+	$(HOST_CXX) $(UNIT_FLAGS) $(OPTIMISE) $(HOST_UAPI) -c -o $@ $<
+$(BUILD)/unit/sanitized/%.o: test/%.cpp $(UNIT_DEPENDS)
+	@mkdir -p $(@D)
+	$(HOST_CXX) $(UNIT_FLAGS) -O1 -g $(SANITIZE) $(HOST_UAPI) -c -o $@ $<
+$(BUILD)/unit/arm64/%.o: test/%.cpp $(UNIT_DEPENDS)
+	@mkdir -p $(@D)
+	$(ARM64_CXX) $(UNIT_FLAGS) $(OPTIMISE) -c -o $@ $<
 
-$(UNIT_SANITIZED): $(UNIT_SOURCES) | $(PACKAGES_OK)
-	$(HOST_CXX) $(CXXSTD) -O1 -g $(WARNINGS) $(SANITIZE) $(HOST_UAPI) -I. $(SOURCE_DIR) -o $@ test/unit_tests.cpp
+$(UNIT_HOST): $(UNIT_TESTS:%=$(BUILD)/unit/host/%.o)
+	$(HOST_CXX) -o $@ $^
+$(UNIT_SANITIZED): $(UNIT_TESTS:%=$(BUILD)/unit/sanitized/%.o)
+	$(HOST_CXX) $(SANITIZE) -o $@ $^
+$(UNIT_ARM64): $(UNIT_TESTS:%=$(BUILD)/unit/arm64/%.o)
+	$(ARM64_CXX) $(ARM64_LINK) -o $@ $^
 
-$(UNIT_ARM64): $(UNIT_SOURCES) | $(PACKAGES_OK)
-	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. $(SOURCE_DIR) $(ARM64_LINK) -o $@ test/unit_tests.cpp
-
-$(FUZZER): test/fuzz_exits.cpp main.cpp kvm_hello.hpp $(PROGRAM_HEADERS) $(if $(CROSS),$(UAPI_OVERLAY)/.done)
-	@tools/ensure-packages.sh clang-19 libclang-rt-19-dev
+$(FUZZER): test/fuzz_exits.cpp $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done)
+	@setup/ensure-packages.sh clang-19 libclang-rt-19-dev
 	clang++-19 $(CXXSTD) -O1 -g $(WARNINGS) -fsanitize=fuzzer,address,undefined $(HOST_UAPI) -I. -o $@ $<
 
-# The e2e tests find beside themselves: kvm-hello, golden/, guests/ (the
-# test guests assembled) and guest-sources/ (their .S, which say what to
-# expect); the same for the exercises.
-$(E2E): $(EXERCISES) test/e2e_tests.cpp kvm_hello.hpp $(PROGRAM_HEADERS) $(BUILD)/guest_image.h $(BUILD)/test_guests.h \
+# ---- The e2e tests ---------------------------------------------------------
+#
+# They find beside themselves: kvm-hello, golden/, guests/ (the test guests
+# assembled) and guest-sources/ (their .S, which say what to expect); the
+# same for the exercises.
+$(E2E): $(EXERCISES) test/e2e_tests.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/test_guests.h \
   $(BUILD)/bench_guest_image.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden

@@ -20,18 +20,23 @@
  *   8  set_boot_registers  KVM_SET_ONE_REG (PC, SP_EL1)
  *   9  run_guest           KVM_RUN, in a loop, until the guest powers off -> RunStats
  *
+ * CONTENTS (the banners below, in order)
+ *   The guest's memory map          shared with guest.S
+ *   Constants                       each derived from the kernel's headers or the map
+ *   Steps and errors                the step table; Error, Result
+ *   Owners                          Fd and Mapping: each fd and mapping closed once
+ *   Typed ioctl requests            Request, call(), and watching the calls
+ *   Step 1 ... Step 9               each step's function, its helpers just above it
+ *   Steps 1 to 8 in one call        build_machine(), for programs that do not narrate
+ *   Appendix: seeing inside         reading registers, single-stepping
+ *
  * HOW TO USE
  *   #include "kvm_hello.hpp" and call the steps in order; every step returns
  *   Result<T>, which holds either its value or an Error naming the step, the
- *   call that failed and its errno. Nothing here prints: the caller decides
- *   how to report (main.cpp does it for this program).
- *
- * ALSO HERE, FOR SEEING INSIDE
- *   call_observer        set it to see every ioctl as it happens (main.cpp -v)
- *   enable_single_step   KVM_SET_GUEST_DEBUG: one exit per guest instruction
- *   read_registers       the guest's registers, with KVM_GET_ONE_REG
- *   Watchdog             stops KVM_RUN after a time limit, or on Ctrl-C
- *   HelloDevice          the host side of the guest's MMIO registers
+ *   call that failed and its errno. Each step that makes ioctls takes a
+ *   CallObserver last, to see every call as it happens (main.cpp's -v); by
+ *   default none. Nothing here prints: the caller decides how to report
+ *   (main.cpp and program/ do it for this program).
  *
  * DOES NOT DO
  *   Interrupts, more than one vCPU, an MMU in the guest, or any device other
@@ -46,7 +51,7 @@
  */
 #pragma once
 
-#define KVM_HELLO_VERSION "1.0.0"
+#define KVM_HELLO_VERSION "1.1.0"
 
 /* ==== The guest's memory map (shared with guest.S) =========================
  *
@@ -64,7 +69,9 @@
 #define KVM_HELLO_MMIO_OUT 0x1100
 #define KVM_HELLO_MMIO_ANSWER 0x1108
 #define KVM_HELLO_MMIO_ECHO 0x1110
-/* Two more for the benchmark guest (kvm-hello --bench, tools/bench-guest.S): */
+/* What the host answers a read of ANSWER with. */
+#define KVM_HELLO_HOST_ANSWER 0x2a
+/* Two more for the benchmark guest (kvm-hello --bench, bench/bench-guest.S): */
 #define KVM_HELLO_MMIO_SINK 0x1118   /* write: an exit that the host ignores */
 #define KVM_HELLO_MMIO_RESULT 0x1120 /* write 8 bytes: one measurement for the host */
 
@@ -82,9 +89,9 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
-#include <csignal>
 #include <chrono>
 #include <concepts>
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -111,6 +118,7 @@ inline constexpr std::uint64_t mmio_answer = KVM_HELLO_MMIO_ANSWER;
 inline constexpr std::uint64_t mmio_echo = KVM_HELLO_MMIO_ECHO;
 inline constexpr std::uint64_t mmio_sink = KVM_HELLO_MMIO_SINK;
 inline constexpr std::uint64_t mmio_result = KVM_HELLO_MMIO_RESULT;
+inline constexpr std::uint32_t host_answer = KVM_HELLO_HOST_ANSWER;
 
 // MMIO only happens for addresses that no memslot covers: the device
 // registers must lie outside guest RAM, or the guest's stores would land in
@@ -119,9 +127,6 @@ static_assert(mmio_result + 8 <= ram_base, "MMIO registers must be outside guest
 // KVM_SET_USER_MEMORY_REGION wants page-aligned addresses and sizes; 64 KiB
 // is a multiple of every arm64 page size (4K, 16K and 64K).
 static_assert(ram_base % 0x10000 == 0 && ram_size % 0x10000 == 0);
-
-// What the host answers when the guest reads the ANSWER register.
-inline constexpr std::uint32_t host_answer = 0x2a;
 
 inline constexpr const char* default_kvm_path = "/dev/kvm";
 
@@ -145,29 +150,44 @@ enum class Step : int {
 };
 inline constexpr int step_count = 9;
 
+// The step table: one row per step, in order. main.cpp announces each step
+// with it, docs/README.md's table and gdb/steps.gdb are tested against it.
 struct StepInfo {
-  std::string_view name;   // the function in this header
-  std::string_view title;  // what it does, for people
-  std::string_view calls;  // the system calls and ioctls it makes
+  Step step;
+  std::string_view name;     // the function in this header
+  std::string_view title;    // what it does, for people
+  std::string_view calls;    // the system calls and ioctls it makes
+  std::string_view purpose;  // why it exists, in a line
 };
 
-constexpr StepInfo step_info(Step step) {
-  switch (step) {
-    case Step::open_kvm: return {"open_kvm", "open the KVM device", "open(device, O_RDWR | O_CLOEXEC)"};
-    case Step::check_api_version: return {"check_api_version", "check the KVM API version", "KVM_GET_API_VERSION"};
-    case Step::check_capabilities:
-      return {"check_capabilities", "check the capabilities we rely on", "KVM_CHECK_EXTENSION"};
-    case Step::create_vm: return {"create_vm", "create the VM", "KVM_CREATE_VM"};
-    case Step::setup_guest_memory:
-      return {"setup_guest_memory", "give the guest its RAM", "mmap, KVM_SET_USER_MEMORY_REGION"};
-    case Step::create_vcpu:
-      return {"create_vcpu", "create the vCPU and map its kvm_run", "KVM_CREATE_VCPU, KVM_GET_VCPU_MMAP_SIZE, mmap"};
-    case Step::init_vcpu: return {"init_vcpu", "initialise the vCPU", "KVM_ARM_PREFERRED_TARGET, KVM_ARM_VCPU_INIT"};
-    case Step::set_boot_registers: return {"set_boot_registers", "set the boot registers", "KVM_SET_ONE_REG"};
-    case Step::run_guest: return {"run_guest", "run the guest until it powers off", "KVM_RUN"};
+inline constexpr std::array<StepInfo, step_count> steps{{
+    {Step::open_kvm, "open_kvm", "open the KVM device", "open(device, O_RDWR | O_CLOEXEC)",
+     "the only door into KVM"},
+    {Step::check_api_version, "check_api_version", "check the KVM API version", "KVM_GET_API_VERSION",
+     "refuse to run against an API we were not written for"},
+    {Step::check_capabilities, "check_capabilities", "check the capabilities we rely on", "KVM_CHECK_EXTENSION",
+     "stop early, by name, if a feature is missing"},
+    {Step::create_vm, "create_vm", "create the VM", "KVM_CREATE_VM",
+     "the container for memory and vCPUs; its type is the IPA size"},
+    {Step::setup_guest_memory, "setup_guest_memory", "give the guest its RAM", "mmap, KVM_SET_USER_MEMORY_REGION",
+     "guest RAM is our own memory; everything outside it is MMIO"},
+    {Step::create_vcpu, "create_vcpu", "create the vCPU and map its kvm_run",
+     "KVM_CREATE_VCPU, KVM_GET_VCPU_MMAP_SIZE, mmap", "the vCPU, and the struct kvm_run page that explains each exit"},
+    {Step::init_vcpu, "init_vcpu", "initialise the vCPU", "KVM_ARM_PREFERRED_TARGET, KVM_ARM_VCPU_INIT",
+     "an arm64 vCPU must be initialised before any register is touched"},
+    {Step::set_boot_registers, "set_boot_registers", "set the boot registers", "KVM_SET_ONE_REG",
+     "PC at the guest's first byte, SP_EL1 at the top of RAM"},
+    {Step::run_guest, "run_guest", "run the guest until it powers off", "KVM_RUN",
+     "the loop: run, decode the exit, answer, run again"},
+}};
+
+constexpr const StepInfo& step_info(Step step) { return steps[static_cast<std::size_t>(step) - 1]; }
+static_assert([] {
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    if (static_cast<std::size_t>(steps[i].step) != i + 1) return false;
   }
-  return {"?", "?", "?"};
-}
+  return true;
+}(), "the step table is in step order");
 
 // What went wrong, beyond "a call failed with errno".
 enum class Problem {
@@ -184,7 +204,8 @@ enum class Problem {
 };
 
 // An error, as a value: which step, what kind of problem, which call failed
-// and with which errno. main.cpp turns it into a message and an exit status.
+// and with which errno. program/messages.hpp turns it into a message and an
+// exit status.
 struct Error {
   Step step;
   Problem problem = Problem::call_failed;
@@ -276,7 +297,7 @@ inline Result<Mapping> map_memory(Step step, std::size_t size, int protection, i
   return Mapping{address, size};
 }
 
-// ==== Typed ioctl requests ===================================================
+// ==== Typed ioctl requests, and watching the calls ===========================
 //
 // An ioctl request number packs four fields (see <asm-generic/ioctl.h>):
 //
@@ -340,20 +361,11 @@ inline constexpr auto set_guest_debug = KVM_HELLO_REQUEST(KVM_SET_GUEST_DEBUG, k
 
 #undef KVM_HELLO_REQUEST
 
-// The four fields of a request number, for tracing and for the tests.
-struct RequestFields {
-  unsigned dir, type, nr, size;
-};
-constexpr RequestFields decode_request(unsigned long number) {
-  return {static_cast<unsigned>(_IOC_DIR(number)), static_cast<unsigned>(_IOC_TYPE(number)),
-          static_cast<unsigned>(_IOC_NR(number)), static_cast<unsigned>(_IOC_SIZE(number))};
-}
-
 // ---- Watching the calls ------------------------------------------------------
 //
-// A program that wants to show every ioctl (main.cpp's -v) sets call_observer.
-// The steps never print; with no observer a call costs one pointer test more
-// than the bare ioctl.
+// A program that wants to see every ioctl (main.cpp's -v) passes a
+// CallObserver to the steps. The steps never print; with no observer a call
+// costs one pointer test more than the bare ioctl.
 
 // The argument of a call as the kernel received it: a value, or a struct.
 using CallArgument = std::variant<std::monostate, unsigned long, const kvm_userspace_memory_region*,
@@ -370,14 +382,20 @@ struct CallRecord {
   std::chrono::nanoseconds took;
 };
 
-inline void (*call_observer)(const CallRecord&) = nullptr;
+// Who sees each call: a function, and the object it belongs to. The default
+// sees nothing.
+struct CallObserver {
+  void (*see)(void* watcher, const CallRecord& call) = nullptr;
+  void* watcher = nullptr;
+};
 
 namespace detail {
-// ioctl(fd, N, raw); reported to call_observer when there is one. errno is
+// ioctl(fd, N, raw); reported to the observer when there is one. errno is
 // kept across the observer, so failed() still sees the ioctl's.
 template <unsigned long N, class Raw>
-Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, CallArgument shown) {
-  if (call_observer == nullptr) {
+Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, CallArgument shown,
+                          CallObserver observe) {
+  if (observe.see == nullptr) {
     const int result = ::ioctl(fd, N, raw);
     if (result < 0) return failed(step, name);
     return result;
@@ -386,14 +404,14 @@ Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, Cal
   const int result = ::ioctl(fd, N, raw);
   const int err = result < 0 ? errno : 0;
   const auto took = std::chrono::steady_clock::now() - start;
-  call_observer(CallRecord{step, name, N, fd, shown, result, err, took});
+  observe.see(observe.watcher, CallRecord{step, name, N, fd, shown, result, err, took});
   errno = err;
   if (result < 0) return failed(step, name);
   return result;
 }
 }  // namespace detail
 
-// The calls: the only places where this program calls ioctl(2). They return
+// The calls: the only places where this header calls ioctl(2). They return
 // the ioctl's non-negative result, or the Error for `step`.
 //
 // ioctl(2) is variadic: called with no third argument it still hands the
@@ -401,26 +419,29 @@ Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, Cal
 // 0 (KVM_RUN fails with EINVAL otherwise), so requests without an argument
 // pass 0 explicitly.
 template <unsigned long N>
-Result<int> call(Step step, int fd, Request<N, void> request) {
-  return detail::checked_ioctl<N>(step, fd, request.name, 0UL, std::monostate{});
+Result<int> call(Step step, int fd, Request<N, void> request, CallObserver observe = {}) {
+  return detail::checked_ioctl<N>(step, fd, request.name, 0UL, std::monostate{}, observe);
 }
 
 template <unsigned long N, std::integral Arg>
-Result<int> call(Step step, int fd, Request<N, Arg> request, std::type_identity_t<Arg> value) {
-  return detail::checked_ioctl<N>(step, fd, request.name, value, static_cast<unsigned long>(value));
+Result<int> call(Step step, int fd, Request<N, Arg> request, std::type_identity_t<Arg> value,
+                 CallObserver observe = {}) {
+  return detail::checked_ioctl<N>(step, fd, request.name, value, static_cast<unsigned long>(value), observe);
 }
 
 // clang-format off  (clang-format 14 cannot lay out requires-clauses)
 // _IOW: the kernel only reads the struct, so a const one will do.
 template <unsigned long N, class Arg>
-requires(_IOC_DIR(N) == _IOC_WRITE) Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg) {
-  return detail::checked_ioctl<N>(step, fd, request.name, arg, arg);
+requires(_IOC_DIR(N) == _IOC_WRITE) Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg,
+                                                     CallObserver observe = {}) {
+  return detail::checked_ioctl<N>(step, fd, request.name, arg, arg, observe);
 }
 
 // _IOR and _IOWR: the kernel writes into the struct.
 template <unsigned long N, class Arg>
-requires((_IOC_DIR(N) & _IOC_READ) != 0) Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg) {
-  return detail::checked_ioctl<N>(step, fd, request.name, arg, static_cast<const Arg*>(arg));
+requires((_IOC_DIR(N) & _IOC_READ) != 0) Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg,
+                                                          CallObserver observe = {}) {
+  return detail::checked_ioctl<N>(step, fd, request.name, arg, static_cast<const Arg*>(arg), observe);
 }
 // clang-format on
 
@@ -452,8 +473,8 @@ constexpr Result<int> verify_api_version(int reported) {
 // ENOTTY: the file opened in step 1 is not a KVM device. Another version: the
 // API this program was written for is not there, so refuse to go on.
 // Why: the documentation makes this check the first thing a program does.
-inline Result<int> check_api_version(int kvm_fd) {
-  const auto reported = call(Step::check_api_version, kvm_fd, request::get_api_version);
+inline Result<int> check_api_version(int kvm_fd, CallObserver observe = {}) {
+  const auto reported = call(Step::check_api_version, kvm_fd, request::get_api_version, observe);
   if (!reported) return reported;
   return verify_api_version(*reported);
 }
@@ -483,22 +504,11 @@ inline constexpr std::array required_capabilities{
 inline constexpr Capability ipa_size_capability =
     KVM_HELLO_CAPABILITY(KVM_CAP_ARM_VM_IPA_SIZE, "the VM's guest-physical address size (step 4)");
 
-// Needed only for single-stepping (enable_single_step, below).
+// Needed only for single-stepping (enable_single_step, in the appendix).
 inline constexpr Capability single_step_capability =
     KVM_HELLO_CAPABILITY(KVM_CAP_SET_GUEST_DEBUG, "single-stepping the guest (--step-guest)");
 
 #undef KVM_HELLO_CAPABILITY
-
-// The name of a capability we know, for messages; "" for others.
-constexpr std::string_view capability_name(std::uint64_t id) {
-  for (const Capability& capability : required_capabilities) {
-    if (static_cast<std::uint64_t>(capability.id) == id) return capability.name;
-  }
-  for (const Capability& other : {ipa_size_capability, single_step_capability}) {
-    if (static_cast<std::uint64_t>(other.id) == id) return other.name;
-  }
-  return "";
-}
 
 // What the host said about each capability: the raw KVM_CHECK_EXTENSION results.
 struct Capabilities {
@@ -533,9 +543,9 @@ Result<Capabilities> query_capabilities(Ask&& ask) {
 // decides how step 4 creates the VM.
 // Why: a missing feature should stop us here with its name, not later with a
 // puzzling errno from an ioctl that depends on it.
-inline Result<Capabilities> check_capabilities(int kvm_fd) {
-  return query_capabilities([kvm_fd](int id) {
-    return call(Step::check_capabilities, kvm_fd, request::check_extension, static_cast<unsigned long>(id));
+inline Result<Capabilities> check_capabilities(int kvm_fd, CallObserver observe = {}) {
+  return query_capabilities([kvm_fd, observe](int id) {
+    return call(Step::check_capabilities, kvm_fd, request::check_extension, static_cast<unsigned long>(id), observe);
   });
 }
 
@@ -564,8 +574,8 @@ constexpr Result<unsigned long> vm_type_for(int host_ipa_limit) {
 // new VM's fd: memory and vCPUs are added through it. EINVAL: the type (IPA
 // size) is one this host cannot do; ENOMEM: out of memory.
 // Why: a VM is the container for guest memory and vCPUs.
-inline Result<Fd> create_vm(int kvm_fd, unsigned long type) {
-  const auto fd = call(Step::create_vm, kvm_fd, request::create_vm, type);
+inline Result<Fd> create_vm(int kvm_fd, unsigned long type, CallObserver observe = {}) {
+  const auto fd = call(Step::create_vm, kvm_fd, request::create_vm, type, observe);
   if (!fd) return std::unexpected(fd.error());
   return Fd{*fd};
 }
@@ -603,7 +613,8 @@ constexpr Result<std::span<const std::uint8_t>> check_guest_image(std::span<cons
 // size not page aligned; EEXIST: the region overlaps another slot.
 // Why: guest RAM is ordinary memory of this process; the guest sees it at
 // ram_base. Any guest access outside every slot becomes an MMIO exit (step 9).
-inline Result<GuestMemory> setup_guest_memory(int vm_fd, std::span<const std::uint8_t> image) {
+inline Result<GuestMemory> setup_guest_memory(int vm_fd, std::span<const std::uint8_t> image,
+                                              CallObserver observe = {}) {
   const auto checked = check_guest_image(image);
   if (!checked) return std::unexpected(checked.error());
   auto ram = map_memory(Step::setup_guest_memory, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
@@ -612,7 +623,8 @@ inline Result<GuestMemory> setup_guest_memory(int vm_fd, std::span<const std::ui
 
   GuestMemory memory{std::move(*ram), {}};
   memory.region = memory_region_for(memory.host.get());
-  const auto registered = call(Step::setup_guest_memory, vm_fd, request::set_user_memory_region, &memory.region);
+  const auto registered =
+      call(Step::setup_guest_memory, vm_fd, request::set_user_memory_region, &memory.region, observe);
   if (!registered) return std::unexpected(registered.error());
   return memory;
 }
@@ -631,11 +643,11 @@ struct Vcpu {
 // the page KVM_RUN uses to tell us why the guest stopped. Returns both owners.
 // EEXIST: vCPU 0 exists already; EINVAL: an id beyond the host's limit.
 // Why: a vCPU is what runs guest code; kvm_run is how each exit is explained.
-inline Result<Vcpu> create_vcpu(int kvm_fd, int vm_fd) {
-  auto fd = call(Step::create_vcpu, vm_fd, request::create_vcpu, 0UL);
+inline Result<Vcpu> create_vcpu(int kvm_fd, int vm_fd, CallObserver observe = {}) {
+  auto fd = call(Step::create_vcpu, vm_fd, request::create_vcpu, 0UL, observe);
   if (!fd) return std::unexpected(fd.error());
   Vcpu vcpu{Fd{*fd}, {}};
-  const auto size = call(Step::create_vcpu, kvm_fd, request::get_vcpu_mmap_size);
+  const auto size = call(Step::create_vcpu, kvm_fd, request::get_vcpu_mmap_size, observe);
   if (!size) return std::unexpected(size.error());
   auto shared =
       map_memory(Step::create_vcpu, static_cast<std::size_t>(*size), PROT_READ | PROT_WRITE, MAP_SHARED, vcpu.fd.get());
@@ -660,12 +672,12 @@ constexpr kvm_vcpu_init with_psci_0_2(kvm_vcpu_init preferred) {
 // EINVAL: a target or feature the host does not support.
 // Why: an arm64 vCPU must be initialised before anything else: INIT resets
 // its registers, and until then every register access fails with ENOEXEC.
-inline Result<kvm_vcpu_init> init_vcpu(int vm_fd, int vcpu_fd) {
+inline Result<kvm_vcpu_init> init_vcpu(int vm_fd, int vcpu_fd, CallObserver observe = {}) {
   kvm_vcpu_init preferred{};
-  const auto target = call(Step::init_vcpu, vm_fd, request::arm_preferred_target, &preferred);
+  const auto target = call(Step::init_vcpu, vm_fd, request::arm_preferred_target, &preferred, observe);
   if (!target) return std::unexpected(target.error());
   const kvm_vcpu_init init = with_psci_0_2(preferred);
-  const auto done = call(Step::init_vcpu, vcpu_fd, request::arm_vcpu_init, &init);
+  const auto done = call(Step::init_vcpu, vcpu_fd, request::arm_vcpu_init, &init, observe);
   if (!done) return std::unexpected(done.error());
   return init;
 }
@@ -720,50 +732,13 @@ static_assert(reg::x(0) == 0x6030000000100000 && reg::x(30) == 0x603000000010003
 static_assert(reg::esr_el1 == 0x603000000013c290);
 static_assert(reg::psci_version == 0x6030000000140000);
 
-// The fields of a ONE_REG id (see the picture above), for tracing.
-struct RegisterIdFields {
-  std::uint64_t arch;   // KVM_REG_ARM64 for us
-  unsigned size_bytes;  // 1 << the size field
-  unsigned coproc;      // 0x10 core, 0x13 system register, ...
-  unsigned index;       // core: offsetof(struct kvm_regs, ...) / 4; sysreg: op0..op2 packed
-};
-constexpr RegisterIdFields decode_register_id(std::uint64_t id) {
-  return {id & KVM_REG_ARCH_MASK, 1u << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT),
-          static_cast<unsigned>((id & KVM_REG_ARM_COPROC_MASK) >> KVM_REG_ARM_COPROC_SHIFT),
-          static_cast<unsigned>(id & 0xffff)};
-}
-
-// The name of a register id this program uses ("pc", "x3", "esr_el1"), or "".
-inline std::string register_name(std::uint64_t id) {
-  for (int n = 0; n <= 30; ++n) {
-    if (id == reg::x(n)) return "x" + std::to_string(n);
-  }
-  constexpr std::pair<std::uint64_t, std::string_view> named[] = {
-      {reg::sp_el0, "sp_el0"},   {reg::pc, "pc"},           {reg::pstate, "pstate"},   {reg::sp_el1, "sp_el1"},
-      {reg::elr_el1, "elr_el1"}, {reg::esr_el1, "esr_el1"}, {reg::far_el1, "far_el1"}, {reg::vbar_el1, "vbar_el1"},
-      {reg::psci_version, "psci_version"}};
-  for (const auto& [known, name] : named) {
-    if (id == known) return std::string(name);
-  }
-  return "";
-}
-
 // KVM_SET_ONE_REG: struct kvm_one_reg holds the id and the *address* of the value.
-inline Result<void> set_register(Step step, int vcpu_fd, std::uint64_t id, std::uint64_t value) {
+inline Result<void> set_register(Step step, int vcpu_fd, std::uint64_t id, std::uint64_t value,
+                                 CallObserver observe = {}) {
   const kvm_one_reg one{.id = id, .addr = reinterpret_cast<std::uintptr_t>(&value)};
-  const auto done = call(step, vcpu_fd, request::set_one_reg, &one);
+  const auto done = call(step, vcpu_fd, request::set_one_reg, &one, observe);
   if (!done) return std::unexpected(done.error());
   return {};
-}
-
-// KVM_GET_ONE_REG is also _IOW: the struct goes in, and the kernel writes the
-// value through the address inside it.
-inline Result<std::uint64_t> get_register(Step step, int vcpu_fd, std::uint64_t id) {
-  std::uint64_t value = 0;
-  const kvm_one_reg one{.id = id, .addr = reinterpret_cast<std::uintptr_t>(&value)};
-  const auto done = call(step, vcpu_fd, request::get_one_reg, &one);
-  if (!done) return std::unexpected(done.error());
-  return value;
 }
 
 struct BootRegisters {
@@ -777,116 +752,10 @@ inline constexpr BootRegisters boot_registers{ram_base, ram_base + ram_size};
 // Why: INIT left PC at 0 and the stack pointer at 0; the guest starts at PC in
 // EL1 (PSTATE after INIT: EL1h with D, A, I and F masked), where the stack
 // pointer is SP_EL1, not the `sp` of struct user_pt_regs (that one is SP_EL0).
-inline Result<void> set_boot_registers(int vcpu_fd, BootRegisters boot = boot_registers) {
-  const auto pc = set_register(Step::set_boot_registers, vcpu_fd, reg::pc, boot.pc);
+inline Result<void> set_boot_registers(int vcpu_fd, BootRegisters boot = boot_registers, CallObserver observe = {}) {
+  const auto pc = set_register(Step::set_boot_registers, vcpu_fd, reg::pc, boot.pc, observe);
   if (!pc) return pc;
-  return set_register(Step::set_boot_registers, vcpu_fd, reg::sp_el1, boot.sp_el1);
-}
-
-// Everything a register dump shows, read with KVM_GET_ONE_REG one by one.
-struct Registers {
-  std::array<std::uint64_t, 31> x{};
-  std::uint64_t sp_el0 = 0, pc = 0, pstate = 0, sp_el1 = 0, elr_el1 = 0, esr_el1 = 0, far_el1 = 0, vbar_el1 = 0;
-};
-
-inline Result<Registers> read_registers(int vcpu_fd, Step step = Step::run_guest) {
-  Registers regs;
-  for (int n = 0; n <= 30; ++n) {
-    const auto value = get_register(step, vcpu_fd, reg::x(n));
-    if (!value) return std::unexpected(value.error());
-    regs.x[static_cast<std::size_t>(n)] = *value;
-  }
-  const std::pair<std::uint64_t, std::uint64_t Registers::*> others[] = {
-      {reg::sp_el0, &Registers::sp_el0},   {reg::pc, &Registers::pc},
-      {reg::pstate, &Registers::pstate},   {reg::sp_el1, &Registers::sp_el1},
-      {reg::elr_el1, &Registers::elr_el1}, {reg::esr_el1, &Registers::esr_el1},
-      {reg::far_el1, &Registers::far_el1}, {reg::vbar_el1, &Registers::vbar_el1}};
-  for (const auto& [id, field] : others) {
-    const auto value = get_register(step, vcpu_fd, id);
-    if (!value) return std::unexpected(value.error());
-    regs.*field = *value;
-  }
-  return regs;
-}
-
-// ESR_ELx ("exception syndrome"): bits [31:26] are the exception class, EC
-// (Arm Architecture Reference Manual, ESR_EL1). A few this program explains:
-namespace exception_class {
-inline constexpr unsigned unknown = 0x00;            // e.g. an undefined instruction (zero-filled memory)
-inline constexpr unsigned hvc64 = 0x16;              // HVC from AArch64
-inline constexpr unsigned instruction_abort = 0x21;  // from the current EL
-inline constexpr unsigned pc_alignment = 0x22;
-inline constexpr unsigned data_abort = 0x25;     // from the current EL
-inline constexpr unsigned software_step = 0x32;  // from a lower EL: what single-stepping reports
-}  // namespace exception_class
-constexpr unsigned exception_class_of(std::uint64_t esr) { return static_cast<unsigned>((esr >> 26) & 0x3f); }
-
-// Why KVM could not handle an MMIO access itself: for a data abort the
-// hardware describes plain single-register loads and stores in the ESR
-// ("ISV", instruction syndrome valid), and KVM needs that description. These
-// A64 load/store forms come without it, and KVM_RUN fails with ENOSYS:
-enum class MmioInstruction {
-  plain,           // LDR/STR (and B/H/W forms) to one general register: KVM handles these
-  pair,            // LDP/STP: two registers in one access
-  writeback,       // pre- or post-index forms that also update the base register
-  simd,            // to a SIMD/FP register (q0, d0, ...)
-  atomic,          // exclusive or atomic memory operations
-  not_load_store,  // not a load or store at all
-};
-
-// Classifies an A64 encoding by the fields the Arm ARM's "Loads and Stores"
-// decode table uses: bits [29:27] the group, bit 26 V (SIMD/FP), bits [25:24],
-// bit 21 and bits [11:10] the addressing form.
-constexpr MmioInstruction classify_mmio_instruction(std::uint32_t encoding) {
-  const unsigned group = (encoding >> 27) & 0b111;
-  const bool simd = ((encoding >> 26) & 1) != 0;
-  if (((encoding >> 25) & 1) != 0 || ((encoding >> 27) & 1) == 0) return MmioInstruction::not_load_store;
-  if (group == 0b101) return MmioInstruction::pair;
-  if (group == 0b001) return MmioInstruction::atomic;  // load/store exclusive
-  if (group != 0b111) return MmioInstruction::not_load_store;
-  if (simd) return MmioInstruction::simd;
-  const bool unsigned_offset = ((encoding >> 24) & 0b11) == 0b01;
-  const bool bit21 = ((encoding >> 21) & 1) != 0;
-  const unsigned form = (encoding >> 10) & 0b11;
-  if (!unsigned_offset && !bit21 && (form == 0b01 || form == 0b11)) return MmioInstruction::writeback;
-  if (!unsigned_offset && bit21 && form == 0b00) return MmioInstruction::atomic;
-  return MmioInstruction::plain;
-}
-
-// Where a guest is after taking an exception: its vector table at VBAR_EL1 is
-// 0x800 bytes, 16 entries of 0x80. PC in there means ESR_EL1, ELR_EL1 and
-// FAR_EL1 describe that exception; before the first one, the architecture
-// leaves them UNKNOWN (KVM fills such registers with unknown_register_value).
-inline constexpr std::uint64_t vector_table_size = 0x800;
-constexpr bool in_exception_vectors(const Registers& regs) {
-  return regs.pc >= regs.vbar_el1 && regs.pc < regs.vbar_el1 + vector_table_size;
-}
-// What KVM writes into system registers whose reset value is UNKNOWN
-// (reset_unknown() in the kernel's arch/arm64/kvm/sys_regs.h); e2e_tests.cpp
-// reads it back from ESR_EL1 after KVM_ARM_VCPU_INIT.
-inline constexpr std::uint64_t unknown_register_value = 0x1de7ec7edbadc0de;
-
-// ---- Single-stepping (an extra, between steps 8 and 9) -----------------------
-
-// KVM_SET_GUEST_DEBUG (struct kvm_guest_debug) on the vCPU fd with
-// KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP: from the next KVM_RUN on,
-// the guest leaves with KVM_EXIT_DEBUG after every instruction, its ESR (EC
-// 0x32, software step) in kvm_run.debug.arch.hsr. Checks KVM_CAP_SET_GUEST_DEBUG
-// on the /dev/kvm fd first. EINVAL: a control bit the host does not support.
-// Why: watching a guest one instruction at a time is how you learn what it does.
-inline Result<void> enable_single_step(int kvm_fd, int vcpu_fd) {
-  const auto supported =
-      call(Step::run_guest, kvm_fd, request::check_extension, static_cast<unsigned long>(single_step_capability.id));
-  if (!supported) return std::unexpected(supported.error());
-  if (*supported <= 0) {
-    return std::unexpected(Error{Step::run_guest, Problem::missing_capability, "KVM_CHECK_EXTENSION", 0,
-                                 static_cast<std::uint64_t>(single_step_capability.id)});
-  }
-  kvm_guest_debug debug{};
-  debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
-  const auto done = call(Step::run_guest, vcpu_fd, request::set_guest_debug, &debug);
-  if (!done) return std::unexpected(done.error());
-  return {};
+  return set_register(Step::set_boot_registers, vcpu_fd, reg::sp_el1, boot.sp_el1, observe);
 }
 
 // ==== Step 9: running the guest ==============================================
@@ -925,29 +794,6 @@ inline Exit decode_exit(const kvm_run& run) {
     case KVM_EXIT_FAIL_ENTRY: return OtherExit{run.exit_reason, run.fail_entry.hardware_entry_failure_reason};
     case KVM_EXIT_INTERNAL_ERROR: return OtherExit{run.exit_reason, run.internal.suberror};
     default: return OtherExit{run.exit_reason, 0};
-  }
-}
-
-// The names the kernel gives exit reasons and system events, for messages.
-constexpr std::string_view exit_reason_name(std::uint32_t reason) {
-  switch (reason) {
-    case KVM_EXIT_UNKNOWN: return "KVM_EXIT_UNKNOWN";
-    case KVM_EXIT_DEBUG: return "KVM_EXIT_DEBUG";
-    case KVM_EXIT_MMIO: return "KVM_EXIT_MMIO";
-    case KVM_EXIT_FAIL_ENTRY: return "KVM_EXIT_FAIL_ENTRY";
-    case KVM_EXIT_INTR: return "KVM_EXIT_INTR";
-    case KVM_EXIT_INTERNAL_ERROR: return "KVM_EXIT_INTERNAL_ERROR";
-    case KVM_EXIT_SYSTEM_EVENT: return "KVM_EXIT_SYSTEM_EVENT";
-    case KVM_EXIT_ARM_NISV: return "KVM_EXIT_ARM_NISV";
-    default: return "";
-  }
-}
-constexpr std::string_view system_event_name(std::uint32_t type) {
-  switch (type) {
-    case KVM_SYSTEM_EVENT_SHUTDOWN: return "SHUTDOWN";
-    case KVM_SYSTEM_EVENT_RESET: return "RESET";
-    case KVM_SYSTEM_EVENT_CRASH: return "CRASH";
-    default: return "";
   }
 }
 
@@ -1005,10 +851,11 @@ class HelloDevice {
 // ---- The watchdog: a guest that never powers off must not hang us ----------
 //
 // A guest stuck in a loop (or faulting over and over inside the kernel) never
-// leaves KVM_RUN. A signal interrupts it: the handler sets
-// kvm_run.immediate_exit, so KVM_RUN returns -1 with errno EINTR, now or, if
-// the signal came just before the call, the next time we enter. Two signals
-// do this: SIGALRM from the watchdog's timer, and SIGINT from Ctrl-C.
+// leaves KVM_RUN. A signal interrupts it: KVM_RUN returns -1 with errno EINTR
+// whenever a signal is pending. The handler also sets kvm_run.immediate_exit,
+// for a signal that comes just before the call: then the next KVM_RUN
+// returns EINTR at once instead of entering the guest. Two signals stop the
+// guest this way: SIGALRM from the watchdog's timer, and SIGINT from Ctrl-C.
 
 namespace detail {
 inline std::atomic<kvm_run*> watched_run{nullptr};
@@ -1073,7 +920,7 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
   if (std::holds_alternative<MmioAccess>(exit) || std::holds_alternative<DebugExit>(exit)) return true;
   if (const auto* event = std::get_if<SystemEvent>(&exit)) {
     switch (event->type) {
-      case KVM_SYSTEM_EVENT_SHUTDOWN: return false;  // PSCI SYSTEM_OFF: done, never re-enter
+      case KVM_SYSTEM_EVENT_SHUTDOWN: return false;  // PSCI SYSTEM_OFF: done
       case KVM_SYSTEM_EVENT_RESET: return std::unexpected(Error{Step::run_guest, Problem::guest_reset});
       case KVM_SYSTEM_EVENT_CRASH: return std::unexpected(Error{Step::run_guest, Problem::guest_crash});
       default: return std::unexpected(Error{Step::run_guest, Problem::unexpected_exit, {}, 0, KVM_EXIT_SYSTEM_EVENT});
@@ -1093,13 +940,14 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
 // Errors: EINTR when the watchdog stopped the guest after `limit`
 // (Problem::watchdog_expired) or Ctrl-C did (Problem::interrupted); an EINTR
 // for any other signal is no error: KVM_RUN returns it whenever a signal is
-// pending, and the guest is simply entered again; ENOSYS for
-// an MMIO instruction KVM cannot decode (load/store pair, writeback, SIMD);
-// another exit reason or system event: Problem::unexpected_exit, guest_reset
-// or guest_crash.
+// pending, and the guest is simply entered again; ENOSYS for an MMIO
+// instruction KVM cannot decode (load/store pair, writeback, SIMD); another
+// exit reason or system event: Problem::unexpected_exit, guest_reset or
+// guest_crash.
 // Why: this loop is the whole life of a VM: the guest runs until it needs us.
 template <class Device, class OnExit>
-Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds limit, OnExit&& on_exit) {
+Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds limit, OnExit&& on_exit,
+                           CallObserver observe = {}) {
   kvm_run& run = vcpu.run();
   const Watchdog watchdog(run, limit);
   RunStats stats;
@@ -1107,7 +955,7 @@ Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds
   for (;;) {
     ++stats.kvm_run_calls;
     const auto entering = std::chrono::steady_clock::now();
-    const auto entered = call(Step::run_guest, vcpu.fd.get(), request::run);
+    const auto entered = call(Step::run_guest, vcpu.fd.get(), request::run, observe);
     const auto returned = std::chrono::steady_clock::now();
     stats.in_kvm_run += returned - entering;
     stats.total = returned - started;
@@ -1132,6 +980,140 @@ Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds
     if (!more) return std::unexpected(more.error());
     if (!*more) return stats;
   }
+}
+
+// ==== Steps 1 to 8 in one call ===============================================
+//
+// For programs that want a machine ready to run, without narrating each step:
+// the tests, and the benchmark (kvm-hello --bench). main.cpp's walk-through
+// spells the steps out instead, one by one, on purpose.
+
+struct Machine {
+  Fd kvm, vm;
+  GuestMemory memory;
+  Vcpu vcpu;
+};
+
+// Steps 1 to 8 for `image`, in order; `after(Step)` is called as each step
+// ends (the benchmark times them). Returns the machine, or the first Error.
+template <class AfterStep>
+Result<Machine> build_machine(std::span<const std::uint8_t> image, const char* device, AfterStep&& after,
+                              CallObserver observe = {}) {
+  Machine m;
+  auto kvm = open_kvm(device);
+  if (!kvm) return std::unexpected(kvm.error());
+  m.kvm = std::move(*kvm);
+  after(Step::open_kvm);
+  if (const auto v = check_api_version(m.kvm.get(), observe); !v) return std::unexpected(v.error());
+  after(Step::check_api_version);
+  const auto caps = check_capabilities(m.kvm.get(), observe);
+  if (!caps) return std::unexpected(caps.error());
+  after(Step::check_capabilities);
+  const auto type = vm_type_for(caps->ipa_limit);
+  if (!type) return std::unexpected(type.error());
+  auto vm = create_vm(m.kvm.get(), *type, observe);
+  if (!vm) return std::unexpected(vm.error());
+  m.vm = std::move(*vm);
+  after(Step::create_vm);
+  auto memory = setup_guest_memory(m.vm.get(), image, observe);
+  if (!memory) return std::unexpected(memory.error());
+  m.memory = std::move(*memory);
+  after(Step::setup_guest_memory);
+  auto vcpu = create_vcpu(m.kvm.get(), m.vm.get(), observe);
+  if (!vcpu) return std::unexpected(vcpu.error());
+  m.vcpu = std::move(*vcpu);
+  after(Step::create_vcpu);
+  if (const auto init = init_vcpu(m.vm.get(), m.vcpu.fd.get(), observe); !init) return std::unexpected(init.error());
+  after(Step::init_vcpu);
+  if (const auto set = set_boot_registers(m.vcpu.fd.get(), boot_registers, observe); !set) {
+    return std::unexpected(set.error());
+  }
+  after(Step::set_boot_registers);
+  return m;
+}
+
+inline Result<Machine> build_machine(std::span<const std::uint8_t> image, const char* device = default_kvm_path) {
+  return build_machine(image, device, [](Step) {});
+}
+
+// ==== Appendix: seeing inside ================================================
+//
+// Not steps: what a program uses to look at the guest. Reading its registers
+// (for a dump after it stopped), and single-stepping it (one exit per guest
+// instruction).
+
+// KVM_GET_ONE_REG is also _IOW: the struct goes in, and the kernel writes the
+// value through the address inside it.
+inline Result<std::uint64_t> get_register(Step step, int vcpu_fd, std::uint64_t id, CallObserver observe = {}) {
+  std::uint64_t value = 0;
+  const kvm_one_reg one{.id = id, .addr = reinterpret_cast<std::uintptr_t>(&value)};
+  const auto done = call(step, vcpu_fd, request::get_one_reg, &one, observe);
+  if (!done) return std::unexpected(done.error());
+  return value;
+}
+
+// The registers a dump shows: x0-x30, and those that say where the guest is.
+struct Registers {
+  std::array<std::uint64_t, 31> x{};
+  std::uint64_t pc = 0, pstate = 0, sp_el1 = 0, sp_el0 = 0, elr_el1 = 0, esr_el1 = 0, far_el1 = 0, vbar_el1 = 0;
+};
+
+// The register table: each register this program names, its ONE_REG id, and
+// where Registers keeps it (none for the firmware register). The dump, the
+// stepper's changes and the -v trace all read it; x0-x30 are reg::x(n).
+struct RegisterInfo {
+  std::string_view name;
+  std::uint64_t id;
+  std::uint64_t Registers::*field;
+};
+inline constexpr RegisterInfo named_registers[] = {
+    {"sp_el0", reg::sp_el0, &Registers::sp_el0},
+    {"pc", reg::pc, &Registers::pc},
+    {"pstate", reg::pstate, &Registers::pstate},
+    {"sp_el1", reg::sp_el1, &Registers::sp_el1},
+    {"elr_el1", reg::elr_el1, &Registers::elr_el1},
+    {"esr_el1", reg::esr_el1, &Registers::esr_el1},
+    {"far_el1", reg::far_el1, &Registers::far_el1},
+    {"vbar_el1", reg::vbar_el1, &Registers::vbar_el1},
+    {"psci_version", reg::psci_version, nullptr},
+};
+
+// Every register of Registers, read with KVM_GET_ONE_REG one by one.
+inline Result<Registers> read_registers(int vcpu_fd, Step step = Step::run_guest, CallObserver observe = {}) {
+  Registers regs;
+  for (int n = 0; n <= 30; ++n) {
+    const auto value = get_register(step, vcpu_fd, reg::x(n), observe);
+    if (!value) return std::unexpected(value.error());
+    regs.x[static_cast<std::size_t>(n)] = *value;
+  }
+  for (const RegisterInfo& info : named_registers) {
+    if (info.field == nullptr) continue;
+    const auto value = get_register(step, vcpu_fd, info.id, observe);
+    if (!value) return std::unexpected(value.error());
+    regs.*info.field = *value;
+  }
+  return regs;
+}
+
+// KVM_SET_GUEST_DEBUG (struct kvm_guest_debug) on the vCPU fd with
+// KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP: from the next KVM_RUN on,
+// the guest leaves with KVM_EXIT_DEBUG after every instruction, its ESR (EC
+// 0x32, software step) in kvm_run.debug.arch.hsr. Checks KVM_CAP_SET_GUEST_DEBUG
+// on the /dev/kvm fd first. EINVAL: a control bit the host does not support.
+// Why: watching a guest one instruction at a time is how you learn what it does.
+inline Result<void> enable_single_step(int kvm_fd, int vcpu_fd, CallObserver observe = {}) {
+  const auto supported = call(Step::run_guest, kvm_fd, request::check_extension,
+                              static_cast<unsigned long>(single_step_capability.id), observe);
+  if (!supported) return std::unexpected(supported.error());
+  if (*supported <= 0) {
+    return std::unexpected(Error{Step::run_guest, Problem::missing_capability, "KVM_CHECK_EXTENSION", 0,
+                                 static_cast<std::uint64_t>(single_step_capability.id)});
+  }
+  kvm_guest_debug debug{};
+  debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+  const auto done = call(Step::run_guest, vcpu_fd, request::set_guest_debug, &debug, observe);
+  if (!done) return std::unexpected(done.error());
+  return {};
 }
 
 }  // namespace kvm_hello

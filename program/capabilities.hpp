@@ -8,6 +8,8 @@
 #include <string>
 
 #include "kvm_hello.hpp"
+#include "program/output.hpp"
+#include "program/report.hpp"
 
 namespace kh = kvm_hello;
 
@@ -59,4 +61,23 @@ inline void print_capability_table(int kvm_fd) {
     std::printf("%-28s %6s  %s\n", cap.name, value ? std::to_string(*value).c_str() : "error",
                 use.empty() ? "-" : use.c_str());
   }
+}
+
+// kvm-hello --caps: steps 1 and 2 as the walk-through takes them, then step
+// 3's question asked of every capability in the table. Returns the exit
+// status: a required capability missing fails as step 3 would.
+inline int show_capabilities(const char* device, const Output& out) {
+  if (out.shows(Verbosity::normal)) std::printf("kvm-hello: an arm64 guest says hello through KVM, step by step\n");
+  out.announce(kh::Step::open_kvm);
+  auto kvm = kh::open_kvm(device);
+  if (!kvm) return fail(kvm.error(), out, device);
+  out.say(Verbosity::normal, "%s is fd %d", device, kvm->get());
+  out.announce(kh::Step::check_api_version);
+  const auto version = kh::check_api_version(kvm->get());
+  if (!version) return fail(version.error(), out, device);
+  out.say(Verbosity::normal, "API version %d", *version);
+  out.announce(kh::Step::check_capabilities);
+  const auto required = kh::check_capabilities(kvm->get());
+  print_capability_table(kvm->get());
+  return required ? 0 : fail(required.error(), out, device);
 }

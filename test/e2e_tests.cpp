@@ -36,6 +36,8 @@
 #include "guest_image.h"        // guest_bin[]: the guest kvm-hello embeds
 #include "kvm_hello.hpp"
 #include "program/capabilities.hpp"
+#include "program/describe.hpp"
+#include "program/inspect.hpp"
 #include "program/kernel_version.hpp"
 #include "test_guests.h"  // spin_bin[], reset_bin[], stp_mmio_bin[]: from test/guests/*.S
 
@@ -139,33 +141,11 @@ std::vector<std::string> split_words(const std::string& text) {
   return words;
 }
 
-// Steps 1 to 8, in-process, as main.cpp does them: a VM ready to run `image`.
-struct Machine {
-  kh::Fd kvm, vm;
-  kh::GuestMemory memory;
-  kh::Vcpu vcpu;
-};
-
-Machine build_machine(std::span<const std::uint8_t> image) {
-  Machine m;
-  auto kvm = kh::open_kvm();
-  REQUIRE(kvm);
-  REQUIRE(kh::check_api_version(kvm->get()).value() == 12);
-  const auto caps = kh::check_capabilities(kvm->get());
-  REQUIRE(caps);
-  auto vm = kh::create_vm(kvm->get(), kh::vm_type_for(caps->ipa_limit).value());
-  REQUIRE(vm);
-  auto memory = kh::setup_guest_memory(vm->get(), image);
-  REQUIRE(memory);
-  auto vcpu = kh::create_vcpu(kvm->get(), vm->get());
-  REQUIRE(vcpu);
-  REQUIRE(kh::init_vcpu(vm->get(), vcpu->fd.get()));
-  REQUIRE(kh::set_boot_registers(vcpu->fd.get()));
-  m.kvm = std::move(*kvm);
-  m.vm = std::move(*vm);
-  m.memory = std::move(*memory);
-  m.vcpu = std::move(*vcpu);
-  return m;
+// Steps 1 to 8, in-process (kvm_hello::build_machine): a VM ready to run `image`.
+kh::Machine build_machine(std::span<const std::uint8_t> image) {
+  auto machine = kh::build_machine(image);
+  REQUIRE_MESSAGE(machine, "steps 1 to 8 failed at step " << static_cast<int>(machine.error().step));
+  return std::move(*machine);
 }
 
 std::span<const std::uint8_t> image(const unsigned char* bytes, unsigned int length) { return {bytes, length}; }
@@ -249,7 +229,7 @@ TEST_CASE("the bad command line: status 2") {
 TEST_CASE("the steps in-process: the guest says hello and powers off") {
   const int fds_before = open_fd_count();
   {
-    Machine m = build_machine(image(guest_bin, guest_bin_len));
+    kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
     kh::HelloDevice device;
     std::vector<kh::Exit> exits;
     const auto stats =
@@ -271,29 +251,30 @@ TEST_CASE("the steps in-process: the guest says hello and powers off") {
 }
 
 TEST_CASE("after INIT, PSTATE is EL1h with D, A, I and F masked, and PC is where step 8 put it") {
-  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pstate).value() == 0x3c5);
   CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pc).value() == kh::ram_base);
   CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::sp_el1).value() == kh::ram_base + kh::ram_size);
 }
 
 TEST_CASE("after INIT, system registers the architecture leaves UNKNOWN hold KVM's marker") {
-  Machine m = build_machine(image(guest_bin, guest_bin_len));
-  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::esr_el1).value() == kh::unknown_register_value);
+  kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::esr_el1).value() == unknown_register_value);
 }
 
 TEST_CASE("the call observer sees every ioctl of the steps, in order, with results") {
-  static std::vector<std::string> seen;
-  seen.clear();
-  kh::call_observer = [](const kh::CallRecord& call) {
-    seen.push_back(std::string(call.name) + (call.result < 0 ? " failed" : ""));
-  };
+  std::vector<std::string> seen;
+  const kh::CallObserver observe{[](void* watcher, const kh::CallRecord& call) {
+                                   static_cast<std::vector<std::string>*>(watcher)->push_back(
+                                       std::string(call.name) + (call.result < 0 ? " failed" : ""));
+                                 },
+                                 &seen};
   {
-    Machine m = build_machine(image(guest_bin, guest_bin_len));
+    auto m = kh::build_machine(image(guest_bin, guest_bin_len), kh::default_kvm_path, [](kh::Step) {}, observe);
+    REQUIRE(m);
     kh::HelloDevice device;
-    CHECK(kh::run_guest(m.vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {}));
+    CHECK(kh::run_guest(m->vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {}, observe));
   }
-  kh::call_observer = nullptr;
   const std::vector<std::string> setup{"KVM_GET_API_VERSION",
                                        "KVM_CHECK_EXTENSION",
                                        "KVM_CHECK_EXTENSION",
@@ -315,13 +296,13 @@ TEST_CASE("the call observer sees every ioctl of the steps, in order, with resul
 }
 
 TEST_CASE("single-stepping: one KVM_EXIT_DEBUG per instruction, software step in the ESR") {
-  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   REQUIRE(kh::enable_single_step(m.kvm.get(), m.vcpu.fd.get()));
   kh::HelloDevice device;
   unsigned steps = 0, other = 0;
   const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(20), [&](const kh::Exit& exit) {
     if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) {
-      CHECK(kh::exception_class_of(debug->esr) == kh::exception_class::software_step);
+      CHECK(exception_class_of(debug->esr) == exception_class::software_step);
       ++steps;
     } else {
       ++other;
@@ -348,7 +329,7 @@ TEST_CASE("trap: a register before KVM_ARM_VCPU_INIT fails with ENOEXEC") {
 }
 
 TEST_CASE("trap: a second memory region over the first fails with EEXIST") {
-  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   kvm_userspace_memory_region overlap = m.memory.region;
   overlap.slot = 1;
   const auto again = kh::call(kh::Step::setup_guest_memory, m.vm.get(), kh::request::set_user_memory_region, &overlap);
@@ -357,7 +338,7 @@ TEST_CASE("trap: a second memory region over the first fails with EEXIST") {
 }
 
 TEST_CASE("a guest that never powers off is stopped by the watchdog") {
-  Machine m = build_machine(image(spin_bin, spin_bin_len));
+  kh::Machine m = build_machine(image(spin_bin, spin_bin_len));
   kh::HelloDevice device;
   const auto start = std::chrono::steady_clock::now();
   const auto stats = kh::run_guest(m.vcpu, device, std::chrono::milliseconds(300), [](const kh::Exit&) {});
@@ -370,7 +351,7 @@ TEST_CASE("a guest that never powers off is stopped by the watchdog") {
 }
 
 TEST_CASE("a guest that asks for a reset ends the run with Problem::guest_reset") {
-  Machine m = build_machine(image(reset_bin, reset_bin_len));
+  kh::Machine m = build_machine(image(reset_bin, reset_bin_len));
   kh::HelloDevice device;
   const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {});
   REQUIRE_FALSE(stats);
@@ -378,7 +359,7 @@ TEST_CASE("a guest that asks for a reset ends the run with Problem::guest_reset"
 }
 
 TEST_CASE("trap: a store pair to MMIO makes KVM_RUN fail with ENOSYS") {
-  Machine m = build_machine(image(stp_mmio_bin, stp_mmio_bin_len));
+  kh::Machine m = build_machine(image(stp_mmio_bin, stp_mmio_bin_len));
   kh::HelloDevice device;
   const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {});
   REQUIRE_FALSE(stats);
@@ -470,7 +451,7 @@ TEST_CASE("test guests: each gives its message and exit status; none hangs past 
 }
 
 TEST_CASE("the tutorial's exercises: each answer does what docs/15-exercises.md asks") {
-  check_guests(exercise_sources, exercise_binaries, 4);
+  check_guests(exercise_sources, exercise_binaries, 3);
 }
 
 TEST_CASE("--guest FILE is checked before any VM exists") {
@@ -563,7 +544,7 @@ TEST_CASE("stopped and continued (Ctrl-Z then fg, a debugger): KVM_RUN returns E
 
 TEST_CASE("no fd and no mapping is left open after a run, or after any error") {
   const auto run_once = [](std::span<const std::uint8_t> guest, std::chrono::milliseconds limit) {
-    Machine m = build_machine(guest);
+    kh::Machine m = build_machine(guest);
     kh::HelloDevice device;
     return kh::run_guest(m.vcpu, device, limit, [](const kh::Exit&) {}).has_value();
   };
@@ -657,7 +638,7 @@ TEST_CASE("--bench: the table's structure, and every figure sane (no timing is a
 }
 
 TEST_CASE("the run loop allocates nothing when tracing is off (the benchmark guest, thousands of exits)") {
-  Machine m = build_machine(image(bench_guest_bin, bench_guest_bin_len));
+  kh::Machine m = build_machine(image(bench_guest_bin, bench_guest_bin_len));
   for (const auto& [n, value] : {std::pair{0, 512}, {1, 2}, {2, 7}}) {  // iterations, repeats, all three kinds
     REQUIRE(kh::set_register(kh::Step::set_boot_registers, m.vcpu.fd.get(), kh::reg::x(n), value));
   }
@@ -685,11 +666,12 @@ TEST_CASE("the run loop allocates nothing when tracing is off (the benchmark gue
 // Output that changed between kernel versions has one file per behaviour,
 // each with its "# linux:" line; the tests compare the one for this kernel.
 // `make golden` rewrites the files of this kernel from a real run
-// (KVM_HELLO_PRINT_GOLDEN=1).
+// (e2e-tests --print-golden).
 
 namespace {
 
-std::string golden_dir;  // golden/ beside this binary
+std::string golden_dir;     // golden/ beside this binary
+bool print_golden = false;  // --print-golden: print what the files would hold, compare nothing
 
 std::string normalise(std::string text) {
   const std::pair<const char*, const char*> rules[] = {
@@ -742,7 +724,7 @@ TEST_CASE("golden output: kvm-hello prints what test/golden/ shows for this kern
   for (const auto& entry : std::filesystem::directory_iterator(golden_dir)) files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   REQUIRE_MESSAGE(!files.empty(), "no golden files in " << golden_dir);
-  const bool print = std::getenv("KVM_HELLO_PRINT_GOLDEN") != nullptr;
+  const bool print = print_golden;
   std::map<std::string, int> compared;  // per command line: how many files held for this kernel
   for (const auto& file : files) {
     const std::string expected = read_file(file);
@@ -803,7 +785,7 @@ TEST_CASE("step 3's IPA limit is what this host's KVM says") {
 }
 
 TEST_CASE("the preferred target is this kernel's: GENERIC_V8 from Linux 6.6, before it the host CPU's own type") {
-  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   kvm_vcpu_init preferred{};
   REQUIRE(kh::call(kh::Step::init_vcpu, m.vm.get(), kh::request::arm_preferred_target, &preferred));
   // Before 6.6: Cortex-A57 (part 0xd07) and A53 (0xd03) had types of their own.
@@ -819,7 +801,7 @@ TEST_CASE("the preferred target is this kernel's: GENERIC_V8 from Linux 6.6, bef
 }
 
 TEST_CASE("PSCI for the guest: version 1.1 before Linux 6.13, 1.3 from it; smc as a conduit from 6.4") {
-  Machine m = build_machine(image(guest_bin, guest_bin_len));
+  kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   const KernelVersion linux_version = running_kernel();
   const std::uint64_t expected = linux_version.at_least(6, 13) ? PSCI_VERSION(1, 3) : PSCI_VERSION(1, 1);
   CHECK(kh::get_register(kh::Step::init_vcpu, m.vcpu.fd.get(), kh::reg::psci_version).value() == expected);
@@ -834,15 +816,25 @@ TEST_CASE("PSCI for the guest: version 1.1 before Linux 6.13, 1.3 from it; smc a
 
 int main(int argc, char** argv) {
   // kvm-hello lies beside this binary: /kvm-hello in the emulated machine, build/kvm-hello natively.
-  std::string self = std::filesystem::read_symlink("/proc/self/exe");
-  program_path = self.substr(0, self.rfind('/') + 1) + "kvm-hello";
-  golden_dir = self.substr(0, self.rfind('/') + 1) + "golden";
-  guest_binaries = self.substr(0, self.rfind('/') + 1) + "guests";
-  guest_sources = self.substr(0, self.rfind('/') + 1) + "guest-sources";
-  exercise_binaries = self.substr(0, self.rfind('/') + 1) + "exercises";
-  exercise_sources = self.substr(0, self.rfind('/') + 1) + "exercise-sources";
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe");
+  const std::string here = self.substr(0, self.rfind('/') + 1);
+  program_path = here + "kvm-hello";
+  golden_dir = here + "golden";
+  guest_binaries = here + "guests";
+  guest_sources = here + "guest-sources";
+  exercise_binaries = here + "exercises";
+  exercise_sources = here + "exercise-sources";
+  // --print-golden is ours (make golden); the other arguments are doctest's.
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--print-golden") {
+      print_golden = true;
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
   doctest::Context context;
   context.setOption("no-colors", true);  // the emulated machine's console is a terminal, the log is not
-  context.applyCommandLine(argc, argv);
+  context.applyCommandLine(static_cast<int>(args.size()), args.data());
   return context.run();
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gdb-test.sh FIRST GDB-LAUNCHER...
 #
-# Drives gdb in batch mode through kvm-hello with tools/steps.gdb's
+# Drives gdb in batch mode through kvm-hello with gdb/steps.gdb's
 # breakpoints and checks what a user would see: every step function stops in
 # order, `print` and `bt` work there, and the program still finishes cleanly.
 # FIRST is the command that starts the program: `run` for a local gdb,
@@ -38,7 +38,9 @@ check() {  # check DESCRIPTION COMMAND...
 }
 # "Breakpoint 3, kvm_hello::NAME (...)", or with several vCPUs "Thread 2 hit Breakpoint 3, ...".
 stops=$(sed -n 's/^\(Thread [0-9.]* hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\2/p' "$log" | tr '\n' ' ')
-expected="open_kvm check_api_version check_capabilities create_vm setup_guest_memory create_vcpu init_vcpu set_boot_registers run_guest "
+# The step functions, in order, as gdb/steps.gdb names them (test/docs_tests.cpp checks
+# that file against kvm_hello.hpp's step table).
+expected=$(sed -n 's/^break kvm_hello::\([a-z_]*\)$/\1/p' "$(dirname "$0")/../gdb/steps.gdb" | tr '\n' ' ')
 check "the nine step functions stop in order (saw: $stops)" test "$stops" = "$expected"
 check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/dev/kvm"$' "$log"
 check "bt at run_guest shows walk_through (main.cpp) as its caller" grep -q '^#1 .* in walk_through (' "$log"

@@ -8,8 +8,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# The sub-makes are a user's, not parts of the make that runs this.
-mk() { env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make --no-print-directory "$@" 2>&1; }
+# The sub-makes are a user's, not parts of the make that runs this: none of
+# its flags, and none of the KVM_HELLO_* settings it exports.
+mk() {
+  local unset=(-u MAKEFLAGS -u MAKELEVEL -u MFLAGS)
+  for name in $(env | sed -n 's/^\(KVM_HELLO_[A-Z_]*\)=.*/\1/p'); do unset+=(-u "$name"); done
+  env "${unset[@]}" make --no-print-directory "$@" 2>&1
+}
 
 passed=0 failed=0
 check() {  # check DESCRIPTION TEXT EXPECTED: TEXT holds EXPECTED
@@ -51,14 +56,14 @@ printf '#!/bin/sh\nfor a; do shift; [ "$a" = -std=c++23 ] && a=-std=c++20; set -
   >"$work/old-g++"
 chmod +x "$work/old-g++"
 check "a compiler without C++23's <expected> is named, with what to install" \
-  "$(tools/check-prerequisites.sh "$work/old-g++" g++ 2>&1)" "has no C++23 <expected>: kvm-hello needs g++ 12 or newer"
+  "$(setup/check-prerequisites.sh "$work/old-g++" g++ 2>&1)" "has no C++23 <expected>: kvm-hello needs g++ 12 or newer"
 mkdir -p "$work/no-uapi"
 check "missing arm64 KVM headers are named" \
-  "$(tools/check-prerequisites.sh g++ "${ARM64_CXX:-aarch64-linux-gnu-g++}" "$work/no-uapi" 2>&1)" \
+  "$(setup/check-prerequisites.sh g++ "${ARM64_CXX:-aarch64-linux-gnu-g++}" "$work/no-uapi" 2>&1)" \
   "$work/no-uapi/asm/kvm.h is missing"
 mkdir -p "$work/bin"
 check "without apt, the packages are named in words" \
-  "$(PATH="$work/bin" /bin/bash tools/ensure-packages.sh qemu-system-arm doctest-dev 2>&1)" \
+  "$(PATH="$work/bin" /bin/bash setup/ensure-packages.sh qemu-system-arm doctest-dev 2>&1)" \
   "QEMU's arm64 system emulator (qemu-system-aarch64)"
 
 # A guest with no instructions at all: kvm-hello's message and status, not objcopy's.

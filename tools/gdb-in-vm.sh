@@ -5,7 +5,7 @@
 # caller as build/PROGRAM with its symbols) while it runs inside the emulated
 # arm64 machine. QEMU's gdb stub listens on 127.0.0.1 and QEMU waits (-S)
 # until gdb-multiarch has connected and set the breakpoints of
-# tools/steps.gdb; then `continue` boots the machine and stops at step 1.
+# gdb/steps.gdb; then `continue` boots the machine and stops at step 1.
 # The program's output appears in the same terminal as gdb's, or in the file
 # KVM_HELLO_VM_CONSOLE names (the machine's console comes at its own pace,
 # and can land in the middle of one of gdb's lines: test/gdb-test.sh reads
@@ -37,5 +37,5 @@ done
 # step past a breakpoint as done with the PC unmoved (seen with gdb's
 # `set debug infrun 1`); with the breakpoint still enabled, gdb would then
 # announce the same breakpoint a second time.
-gdb-multiarch -q -ex "target remote 127.0.0.1:$port" -x "$here/steps.gdb" -ex "enable once" "$@" "$program"
+gdb-multiarch -q -ex "target remote 127.0.0.1:$port" -x "$here/../gdb/steps.gdb" -ex "enable once" "$@" "$program"
 wait "$machine" || true

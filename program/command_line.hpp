@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+// program/command_line.hpp: kvm-hello's options, parsed into Options, and
+// --help.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <expected>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "bench/bench.hpp"
+#include "kvm_hello.hpp"
+#include "program/messages.hpp"
+#include "program/output.hpp"
+
+namespace kh = kvm_hello;
+
+struct Options {
+  std::string kvm_device = kh::default_kvm_path;
+  std::chrono::milliseconds time_limit = kh::default_time_limit;
+  bool time_limit_given = false;
+  std::string guest_file;  // empty: the embedded guest
+  Verbosity level = Verbosity::normal;
+  bool step_guest = false;
+  bool benchmark = false;
+  BenchSettings bench;
+  bool caps = false;
+  bool pause = false;
+  bool help = false;
+  bool version = false;
+};
+
+// Parses argv; on a bad command line returns the message for it. A value may
+// follow its option as the next word or after "=", as with GNU tools:
+// `--timeout 2` and `--timeout=2` are the same.
+inline std::expected<Options, std::string> parse_options(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    std::optional<std::string_view> attached;  // the value after "=", if any
+    if (const auto equals = arg.find('='); arg.starts_with("--") && equals != std::string_view::npos) {
+      attached = arg.substr(equals + 1);
+      arg = arg.substr(0, equals);
+    }
+    // The option's value: after "=", or the next word.
+    const auto value = [&]() -> std::optional<std::string_view> {
+      if (attached) return attached;
+      if (i + 1 < argc) return std::string_view(argv[++i]);
+      return std::nullopt;
+    };
+    const auto number = [](std::string_view text, double& out) {
+      const std::string copy(text);
+      char* end = nullptr;
+      out = std::strtod(copy.c_str(), &end);
+      return !copy.empty() && *end == '\0';
+    };
+    bool* flag = arg == "-h" || arg == "--help" ? &options.help
+                 : arg == "--version"           ? &options.version
+                 : arg == "--step-guest"        ? &options.step_guest
+                 : arg == "--caps"              ? &options.caps
+                 : arg == "--bench"             ? &options.benchmark
+                 : arg == "--json"              ? &options.bench.json
+                 : arg == "--pause"             ? &options.pause
+                                                : nullptr;
+    if (flag != nullptr || arg == "-q" || arg == "--quiet" || arg == "-v" || arg == "-vv") {
+      if (attached) return std::unexpected(std::string(arg) + " takes no value: " + argv[i]);
+      if (flag != nullptr) *flag = true;
+      if (arg == "-q" || arg == "--quiet") options.level = Verbosity::quiet;
+      if (arg == "-v") options.level = Verbosity::verbose;
+      if (arg == "-vv") options.level = Verbosity::very_verbose;
+      continue;
+    }
+    if (arg != "--bench-iterations" && arg != "--bench-repeats" && arg != "--kvm-device" && arg != "--guest" &&
+        arg != "--timeout") {
+      return std::unexpected("unknown option: " + std::string(arg));
+    }
+    const auto given = value();
+    if (!given) return std::unexpected(std::string(arg) + " needs a value");
+    double amount = 0;
+    if (arg == "--kvm-device") {
+      options.kvm_device = *given;
+    } else if (arg == "--guest") {
+      options.guest_file = *given;
+    } else if (arg == "--timeout") {
+      if (!number(*given, amount) || !(amount > 0 && amount <= 3600)) {
+        return std::unexpected("--timeout wants seconds, more than 0 and at most 3600: " + std::string(*given));
+      }
+      options.time_limit = std::chrono::milliseconds(static_cast<long>(amount * 1000));
+      options.time_limit_given = true;
+    } else {
+      const bool repeats = arg == "--bench-repeats";
+      const double most = repeats ? static_cast<double>(max_bench_repeats) : static_cast<double>(1ULL << 30);
+      if (!number(*given, amount) || amount < 1 || amount > most || amount != std::floor(amount)) {
+        return std::unexpected(std::string(arg) + " wants a whole number from 1 to " +
+                               std::to_string(static_cast<unsigned long long>(most)) + ": " + std::string(*given));
+      }
+      (repeats ? options.bench.repeats : options.bench.iterations) = static_cast<std::uint64_t>(amount);
+    }
+  }
+  return options;
+}
+
+inline void print_help() {
+  std::printf(
+      "usage: kvm-hello [-q | -v | -vv] [--step-guest] [--caps] [--pause] [--bench [--json]]\n"
+      "                 [--guest FILE] [--kvm-device PATH] [--timeout SECONDS]\n"
+      "Runs a tiny arm64 guest with KVM, step by step: it writes \"hello\" to an MMIO\n"
+      "register, reads a value from the host, writes it back, and powers off.\n\n"
+      "  -q                  only the guest's output and the outcome\n"
+      "  -v                  also every ioctl: request, number decoded, arguments, result, time\n"
+      "  -vv                 also the kvm_run fields at each exit\n"
+      "  --step-guest        run the guest one instruction at a time (KVM_SET_GUEST_DEBUG)\n"
+      "  --caps              show the capabilities the host reports, then stop\n"
+      "  --bench             measure what exits cost (the benchmark guest), then stop\n"
+      "  --json              with --bench: the figures as JSON\n"
+      "  --bench-iterations N, --bench-repeats R   with --bench (default 65536, and 5 or,\n"
+      "                      on an emulated CPU, 3)\n"
+      "  --pause             explain each step and wait for Enter (on a terminal)\n"
+      "  --guest FILE        run this raw arm64 image instead (loaded at 0x10000, entry at its start)\n"
+      "  --kvm-device PATH   the KVM device to open (default /dev/kvm)\n"
+      "  --timeout SECONDS   the watchdog: stop a guest that has not powered off (default %lld)\n"
+      "  --version           print the version\n"
+      "  -h, --help          this text\n\n"
+      "Colour only on a terminal, and never when NO_COLOR is set. Ctrl-C stops the guest\n"
+      "cleanly and shows its registers.\n\n"
+      "exit status:\n",
+      static_cast<long long>(kh::default_time_limit.count() / 1000));
+  for (const StatusInfo& info : status_table) {
+    std::printf("  %3d  %.*s\n", static_cast<int>(info.status), static_cast<int>(info.meaning.size()),
+                info.meaning.data());
+  }
+}

@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: MIT
+// program/describe.hpp: what KVM and the CPU hand back, in words: exit
+// reasons, MMIO accesses, syndromes, PSTATE, the preferred target, the
+// guest's PSCI. One exit, decoded once by kvm_hello::decode_exit, is
+// described here for every report.
+#pragma once
+
+#include <linux/psci.h>
+
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "kvm_hello.hpp"
+#include "program/format.hpp"
+#include "program/kernel_version.hpp"
+
+namespace kh = kvm_hello;
+
+// ---- Names the kernel gives --------------------------------------------------
+
+constexpr std::string_view exit_reason_name(std::uint32_t reason) {
+  switch (reason) {
+    case KVM_EXIT_UNKNOWN: return "KVM_EXIT_UNKNOWN";
+    case KVM_EXIT_DEBUG: return "KVM_EXIT_DEBUG";
+    case KVM_EXIT_MMIO: return "KVM_EXIT_MMIO";
+    case KVM_EXIT_FAIL_ENTRY: return "KVM_EXIT_FAIL_ENTRY";
+    case KVM_EXIT_INTR: return "KVM_EXIT_INTR";
+    case KVM_EXIT_INTERNAL_ERROR: return "KVM_EXIT_INTERNAL_ERROR";
+    case KVM_EXIT_SYSTEM_EVENT: return "KVM_EXIT_SYSTEM_EVENT";
+    case KVM_EXIT_ARM_NISV: return "KVM_EXIT_ARM_NISV";
+    default: return "";
+  }
+}
+
+constexpr std::string_view system_event_name(std::uint32_t type) {
+  switch (type) {
+    case KVM_SYSTEM_EVENT_SHUTDOWN: return "SHUTDOWN";
+    case KVM_SYSTEM_EVENT_RESET: return "RESET";
+    case KVM_SYSTEM_EVENT_CRASH: return "CRASH";
+    default: return "";
+  }
+}
+
+// The name of a capability kvm_hello.hpp uses, for messages; "" for others.
+constexpr std::string_view capability_name(std::uint64_t id) {
+  for (const kh::Capability& capability : kh::required_capabilities) {
+    if (static_cast<std::uint64_t>(capability.id) == id) return capability.name;
+  }
+  for (const kh::Capability& other : {kh::ipa_size_capability, kh::single_step_capability}) {
+    if (static_cast<std::uint64_t>(other.id) == id) return other.name;
+  }
+  return "";
+}
+
+// ---- Exits -------------------------------------------------------------------
+
+// One MMIO exit, as the original C program reported it: address, direction,
+// length, data, and each byte as hex and character.
+inline std::string describe_mmio(const kh::MmioAccess& access) {
+  std::uint64_t value = 0;
+  std::memcpy(&value, access.data.data(), access.length);
+  std::string line = "KVM_EXIT_MMIO address=" + hex(access.address) + " is_write=" + (access.is_write ? "1" : "0") +
+                     " len=" + std::to_string(access.length) + " data=" + hex(value) + " bytes:";
+  for (std::uint32_t i = 0; i < access.length; ++i) line += " " + describe_byte(access.data[i]);
+  if (!access.is_write) line += "  (the host's answer)";
+  return line;
+}
+
+// ---- Syndromes: ESR_ELx ------------------------------------------------------
+//
+// ESR_ELx ("exception syndrome"): bits [31:26] are the exception class, EC
+// (Arm Architecture Reference Manual, ESR_EL1). The ones this program explains:
+namespace exception_class {
+inline constexpr unsigned unknown = 0x00;            // e.g. an undefined instruction (zero-filled memory)
+inline constexpr unsigned hvc64 = 0x16;              // HVC from AArch64
+inline constexpr unsigned instruction_abort = 0x21;  // from the current EL
+inline constexpr unsigned pc_alignment = 0x22;
+inline constexpr unsigned data_abort = 0x25;     // from the current EL
+inline constexpr unsigned software_step = 0x32;  // from a lower EL: what single-stepping reports
+}  // namespace exception_class
+constexpr unsigned exception_class_of(std::uint64_t esr) { return static_cast<unsigned>((esr >> 26) & 0x3f); }
+
+inline std::string_view exception_class_name(unsigned ec) {
+  namespace ec_ = exception_class;
+  switch (ec) {
+    case ec_::unknown: return "unknown reason, e.g. an undefined instruction";
+    case ec_::hvc64: return "HVC instruction";
+    case ec_::instruction_abort: return "instruction abort: fetched from an address with no memory";
+    case ec_::pc_alignment: return "PC not aligned";
+    case ec_::data_abort: return "data abort: a load or store the host could not complete";
+    case ec_::software_step: return "software step: one instruction done";
+    default: return "see ESR_EL1 in the Arm Architecture Reference Manual";
+  }
+}
+
+// The syndrome of an abort KVM injects, as Linux before 6.12 leaves it: built
+// from a signed int (the ESR_ELx_EC_* constants were ints), so a syndrome
+// with bit 31 set arrives with its upper 32 bits all ones.
+constexpr bool is_sign_extended_syndrome(std::uint64_t esr) {
+  return (esr >> 32) == 0xffffffff && (esr & 0x80000000) != 0;
+}
+
+inline std::string describe_esr(std::uint64_t esr) {
+  const unsigned ec = exception_class_of(esr);
+  std::string text = hex(esr) + " (EC " + hex(ec) + ": " + std::string(exception_class_name(ec));
+  if (is_sign_extended_syndrome(esr)) {
+    text += "; the upper 32 bits are Linux's sign extension of the syndrome it injected, " + hex(esr & 0xffffffff) +
+            ", fixed in 6.12";
+  }
+  return text + ")";
+}
+
+// PSTATE as the Arm architecture names its parts: mode (exception level and
+// which stack pointer), the D A I F masks, and the N Z C V flags.
+inline std::string describe_pstate(std::uint64_t pstate) {
+  std::string mode;
+  switch (pstate & PSR_MODE_MASK) {
+    case PSR_MODE_EL0t: mode = "EL0t: EL0"; break;
+    case PSR_MODE_EL1t: mode = "EL1t: EL1 on SP_EL0"; break;
+    case PSR_MODE_EL1h: mode = "EL1h: EL1 on SP_EL1"; break;
+    default: mode = "mode " + hex(pstate & PSR_MODE_MASK); break;
+  }
+  std::string masked;
+  for (const auto& [bit, name] : {std::pair{PSR_D_BIT, "D"}, {PSR_A_BIT, "A"}, {PSR_I_BIT, "I"}, {PSR_F_BIT, "F"}}) {
+    if (pstate & bit) masked += std::string(masked.empty() ? "" : " ") + name;
+  }
+  std::string flags;
+  for (const auto& [bit, name] : {std::pair{PSR_N_BIT, 'N'}, {PSR_Z_BIT, 'Z'}, {PSR_C_BIT, 'C'}, {PSR_V_BIT, 'V'}}) {
+    flags += (pstate & bit) ? name : static_cast<char>(name - 'A' + 'a');
+  }
+  return hex(pstate) + " (" + mode + "; " + (masked.empty() ? "nothing" : masked) + " masked; flags " + flags + ")";
+}
+
+inline std::string describe_exit(const kh::Exit& exit) {
+  if (const auto* access = std::get_if<kh::MmioAccess>(&exit)) return describe_mmio(*access);
+  if (const auto* event = std::get_if<kh::SystemEvent>(&exit)) {
+    std::string name(system_event_name(event->type));
+    if (event->type == KVM_SYSTEM_EVENT_SHUTDOWN) name += ": the guest called PSCI SYSTEM_OFF";
+    return "KVM_EXIT_SYSTEM_EVENT type=" + std::to_string(event->type) + " (" + name + ")";
+  }
+  if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) {
+    return "KVM_EXIT_DEBUG esr=" + describe_esr(debug->esr) + " far=" + hex(debug->far);
+  }
+  const auto& other = std::get<kh::OtherExit>(exit);
+  std::string name(exit_reason_name(other.reason));
+  return (name.empty() ? "exit reason " + std::to_string(other.reason) : name) + " detail=" + hex(other.detail);
+}
+
+// -vv: the struct kvm_run fields of an exit, as KVM left them.
+inline std::string describe_run_fields(const kvm_run& run) {
+  std::string text = "kvm_run {exit_reason " + std::to_string(run.exit_reason) + ", immediate_exit " +
+                     std::to_string(run.immediate_exit) + ", flags " + hex(run.flags);
+  switch (run.exit_reason) {
+    case KVM_EXIT_MMIO: {
+      text += ", mmio {phys_addr " + hex(run.mmio.phys_addr) + ", data";
+      char byte[4];
+      for (const std::uint8_t b : run.mmio.data) {
+        std::snprintf(byte, sizeof byte, " %02x", b);
+        text += byte;
+      }
+      text += ", len " + std::to_string(run.mmio.len) + ", is_write " + std::to_string(run.mmio.is_write) + "}";
+      break;
+    }
+    case KVM_EXIT_SYSTEM_EVENT:
+      text += ", system_event {type " + std::to_string(run.system_event.type) + ", ndata " +
+              std::to_string(run.system_event.ndata) + ", data[0] " + hex(run.system_event.data[0]) + "}";
+      break;
+    case KVM_EXIT_DEBUG:
+      text += ", debug.arch {hsr " + hex(run.debug.arch.hsr) + ", hsr_high " + hex(run.debug.arch.hsr_high) + ", far " +
+              hex(run.debug.arch.far) + "}";
+      break;
+    case KVM_EXIT_FAIL_ENTRY:
+      text += ", fail_entry {hardware_entry_failure_reason " + hex(run.fail_entry.hardware_entry_failure_reason) +
+              ", cpu " + std::to_string(run.fail_entry.cpu) + "}";
+      break;
+    case KVM_EXIT_INTERNAL_ERROR:
+      text += ", internal {suberror " + std::to_string(run.internal.suberror) + ", ndata " +
+              std::to_string(run.internal.ndata) + "}";
+      break;
+    default: break;
+  }
+  return text + "}";
+}
+
+// The end of a run: "9 KVM_RUN calls, 9 exits (KVM_EXIT_MMIO 8, ...); ..."
+inline std::string describe_stats(const kh::RunStats& stats) {
+  std::string by_reason;
+  for (std::size_t reason = 0; reason < stats.exits_by_reason.size(); ++reason) {
+    if (stats.exits_by_reason[reason] == 0) continue;
+    std::string name(exit_reason_name(static_cast<std::uint32_t>(reason)));
+    if (name.empty()) name = "reason " + std::to_string(reason);
+    by_reason += (by_reason.empty() ? "" : ", ") + name + " " + std::to_string(stats.exits_by_reason[reason]);
+  }
+  return std::to_string(stats.kvm_run_calls) + " KVM_RUN calls, " + std::to_string(stats.exits) + " exits (" +
+         by_reason + "); " + format_duration(stats.in_kvm_run) + " inside KVM_RUN, " +
+         format_duration(stats.total - stats.in_kvm_run) + " in the host";
+}
+
+// ---- Instructions KVM cannot decode for MMIO ---------------------------------
+//
+// For a data abort the hardware describes plain single-register loads and
+// stores in the ESR ("ISV", instruction syndrome valid), and KVM needs that
+// description to emulate an MMIO access. These A64 load/store forms come
+// without it, and KVM_RUN fails with ENOSYS:
+enum class MmioInstruction {
+  plain,           // LDR/STR (and B/H/W forms) to one general register: KVM handles these
+  pair,            // LDP/STP: two registers in one access
+  writeback,       // pre- or post-index forms that also update the base register
+  simd,            // to a SIMD/FP register (q0, d0, ...)
+  atomic,          // exclusive or atomic memory operations
+  not_load_store,  // not a load or store at all
+};
+
+// Classifies an A64 encoding by the fields the Arm ARM's "Loads and Stores"
+// decode table uses: bits [29:27] the group, bit 26 V (SIMD/FP), bits [25:24],
+// bit 21 and bits [11:10] the addressing form.
+constexpr MmioInstruction classify_mmio_instruction(std::uint32_t encoding) {
+  const unsigned group = (encoding >> 27) & 0b111;
+  const bool simd = ((encoding >> 26) & 1) != 0;
+  if (((encoding >> 25) & 1) != 0 || ((encoding >> 27) & 1) == 0) return MmioInstruction::not_load_store;
+  if (group == 0b101) return MmioInstruction::pair;
+  if (group == 0b001) return MmioInstruction::atomic;  // load/store exclusive
+  if (group != 0b111) return MmioInstruction::not_load_store;
+  if (simd) return MmioInstruction::simd;
+  const bool unsigned_offset = ((encoding >> 24) & 0b11) == 0b01;
+  const bool bit21 = ((encoding >> 21) & 1) != 0;
+  const unsigned form = (encoding >> 10) & 0b11;
+  if (!unsigned_offset && !bit21 && (form == 0b01 || form == 0b11)) return MmioInstruction::writeback;
+  if (!unsigned_offset && bit21 && form == 0b00) return MmioInstruction::atomic;
+  return MmioInstruction::plain;
+}
+
+inline std::string_view describe_mmio_instruction(MmioInstruction kind) {
+  switch (kind) {
+    case MmioInstruction::plain: return "a plain load or store";
+    case MmioInstruction::pair: return "a load/store pair (LDP/STP): two registers in one access";
+    case MmioInstruction::writeback: return "a load or store with writeback (pre- or post-index)";
+    case MmioInstruction::simd: return "a SIMD/FP load or store";
+    case MmioInstruction::atomic: return "an exclusive or atomic access";
+    case MmioInstruction::not_load_store: return "not a load or store";
+  }
+  return "";
+}
+
+// SMC #imm16: 0xd4000003 | imm16 << 5 (the Arm ARM's "Exception generation").
+constexpr bool is_smc(std::uint32_t encoding) { return (encoding & 0xffe0001f) == 0xd4000003; }
+
+// ---- Step 7: the target and PSCI, which depend on the kernel's version -----
+
+// KVM_ARM_PREFERRED_TARGET's answer, named. Linux before 6.6 answers the
+// host CPU's own type on a Cortex-A53 or A57, GENERIC_V8 elsewhere; 6.6 and
+// later answer GENERIC_V8 everywhere.
+inline std::string describe_target(std::uint32_t target) {
+  switch (target) {
+    case KVM_ARM_TARGET_GENERIC_V8: return std::to_string(target) + " (KVM_ARM_TARGET_GENERIC_V8)";
+    case KVM_ARM_TARGET_CORTEX_A57:
+      return std::to_string(target) + " (KVM_ARM_TARGET_CORTEX_A57: Linux before 6.6 names the host's CPU)";
+    case KVM_ARM_TARGET_CORTEX_A53:
+      return std::to_string(target) + " (KVM_ARM_TARGET_CORTEX_A53: Linux before 6.6 names the host's CPU)";
+    default: return std::to_string(target);
+  }
+}
+
+// What the guest gets when it calls PSCI: the version KVM answers (read from
+// the firmware register) and the instructions that reach it on this kernel.
+inline std::string describe_psci(std::uint64_t version, KernelVersion kernel) {
+  std::string text = "PSCI for the guest: version " + std::to_string(PSCI_VERSION_MAJOR(version)) + "." +
+                     std::to_string(PSCI_VERSION_MINOR(version)) + " (KVM_REG_ARM_PSCI_VERSION";
+  text += kernel.at_least(6, 13) ? ")" : "; 1.3 from Linux 6.13)";
+  text += kernel.at_least(6, 4) ? ", called with hvc or smc"
+                                : ", called with hvc only: before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)";
+  return text;
+}

@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: MIT
+// program/messages.hpp: every Error of kvm_hello.hpp becomes one line that
+// names the step, the call, the errno and what to do, and one exit status of
+// its own. failure_for() decides both, once.
+#pragma once
+
+#include <sys/utsname.h>
+
+#include <string>
+#include <string_view>
+
+#include "kvm_hello.hpp"
+#include "program/describe.hpp"
+#include "program/format.hpp"
+
+namespace kh = kvm_hello;
+
+// ==== Exit statuses: one per kind of failure (listed by --help) ==============
+
+enum class Status : int {
+  ok = 0,
+  usage = 2,
+  no_kvm = 10,
+  kvm_permission = 11,
+  not_kvm_device = 12,
+  api_version = 13,
+  missing_capability = 14,
+  ipa_size = 15,
+  out_of_memory = 16,
+  setup_failed = 17,
+  bad_guest_image = 18,
+  guest_file = 19,
+  run_failed = 20,
+  unexpected_exit = 21,
+  guest_reset = 22,
+  guest_crash = 23,
+  watchdog = 24,
+  interrupted = 130,  // as a shell reports a program ended by Ctrl-C
+};
+
+struct StatusInfo {
+  Status status;
+  std::string_view meaning;
+};
+
+inline constexpr StatusInfo status_table[] = {
+    {Status::ok, "the guest powered off cleanly"},
+    {Status::usage, "bad command line"},
+    {Status::no_kvm, "no KVM device (no KVM in this kernel, or not an arm64 host)"},
+    {Status::kvm_permission, "permission denied on the KVM device"},
+    {Status::not_kvm_device, "the device does not answer KVM ioctls"},
+    {Status::api_version, "KVM API version is not 12"},
+    {Status::missing_capability, "a capability this program needs is missing"},
+    {Status::ipa_size, "the host cannot do the guest's physical address size"},
+    {Status::out_of_memory, "out of memory"},
+    {Status::setup_failed, "another failure while setting up the VM (steps 1-8)"},
+    {Status::bad_guest_image, "the guest image is empty or larger than guest RAM"},
+    {Status::guest_file, "the guest file (--guest) cannot be read"},
+    {Status::run_failed, "KVM_RUN failed"},
+    {Status::unexpected_exit, "the guest stopped for a reason this program does not handle"},
+    {Status::guest_reset, "the guest asked for a reset"},
+    {Status::guest_crash, "the guest reported a crash"},
+    {Status::watchdog, "the watchdog stopped a guest that did not power off in time"},
+    {Status::interrupted, "Ctrl-C stopped the guest"},
+};
+
+// What to do when memory runs out, in any step or in the program's own allocations.
+inline const char* const out_of_memory_advice =
+    "or of this process's address-space limit (ulimit -v): free some, or raise the limit";
+
+constexpr bool is_missing_device(int err) { return err == ENOENT || err == ENODEV || err == ENXIO; }
+
+// The exit status for an error: decided by what went wrong, then by errno.
+constexpr Status status_for(const kh::Error& error) {
+  using kh::Problem;
+  switch (error.problem) {
+    case Problem::wrong_api_version: return Status::api_version;
+    case Problem::missing_capability: return Status::missing_capability;
+    case Problem::ipa_too_small: return Status::ipa_size;
+    case Problem::bad_guest_image: return Status::bad_guest_image;
+    case Problem::guest_reset: return Status::guest_reset;
+    case Problem::guest_crash: return Status::guest_crash;
+    case Problem::unexpected_exit: return Status::unexpected_exit;
+    case Problem::watchdog_expired: return Status::watchdog;
+    case Problem::interrupted: return Status::interrupted;
+    case Problem::call_failed: break;
+  }
+  if (error.err == ENOMEM) return Status::out_of_memory;
+  if (error.step == kh::Step::open_kvm) {
+    if (is_missing_device(error.err)) return Status::no_kvm;
+    if (error.err == EACCES || error.err == EPERM) return Status::kvm_permission;
+  }
+  if (error.step == kh::Step::check_api_version && (error.err == ENOTTY || error.err == EINVAL)) {
+    return Status::not_kvm_device;
+  }
+  return error.step == kh::Step::run_guest ? Status::run_failed : Status::setup_failed;
+}
+
+// ==== Messages ===============================================================
+
+// Why a machine has no KVM device, from what it is.
+inline std::string why_no_kvm() {
+  utsname machine{};
+  ::uname(&machine);
+  const std::string name = machine.machine;
+  if (name != "aarch64") {
+    return "this is an " + name + " machine, and KVM runs guests of its own architecture only; " +
+           "`make run` runs kvm-hello inside an emulated arm64 machine instead";
+  }
+  return "this arm64 kernel has no KVM: it needs CONFIG_KVM and to be booted at EL2 (`dmesg | grep -i kvm` says "
+         "more)";
+}
+
+// What a failed call means at its step, and what to do about it.
+inline std::string advice_for_call(const kh::Error& error, Status status, std::string_view device) {
+  const std::string dev(device);
+  switch (status) {
+    case Status::no_kvm: return dev + " does not exist: " + why_no_kvm();
+    case Status::kvm_permission:
+      return "you may not open " + dev + ": join its group (usually `sudo usermod -aG kvm $USER`, then log in again)";
+    case Status::not_kvm_device: return dev + " is not a KVM device; use /dev/kvm";
+    case Status::out_of_memory: return std::string("out of memory, ") + out_of_memory_advice;
+    default: break;
+  }
+  switch (error.err) {
+    case ENOSYS:
+      if (error.step == kh::Step::run_guest) {
+        return "the guest touched MMIO with an instruction KVM cannot decode (load/store pair, writeback or SIMD): "
+               "use plain ldr/str";
+      }
+      break;
+    case ENOEXEC: return "the vCPU was not initialised: KVM_ARM_VCPU_INIT (step 7) must come before any register";
+    case EEXIST: return "it is there already (a memory region that overlaps, or vCPU 0 twice)";
+    case EINVAL: return "the kernel rejected an argument: see the contract comment of this step in kvm_hello.hpp";
+    default: break;
+  }
+  return "unexpected at this step: see its contract comment in kvm_hello.hpp";
+}
+
+// What an exit this program does not handle means.
+inline std::string explain_unexpected_exit(std::uint32_t reason) {
+  switch (reason) {
+    case KVM_EXIT_FAIL_ENTRY:
+      return "KVM_RUN returned KVM_EXIT_FAIL_ENTRY: KVM could not enter the guest, because the vCPU's state is "
+             "one the hardware refuses (kvm_run.fail_entry.hardware_entry_failure_reason says why); check the "
+             "registers set in step 8";
+    case KVM_EXIT_INTERNAL_ERROR:
+      return "KVM_RUN returned KVM_EXIT_INTERNAL_ERROR: KVM met a situation it cannot handle "
+             "(kvm_run.internal.suberror says which); run with -vv to see it";
+    case KVM_EXIT_SYSTEM_EVENT:
+      return "KVM_RUN returned a KVM_EXIT_SYSTEM_EVENT of a type this program does not handle (only SHUTDOWN, "
+             "RESET and CRASH are); run with -vv to see it";
+    default: break;
+  }
+  std::string name(exit_reason_name(reason));
+  if (name.empty()) name = "exit reason " + std::to_string(reason);
+  return "KVM_RUN returned " + name +
+         ", which this program does not handle: see the kvm_run section of the "
+         "kernel's Documentation/virt/kvm/api.rst";
+}
+
+// What is wrong, in words, for one status.
+inline std::string explain(const kh::Error& error, Status status, std::string_view device) {
+  using kh::Problem;
+  switch (error.problem) {
+    case Problem::call_failed:
+      return std::string(error.call) + " failed with " + errno_text(error.err) + ": " +
+             advice_for_call(error, status, device);
+    case Problem::wrong_api_version:
+      return "KVM_GET_API_VERSION says " + std::to_string(error.value) + ", this program needs " +
+             std::to_string(kh::expected_api_version) + ": this kernel's KVM API is not the one it was written for";
+    case Problem::missing_capability: {
+      std::string name(capability_name(error.value));
+      if (name.empty()) name = "capability " + std::to_string(error.value);
+      return "KVM_CHECK_EXTENSION says the host has no " + name + ": it needs a newer kernel";
+    }
+    case Problem::ipa_too_small:
+      return "the host supports guest-physical addresses of " + std::to_string(error.value) + " bits, fewer than the " +
+             std::to_string(kh::guest_ipa_bits) + " KVM_CREATE_VM accepts";
+    case Problem::bad_guest_image:
+      return "the guest image is " + std::to_string(error.value) + " bytes; it must be 1 to " +
+             std::to_string(kh::ram_size) + " bytes (guest RAM)";
+    case Problem::guest_reset:
+      return "the guest asked for a reset (PSCI SYSTEM_RESET): this program runs a guest once; "
+             "end it with PSCI SYSTEM_OFF";
+    case Problem::guest_crash: return "the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)";
+    case Problem::unexpected_exit: return explain_unexpected_exit(static_cast<std::uint32_t>(error.value));
+    case Problem::watchdog_expired:
+      return "the guest did not power off within " + std::to_string(error.value) +
+             " ms, so the watchdog stopped it (KVM_RUN returned EINTR): the lines above say where it was; "
+             "a guest that runs longer needs --timeout";
+    case Problem::interrupted:
+      return "Ctrl-C stopped the guest (KVM_RUN returned EINTR): the registers above say where it was";
+  }
+  return "unknown problem";
+}
+
+// An error as the program reports it: its status and its one line.
+struct Failure {
+  Status status;
+  std::string message;  // "step 1 (open_kvm): open failed with ENOENT ...", without the program's name
+};
+
+inline Failure failure_for(const kh::Error& error, std::string_view device) {
+  const Status status = status_for(error);
+  const kh::StepInfo& step = kh::step_info(error.step);
+  return {status, "step " + std::to_string(static_cast<int>(error.step)) + " (" + std::string(step.name) +
+                      "): " + explain(error, status, device)};
+}

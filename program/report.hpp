@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: MIT
+// program/report.hpp: what kvm-hello says as the guest runs and when it
+// stops: each exit, the register dump, and a failure (its explanation, its
+// message, its status).
+#pragma once
+
+#include <cstdio>
+#include <optional>
+#include <string>
+
+#include "kvm_hello.hpp"
+#include "program/describe.hpp"
+#include "program/inspect.hpp"
+#include "program/messages.hpp"
+#include "program/output.hpp"
+
+namespace kh = kvm_hello;
+
+// Prints "exit N: ..." for each exit (but KVM_EXIT_DEBUG), at most
+// line_limit of them, so a guest that floods us cannot flood the terminal;
+// and says once when the guest uses an address where no register is.
+class ExitReporter {
+ public:
+  static constexpr unsigned line_limit = 100;
+
+  explicit ExitReporter(const Output& out) : out_(out) {}
+
+  void report(const kh::Exit& exit) {
+    ++count_;
+    if (count_ <= line_limit || out_.shows(Verbosity::verbose)) {
+      out_.say(Verbosity::normal, "exit %u: %s", count_, describe_exit(exit).c_str());
+    } else if (count_ == line_limit + 1) {
+      out_.say(Verbosity::normal, "(more exits than %u: not shown one by one; -v shows them all)", line_limit);
+    }
+    const auto* access = std::get_if<kh::MmioAccess>(&exit);
+    if (access != nullptr && !kh::HelloDevice::has_register(access->address) && !said_unmapped_) {
+      said_unmapped_ = true;
+      out_.say(Verbosity::normal,
+               "note: no register at %s (nor at any address but OUT, ANSWER and ECHO): reads there "
+               "return %s, writes are dropped; said once",
+               hex(access->address).c_str(), hex(kh::HelloDevice::unmapped_read_value).c_str());
+    }
+  }
+
+ private:
+  const Output& out_;
+  unsigned count_ = 0;
+  bool said_unmapped_ = false;
+};
+
+// The guest's registers, read with KVM_GET_ONE_REG (not traced: dozens of
+// calls that would drown the trace), printed to `to`.
+inline std::optional<kh::Registers> dump_registers(const kh::Vcpu& vcpu, FILE* to) {
+  const auto regs = kh::read_registers(vcpu.fd.get());
+  if (!regs) return std::nullopt;
+  std::fprintf(to, "registers (read with KVM_GET_ONE_REG, not traced):\n%s", format_registers(*regs).c_str());
+  return *regs;
+}
+
+// Reports an error on stderr, after the register dump and what it says when
+// a vCPU exists; returns its exit status.
+inline int fail(const kh::Error& error, const Output& out, std::string_view device, const kh::Vcpu* vcpu = nullptr,
+                const GuestView& guest = {}) {
+  std::fflush(stdout);
+  if (vcpu != nullptr && out.shows(Verbosity::normal)) {
+    if (const auto regs = dump_registers(*vcpu, stderr)) {
+      for (const std::string& line : diagnose(error, *regs, guest)) std::fprintf(stderr, "      %s\n", line.c_str());
+    }
+  }
+  const Failure failure = failure_for(error, device);
+  const std::string message = "kvm-hello: " + failure.message;
+  const bool colour = out.colour && wants_colour(STDERR_FILENO);
+  std::fprintf(stderr, "%s\n", colour ? out.paint(colour::error, message).c_str() : message.c_str());
+  return static_cast<int>(failure.status);
+}

@@ -1,0 +1,138 @@
+// SPDX-License-Identifier: MIT
+// program/trace.hpp: -v, every ioctl as it happens: the request and its
+// number decoded, the arguments that matter, the result or errno, the time.
+// A Tracer is the kvm_hello::CallObserver the walk-through hands the steps.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "kvm_hello.hpp"
+#include "program/describe.hpp"
+#include "program/format.hpp"
+#include "program/output.hpp"
+
+namespace kh = kvm_hello;
+
+// ---- Request numbers and register ids, taken apart ---------------------------
+
+// The four fields of a request number (the picture in kvm_hello.hpp).
+struct RequestFields {
+  unsigned dir, type, nr, size;
+};
+constexpr RequestFields decode_request(unsigned long number) {
+  return {static_cast<unsigned>(_IOC_DIR(number)), static_cast<unsigned>(_IOC_TYPE(number)),
+          static_cast<unsigned>(_IOC_NR(number)), static_cast<unsigned>(_IOC_SIZE(number))};
+}
+
+// The fields of a ONE_REG id (the picture above Step 8 in kvm_hello.hpp).
+struct RegisterIdFields {
+  std::uint64_t arch;   // KVM_REG_ARM64 for us
+  unsigned size_bytes;  // 1 << the size field
+  unsigned coproc;      // 0x10 core, 0x13 system register, 0x14 firmware, ...
+  unsigned index;       // core: offsetof(struct kvm_regs, ...) / 4; sysreg: op0..op2 packed
+};
+constexpr RegisterIdFields decode_register_id(std::uint64_t id) {
+  return {id & KVM_REG_ARCH_MASK, 1u << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT),
+          static_cast<unsigned>((id & KVM_REG_ARM_COPROC_MASK) >> KVM_REG_ARM_COPROC_SHIFT),
+          static_cast<unsigned>(id & 0xffff)};
+}
+
+// The name of a register id this program uses ("pc", "x3", "esr_el1"), or "".
+inline std::string register_name(std::uint64_t id) {
+  for (int n = 0; n <= 30; ++n) {
+    if (id == kh::reg::x(n)) return "x" + std::to_string(n);
+  }
+  for (const kh::RegisterInfo& info : kh::named_registers) {
+    if (info.id == id) return std::string(info.name);
+  }
+  return "";
+}
+
+// A ONE_REG id, decoded: "0x6030000000100040 (arm64 u64 core 0x40: pc)".
+inline std::string describe_register_id(std::uint64_t id) {
+  const RegisterIdFields fields = decode_register_id(id);
+  std::string kind = fields.coproc == (KVM_REG_ARM_CORE >> KVM_REG_ARM_COPROC_SHIFT)       ? "core"
+                     : fields.coproc == (KVM_REG_ARM64_SYSREG >> KVM_REG_ARM_COPROC_SHIFT) ? "sysreg"
+                     : fields.coproc == (KVM_REG_ARM_FW >> KVM_REG_ARM_COPROC_SHIFT)        ? "firmware"
+                                                                                             : "coproc " + hex(fields.coproc);
+  const std::string name = register_name(id);
+  return hex(id) + " (" + (fields.arch == KVM_REG_ARM64 ? "arm64" : "arch " + hex(fields.arch)) + " u" +
+         std::to_string(fields.size_bytes * 8) + " " + kind + " " + hex(fields.index) +
+         (name.empty() ? "" : ": " + name) + ")";
+}
+
+// The request number's four fields: "0x4020ae46 = _IOW(0xae, 0x46, 32 bytes)".
+inline std::string describe_request_number(unsigned long number) {
+  const RequestFields fields = decode_request(number);
+  const char* dir = fields.dir == _IOC_NONE    ? "_IO"
+                    : fields.dir == _IOC_WRITE ? "_IOW"
+                    : fields.dir == _IOC_READ  ? "_IOR"
+                                               : "_IOWR";
+  return hex(number) + " = " + dir + "(" + hex(fields.type) + ", " + hex(fields.nr) +
+         (fields.dir == _IOC_NONE ? "" : ", " + std::to_string(fields.size) + " bytes") + ")";
+}
+
+// ---- One call ----------------------------------------------------------------
+
+// The argument of a value request: what the number means for that request.
+inline std::string describe_value(std::string_view request, unsigned long value) {
+  if (request == "KVM_CHECK_EXTENSION") {
+    const std::string_view name = capability_name(value);
+    return std::to_string(value) + (name.empty() ? "" : " " + std::string(name));
+  }
+  if (request == "KVM_CREATE_VM") return hex(value) + " (IPA size " + std::to_string(value & 0xff) + " bits)";
+  if (request == "KVM_CREATE_VCPU") return std::to_string(value) + " (vCPU id)";
+  return std::to_string(value);
+}
+
+inline std::string describe_argument(std::string_view request, const kh::CallArgument& argument) {
+  struct Describe {
+    std::string_view request;
+    std::string operator()(std::monostate) const { return ""; }
+    std::string operator()(unsigned long value) const { return ", " + describe_value(request, value); }
+    std::string operator()(const kvm_userspace_memory_region* r) const {
+      return ", {slot " + std::to_string(r->slot) + ", flags " + hex(r->flags) + ", guest_phys_addr " +
+             hex(r->guest_phys_addr) + ", memory_size " + hex(r->memory_size) + ", userspace_addr " +
+             hex(r->userspace_addr) + "}";
+    }
+    std::string operator()(const kvm_vcpu_init* init) const {
+      return ", {target " + std::to_string(init->target) + ", features[0] " + hex(init->features[0]) + "}";
+    }
+    std::string operator()(const kvm_one_reg* one) const {
+      std::uint64_t value = 0;
+      std::memcpy(&value, reinterpret_cast<const void*>(static_cast<std::uintptr_t>(one->addr)), sizeof value);
+      return ", {id " + describe_register_id(one->id) + ", value " + hex(value) + "}";
+    }
+    std::string operator()(const kvm_guest_debug* debug) const {
+      return ", {control " + hex(debug->control) + " = ENABLE | SINGLESTEP}";
+    }
+  };
+  return std::visit(Describe{request}, argument);
+}
+
+// "ioctl(4, KVM_CREATE_VM, 0x20 (IPA size 32 bits)) = 5  [0xae01 = _IO(0xae, 0x1)]  1.2 ms"
+inline std::string describe_call(const kh::CallRecord& call) {
+  const std::string outcome = call.result < 0 ? "-1 " + errno_text(call.err) : std::to_string(call.result);
+  return "ioctl(" + std::to_string(call.fd) + ", " + std::string(call.name) +
+         describe_argument(call.name, call.argument) + ") = " + outcome + "  [" + describe_request_number(call.number) +
+         "]  " + format_duration(call.took);
+}
+
+// Says each call at -v; at a lower level it is no observer at all, and the
+// calls cost nothing extra.
+class Tracer {
+ public:
+  explicit Tracer(const Output& out) : out_(out) {}
+  kh::CallObserver observer() {
+    if (!out_.shows(Verbosity::verbose)) return {};
+    return {[](void* self, const kh::CallRecord& call) {
+              static_cast<Tracer*>(self)->out_.say(Verbosity::verbose, "%s", describe_call(call).c_str());
+            },
+            this};
+  }
+
+ private:
+  const Output& out_;
+};

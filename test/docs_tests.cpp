@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: MIT
+// docs_tests.cpp: README.md, docs/ and gdb/steps.gdb stay true to the code:
+// every function they name exists, every link resolves, every output shown is
+// a golden file's, every quoted source line is still there, the step table
+// and the exit statuses are the program's.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <set>
+
+#include "kvm_hello.hpp"
+#include "program/messages.hpp"
+
+namespace kh = kvm_hello;
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+namespace {
+
+const std::filesystem::path source_dir = KVM_HELLO_SOURCE_DIR;  // set by the Makefile
+
+std::string read_source(const std::filesystem::path& relative) {
+  std::ifstream file(source_dir / relative);
+  REQUIRE_MESSAGE(file.good(), "cannot read " << relative);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+std::vector<std::filesystem::path> markdown_files() {
+  std::vector<std::filesystem::path> files{"README.md"};
+  for (const auto& entry : std::filesystem::directory_iterator(source_dir / "docs")) {
+    if (entry.path().extension() == ".md") files.push_back(std::filesystem::relative(entry.path(), source_dir));
+  }
+  return files;
+}
+
+}  // namespace
+
+TEST_CASE("docs: the steps' table is kvm_hello.hpp's step table: number, function, why") {
+  const std::string tutorial = read_source("docs/README.md");
+  std::size_t previous = 0;
+  for (const kh::StepInfo& step : kh::steps) {
+    const std::string row = "| " + std::to_string(static_cast<int>(step.step)) + " | `" + std::string(step.name) + "()` |";
+    const std::size_t at = tutorial.find(row);
+    REQUIRE_MESSAGE(at != std::string::npos, "docs/README.md has no row " << row);
+    CHECK_MESSAGE(at > previous, step.name << " is out of order");
+    const std::string line = tutorial.substr(at, tutorial.find('\n', at) - at);
+    CHECK_MESSAGE(line.find("| " + std::string(step.purpose) + " |") != std::string::npos,
+                  "the row of " << step.name << " does not say why as the step table does: " << step.purpose);
+    previous = at;
+  }
+}
+
+TEST_CASE("gdb/steps.gdb: a breakpoint on each step function, in step order, and nothing else") {
+  std::istringstream script(read_source("gdb/steps.gdb"));
+  std::vector<std::string> breaks;
+  for (std::string line; std::getline(script, line);) {
+    if (line.starts_with("break ")) breaks.push_back(line.substr(6));
+  }
+  REQUIRE(breaks.size() == kh::steps.size());
+  for (std::size_t i = 0; i < breaks.size(); ++i) CHECK(breaks[i] == "kvm_hello::" + std::string(kh::steps[i].name));
+}
+
+TEST_CASE("docs: every `function()` they name exists in the code") {
+  std::string code = read_source("kvm_hello.hpp") + read_source("main.cpp");
+  for (const char* folder : {"program", "bench"}) {
+    for (const auto& entry : std::filesystem::directory_iterator(source_dir / folder)) {
+      if (entry.path().extension() == ".hpp") code += read_source(std::filesystem::relative(entry.path(), source_dir));
+    }
+  }
+  const std::regex called("`([A-Za-z_][A-Za-z_0-9]*)\\(\\)`");
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), called), end; it != end; ++it) {
+      const std::string name = (*it)[1];
+      CHECK_MESSAGE(std::regex_search(code, std::regex("\\b" + name + "\\(")),
+                    file << " names " << name << "(), which the code does not define");
+    }
+  }
+}
+
+TEST_CASE("docs: relative links resolve") {
+  const std::regex link("\\]\\(([^)#:]+)(#[^)]*)?\\)");
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), link), end; it != end; ++it) {
+      const std::filesystem::path target = source_dir / file.parent_path() / std::string((*it)[1]);
+      CHECK_MESSAGE(std::filesystem::exists(target), file << " links to " << (*it)[1] << ", which does not exist");
+    }
+  }
+}
+
+TEST_CASE("README: the exit status table is the program's") {
+  const std::string readme = read_source("README.md");
+  for (const StatusInfo& info : status_table) {
+    const std::string row =
+        "| " + std::to_string(static_cast<int>(info.status)) + " | " + std::string(info.meaning) + " |";
+    CHECK_MESSAGE(readme.find(row) != std::string::npos, "README.md lacks the row " << row);
+  }
+}
+
+namespace {
+
+// Checks that every line of an excerpt of the program's output is real: each
+// line is a line of the golden output, or, ending in "...", begins one; a
+// line of only "..." stands for lines left out. Returns the lines checked.
+int check_excerpt(const std::string& excerpt, const std::string& golden, const std::string& where) {
+  std::istringstream lines(excerpt);
+  int checked = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find_first_not_of(' ') == line.find("...")) continue;
+    const bool shortened = line.ends_with("...");
+    const std::string wanted = shortened ? line.substr(0, line.size() - 3) : line + "\n";
+    const bool found = golden.find("\n" + wanted) != std::string::npos || golden.starts_with(wanted);
+    CHECK_MESSAGE(found, where << " shows a line the program does not print: " << line);
+    ++checked;
+  }
+  return checked;
+}
+
+}  // namespace
+
+TEST_CASE("README: the sample output is the real one (test/golden/default.txt)") {
+  const std::string readme = read_source("README.md");
+  const std::size_t section = readme.find("## What you will see");
+  REQUIRE(section != std::string::npos);
+  const std::size_t start = readme.find("```\n", section) + 4;
+  const std::size_t end = readme.find("```", start);
+  CHECK(check_excerpt(readme.substr(start, end - start), read_source("test/golden/default.txt"), "README.md") > 10);
+}
+
+TEST_CASE("docs: every excerpt marked <!-- output: NAME --> is from test/golden/NAME.txt") {
+  const std::regex marked("<!-- output: ([a-z-]+) -->\n```\n([^`]*)```");
+  int excerpts = 0;
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), marked), end; it != end; ++it) {
+      const std::string golden = read_source("test/golden/" + std::string((*it)[1]) + ".txt");
+      CHECK(check_excerpt((*it)[2], golden, file.string()) > 0);
+      ++excerpts;
+    }
+  }
+  CHECK(excerpts >= kh::step_count);
+}
+
+TEST_CASE("docs: one chapter per step, numbered as main.cpp numbers them, titled with its function") {
+  for (int n = 1; n <= kh::step_count; ++n) {
+    const std::string name(kh::step_info(static_cast<kh::Step>(n)).name);
+    std::string file_name = name;
+    std::replace(file_name.begin(), file_name.end(), '_', '-');
+    char prefix[16];
+    std::snprintf(prefix, sizeof prefix, "%02d-", n);
+    const std::string chapter = "docs/" + std::string(prefix) + file_name + ".md";
+    REQUIRE_MESSAGE(std::filesystem::exists(source_dir / chapter), chapter << " is missing");
+    const std::string text = read_source(chapter);
+    CHECK(text.starts_with("# Step " + std::to_string(n) + ": "));
+    CHECK(text.substr(0, text.find('\n')).find("`" + name + "()`") != std::string::npos);
+    CHECK_MESSAGE(
+        read_source("docs/README.md").find("(" + std::string(prefix) + file_name + ".md)") != std::string::npos,
+        "docs/README.md does not link " << chapter);
+  }
+}
+
+TEST_CASE("README: the table of broken guests is test/guests/, no more, no less") {
+  const std::string whole = read_source("README.md");
+  const std::size_t start = whole.find("## Run your own guest");
+  REQUIRE(start != std::string::npos);
+  const std::string readme = whole.substr(start, whole.find("\n## ", start + 1) - start);
+  std::set<std::string> in_readme, on_disk;
+  const std::regex row("\\n\\| `([a-z_]+\\.S)` \\|");
+  for (std::sregex_iterator it(readme.begin(), readme.end(), row), end; it != end; ++it) in_readme.insert((*it)[1]);
+  for (const auto& entry : std::filesystem::directory_iterator(source_dir / "test/guests")) {
+    on_disk.insert(entry.path().filename().string());
+  }
+  INFO("README: " << in_readme.size() << " guests, test/guests: " << on_disk.size());
+  for (const auto& name : on_disk) CHECK_MESSAGE(in_readme.count(name) == 1, "README.md lacks " << name);
+  for (const auto& name : in_readme) CHECK_MESSAGE(on_disk.count(name) == 1, "test/guests lacks " << name);
+}
+
+// ==== The benchmark's arithmetic (main.cpp) ===================================
+
+TEST_CASE("docs: every block marked <!-- source: FILE --> is still, line for line, in FILE") {
+  const std::regex marked("<!-- source: ([A-Za-z0-9_./-]+) -->\\n```\\n([^`]*)```");
+  int blocks = 0;
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), marked), end; it != end; ++it) {
+      const std::string source = "\n" + read_source(std::string((*it)[1]));
+      std::istringstream lines((*it)[2]);
+      for (std::string line; std::getline(lines, line);) {
+        CHECK_MESSAGE(source.find("\n" + line + "\n") != std::string::npos,
+                      file << " quotes a line " << (*it)[1] << " does not have: " << line);
+      }
+      ++blocks;
+    }
+  }
+  CHECK(blocks >= 4);
+}

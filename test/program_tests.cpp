@@ -1,0 +1,419 @@
+// SPDX-License-Identifier: MIT
+// program_tests.cpp: what kvm-hello adds around the steps (program/ and
+// bench/), without KVM: exit statuses and messages, the words for exits and
+// syndromes, the -v trace, the register dump and the diagnosis of a stuck
+// guest, the stepper, the command line, colour, --pause, the benchmark's
+// arithmetic, and a fixed-seed run of the fuzz target.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <random>
+#include <set>
+
+#include "bench/bench.hpp"
+#include "kvm_hello.hpp"
+#include "program/command_line.hpp"
+#include "program/describe.hpp"
+#include "program/format.hpp"
+#include "program/inspect.hpp"
+#include "program/kernel_version.hpp"
+#include "program/messages.hpp"
+#include "program/narration.hpp"
+#include "program/output.hpp"
+#include "program/stepper.hpp"
+#include "program/trace.hpp"
+#include "test/fuzz_exits.hpp"
+
+namespace kh = kvm_hello;
+
+namespace {
+// The line kvm-hello prints for an error, without its name.
+std::string message_for(const kh::Error& error, std::string_view device) { return failure_for(error, device).message; }
+}  // namespace
+
+TEST_CASE("a request number decodes into direction, type, number and size") {
+  const RequestFields init = decode_request(kh::request::arm_vcpu_init.number);
+  CHECK(init.dir == _IOC_WRITE);
+  CHECK(init.type == KVMIO);
+  CHECK(init.nr == 0xae);
+  CHECK(init.size == sizeof(kvm_vcpu_init));
+  const RequestFields target = decode_request(kh::request::arm_preferred_target.number);
+  CHECK(target.dir == _IOC_READ);
+  CHECK(target.size == 32);
+  const RequestFields run = decode_request(kh::request::run.number);
+  CHECK(run.dir == _IOC_NONE);
+  CHECK(run.size == 0);
+}
+
+TEST_CASE("every kind of failure has its own exit status") {
+  std::set<int> seen;
+  for (const StatusInfo& info : status_table) CHECK(seen.insert(static_cast<int>(info.status)).second);
+  using kh::Problem;
+  using kh::Step;
+  CHECK(status_for({Step::open_kvm, Problem::call_failed, "open", ENOENT}) == Status::no_kvm);
+  CHECK(status_for({Step::open_kvm, Problem::call_failed, "open", EACCES}) == Status::kvm_permission);
+  CHECK(status_for({Step::check_api_version, Problem::call_failed, "KVM_GET_API_VERSION", ENOTTY}) ==
+        Status::not_kvm_device);
+  CHECK(status_for({Step::check_api_version, Problem::wrong_api_version}) == Status::api_version);
+  CHECK(status_for({Step::check_capabilities, Problem::missing_capability}) == Status::missing_capability);
+  CHECK(status_for({Step::create_vm, Problem::ipa_too_small}) == Status::ipa_size);
+  CHECK(status_for({Step::create_vm, Problem::call_failed, "KVM_CREATE_VM", ENOMEM}) == Status::out_of_memory);
+  CHECK(status_for({Step::init_vcpu, Problem::call_failed, "KVM_ARM_VCPU_INIT", EINVAL}) == Status::setup_failed);
+  CHECK(status_for({Step::run_guest, Problem::call_failed, "KVM_RUN", ENOSYS}) == Status::run_failed);
+  CHECK(status_for({Step::run_guest, Problem::watchdog_expired}) == Status::watchdog);
+  CHECK(status_for({Step::run_guest, Problem::guest_reset}) == Status::guest_reset);
+}
+
+TEST_CASE("an error message names the step, the call, the errno and what to do") {
+  using kh::Problem;
+  using kh::Step;
+  const std::string missing = message_for({Step::open_kvm, Problem::call_failed, "open", ENOENT}, "/dev/kvm");
+  CHECK(missing.starts_with("step 1 (open_kvm): open failed with ENOENT (No such file or directory): "));
+  CHECK(missing.find(why_no_kvm()) != std::string::npos);
+  utsname machine{};
+  ::uname(&machine);
+  // Off arm64 it points to the emulated machine; on arm64, to the kernel's KVM.
+  CHECK(why_no_kvm().find(std::string_view(machine.machine) == "aarch64" ? "CONFIG_KVM" : "make run") !=
+        std::string::npos);
+  CHECK(missing.find('\n') == std::string::npos);
+
+  const std::string denied = message_for({Step::open_kvm, Problem::call_failed, "open", EACCES}, "/dev/kvm");
+  CHECK(denied.find("EACCES") != std::string::npos);
+  CHECK(denied.find("kvm") != std::string::npos);
+
+  const std::string version = message_for({Step::check_api_version, Problem::wrong_api_version, {}, 0, 11}, "/dev/kvm");
+  CHECK(version.find("says 11, this program needs 12") != std::string::npos);
+
+  const std::string cap =
+      message_for({Step::check_capabilities, Problem::missing_capability, {}, 0, KVM_CAP_ARM_PSCI_0_2}, "/dev/kvm");
+  CHECK(cap.starts_with("step 3 (check_capabilities): "));
+  CHECK(cap.find("KVM_CAP_ARM_PSCI_0_2") != std::string::npos);
+
+  const std::string pair = message_for({Step::run_guest, Problem::call_failed, "KVM_RUN", ENOSYS}, "/dev/kvm");
+  CHECK(pair.find("load/store pair") != std::string::npos);
+}
+
+TEST_CASE("bytes are shown as hex and character, control characters escaped") {
+  CHECK(describe_byte('h') == "0x68 'h'");
+  CHECK(describe_byte('\n') == "0x0a '\\n'");
+  CHECK(describe_byte(0) == "0x00 '\\x00'");
+  CHECK(describe_byte(0xff) == "0xff '\\xff'");
+  CHECK(escaped("hello\n") == "hello\\n");
+  CHECK(escaped(std::string_view("a\x1b[2Jb", 6)) == "a\\x1b[2Jb");
+}
+
+TEST_CASE("an MMIO exit is reported with address, direction, length, data and each byte") {
+  const std::string write = describe_mmio({0x1100, 1, true, {'h'}});
+  CHECK(write == "KVM_EXIT_MMIO address=0x1100 is_write=1 len=1 data=0x68 bytes: 0x68 'h'");
+  const std::string read = describe_mmio({0x1108, 4, false, {0x2a}});
+  CHECK(read.starts_with("KVM_EXIT_MMIO address=0x1108 is_write=0 len=4 data=0x2a bytes: 0x2a '*' 0x00"));
+}
+
+TEST_CASE("the command line") {
+  std::string prog = "kvm-hello", dev = "--kvm-device", path = "/dev/null", timeout = "--timeout", half = "0.5",
+              bad = "--bogus", never = "0";
+  SUBCASE("options") {
+    char* argv[] = {prog.data(), dev.data(), path.data(), timeout.data(), half.data()};
+    const auto options = parse_options(5, argv);
+    REQUIRE(options);
+    CHECK(options->kvm_device == "/dev/null");
+    CHECK(options->time_limit == std::chrono::milliseconds(500));
+  }
+  SUBCASE("unknown option") {
+    char* argv[] = {prog.data(), bad.data()};
+    CHECK(parse_options(2, argv).error().find("--bogus") != std::string::npos);
+  }
+  SUBCASE("a timeout of zero") {
+    char* argv[] = {prog.data(), timeout.data(), never.data()};
+    CHECK_FALSE(parse_options(3, argv));
+  }
+  SUBCASE("a value missing") {
+    char* argv[] = {prog.data(), dev.data()};
+    CHECK_FALSE(parse_options(2, argv));
+  }
+  SUBCASE("a value after '=', as GNU tools take it") {
+    std::string timeout_one = "--timeout=1", guest = "--guest=/tmp/g.bin", repeats = "--bench-repeats=2";
+    char* argv[] = {prog.data(), timeout_one.data(), guest.data(), repeats.data()};
+    const auto options = parse_options(4, argv);
+    REQUIRE(options);
+    CHECK(options->time_limit == std::chrono::milliseconds(1000));
+    CHECK(options->guest_file == "/tmp/g.bin");
+    CHECK(options->bench.repeats == 2);
+  }
+  SUBCASE("'=' on an option that takes no value, or a value that is no number") {
+    std::string caps = "--caps=yes", fraction = "--bench-repeats=2.5", empty = "--timeout=";
+    for (std::string* arg : {&caps, &fraction, &empty}) {
+      char* argv[] = {prog.data(), arg->data()};
+      const auto options = parse_options(2, argv);
+      REQUIRE_FALSE(options);
+      CHECK(options.error().find(arg->substr(0, arg->find('='))) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("the kernel's version from its release string") {
+  CHECK(parse_kernel_release("6.1.0-50-arm64").major == 6);
+  CHECK(parse_kernel_release("6.1.0-50-arm64").minor == 1);
+  CHECK(parse_kernel_release("6.12.117+deb13-arm64").minor == 12);
+  CHECK(parse_kernel_release("7.2.13+deb14-arm64").major == 7);
+  CHECK(parse_kernel_release("7.2.13+deb14-arm64").at_least(6, 13));
+  CHECK_FALSE(parse_kernel_release("6.12.117").at_least(6, 13));
+  CHECK(parse_kernel_release("6.12.117").at_least(6, 4));
+  CHECK(parse_kernel_release("").major == 0);
+}
+
+TEST_CASE("what changed between kernels is said where it shows") {
+  SUBCASE("the syndrome of an injected abort, sign-extended before 6.12") {
+    CHECK(describe_esr(0xffffffff86000010).find("sign extension of the syndrome it injected, 0x86000010, fixed in 6.12") !=
+          std::string::npos);
+    CHECK(describe_esr(0x86000010).find("sign extension") == std::string::npos);
+    CHECK_FALSE(is_sign_extended_syndrome(0x0000000086000010));
+    CHECK_FALSE(is_sign_extended_syndrome(0xffffffff06000010));  // bit 31 clear: not from a sign extension
+  }
+  SUBCASE("the PSCI version and conduit") {
+    CHECK(describe_psci(0x10001, {6, 1}) ==
+          "PSCI for the guest: version 1.1 (KVM_REG_ARM_PSCI_VERSION; 1.3 from Linux 6.13), called with hvc only: "
+          "before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)");
+    CHECK(describe_psci(0x10001, {6, 12}) ==
+          "PSCI for the guest: version 1.1 (KVM_REG_ARM_PSCI_VERSION; 1.3 from Linux 6.13), called with hvc or smc");
+    CHECK(describe_psci(0x10003, {7, 2}) ==
+          "PSCI for the guest: version 1.3 (KVM_REG_ARM_PSCI_VERSION), called with hvc or smc");
+  }
+  SUBCASE("the preferred target") {
+    CHECK(describe_target(KVM_ARM_TARGET_GENERIC_V8) == "5 (KVM_ARM_TARGET_GENERIC_V8)");
+    CHECK(describe_target(KVM_ARM_TARGET_CORTEX_A57).starts_with("2 (KVM_ARM_TARGET_CORTEX_A57: Linux before 6.6"));
+  }
+  SUBCASE("an smc answered with -1: why, on this kernel") {
+    CHECK(is_smc(0xd4000003));
+    CHECK_FALSE(is_smc(0xd4000002));  // hvc #0
+    std::array<std::uint8_t, 16> ram{};
+    const std::uint32_t smc = 0xd4000003, branch_to_self = 0x14000000;
+    std::memcpy(ram.data() + 4, &smc, 4);
+    std::memcpy(ram.data() + 8, &branch_to_self, 4);
+    kh::Registers regs;
+    regs.pc = kh::ram_base + 8;
+    regs.vbar_el1 = 0x100000;
+    regs.x[0] = static_cast<std::uint64_t>(PSCI_RET_NOT_SUPPORTED);
+    const kh::Error stuck{kh::Step::run_guest, kh::Problem::watchdog_expired, "KVM_RUN", EINTR, 1000};
+    const auto old_kernel = diagnose(stuck, regs, GuestView{ram, {}}, {6, 1});
+    REQUIRE(old_kernel.size() == 2);
+    CHECK(old_kernel[1].starts_with("the guest called smc at 0x10004 and got x0 = -1 (PSCI NOT_SUPPORTED): Linux "
+                                    "before 6.4 does not take smc as a PSCI call"));
+    const auto new_kernel = diagnose(stuck, regs, GuestView{ram, {}}, {6, 12});
+    REQUIRE(new_kernel.size() == 2);
+    CHECK(new_kernel[1].find("KVM does not know the function id") != std::string::npos);
+  }
+}
+
+// ==== The docs and the README stay true to the code ==========================
+
+TEST_CASE("PSTATE and ESR decode into the architecture's names") {
+  CHECK(describe_pstate(0x3c5) == "0x3c5 (EL1h: EL1 on SP_EL1; D A I F masked; flags nzcv)");
+  CHECK(describe_pstate(0x60000004) == "0x60000004 (EL1t: EL1 on SP_EL0; nothing masked; flags nZCv)");
+  CHECK(exception_class_of(0x5a000000) == exception_class::hvc64);
+  CHECK(describe_esr(0xca000000) == "0xca000000 (EC 0x32: software step: one instruction done)");
+  CHECK(describe_esr(0x96000000).find("data abort") != std::string::npos);
+}
+
+TEST_CASE("a register id decodes into arch, size, kind, index and name") {
+  CHECK(describe_register_id(kh::reg::pc) == "0x6030000000100040 (arm64 u64 core 0x40: pc)");
+  CHECK(describe_register_id(kh::reg::esr_el1) == "0x603000000013c290 (arm64 u64 sysreg 0xc290: esr_el1)");
+  CHECK(register_name(kh::reg::x(17)) == "x17");
+  CHECK(register_name(0x6030000000100099) == "");
+}
+
+TEST_CASE("a request number is shown as the macro that made it") {
+  CHECK(describe_request_number(kh::request::set_user_memory_region.number) ==
+        "0x4020ae46 = _IOW(0xae, 0x46, 32 bytes)");
+  CHECK(describe_request_number(kh::request::arm_preferred_target.number) == "0x8020aeaf = _IOR(0xae, 0xaf, 32 bytes)");
+  CHECK(describe_request_number(kh::request::run.number) == "0xae80 = _IO(0xae, 0x80)");
+}
+
+TEST_CASE("-v describes a call: fd, request, arguments that matter, result or errno, time") {
+  std::uint64_t value = 0x10000;
+  const kvm_one_reg one{.id = kh::reg::pc, .addr = reinterpret_cast<std::uintptr_t>(&value)};
+  const kh::CallRecord set{
+      kh::Step::set_boot_registers, "KVM_SET_ONE_REG", kh::request::set_one_reg.number, 5, &one, 0, 0,
+      std::chrono::microseconds(12)};
+  CHECK(describe_call(set) ==
+        "ioctl(5, KVM_SET_ONE_REG, {id 0x6030000000100040 (arm64 u64 core 0x40: pc), value 0x10000}) = 0  "
+        "[0x4010aeac = _IOW(0xae, 0xac, 16 bytes)]  12.0 us");
+  const kh::CallRecord cap{kh::Step::check_capabilities,
+                           "KVM_CHECK_EXTENSION",
+                           kh::request::check_extension.number,
+                           3,
+                           static_cast<unsigned long>(KVM_CAP_ONE_REG),
+                           1,
+                           0,
+                           std::chrono::nanoseconds(900)};
+  CHECK(describe_call(cap).starts_with("ioctl(3, KVM_CHECK_EXTENSION, 70 KVM_CAP_ONE_REG) = 1  "));
+  const kh::CallRecord bad{kh::Step::check_api_version,
+                           "KVM_GET_API_VERSION",
+                           kh::request::get_api_version.number,
+                           3,
+                           std::monostate{},
+                           -1,
+                           ENOTTY,
+                           std::chrono::nanoseconds(0)};
+  CHECK(describe_call(bad).starts_with("ioctl(3, KVM_GET_API_VERSION) = -1 ENOTTY (Inappropriate ioctl for device)"));
+}
+
+TEST_CASE("durations are shown in the unit that fits") {
+  CHECK(format_duration(std::chrono::nanoseconds(850)) == "850 ns");
+  CHECK(format_duration(std::chrono::nanoseconds(12'345)) == "12.3 us");
+  CHECK(format_duration(std::chrono::microseconds(4'560)) == "4.6 ms");
+  CHECK(format_duration(std::chrono::milliseconds(2'500)) == "2.50 s");
+}
+
+TEST_CASE("single-stepping: the registers an instruction changed, and its line of guest.S") {
+  kh::Registers before, after;
+  after.x[1] = 0x1100;
+  after.pc = 4;  // pc always moves: not listed
+  CHECK(register_changes(before, after) == "x1 0x0 -> 0x1100");
+  CHECK(register_changes(before, before).empty());
+  const GuestLine lines[] = {{0x10000, 21, "ldr x1, =OUT"}, {0x10004, 22, "adr x2, message"}};
+  REQUIRE(find_guest_line(lines, 0x10004) != nullptr);
+  CHECK(find_guest_line(lines, 0x10004)->line == 22);
+  CHECK(find_guest_line(lines, 0x10008) == nullptr);
+}
+
+TEST_CASE("the register dump explains ESR_EL1 only when the guest is in its exception vectors") {
+  kh::Registers regs;
+  regs.pc = 0x10034;
+  regs.esr_el1 = unknown_register_value;
+  CHECK(format_registers(regs).find("esr_el1") == std::string::npos);
+  CHECK(format_registers(regs).find("no exception taken") != std::string::npos);
+  regs.pc = 0x200;  // VBAR_EL1 0 + 0x200: synchronous exception from the current EL, on SP_ELx
+  regs.esr_el1 = 0x86000010;
+  CHECK(format_registers(regs).find("esr_el1 0x86000010 (EC 0x21: instruction abort") != std::string::npos);
+}
+
+TEST_CASE("--pause has words for every step") {
+  for (const std::string_view text : narration) CHECK_FALSE(text.empty());
+}
+
+TEST_CASE("colour: never when NO_COLOR is set, never off a terminal") {
+  ::setenv("NO_COLOR", "1", 1);
+  CHECK_FALSE(wants_colour(STDOUT_FILENO));
+  ::unsetenv("NO_COLOR");
+  int ends[2];
+  REQUIRE(::pipe(ends) == 0);
+  CHECK_FALSE(wants_colour(ends[1]));  // a pipe is no terminal
+  ::close(ends[0]);
+  ::close(ends[1]);
+  CHECK(Output{Verbosity::normal, false}.paint(colour::error, "x") == "x");
+  CHECK(Output{Verbosity::normal, true}.paint(colour::error, "x") == "\033[31mx\033[0m");
+}
+
+TEST_CASE("the trace levels from the command line") {
+  std::string prog = "kvm-hello", q = "-q", vv = "-vv", step = "--step-guest";
+  char* quiet[] = {prog.data(), q.data()};
+  CHECK(parse_options(2, quiet)->level == Verbosity::quiet);
+  char* loud[] = {prog.data(), vv.data(), step.data()};
+  const auto options = parse_options(3, loud);
+  CHECK(options->level == Verbosity::very_verbose);
+  CHECK(options->step_guest);
+}
+
+TEST_CASE("the exception vector entries by offset") {
+  CHECK(vector_entry_name(0x200) == "offset 0x200 (synchronous, from the current EL on SP_ELx)");
+  CHECK(vector_entry_name(0x480) == "offset 0x480 (IRQ, from the lower EL, AArch64)");
+  CHECK(vector_entry_name(0x204) == "offset 0x200 (synchronous, from the current EL on SP_ELx)");
+  CHECK(vector_entry_name(0x800) == "outside the table");
+}
+
+TEST_CASE("MMIO instructions KVM cannot decode are told apart") {
+  CHECK(classify_mmio_instruction(0x39000020) == MmioInstruction::plain);           // strb w0, [x1]
+  CHECK(classify_mmio_instruction(0xb9400064) == MmioInstruction::plain);           // ldr w4, [x3]
+  CHECK(classify_mmio_instruction(0xf8226820) == MmioInstruction::plain);           // str x0, [x1, x2]
+  CHECK(classify_mmio_instruction(0xa9000c22) == MmioInstruction::pair);            // stp x2, x3, [x1]
+  CHECK(classify_mmio_instruction(0x38001420) == MmioInstruction::writeback);       // strb w0, [x1], #1
+  CHECK(classify_mmio_instruction(0xf8008c20) == MmioInstruction::writeback);       // str x0, [x1, #8]!
+  CHECK(classify_mmio_instruction(0x3d800020) == MmioInstruction::simd);            // str q0, [x1]
+  CHECK(classify_mmio_instruction(0xc85f7c20) == MmioInstruction::atomic);          // ldxr x0, [x1]
+  CHECK(classify_mmio_instruction(0xd4000002) == MmioInstruction::not_load_store);  // hvc #0
+}
+
+// ==== The fuzz target, on a fixed-seed sample (make fuzz runs it for real) ====
+
+
+
+TEST_CASE("fuzz target: 20000 random kvm_run contents, fixed seed, nothing breaks") {
+  std::mt19937_64 random(20261124);
+  std::vector<std::uint8_t> bytes(sizeof(kvm_run));
+  constexpr std::uint32_t interesting[] = {KVM_EXIT_MMIO,       KVM_EXIT_SYSTEM_EVENT,   KVM_EXIT_DEBUG,
+                                           KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_UNKNOWN};
+  for (int i = 0; i < 20000; ++i) {
+    for (auto& byte : bytes) byte = static_cast<std::uint8_t>(random());
+    if (i % 2 == 0) {  // half the time a reason the decoder knows, to reach its branches
+      const std::uint32_t reason = interesting[random() % std::size(interesting)];
+      std::memcpy(bytes.data() + offsetof(kvm_run, exit_reason), &reason, sizeof reason);
+    }
+    REQUIRE(fuzz_one_exit(bytes.data(), bytes.size()) == 0);
+  }
+}
+
+TEST_CASE("reading the guest's instruction at PC: no sum wraps around (found by the fuzzer)") {
+  const std::uint8_t ram[8] = {0x02, 0x00, 0x00, 0xd4, 0, 0, 0, 0};
+  const GuestView guest{ram, {}};
+  CHECK(guest.instruction_at(kh::ram_base) == 0xd4000002u);
+  CHECK(guest.instruction_at(kh::ram_base + 4) == 0u);
+  CHECK_FALSE(guest.instruction_at(kh::ram_base + 5));
+  CHECK_FALSE(guest.instruction_at(0xfffffffffffffffe));  // address + 4 would wrap to a small number
+  CHECK_FALSE(guest.instruction_at(kh::ram_base - 1));
+}
+
+TEST_CASE("exits this program does not handle are each explained, with their own statuses") {
+  using kh::Problem;
+  using kh::Step;
+  const kh::Error fail_entry{Step::run_guest, Problem::unexpected_exit, {}, 0, KVM_EXIT_FAIL_ENTRY};
+  const kh::Error internal{Step::run_guest, Problem::unexpected_exit, {}, 0, KVM_EXIT_INTERNAL_ERROR};
+  const kh::Error unknown{Step::run_guest, Problem::unexpected_exit, {}, 0, 99};
+  const kh::Error crash{Step::run_guest, Problem::guest_crash};
+  CHECK(message_for(fail_entry, "/dev/kvm").find("KVM could not enter the guest") != std::string::npos);
+  CHECK(message_for(internal, "/dev/kvm").find("kvm_run.internal.suberror") != std::string::npos);
+  CHECK(message_for(unknown, "/dev/kvm").find("exit reason 99, which this program does not handle") != std::string::npos);
+  CHECK(message_for(crash, "/dev/kvm").find("reported a crash") != std::string::npos);
+  CHECK(status_for(fail_entry) == Status::unexpected_exit);
+  CHECK(status_for(crash) == Status::guest_crash);
+  CHECK(status_for({Step::run_guest, Problem::interrupted}) == Status::interrupted);
+  CHECK(static_cast<int>(Status::interrupted) == 130);
+  // The decoder, the loop's decision and the message agree for a FAIL_ENTRY kvm_run.
+  kvm_run run{};
+  run.exit_reason = KVM_EXIT_FAIL_ENTRY;
+  const auto decided = kh::keep_running(kh::decode_exit(run));
+  REQUIRE_FALSE(decided);
+  CHECK(message_for(decided.error(), "/dev/kvm") == message_for(fail_entry, "/dev/kvm"));
+}
+
+TEST_CASE("bench: ticks become nanoseconds per exit; median, min and spread") {
+  const BenchSettings settings{.iterations = 1000, .repeats = 3, .json = false};
+  // 1 GHz counter; write: 2000, 1000, 3000 ticks for 1000 exits: 2, 1, 3 ns each.
+  const std::uint64_t results[] = {1'000'000'000, 2000, 1000, 3000, 5000, 5000, 5000, 100, 100, 100};
+  const Figures write = figures(results, mmio_write, settings);
+  CHECK(write.median_ns == doctest::Approx(2.0));
+  CHECK(write.min_ns == doctest::Approx(1.0));
+  CHECK(write.spread == doctest::Approx(1.0));  // (3 - 1) / 2
+  const Figures read = figures(results, mmio_read, settings);
+  CHECK(read.median_ns == doctest::Approx(5.0));
+  CHECK(read.spread == doctest::Approx(0.0));
+  CHECK(figures(results, hvc_in_kernel, settings).median_ns == doctest::Approx(0.1));
+}
+
+TEST_CASE("bench: the device keeps RESULT writes in fixed storage, answers reads, and never overflows") {
+  BenchDevice device;
+  kh::MmioAccess read{kh::mmio_answer, 4, false, {}};
+  device.handle(read);
+  CHECK(read.data[0] == kh::host_answer);
+  kh::MmioAccess sink{kh::mmio_sink, 1, true, {7}};
+  device.handle(sink);
+  CHECK(device.results().empty());
+  for (std::size_t i = 0; i < BenchDevice::capacity + 5; ++i) {
+    kh::MmioAccess result{kh::mmio_result, 8, true, {static_cast<std::uint8_t>(i)}};
+    device.handle(result);
+  }
+  CHECK(device.results().size() == BenchDevice::capacity);
+  CHECK(device.results()[3] == 3);
+}

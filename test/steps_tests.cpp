@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: MIT
+// steps_tests.cpp: the lesson, kvm_hello.hpp, without KVM: request numbers
+// and register ids against the kernel's, each step's checks apart from its
+// ioctl, exit decoding, the device, the owners and the watchdog. Everything
+// that needs a real /dev/kvm is in e2e_tests.cpp.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <time.h>
+
+#include <vector>
+
+#include "kvm_hello.hpp"
+
+namespace kh = kvm_hello;
+
+TEST_CASE("ioctl request numbers are the kernel's published values") {
+  // The values as rust-vmm's kvm-ioctls pins them, and as strace prints them.
+  CHECK(kh::request::get_api_version.number == 0xAE00);
+  CHECK(kh::request::create_vm.number == 0xAE01);
+  CHECK(kh::request::check_extension.number == 0xAE03);
+  CHECK(kh::request::get_vcpu_mmap_size.number == 0xAE04);
+  CHECK(kh::request::create_vcpu.number == 0xAE41);
+  CHECK(kh::request::set_user_memory_region.number == 0x4020AE46);
+  CHECK(kh::request::run.number == 0xAE80);
+  CHECK(kh::request::get_one_reg.number == 0x4010AEAB);
+  CHECK(kh::request::set_one_reg.number == 0x4010AEAC);
+  CHECK(kh::request::arm_vcpu_init.number == 0x4020AEAE);
+  CHECK(kh::request::arm_preferred_target.number == 0x8020AEAF);
+  CHECK(kh::request::set_user_memory_region.name == "KVM_SET_USER_MEMORY_REGION");
+  CHECK(kh::request::arm_preferred_target.name == "KVM_ARM_PREFERRED_TARGET");
+}
+
+TEST_CASE("core register ids come from offsetof(struct kvm_regs, ...)") {
+  CHECK(kh::reg::pc == 0x6030000000100040ULL);
+  CHECK(kh::reg::pstate == 0x6030000000100042ULL);
+  CHECK(kh::reg::sp_el1 == 0x6030000000100044ULL);
+  CHECK(kh::reg::elr_el1 == 0x6030000000100046ULL);
+  CHECK(kh::reg::x(1) == 0x6030000000100002ULL);
+  // SP_EL0 (regs.sp) is a different register from SP_EL1: the classic trap.
+  CHECK(kh::core_register_id(offsetof(kvm_regs, regs.sp)) != kh::reg::sp_el1);
+}
+
+TEST_CASE("the API version must be exactly 12") {
+  CHECK(kh::verify_api_version(12).value() == 12);
+  const auto old = kh::verify_api_version(11);
+  REQUIRE_FALSE(old);
+  CHECK(old.error().problem == kh::Problem::wrong_api_version);
+  CHECK(old.error().step == kh::Step::check_api_version);
+  CHECK(old.error().value == 11);
+}
+
+TEST_CASE("capabilities: all present, one missing, or the question fails") {
+  SUBCASE("all present, with the host's IPA limit") {
+    const auto caps =
+        kh::query_capabilities([](int id) -> kh::Result<int> { return id == KVM_CAP_ARM_VM_IPA_SIZE ? 40 : 1; });
+    REQUIRE(caps);
+    CHECK(caps->ipa_limit == 40);
+    for (const int value : caps->required) CHECK(value == 1);
+  }
+  SUBCASE("the first missing one is named") {
+    const auto caps = kh::query_capabilities([](int id) -> kh::Result<int> { return id == KVM_CAP_ONE_REG ? 0 : 1; });
+    REQUIRE_FALSE(caps);
+    CHECK(caps.error().problem == kh::Problem::missing_capability);
+    CHECK(caps.error().value == KVM_CAP_ONE_REG);
+    CHECK(caps.error().value == KVM_CAP_ONE_REG);
+  }
+  SUBCASE("an ioctl error is passed on") {
+    const auto caps = kh::query_capabilities([](int) -> kh::Result<int> {
+      return std::unexpected(
+          kh::Error{kh::Step::check_capabilities, kh::Problem::call_failed, "KVM_CHECK_EXTENSION", EBADF, 0});
+    });
+    REQUIRE_FALSE(caps);
+    CHECK(caps.error().err == EBADF);
+  }
+}
+
+TEST_CASE("the VM type carries the IPA size the guest needs") {
+  CHECK(kh::vm_type_for(0).value() == 0);  // no capability: the default 40 bits
+  CHECK(kh::vm_type_for(40).value() == 32);
+  CHECK(kh::vm_type_for(48).value() == 32);
+  CHECK(kh::vm_type_for(32).value() == 32);
+  const auto small = kh::vm_type_for(31);
+  REQUIRE_FALSE(small);
+  CHECK(small.error().problem == kh::Problem::ipa_too_small);
+}
+
+TEST_CASE("PSCI 0.2 is added to the preferred target, keeping what was there") {
+  kvm_vcpu_init preferred{};
+  preferred.target = KVM_ARM_TARGET_GENERIC_V8;
+  preferred.features[0] = 1u << KVM_ARM_VCPU_PMU_V3;
+  const kvm_vcpu_init init = kh::with_psci_0_2(preferred);
+  CHECK(init.target == KVM_ARM_TARGET_GENERIC_V8);
+  CHECK(init.features[0] == ((1u << KVM_ARM_VCPU_PMU_V3) | (1u << KVM_ARM_VCPU_PSCI_0_2)));
+}
+
+TEST_CASE("guest memory: the region KVM is told about, and the image check") {
+  alignas(4096) static std::uint8_t backing[16];
+  const kvm_userspace_memory_region region = kh::memory_region_for(backing);
+  CHECK(region.slot == 0);
+  CHECK(region.guest_phys_addr == 0x10000);
+  CHECK(region.memory_size == 0x10000);
+  CHECK(region.userspace_addr == reinterpret_cast<std::uintptr_t>(backing));
+
+  const std::vector<std::uint8_t> too_big(kh::ram_size + 1);
+  CHECK_FALSE(kh::check_guest_image({}));
+  CHECK(kh::check_guest_image(too_big).error().value == kh::ram_size + 1);
+  CHECK(kh::check_guest_image(std::span(too_big).first(kh::ram_size)));
+}
+
+// A kvm_run as KVM_RUN would leave it, for the decoder.
+static kvm_run mmio_run(std::uint64_t address, std::uint32_t length, bool is_write,
+                        std::initializer_list<std::uint8_t> data) {
+  kvm_run run{};
+  run.exit_reason = KVM_EXIT_MMIO;
+  run.mmio.phys_addr = address;
+  run.mmio.len = length;
+  run.mmio.is_write = is_write;
+  std::copy(data.begin(), data.end(), run.mmio.data);
+  return run;
+}
+
+TEST_CASE("exits decode into typed values") {
+  SUBCASE("an MMIO write keeps its bytes") {
+    const auto exit = kh::decode_exit(mmio_run(0x1100, 1, true, {'h'}));
+    const auto& access = std::get<kh::MmioAccess>(exit);
+    CHECK(access.address == 0x1100);
+    CHECK(access.is_write);
+    CHECK(access.length == 1);
+    CHECK(access.data[0] == 'h');
+  }
+  SUBCASE("an MMIO read has no data yet") {
+    const auto exit = kh::decode_exit(mmio_run(0x1108, 4, false, {1, 2, 3, 4}));
+    const auto& access = std::get<kh::MmioAccess>(exit);
+    CHECK_FALSE(access.is_write);
+    CHECK(access.data == std::array<std::uint8_t, 8>{});
+  }
+  SUBCASE("a length beyond mmio.data is clamped") {
+    const auto exit = kh::decode_exit(mmio_run(0x1100, 200, true, {}));
+    CHECK(std::get<kh::MmioAccess>(exit).length == 8);
+  }
+  SUBCASE("system events, entry failures, internal errors and the unknown") {
+    kvm_run run{};
+    run.exit_reason = KVM_EXIT_SYSTEM_EVENT;
+    run.system_event.type = KVM_SYSTEM_EVENT_SHUTDOWN;
+    CHECK(std::get<kh::SystemEvent>(kh::decode_exit(run)).type == KVM_SYSTEM_EVENT_SHUTDOWN);
+    run.exit_reason = KVM_EXIT_FAIL_ENTRY;
+    run.fail_entry.hardware_entry_failure_reason = 0x1234;
+    CHECK(std::get<kh::OtherExit>(kh::decode_exit(run)).detail == 0x1234);
+    run.exit_reason = KVM_EXIT_INTERNAL_ERROR;
+    run.internal.suberror = 3;
+    CHECK(std::get<kh::OtherExit>(kh::decode_exit(run)).detail == 3);
+    run.exit_reason = 999;
+    CHECK(std::get<kh::OtherExit>(kh::decode_exit(run)).reason == 999);
+  }
+}
+
+TEST_CASE("the run loop goes on after MMIO and stops on every system event") {
+  CHECK(kh::keep_running(kh::MmioAccess{0x1100, 1, true, {}}).value());
+  CHECK_FALSE(kh::keep_running(kh::SystemEvent{KVM_SYSTEM_EVENT_SHUTDOWN}).value());
+  CHECK(kh::keep_running(kh::SystemEvent{KVM_SYSTEM_EVENT_RESET}).error().problem == kh::Problem::guest_reset);
+  CHECK(kh::keep_running(kh::SystemEvent{KVM_SYSTEM_EVENT_CRASH}).error().problem == kh::Problem::guest_crash);
+  const auto fail = kh::keep_running(kh::OtherExit{KVM_EXIT_FAIL_ENTRY, 0});
+  CHECK(fail.error().problem == kh::Problem::unexpected_exit);
+  CHECK(fail.error().value == KVM_EXIT_FAIL_ENTRY);
+}
+
+TEST_CASE("the device: OUT collects output, ANSWER answers, ECHO is checked") {
+  kh::HelloDevice device;
+  for (const char c : std::string_view("hi\n")) {
+    kh::MmioAccess out{kh::mmio_out, 1, true, {static_cast<std::uint8_t>(c)}};
+    device.handle(out);
+  }
+  CHECK(device.output() == "hi\n");
+
+  kh::MmioAccess answer{kh::mmio_answer, 4, false, {}};
+  device.handle(answer);
+  CHECK(answer.data == std::array<std::uint8_t, 8>{0x2a, 0, 0, 0, 0, 0, 0, 0});
+  CHECK_FALSE(device.answer_came_back());
+
+  kh::MmioAccess echo{kh::mmio_echo, 4, true, answer.data};
+  device.handle(echo);
+  CHECK(device.answer_came_back());
+
+  kh::MmioAccess elsewhere{0x9000, 8, false, {9, 9, 9, 9, 9, 9, 9, 9}};
+  device.handle(elsewhere);
+  CHECK(elsewhere.data == std::array<std::uint8_t, 8>{});
+}
+
+TEST_CASE("the device keeps at most output_limit bytes of output") {
+  kh::HelloDevice device;
+  kh::MmioAccess out{kh::mmio_out, 1, true, {'x'}};
+  for (std::size_t i = 0; i < kh::HelloDevice::output_limit + 10; ++i) device.handle(out);
+  CHECK(device.output().size() == kh::HelloDevice::output_limit);
+}
+
+TEST_CASE("Fd closes once, and a moved-from Fd closes nothing") {
+  int ends[2];
+  REQUIRE(::pipe2(ends, O_CLOEXEC) == 0);
+  const int read_end = ends[0];
+  {
+    kh::Fd writer(ends[1]);
+    kh::Fd reader(read_end);
+    kh::Fd moved(std::move(reader));
+    CHECK(reader.get() == -1);
+    CHECK(moved.get() == read_end);
+    CHECK(::fcntl(read_end, F_GETFD) >= 0);
+  }
+  CHECK(::fcntl(read_end, F_GETFD) == -1);
+  CHECK(errno == EBADF);
+}
+
+TEST_CASE("Mapping unmaps on destruction") {
+  void* address = nullptr;
+  {
+    auto mapping =
+        kh::map_memory(kh::Step::setup_guest_memory, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+    REQUIRE(mapping);
+    address = mapping->get();
+    CHECK(::msync(address, 4096, MS_ASYNC) == 0);
+  }
+  CHECK(::msync(address, 4096, MS_ASYNC) == -1);  // ENOMEM: nothing is mapped there any more
+  CHECK(errno == ENOMEM);
+}
+
+TEST_CASE("a failed mmap is an Error, not a null pointer") {
+  const auto mapping = kh::map_memory(kh::Step::create_vcpu, 4096, PROT_READ, MAP_SHARED, -1);
+  REQUIRE_FALSE(mapping);
+  CHECK(mapping.error().call == "mmap");
+  CHECK(mapping.error().err == EBADF);
+}
+
+TEST_CASE("the watchdog sets immediate_exit when time is up, and the destructor clears it") {
+  kvm_run run{};
+  {
+    // SIGALRM is held back until sigsuspend() waits for it, so it cannot come
+    // too early, however slowly a busy machine gets there.
+    sigset_t alarm_only{}, before{};
+    sigemptyset(&alarm_only);
+    sigaddset(&alarm_only, SIGALRM);
+    REQUIRE(::sigprocmask(SIG_BLOCK, &alarm_only, &before) == 0);
+    const kh::Watchdog watchdog(run, std::chrono::milliseconds(20));
+    const int waited = ::sigsuspend(&before);  // returns once the handler has run
+    ::sigprocmask(SIG_SETMASK, &before, nullptr);
+    CHECK(waited == -1);
+    CHECK(errno == EINTR);
+    CHECK(watchdog.fired());
+    CHECK(run.immediate_exit == 1);
+  }
+  CHECK(run.immediate_exit == 0);
+}
