@@ -201,3 +201,29 @@ TEST_CASE("docs: every block marked <!-- source: FILE --> is still, line for lin
   }
   CHECK(blocks >= 4);
 }
+
+TEST_CASE("kvm_hello.hpp: its table of contents names its banners, in order") {
+  const std::string header = read_source("kvm_hello.hpp");
+  const std::size_t contents = header.find(" * CONTENTS");
+  REQUIRE(contents != std::string::npos);
+  std::istringstream lines(header.substr(contents, header.find(" *\n", contents) - contents));
+  std::string line;
+  std::getline(lines, line);  // the heading
+  std::size_t previous = 0, entries = 0;
+  for (; std::getline(lines, line); ++entries) {
+    // " *   Step 1 ... Step 9      each step's ..." : the entry is what comes before the run of spaces.
+    std::string entry = line.substr(5, line.find("  ", 5) - 5);
+    if (entry == "Step 1 ... Step 9") {
+      for (int n = 1; n <= kh::step_count; ++n) {
+        const std::size_t at = header.find("==== Step " + std::to_string(n) + ":", previous);
+        CHECK_MESSAGE(at != std::string::npos, "no banner for step " << n << " after the one before");
+        previous = at;
+      }
+      continue;
+    }
+    const std::size_t at = header.find("==== " + entry, previous);
+    CHECK_MESSAGE(at != std::string::npos, "the contents name \"" << entry << "\", but no banner follows with it");
+    if (at != std::string::npos) previous = at;
+  }
+  CHECK(entries >= 8);
+}
