@@ -149,10 +149,10 @@ run: $(RUN_NEEDS)
 	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
 	@$(RUN_WITH) $(if $(GUEST),--guest $(GUEST_PATH)) $(ARGS)
 
-trace: ARGS += --step-guest
+trace: override ARGS += --step-guest
 trace: run
 
-bench: ARGS += --bench
+bench: override ARGS += --bench
 bench: run
 
 gdb: $(GDB_NEEDS)

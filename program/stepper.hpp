@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // program/stepper.hpp: --step-guest, the guest one instruction at a time:
 // each instruction before it runs (address, encoding, line of guest.S), and
-// after it the registers it changed. Exits appear in between, in place.
+// after it the registers it changed. Exits appear in between, in place. It
+// was asked for: its lines show at every verbosity, -q too.
 #pragma once
 
 #include <string>
@@ -43,7 +44,7 @@ class GuestStepper {
     const auto now = kh::read_registers(vcpu_fd_);
     if (!now) return;
     const std::string changes = register_changes(before_, *now);
-    if (!changes.empty()) out_.say(Verbosity::normal, "                 %s", changes.c_str());
+    if (!changes.empty()) out_.say(Verbosity::quiet, "                 %s", changes.c_str());
     before_ = *now;
     show_instruction(now->pc);
   }
@@ -62,7 +63,7 @@ class GuestStepper {
     } else {
       std::snprintf(text, sizeof text, "guest %s  %08x", hex(pc).c_str(), encoding);
     }
-    out_.say(Verbosity::normal, "%s", text);
+    out_.say(Verbosity::quiet, "%s", text);
   }
 
   int vcpu_fd_;
