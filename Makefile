@@ -102,7 +102,7 @@ ifeq ($(KVM_HELLO_MACHINE),native)
   GDB_WITH          := gdb -q -x gdb/steps.gdb --args $(DEBUG_PROGRAM) $(ARGS)
   E2E_WITH          := $(E2E)
   GDB_TEST_WITH     := run gdb -q -x gdb/steps.gdb $(DEBUG_PROGRAM)
-  RUN_NEEDS         := $(PROGRAM) $(GUEST_BIN)
+  RUN_NEEDS         := $(PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
   GDB_NEEDS         := $(DEBUG_PROGRAM)
   E2E_NEEDS         := $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM)
   SUITE_WHERE       :=
@@ -147,7 +147,7 @@ all: $(UNIT_SUITES) $(E2E_NEEDS) $(RUN_NEEDS)
 
 run: $(RUN_NEEDS)
 	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
-	@$(RUN_WITH) $(if $(GUEST),--guest $(GUEST_PATH)) $(ARGS)
+	@$(RUN_WITH) $(if $(GUEST),--guest $(GUEST_PATH) --guest-lines $(GUEST_PATH:.bin=.lines)) $(ARGS)
 
 trace: override ARGS += --step-guest
 trace: run
@@ -272,9 +272,14 @@ $(BUILD)/bench_guest_image.h: $(BUILD)/bench/bench-guest.bin
 $(BUILD)/test_guests.h: $(TEST_GUESTS)
 	cd $(BUILD)/test/guests && for bin in $(notdir $^); do xxd -i $$bin; done > $(abspath $@)
 
-# guest.S's instruction addresses and lines, for --step-guest.
-$(BUILD)/guest_lines.h: $(BUILD)/guest.elf guest.S program/guest-lines.sh
-	program/guest-lines.sh $(CROSS)readelf $(BUILD)/guest.elf guest.S > $@
+# A guest's line table, for --step-guest and the dump: its instruction
+# addresses and lines of source. guest.S's is embedded as guest_lines[].
+$(BUILD)/%.lines: $(BUILD)/%.elf %.S program/guest-lines.sh
+	program/guest-lines.sh $(CROSS)readelf $< $*.S > $@
+$(BUILD)/your-guest/%.lines: $(BUILD)/your-guest/%.elf $(GUEST) program/guest-lines.sh
+	program/guest-lines.sh $(CROSS)readelf $< $(GUEST) > $@
+$(BUILD)/guest_lines.h: $(BUILD)/guest.lines
+	cd $(<D) && xxd -i $(<F) > $(abspath $@)
 
 # ==== Programs ===============================================================
 
@@ -400,8 +405,8 @@ define make-initramfs
 endef
 
 # Rebuilt whenever GUEST changes what it holds.
-$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM) $(GUEST_BIN) $(BUILD)/run-guest.txt
-	$(call make-initramfs,$(PROGRAM),$(if $(GUEST_BIN),$(GUEST_BIN):$(notdir $(GUEST_BIN))))
+$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines) $(BUILD)/run-guest.txt
+	$(call make-initramfs,$(PROGRAM),$(foreach f,$(GUEST_BIN) $(GUEST_BIN:.bin=.lines),$(f):$(notdir $(f))))
 
 $(BUILD)/run-guest.txt: FORCE
 	@mkdir -p $(@D)

@@ -30,15 +30,15 @@
 
 #include "bench_guest_image.h"  // made by the Makefile from bench/bench-guest.S: bench_guest_bin[]
 #include "guest_image.h"        // made by the Makefile: `xxd -i guest.bin` gives guest_bin[] and guest_bin_len
-#include "guest_lines.h"        // made by program/guest-lines.sh: guest_lines[], address -> line of guest.S
+#include "guest_lines.h"        // made by the Makefile: guest.S's line table (program/guest-lines.sh), as guest_lines[]
 
 namespace kh = kvm_hello;
 
-// The guest to run: the one built in, or the user's (--guest FILE, which has
-// no line table).
+// The guest to run: the one built in, or the user's (--guest FILE), with its
+// line table when there is one.
 struct Guest {
   std::span<const std::uint8_t> image;
-  std::span<const GuestLine> lines;
+  const GuestSource* source;
 };
 
 // The nine steps, in order. Returns the exit status.
@@ -85,7 +85,7 @@ int walk_through(const Options& options, Guest guest, const Output& out) {
   out.announce(kh::Step::setup_guest_memory);
   auto memory = kh::setup_guest_memory(vm->get(), guest.image, trace);
   if (!memory) return failed(memory.error());
-  const GuestView view{memory->host.bytes(), guest.lines};
+  const GuestView view{memory->host.bytes(), guest.source};
   out.say(Verbosity::normal, "%zu bytes of guest code copied to the start of %s bytes mapped at %p", guest.image.size(),
           hex(memory->region.memory_size).c_str(), memory->host.get());
   out.say(Verbosity::normal, "slot %u: guest-physical %s..%s", memory->region.slot,
@@ -177,13 +177,23 @@ int run(int argc, char** argv) {
                          std::span(bench_guest_bin, bench_guest_bin_len), out);
   }
   if (options.caps) return show_capabilities(options.kvm_device.c_str(), out);
-  if (options.guest_file.empty()) return walk_through(options, {std::span(guest_bin, guest_bin_len), guest_lines}, out);
-  auto loaded = load_guest_file(options.guest_file);
-  if (!loaded) {
-    std::fprintf(stderr, "kvm-hello: --guest %s: %s\n", options.guest_file.c_str(), loaded.error().message.c_str());
-    return static_cast<int>(loaded.error().status);
+  if (options.guest_file.empty()) {
+    const GuestSource built_in = parse_guest_source({reinterpret_cast<const char*>(guest_lines), guest_lines_len});
+    return walk_through(options, {std::span(guest_bin, guest_bin_len), &built_in}, out);
   }
-  return walk_through(options, {*loaded, {}}, out);
+  const auto unreadable = [](const std::string& option, const std::string& path, const GuestFileError& error) {
+    std::fprintf(stderr, "kvm-hello: %s %s: %s\n", option.c_str(), path.c_str(), error.message.c_str());
+    return static_cast<int>(error.status);
+  };
+  const auto image = load_guest_file(options.guest_file);
+  if (!image) return unreadable("--guest", options.guest_file, image.error());
+  GuestSource source;
+  if (!options.guest_lines.empty()) {
+    auto loaded = load_guest_source(options.guest_lines);
+    if (!loaded) return unreadable("--guest-lines", options.guest_lines, loaded.error());
+    source = std::move(*loaded);
+  }
+  return walk_through(options, {*image, &source}, out);
 }
 
 // The one failure that is not an Error value: memory for our own strings

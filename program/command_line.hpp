@@ -23,7 +23,8 @@ struct Options {
   std::string kvm_device = kh::default_kvm_path;
   std::chrono::milliseconds time_limit = kh::default_time_limit;
   bool time_limit_given = false;
-  std::string guest_file;  // empty: the embedded guest
+  std::string guest_file;   // empty: the embedded guest
+  std::string guest_lines;  // its line table (program/guest-lines.sh), when there is one
   Verbosity level = Verbosity::normal;
   bool step_guest = false;
   bool benchmark = false;
@@ -75,7 +76,7 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       continue;
     }
     if (arg != "--bench-iterations" && arg != "--bench-repeats" && arg != "--kvm-device" && arg != "--guest" &&
-        arg != "--timeout") {
+        arg != "--guest-lines" && arg != "--timeout") {
       return std::unexpected("unknown option: " + std::string(arg));
     }
     const auto given = value();
@@ -85,6 +86,8 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       options.kvm_device = *given;
     } else if (arg == "--guest") {
       options.guest_file = *given;
+    } else if (arg == "--guest-lines") {
+      options.guest_lines = *given;
     } else if (arg == "--timeout") {
       if (!number(*given, amount) || !(amount > 0 && amount <= 3600)) {
         return std::unexpected("--timeout wants seconds, more than 0 and at most 3600: " + std::string(*given));
@@ -107,7 +110,7 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
 inline void print_help() {
   std::printf(
       "usage: kvm-hello [-q | -v | -vv] [--step-guest] [--caps] [--pause] [--bench [--json]]\n"
-      "                 [--guest FILE] [--kvm-device PATH] [--timeout SECONDS]\n"
+      "                 [--guest FILE [--guest-lines FILE]] [--kvm-device PATH] [--timeout SECONDS]\n"
       "Runs a tiny arm64 guest with KVM, step by step: it writes \"hello\" to an MMIO\n"
       "register, reads a value from the host, writes it back, and powers off.\n\n"
       "  -q                  only the guest's output and the outcome\n"
@@ -121,6 +124,7 @@ inline void print_help() {
       "                      on an emulated CPU, 3)\n"
       "  --pause             explain each step and wait for Enter (on a terminal)\n"
       "  --guest FILE        run this raw arm64 image instead (loaded at 0x10000, entry at its start)\n"
+      "  --guest-lines FILE  its line table, for --step-guest and the dump (`make run GUEST=` makes one)\n"
       "  --kvm-device PATH   the KVM device to open (default /dev/kvm)\n"
       "  --timeout SECONDS   the watchdog: stop a guest that has not powered off (default %lld)\n"
       "  --version           print the version\n"

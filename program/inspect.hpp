@@ -7,6 +7,8 @@
 
 #include <linux/psci.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <span>
 #include <string>
@@ -21,24 +23,57 @@ namespace kh = kvm_hello;
 
 // ---- The guest's code: its bytes, and its lines of source ---------------------
 
-// A guest instruction's line in its .S file; program/guest-lines.sh makes the table.
+// One guest instruction's line of source.
 struct GuestLine {
   std::uint64_t address;
   int line;
-  const char* text;
+  std::string text;
 };
 
-inline const GuestLine* find_guest_line(std::span<const GuestLine> lines, std::uint64_t address) {
-  for (const GuestLine& line : lines) {
-    if (line.address == address) return &line;
+// A guest's source, by instruction address: the table program/guest-lines.sh
+// makes at build time from the assembler's debug line information.
+struct GuestSource {
+  std::string file;  // "guest.S"; empty when there is no table
+  std::vector<GuestLine> lines;
+
+  const GuestLine* find(std::uint64_t address) const {
+    for (const GuestLine& line : lines) {
+      if (line.address == address) return &line;
+    }
+    return nullptr;
   }
-  return nullptr;
+};
+
+// Reads guest-lines.sh's text: the file's name, then "ADDRESS LINE TEXT" lines.
+inline GuestSource parse_guest_source(std::string_view text) {
+  GuestSource source;
+  std::size_t at = 0;
+  const auto next_line = [&]() -> std::optional<std::string_view> {
+    if (at >= text.size()) return std::nullopt;
+    const std::size_t end = std::min(text.find('\n', at), text.size());
+    const std::string_view line = text.substr(at, end - at);
+    at = end + 1;
+    return line;
+  };
+  if (const auto name = next_line()) source.file = std::string(*name);
+  while (const auto line = next_line()) {
+    const std::string copy(*line);
+    char* rest = nullptr;
+    const std::uint64_t address = std::strtoull(copy.c_str(), &rest, 16);
+    char* after_number = nullptr;
+    const long number = std::strtol(rest, &after_number, 10);
+    if (rest == copy.c_str() || after_number == rest) continue;  // not a line of the table
+    std::string_view source_text(after_number);
+    if (source_text.starts_with(' ')) source_text.remove_prefix(1);
+    source.lines.push_back({address, static_cast<int>(number), std::string(source_text)});
+  }
+  return source;
 }
 
-// What the guest was doing: the instruction at an address, and its guest.S line when known.
+// What the guest was doing: the instruction at an address, and its line of source when known.
 struct GuestView {
   std::span<const std::uint8_t> ram;
-  std::span<const GuestLine> lines;
+  const GuestSource* source = nullptr;
 
   std::optional<std::uint32_t> instruction_at(std::uint64_t address) const {
     // (Written so that no sum can wrap around: a broken guest's PC may be anything.)
@@ -47,9 +82,14 @@ struct GuestView {
     std::memcpy(&encoding, ram.data() + (address - kh::ram_base), sizeof encoding);
     return encoding;
   }
+  const GuestLine* line_at(std::uint64_t address) const {
+    return source != nullptr ? source->find(address) : nullptr;
+  }
+  // "0x10004 (guest.S:22: adr x2, message)", or just the address.
   std::string where(std::uint64_t address) const {
-    const GuestLine* line = find_guest_line(lines, address);
-    return hex(address) + (line != nullptr ? " (guest.S:" + std::to_string(line->line) + ": " + line->text + ")" : "");
+    const GuestLine* line = line_at(address);
+    if (line == nullptr) return hex(address);
+    return hex(address) + " (" + source->file + ":" + std::to_string(line->line) + ": " + line->text + ")";
   }
 };
 

@@ -55,11 +55,12 @@ class GuestStepper {
   void show_instruction(std::uint64_t pc) {
     ++shown_;
     const std::uint32_t encoding = guest_.instruction_at(pc).value_or(0);
-    const GuestLine* line = find_guest_line(guest_.lines, pc);
+    const GuestLine* line = guest_.line_at(pc);
     char text[512];
     if (line != nullptr) {
-      std::snprintf(text, sizeof text, "guest %s  %08x  guest.S:%-3d %s", hex(pc).c_str(), encoding, line->line,
-                    line->text);
+      const std::string place = guest_.source->file + ":" + std::to_string(line->line);
+      std::snprintf(text, sizeof text, "guest %s  %08x  %-11s %s", hex(pc).c_str(), encoding, place.c_str(),
+                    line->text.c_str());
     } else {
       std::snprintf(text, sizeof text, "guest %s  %08x", hex(pc).c_str(), encoding);
     }

@@ -39,7 +39,7 @@ inline int fuzz_one_exit(const std::uint8_t* data, std::size_t size) {
   // The registers a broken guest could leave, through the dump and its diagnosis.
   kh::Registers regs;
   std::memcpy(&regs, reinterpret_cast<const std::uint8_t*>(&run) + 8, std::min(sizeof regs, sizeof run - 8));
-  const GuestView view{std::span(reinterpret_cast<const std::uint8_t*>(&run), sizeof run), {}};
+  const GuestView view{std::span(reinterpret_cast<const std::uint8_t*>(&run), sizeof run), nullptr};
   const kh::Error stuck{kh::Step::run_guest, kh::Problem::watchdog_expired, "KVM_RUN", EINTR, 1000};
   const kh::Error undecodable{kh::Step::run_guest, kh::Problem::call_failed, "KVM_RUN", ENOSYS, 0};
   std::size_t lines = format_registers(regs).size();

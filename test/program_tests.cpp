@@ -197,11 +197,11 @@ TEST_CASE("what changed between kernels is said where it shows") {
     regs.vbar_el1 = 0x100000;
     regs.x[0] = static_cast<std::uint64_t>(PSCI_RET_NOT_SUPPORTED);
     const kh::Error stuck{kh::Step::run_guest, kh::Problem::watchdog_expired, "KVM_RUN", EINTR, 1000};
-    const auto old_kernel = diagnose(stuck, regs, GuestView{ram, {}}, {6, 1});
+    const auto old_kernel = diagnose(stuck, regs, GuestView{ram, nullptr}, {6, 1});
     REQUIRE(old_kernel.size() == 2);
     CHECK(old_kernel[1].starts_with("the guest called smc at 0x10004 and got x0 = -1 (PSCI NOT_SUPPORTED): Linux "
                                     "before 6.4 does not take smc as a PSCI call"));
-    const auto new_kernel = diagnose(stuck, regs, GuestView{ram, {}}, {6, 12});
+    const auto new_kernel = diagnose(stuck, regs, GuestView{ram, nullptr}, {6, 12});
     REQUIRE(new_kernel.size() == 2);
     CHECK(new_kernel[1].find("KVM does not know the function id") != std::string::npos);
   }
@@ -273,10 +273,19 @@ TEST_CASE("single-stepping: the registers an instruction changed, and its line o
   after.pc = 4;  // pc always moves: not listed
   CHECK(register_changes(before, after) == "x1 0x0 -> 0x1100");
   CHECK(register_changes(before, before).empty());
-  const GuestLine lines[] = {{0x10000, 21, "ldr x1, =OUT"}, {0x10004, 22, "adr x2, message"}};
-  REQUIRE(find_guest_line(lines, 0x10004) != nullptr);
-  CHECK(find_guest_line(lines, 0x10004)->line == 22);
-  CHECK(find_guest_line(lines, 0x10008) == nullptr);
+  // The line table program/guest-lines.sh makes: the file, then "ADDRESS LINE TEXT".
+  const GuestSource source = parse_guest_source("mine.S\n0x10000 21 ldr x1, =OUT\n0x10004 22 adr x2, message\n");
+  CHECK(source.file == "mine.S");
+  REQUIRE(source.lines.size() == 2);
+  REQUIRE(source.find(0x10004) != nullptr);
+  CHECK(source.find(0x10004)->line == 22);
+  CHECK(source.find(0x10004)->text == "adr x2, message");
+  CHECK(source.find(0x10008) == nullptr);
+  const std::array<std::uint8_t, 8> ram{};
+  CHECK(GuestView{ram, &source}.where(0x10004) == "0x10004 (mine.S:22: adr x2, message)");
+  CHECK(GuestView{ram, nullptr}.where(0x10004) == "0x10004");
+  CHECK(parse_guest_source("").lines.empty());
+  CHECK(parse_guest_source("x.S\nnot a line\n0x10000\n").lines.empty());
 }
 
 TEST_CASE("the register dump explains ESR_EL1 only when the guest is in its exception vectors") {
