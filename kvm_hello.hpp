@@ -28,7 +28,7 @@
  *   Typed ioctl requests            Request, call(), and watching the calls
  *   Step 1 ... Step 9               each step's function, its helpers just above it
  *   Steps 1 to 8 in one call        build_machine(), for programs that do not narrate
- *   Appendix: seeing inside         reading registers, single-stepping
+ *   Appendix: seeing inside         reading registers, single-stepping, the vCPU's statistics
  *
  * HOW TO USE
  *   #include "kvm_hello.hpp" and call the steps in order; every step returns
@@ -102,6 +102,7 @@
 #include <type_traits>
 #include <utility>
 #include <variant>
+#include <vector>
 
 #if !defined(KVM_ARM_VCPU_PSCI_0_2)
 #error "kvm_hello.hpp needs arm64's <asm/kvm.h>: build on arm64, or put arm64's kernel headers first (see Makefile)"
@@ -357,6 +358,7 @@ inline constexpr auto set_one_reg = KVM_HELLO_REQUEST(KVM_SET_ONE_REG, kvm_one_r
 inline constexpr auto get_one_reg = KVM_HELLO_REQUEST(KVM_GET_ONE_REG, kvm_one_reg);  // _IOW: see get_register
 inline constexpr auto run = KVM_HELLO_REQUEST(KVM_RUN, void);
 inline constexpr auto set_guest_debug = KVM_HELLO_REQUEST(KVM_SET_GUEST_DEBUG, kvm_guest_debug);
+inline constexpr auto get_stats_fd = KVM_HELLO_REQUEST(KVM_GET_STATS_FD, void);
 }  // namespace request
 
 #undef KVM_HELLO_REQUEST
@@ -1039,8 +1041,8 @@ inline Result<Machine> build_machine(std::span<const std::uint8_t> image, const 
 // ==== Appendix: seeing inside ================================================
 //
 // Not steps: what a program uses to look at the guest. Reading its registers
-// (for a dump after it stopped), and single-stepping it (one exit per guest
-// instruction).
+// (for a dump after it stopped), single-stepping it (one exit per guest
+// instruction), and reading what KVM counted while it ran.
 
 // KVM_GET_ONE_REG is also _IOW: the struct goes in, and the kernel writes the
 // value through the address inside it.
@@ -1114,6 +1116,60 @@ inline Result<void> enable_single_step(int kvm_fd, int vcpu_fd, CallObserver obs
   const auto done = call(Step::run_guest, vcpu_fd, request::set_guest_debug, &debug, observe);
   if (!done) return std::unexpected(done.error());
   return {};
+}
+
+// ---- The exits we never see: the vCPU's statistics -------------------------
+//
+// KVM counts, for each vCPU, what it handled inside the kernel as well as
+// what it returned to us. KVM_GET_STATS_FD (no argument) on the vCPU fd
+// returns a read-only fd holding (Documentation/virt/kvm/api.rst):
+//
+//   struct kvm_stats_header      num_desc, name_size, and where the rest lies
+//   at desc_offset, num_desc of: struct kvm_stats_desc, then its name (name_size bytes)
+//   at data_offset:              the values, `size` u64s per statistic, at its `offset`
+//
+// Needs KVM_CAP_BINARY_STATS_FD (Linux 5.14 and later). On arm64 the vCPU's
+// include exits (every return from the guest to KVM), mmio_exit_user (those
+// that came on to us), hvc_exit_stat, wfi_exit_stat and halt_wait_ns.
+
+struct VcpuStatistic {
+  std::string name;     // "mmio_exit_user"
+  std::uint64_t value;  // its value (for a histogram, its first bucket)
+  std::uint32_t flags;  // KVM_STATS_TYPE_*, KVM_STATS_UNIT_* and KVM_STATS_BASE_* bits
+};
+
+namespace detail {
+// Reads `size` bytes at `offset` of the statistics fd; errno, and EIO for a short read.
+inline bool read_at(int fd, void* into, std::size_t size, std::uint64_t offset) {
+  const ssize_t got = ::pread(fd, into, size, static_cast<off_t>(offset));
+  if (got >= 0 && static_cast<std::size_t>(got) != size) errno = EIO;
+  return got >= 0 && static_cast<std::size_t>(got) == size;
+}
+}  // namespace detail
+
+// KVM_GET_STATS_FD on the vCPU fd, then the statistics read from the fd it
+// returns (closed again here). ENOTTY: a kernel without binary statistics.
+inline Result<std::vector<VcpuStatistic>> read_vcpu_statistics(int vcpu_fd, CallObserver observe = {}) {
+  const auto opened = call(Step::run_guest, vcpu_fd, request::get_stats_fd, observe);
+  if (!opened) return std::unexpected(opened.error());
+  const Fd stats(*opened);
+  kvm_stats_header header{};
+  if (!detail::read_at(stats.get(), &header, sizeof header, 0)) return failed(Step::run_guest, "pread");
+  std::vector<VcpuStatistic> found;
+  std::vector<char> descriptor(sizeof(kvm_stats_desc) + header.name_size);
+  for (std::uint32_t i = 0; i < header.num_desc; ++i) {
+    const std::uint64_t at = header.desc_offset + std::uint64_t{i} * descriptor.size();
+    if (!detail::read_at(stats.get(), descriptor.data(), descriptor.size(), at)) return failed(Step::run_guest, "pread");
+    kvm_stats_desc desc{};
+    std::memcpy(&desc, descriptor.data(), sizeof desc);
+    std::uint64_t value = 0;
+    if (!detail::read_at(stats.get(), &value, sizeof value, header.data_offset + desc.offset)) {
+      return failed(Step::run_guest, "pread");
+    }
+    const char* name = descriptor.data() + sizeof desc;
+    found.push_back({std::string(name, ::strnlen(name, header.name_size)), value, desc.flags});
+  }
+  return found;
 }
 
 }  // namespace kvm_hello

@@ -155,6 +155,14 @@ int walk_through(const Options& options, Guest guest, const Output& out) {
     }
     std::printf("summary: %s\n", describe_stats(*stats).c_str());
   }
+  if (out.shows(Verbosity::verbose)) {  // the exits KVM handled itself, which we never saw
+    const auto counted = kh::read_vcpu_statistics(vcpu->fd.get(), trace);
+    if (counted) {
+      for (const std::string& line : describe_statistics(*counted, stats->exits)) out.say(Verbosity::verbose, "%s", line.c_str());
+    } else {
+      out.say(Verbosity::verbose, "no vCPU statistics: %s", failure_for(counted.error(), device).message.c_str());
+    }
+  }
   std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %u exits\n", stats->exits);
   return static_cast<int>(Status::ok);
 }

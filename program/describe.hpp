@@ -7,9 +7,11 @@
 
 #include <linux/psci.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include "kvm_hello.hpp"
 #include "program/format.hpp"
@@ -195,6 +197,31 @@ inline std::string describe_stats(const kh::RunStats& stats) {
   return std::to_string(stats.kvm_run_calls) + " KVM_RUN calls, " + std::to_string(stats.exits) + " exits (" +
          by_reason + "); " + format_duration(stats.in_kvm_run) + " inside KVM_RUN, " +
          format_duration(stats.total - stats.in_kvm_run) + " in the host";
+}
+
+// -v, after a run: what KVM counted for the vCPU (kvm_hello::read_vcpu_statistics),
+// and what that says about the exits that never came to us.
+inline std::vector<std::string> describe_statistics(const std::vector<kh::VcpuStatistic>& stats,
+                                                    unsigned exits_to_us) {
+  static constexpr std::string_view shown[] = {"exits",         "mmio_exit_user", "mmio_exit_kernel",
+                                               "hvc_exit_stat", "wfi_exit_stat",  "wfe_exit_stat",
+                                               "signal_exits",  "halt_wait_ns"};
+  std::string line = "vCPU statistics (KVM_GET_STATS_FD):";
+  std::optional<std::uint64_t> exits;
+  for (const std::string_view name : shown) {
+    for (const kh::VcpuStatistic& stat : stats) {
+      if (stat.name != name) continue;
+      line += (line.ends_with(':') ? " " : ", ") + stat.name + " " + std::to_string(stat.value);
+      if (name == "exits") exits = stat.value;
+    }
+  }
+  std::vector<std::string> lines{line};
+  if (exits && *exits >= exits_to_us) {
+    lines.push_back("the guest left for KVM " + std::to_string(*exits) + " times; " + std::to_string(exits_to_us) +
+                    " of them came on to us, and KVM handled the other " + std::to_string(*exits - exits_to_us) +
+                    " itself (host interrupts, guest RAM's first touch, PSCI calls that need no one else)");
+  }
+  return lines;
 }
 
 // ---- Instructions KVM cannot decode for MMIO ---------------------------------
