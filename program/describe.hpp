@@ -270,8 +270,14 @@ inline std::string_view describe_mmio_instruction(MmioInstruction kind) {
   return "";
 }
 
-// SMC #imm16: 0xd4000003 | imm16 << 5 (the Arm ARM's "Exception generation").
+// A few A64 encodings a stuck guest is often found at (the Arm ARM's
+// "Exception generation", "Hints" and "Unconditional branch (immediate)"):
+// SMC #imm16 is 0xd4000003 | imm16 << 5; WFI and WFE are hints; B with an
+// offset of 0 branches to itself.
 constexpr bool is_smc(std::uint32_t encoding) { return (encoding & 0xffe0001f) == 0xd4000003; }
+constexpr bool is_wfi(std::uint32_t encoding) { return encoding == 0xd503207f; }
+constexpr bool is_wfe(std::uint32_t encoding) { return encoding == 0xd503205f; }
+constexpr bool is_branch_to_self(std::uint32_t encoding) { return encoding == 0x14000000; }
 
 // ---- Step 7: the target and PSCI, which depend on the kernel's version -----
 

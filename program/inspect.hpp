@@ -108,6 +108,13 @@ constexpr bool in_exception_vectors(const kh::Registers& regs) {
 // reads it back from ESR_EL1 after KVM_ARM_VCPU_INIT.
 inline constexpr std::uint64_t unknown_register_value = 0x1de7ec7edbadc0de;
 
+// Whether the guest has taken an exception since KVM_ARM_VCPU_INIT: ESR_EL1
+// holds a syndrome instead of KVM's marker for UNKNOWN, or PC is in the
+// vectors. (A handler that ran and moved on leaves ESR_EL1 set, PC elsewhere.)
+constexpr bool exception_taken(const kh::Registers& regs) {
+  return regs.esr_el1 != unknown_register_value || in_exception_vectors(regs);
+}
+
 // The vector table's 16 entries: four groups of 0x200 bytes (where the
 // exception came from), each of four 0x80-byte entries (what kind it is).
 inline std::string vector_entry_name(std::uint64_t offset) {
@@ -131,10 +138,12 @@ inline std::string format_registers(const kh::Registers& regs) {
   }
   text += "        pc " + hex(regs.pc) + "  pstate " + describe_pstate(regs.pstate) + "\n";
   text += "    sp_el1 " + hex(regs.sp_el1) + "  sp_el0 " + hex(regs.sp_el0) + "\n";
-  if (in_exception_vectors(regs)) {  // the guest took an exception: these say which, where, and why
+  if (exception_taken(regs)) {  // these say which exception, where, and why
+    const std::string far = regs.far_el1 == unknown_register_value ? "not written (no abort)" : hex(regs.far_el1);
     text += "   esr_el1 " + describe_esr(regs.esr_el1) + "\n";
-    text += "   elr_el1 " + hex(regs.elr_el1) + " (the instruction it happened at)  far_el1 " + hex(regs.far_el1) +
-            "  vbar_el1 " + hex(regs.vbar_el1) + " (PC is in these vectors)\n";
+    text += "   elr_el1 " + hex(regs.elr_el1) + " (the instruction it happened at)  far_el1 " + far + "  vbar_el1 " +
+            hex(regs.vbar_el1) +
+            (in_exception_vectors(regs) ? " (PC is in these vectors)\n" : " (PC is outside them: a handler went on)\n");
   } else {
     text += "  vbar_el1 " + hex(regs.vbar_el1) + " (PC is not in its vectors: no exception taken, so ESR_EL1,\n" +
             "            ELR_EL1 and FAR_EL1 say nothing)\n";
@@ -161,6 +170,32 @@ inline std::string explain_smc_refused(std::uint64_t at, KernelVersion kernel) {
   return line + "KVM does not know the function id that was in x0";
 }
 
+// What a guest that never stops is doing, from the instruction at PC and the
+// one before it (KVM steps PC past an instruction it handled): "" when
+// nothing there says.
+inline std::string explain_what_it_does(const kh::Registers& regs, const GuestView& guest, KernelVersion kernel) {
+  const auto at = guest.instruction_at(regs.pc);
+  const auto before = guest.instruction_at(regs.pc - 4);
+  if (before && is_smc(*before) && regs.x[0] == static_cast<std::uint64_t>(PSCI_RET_NOT_SUPPORTED)) {
+    return explain_smc_refused(regs.pc - 4, kernel) + ".";
+  }
+  const auto waits_at = at && is_wfi(*at) ? regs.pc : before && is_wfi(*before) ? regs.pc - 4 : 0;
+  if (waits_at != 0) {
+    return "It waits in WFI at " + hex(waits_at) +
+           " for an interrupt, and none will come: this VM has no interrupt controller (kvm-hello creates no "
+           "vGIC) and the guest has set no timer.";
+  }
+  if ((at && is_wfe(*at)) || (before && is_wfe(*before))) {
+    return "It waits in WFE for an event no one sends: KVM takes WFE as a hint that the vCPU is spinning "
+           "(kvm_handle_wfx in arch/arm64/kvm/handle_exit.c), and it spins on.";
+  }
+  if (at && is_branch_to_self(*at)) {
+    return "The instruction there is b " + hex(regs.pc) +
+           ", a branch to itself: the guest spins in place, inside KVM_RUN, until the watchdog stops it.";
+  }
+  return "";
+}
+
 // Lines that explain a failed run from the guest's registers: why it never
 // powered off, or which instruction KVM could not decode.
 inline std::vector<std::string> diagnose(const kh::Error& error, const kh::Registers& regs, const GuestView& guest,
@@ -184,10 +219,7 @@ inline std::vector<std::string> diagnose(const kh::Error& error, const kh::Regis
     }
   } else if (stopped) {
     lines.push_back("PC " + guest.where(regs.pc) + ": the guest is running there and never called PSCI SYSTEM_OFF.");
-    const auto before = guest.instruction_at(regs.pc - 4);
-    if (before && is_smc(*before) && regs.x[0] == static_cast<std::uint64_t>(PSCI_RET_NOT_SUPPORTED)) {
-      lines.push_back(explain_smc_refused(regs.pc - 4, kernel) + ".");
-    }
+    if (const std::string doing = explain_what_it_does(regs, guest, kernel); !doing.empty()) lines.push_back(doing);
   }
   if (error.problem == kh::Problem::call_failed && error.err == ENOSYS && error.step == kh::Step::run_guest) {
     if (const auto encoding = guest.instruction_at(regs.pc)) {

@@ -682,6 +682,8 @@ std::string normalise(std::string text) {
       {R"((first of |KVM_GET_VCPU_MMAP_SIZE\) = )[0-9]+)", "$1<size>"},  // two host pages
       {R"((PSCI for the guest: ).*)", "$1<this kernel's>"},              // checked by its own test below
       {R"((: psci_version\), value )0x[0-9a-f]+)", "$1<this kernel's>"},  // -v: the same, read by step 7
+      {R"((KVM_GET_STATS_FD\): exits )[0-9]+)", "$1<n>"},                 // -v: host interrupts vary; the test
+      {R"((left for KVM )[0-9]+( times; 9 of them came on to us, and KVM handled the other )[0-9]+)", "$1<n>$2<n>"},
       {R"((?:^|\n)(KVM_CAP_[A-Z0-9_]+) +(-?[0-9]+|error)  )", "\n$1 <value>  "},  // --caps: the host's values
   };
   for (const auto& [pattern, replacement] : rules) text = std::regex_replace(text, std::regex(pattern), replacement);
@@ -782,6 +784,20 @@ TEST_CASE("step 3's IPA limit is what this host's KVM says") {
   const int limit = ioctl(kvm->get(), KVM_CHECK_EXTENSION, static_cast<unsigned long>(KVM_CAP_ARM_VM_IPA_SIZE));
   const Outcome run = run_program({});
   CHECK(run.out.find("KVM_CAP_ARM_VM_IPA_SIZE = " + std::to_string(limit) + "  ") != std::string::npos);
+}
+
+TEST_CASE("-v: the vCPU's statistics add up: 8 MMIO exits and 1 hvc reached us, every exit counted") {
+  const Outcome run = run_program({"-v"});
+  INFO("stdout:\n" << run.out);
+  REQUIRE(run.status == 0);
+  std::smatch stats;
+  REQUIRE(std::regex_search(run.out, stats,
+                            std::regex("vCPU statistics \\(KVM_GET_STATS_FD\\): exits ([0-9]+), mmio_exit_user ([0-9]+), "
+                                       "mmio_exit_kernel ([0-9]+), hvc_exit_stat ([0-9]+)")));
+  CHECK(std::stoul(stats[2]) == 8);   // the 8 MMIO exits we saw
+  CHECK(std::stoul(stats[3]) == 0);   // no device of ours lives in the kernel
+  CHECK(std::stoul(stats[4]) == 1);   // the hvc of SYSTEM_OFF (the one exit that is not MMIO)
+  CHECK(std::stoul(stats[1]) >= 9);   // and every exit KVM handled itself besides
 }
 
 TEST_CASE("the preferred target is this kernel's: GENERIC_V8 from Linux 6.6, before it the host CPU's own type") {

@@ -426,3 +426,41 @@ TEST_CASE("bench: the device keeps RESULT writes in fixed storage, answers reads
   CHECK(device.results().size() == BenchDevice::capacity);
   CHECK(device.results()[3] == 3);
 }
+
+TEST_CASE("a stuck guest is explained from the instruction it is at: WFI, WFE, a branch to itself") {
+  std::array<std::uint8_t, 16> ram{};
+  const auto put = [&ram](std::size_t at, std::uint32_t encoding) { std::memcpy(ram.data() + at, &encoding, 4); };
+  kh::Registers regs;
+  regs.vbar_el1 = 0x100000;
+  const GuestView view{ram, nullptr};
+  put(0, 0xd503207f);  // wfi
+  put(4, 0x17ffffff);  // b 0x10000
+  regs.pc = kh::ram_base + 4;  // KVM stepped past the WFI it handled
+  CHECK(explain_what_it_does(regs, view, {6, 12}).starts_with("It waits in WFI at 0x10000 for an interrupt"));
+  regs.pc = kh::ram_base;  // or the CPU is still at it
+  CHECK(explain_what_it_does(regs, view, {6, 1}).starts_with("It waits in WFI at 0x10000"));
+  put(0, 0xd503205f);  // wfe
+  CHECK(explain_what_it_does(regs, view, {6, 12}).starts_with("It waits in WFE for an event no one sends"));
+  put(0, 0x14000000);  // b .
+  CHECK(explain_what_it_does(regs, view, {6, 12}) ==
+        "The instruction there is b 0x10000, a branch to itself: the guest spins in place, inside KVM_RUN, until the "
+        "watchdog stops it.");
+  put(0, 0x91000400);  // add x0, x0, #1: nothing to say
+  CHECK(explain_what_it_does(regs, view, {6, 12}).empty());
+}
+
+TEST_CASE("the register dump shows ESR_EL1 once an exception was taken, even after its handler moved on") {
+  kh::Registers regs;
+  regs.pc = 0x10900;  // in a handler past its vectors at 0x10800 (exercise 4)
+  regs.vbar_el1 = 0x10000;
+  regs.esr_el1 = 0x02000000;  // EC 0x00, IL: an undefined instruction
+  regs.elr_el1 = 0x1000c;
+  regs.far_el1 = unknown_register_value;  // no abort wrote it
+  const std::string dump = format_registers(regs);
+  CHECK(dump.find("no exception taken") == std::string::npos);
+  CHECK(dump.find("esr_el1 0x2000000 (EC 0x0: unknown reason, e.g. an undefined instruction)") != std::string::npos);
+  CHECK(dump.find("elr_el1 0x1000c (the instruction it happened at)  far_el1 not written (no abort)") !=
+        std::string::npos);
+  CHECK(dump.find("(PC is outside them: a handler went on)") != std::string::npos);
+}
+

@@ -4,6 +4,7 @@
 // expect-status: 24
 // expect-stderr: did not power off within 1000 ms, so the watchdog stopped it
 // expect-stderr: PC 0x10000: the guest is running there and never called PSCI SYSTEM_OFF
+// expect-stderr: The instruction there is b 0x10000, a branch to itself
         .text
         .global _start
 _start:
