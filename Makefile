@@ -11,7 +11,8 @@
 ##   make run         build and run kvm-hello (ARGS="--timeout 2" passes options;
 ##                    GUEST=path/to/file.S assembles that guest and runs it instead)
 ##   make trace       run the guest one instruction at a time (--step-guest, plus ARGS)
-##   make gdb         gdb on kvm-hello, stopped at each step function (gdb/steps.gdb)
+##   make gdb         gdb on kvm-hello, stopped at each step function (gdb/steps.gdb);
+##                    GUEST= and ARGS= as for run; GDB_ARGS="-batch -x FILE" runs FILE's commands
 ##   make bench       what a VM exit costs, measured here (ARGS=--json for JSON)
 ##   make test        every test suite; the last line is "N passed, M failed"
 ##   make test-e2e    only the suites against real KVM (e2e and gdb), on the chosen host
@@ -99,11 +100,11 @@ ifeq ($(KVM_HELLO_MACHINE),native)
   # How each target runs kvm-hello, the tests and gdb: here, directly.
   RUN_WITH          := $(PROGRAM)
   GUEST_PATH         = $(GUEST_BIN)
-  GDB_WITH          := gdb -q -x gdb/steps.gdb --args $(DEBUG_PROGRAM) $(ARGS)
+  GDB_WITH           = gdb -q -x gdb/steps.gdb $(GDB_ARGS) --args $(DEBUG_PROGRAM) $(PROGRAM_ARGS)
   E2E_WITH          := $(E2E)
-  GDB_TEST_WITH     := run gdb -q -x gdb/steps.gdb $(DEBUG_PROGRAM)
+  GDB_STARTS        := run
   RUN_NEEDS         := $(PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
-  GDB_NEEDS         := $(DEBUG_PROGRAM)
+  GDB_NEEDS         := $(DEBUG_PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
   E2E_NEEDS         := $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM)
   SUITE_WHERE       :=
 else
@@ -127,9 +128,10 @@ else
   # from an initramfs that holds them.
   RUN_WITH          := $(IN_VM) $(BUILD)/run.cpio /kvm-hello
   GUEST_PATH         = /$(notdir $(GUEST_BIN))
-  GDB_WITH          := tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
+  GDB_WITH           = GDB_ARGS="$(GDB_ARGS)" tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM) \
+                       $(PROGRAM_ARGS)
   E2E_WITH          := $(IN_VM) $(BUILD)/test.cpio /e2e-tests
-  GDB_TEST_WITH     := continue tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM)
+  GDB_STARTS        := continue
   RUN_NEEDS         := $(BUILD)/run.cpio $(KERNEL)
   GDB_NEEDS         := $(BUILD)/gdb.cpio $(KERNEL)
   E2E_NEEDS         := $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
@@ -145,9 +147,12 @@ MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
 UNIT_SUITES := $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64))
 all: $(UNIT_SUITES) $(E2E_NEEDS) $(RUN_NEEDS)
 
+# What kvm-hello is given: your guest and its line table, and ARGS.
+PROGRAM_ARGS = $(if $(GUEST),--guest $(GUEST_PATH) --guest-lines $(GUEST_PATH:.bin=.lines)) $(ARGS)
+
 run: $(RUN_NEEDS)
 	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
-	@$(RUN_WITH) $(if $(GUEST),--guest $(GUEST_PATH) --guest-lines $(GUEST_PATH:.bin=.lines)) $(ARGS)
+	@$(RUN_WITH) $(PROGRAM_ARGS)
 
 trace: override ARGS += --step-guest
 trace: run
@@ -165,7 +170,7 @@ SUITE := test/run-suite.sh $(TEST_LOGS)
 UNIT_NAME := unit-$(firstword $(subst -, ,$(CXX_MACHINE)))
 define run-e2e-suites
 	@$(SUITE) e2e$(SUITE_WHERE) $(E2E_WITH)
-	@$(SUITE) gdb$(SUITE_WHERE) test/gdb-test.sh $(GDB_TEST_WITH)
+	@+$(SUITE) gdb$(SUITE_WHERE) test/gdb-test.sh $(GDB_STARTS)
 endef
 
 test: $(UNIT_SUITES) $(E2E_NEEDS) | kvm-usable
@@ -412,8 +417,8 @@ $(BUILD)/run-guest.txt: FORCE
 	@mkdir -p $(@D)
 	@echo "$(GUEST)" | cmp -s - $@ || echo "$(GUEST)" > $@
 
-$(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
-	$(call make-initramfs,$(DEBUG_PROGRAM))
+$(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines) $(BUILD)/run-guest.txt
+	$(call make-initramfs,$(DEBUG_PROGRAM),$(foreach f,$(GUEST_BIN) $(GUEST_BIN:.bin=.lines),$(f):$(notdir $(f))))
 
 $(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS) $(EXERCISES) \
   $(if $(CROSS),$(SANITIZER_RUNTIME)/.done)

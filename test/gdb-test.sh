@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# gdb-test.sh FIRST GDB-LAUNCHER...
+# gdb-test.sh FIRST
 #
-# Drives gdb in batch mode through kvm-hello with gdb/steps.gdb's
-# breakpoints and checks what a user would see: every step function stops in
-# order, `print` and `bt` work there, and the program still finishes cleanly.
-# FIRST is the command that starts the program: `run` for a local gdb,
-# `continue` for gdb attached to the emulated machine (tools/gdb-in-vm.sh).
-# Prints "N passed, M failed".
+# `make gdb` in its batch form (GDB_ARGS="-batch -x FILE"), as a user without
+# a terminal runs it, and what it must show: every step function of
+# gdb/steps.gdb stops in order, `print` and `bt` work there, and the program
+# still finishes cleanly; then the same with GUEST= and ARGS= (another guest,
+# kvm-hello's own options). FIRST is the command that starts the program:
+# `run` for a local gdb, `continue` for gdb attached to the emulated machine
+# (tools/gdb-in-vm.sh). Prints "N passed, M failed".
 #
 # Under emulation the program's output comes from the machine's console, at
 # its own pace, and can land in the middle of a line of gdb's: the machine's
@@ -14,19 +15,10 @@
 # tools/gdb-in-vm.sh honours), so that gdb's lines are read whole.
 set -uo pipefail
 first=$1
-shift
-log=$(mktemp)
-console=$(mktemp)
-trap 'rm -f "$log" "$console"' EXIT
-export KVM_HELLO_VM_CONSOLE=$console
-
-commands=(-batch -ex "$first" -ex "print path")
-for _ in $(seq 8); do commands+=(-ex continue); done
-commands+=(-ex "bt 2" -ex continue)
-timeout 300 "$@" "${commands[@]}" >"$log" 2>&1
-cat "$log"
-[ -s "$console" ] && { echo "-- the program's output:"; cat "$console"; }
-cat "$console" >>"$log"
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export KVM_HELLO_VM_CONSOLE=$work/console
 
 passed=0 failed=0
 check() {  # check DESCRIPTION COMMAND...
@@ -36,13 +28,49 @@ check() {  # check DESCRIPTION COMMAND...
     failed=$((failed + 1)); echo "gdb-test: FAILED: $1"
   fi
 }
+
+# debug NAME [MAKE ARGUMENTS...]: `make gdb` with the commands of $work/NAME.gdb;
+# gdb's output in $work/NAME.log, with the program's after it.
+debug() {
+  local name=$1
+  shift
+  : >"$KVM_HELLO_VM_CONSOLE"
+  timeout 300 make --no-print-directory -s gdb GDB_ARGS="-batch -x $work/$name.gdb" "$@" >"$work/$name.log" 2>&1
+  echo "-- gdb, $name:" && cat "$work/$name.log"
+  if [ -s "$KVM_HELLO_VM_CONSOLE" ]; then
+    echo "-- the program's output:" && cat "$KVM_HELLO_VM_CONSOLE"
+    cat "$KVM_HELLO_VM_CONSOLE" >>"$work/$name.log"
+  fi
+}
+
+# The step functions, in order, as gdb/steps.gdb names them (test/docs_tests.cpp
+# checks that file against kvm_hello.hpp's step table), and the ones a log stopped at:
 # "Breakpoint 3, kvm_hello::NAME (...)", or with several vCPUs "Thread 2 hit Breakpoint 3, ...".
-stops=$(sed -n 's/^\(Thread [0-9.]* hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\2/p' "$log" | tr '\n' ' ')
-# The step functions, in order, as gdb/steps.gdb names them (test/docs_tests.cpp checks
-# that file against kvm_hello.hpp's step table).
-expected=$(sed -n 's/^break kvm_hello::\([a-z_]*\)$/\1/p' "$(dirname "$0")/../gdb/steps.gdb" | tr '\n' ' ')
-check "the nine step functions stop in order (saw: $stops)" test "$stops" = "$expected"
-check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/dev/kvm"$' "$log"
-check "bt at run_guest shows walk_through (main.cpp) as its caller" grep -q '^#1 .* in walk_through (' "$log"
-check "the program ran to its clean shutdown" grep -q '^shutdown: the guest powered off' "$log"
+expected=$(sed -n 's/^break kvm_hello::\([a-z_]*\)$/\1/p' gdb/steps.gdb | tr '\n' ' ')
+stops() { sed -n 's/^\(Thread [0-9.]* hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\2/p' "$1" | tr '\n' ' '; }
+
+# The walk-through: a stop at each step, print and bt on the way.
+{
+  echo "$first"
+  echo "print path"
+  for _ in $(seq 8); do echo continue; done
+  echo "bt 2"
+  echo continue
+} >"$work/steps.gdb"
+debug steps
+check "the nine step functions stop in order (saw: $(stops "$work/steps.log"))" test "$(stops "$work/steps.log")" = "$expected"
+check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/dev/kvm"$' "$work/steps.log"
+check "bt at run_guest shows walk_through (main.cpp) as its caller" grep -q '^#1 .* in walk_through (' "$work/steps.log"
+check "the program ran to its clean shutdown" grep -q '^shutdown: the guest powered off' "$work/steps.log"
+
+# Another guest, and kvm-hello's own options: GUEST= and ARGS= reach it under gdb too.
+{
+  echo "$first"
+  for _ in $(seq 9); do echo continue; done
+} >"$work/guest.gdb"
+debug guest GUEST=test/guests/psci_version.S ARGS=-q
+check "GUEST= and ARGS= under gdb: the steps stop in order (saw: $(stops "$work/guest.log"))" \
+  test "$(stops "$work/guest.log")" = "$expected"
+check "GUEST= under gdb: that guest ran (its PSCI version printed)" grep -q '^guest output: 1\.[0-9]\\n$' "$work/guest.log"
+check "ARGS=-q under gdb: kvm-hello was quiet (no step lines)" bash -c "! grep -q '^\[1/9\]' '$work/guest.log'"
 echo "$passed passed, $failed failed"

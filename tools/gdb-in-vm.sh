@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# gdb-in-vm.sh KERNEL INITRAMFS PROGRAM [GDB ARGUMENTS...]
+# gdb-in-vm.sh KERNEL INITRAMFS PROGRAM [ARGUMENTS...]
 #
 # Debugs PROGRAM (a path inside the initramfs, and beside this script's
-# caller as build/PROGRAM with its symbols) while it runs inside the emulated
-# arm64 machine. QEMU's gdb stub listens on 127.0.0.1 and QEMU waits (-S)
-# until gdb-multiarch has connected and set the breakpoints of
-# gdb/steps.gdb; then `continue` boots the machine and stops at step 1.
+# caller as build/PROGRAM with its symbols) while it runs, with ARGUMENTS,
+# inside the emulated arm64 machine. QEMU's gdb stub listens on 127.0.0.1 and
+# QEMU waits (-S) until gdb-multiarch has connected and set the breakpoints
+# of gdb/steps.gdb; then `continue` boots the machine and stops at step 1.
+# GDB_ARGS: more options for gdb, e.g. "-batch -x commands.gdb" to run the
+# commands of a file without a terminal (`make gdb GDB_ARGS=...`).
 # The program's output appears in the same terminal as gdb's, or in the file
 # KVM_HELLO_VM_CONSOLE names (the machine's console comes at its own pace,
 # and can land in the middle of one of gdb's lines: test/gdb-test.sh reads
@@ -19,8 +21,9 @@ kernel=$1 initramfs=$2 program=$3
 shift 3
 here=$(cd "$(dirname "$0")" && pwd)
 port=${KVM_HELLO_GDB_PORT:-$((20000 + RANDOM % 20000))}
+read -r -a gdb_args <<<"${GDB_ARGS:-}"
 
-KVM_HELLO_GDB_PORT=$port "$here/run-in-vm.sh" "$kernel" "$initramfs" "/$(basename -- "$program")" \
+KVM_HELLO_GDB_PORT=$port "$here/run-in-vm.sh" "$kernel" "$initramfs" "/$(basename -- "$program")" "$@" \
   >"${KVM_HELLO_VM_CONSOLE:-/dev/stdout}" &
 machine=$!
 trap 'kill "$machine" 2>/dev/null || true' EXIT
@@ -37,5 +40,6 @@ done
 # step past a breakpoint as done with the PC unmoved (seen with gdb's
 # `set debug infrun 1`); with the breakpoint still enabled, gdb would then
 # announce the same breakpoint a second time.
-gdb-multiarch -q -ex "target remote 127.0.0.1:$port" -x "$here/../gdb/steps.gdb" -ex "enable once" "$@" "$program"
+gdb-multiarch -q -ex "target remote 127.0.0.1:$port" -x "$here/../gdb/steps.gdb" -ex "enable once" \
+  "${gdb_args[@]}" "$program"
 wait "$machine" || true

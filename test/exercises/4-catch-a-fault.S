@@ -6,6 +6,9 @@
 // with test/guests/undefined.S, whose vectors are not in RAM.
 // expect-status: 0
 // expect-stdout: guest output: caught EC 0x00\n
+// The dump after it: the exception was taken, and its handler went on.
+// expect-stdout: esr_el1 0x2000000 (EC 0x0: unknown reason, e.g. an undefined instruction)
+// expect-stdout: elr_el1 0x1000c (the instruction it happened at)  far_el1 not written (no abort)  vbar_el1 0x10800 (PC is outside them: a handler went on)
 #include "kvm_hello.hpp"
 #include <linux/psci.h>
         .text
