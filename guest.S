@@ -4,13 +4,14 @@
 //
 // It runs at EL1 with the MMU off, so every address here is a guest-physical
 // address. The host copies these bytes to guest RAM at KVM_HELLO_RAM_BASE and
-// sets PC there (step 8 of kvm_hello.hpp). Every access to an address outside
-// guest RAM leaves the guest: KVM_RUN returns with KVM_EXIT_MMIO, the host
-// handles it, and the next KVM_RUN completes the access.
+// sets PC there (step 8 of kvm_hello.hpp). A load or store to an address
+// outside guest RAM leaves the guest: KVM_RUN returns with KVM_EXIT_MMIO, the
+// host handles it, and the next KVM_RUN completes the access.
 //
-// Only plain loads and stores go to MMIO: for a load/store pair, a writeback
-// form or a SIMD access the hardware does not describe the access to KVM, and
-// KVM_RUN fails with ENOSYS instead of exiting.
+// Only plain loads and stores may go to MMIO: for a load/store pair, a
+// writeback form or a SIMD access the hardware does not describe the access
+// to KVM, and KVM_RUN fails with ENOSYS instead of exiting. (Accesses to guest
+// RAM may take any form.)
 
 #include "kvm_hello.hpp"  // KVM_HELLO_MMIO_*: the memory map the host uses too
 #include <linux/psci.h>   // PSCI_0_2_FN_SYSTEM_OFF: the function id KVM knows

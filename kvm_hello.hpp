@@ -612,9 +612,11 @@ constexpr Result<std::span<const std::uint8_t>> check_guest_image(std::span<cons
 // Step 5. mmap(2) ram_size bytes of anonymous memory, copy the guest image to
 // its start, then KVM_SET_USER_MEMORY_REGION (struct kvm_userspace_memory_region)
 // on the VM fd. Returns the mapping and the region. EINVAL: an address or
-// size not page aligned; EEXIST: the region overlaps another slot.
+// size not page aligned; EEXIST: the region overlaps a slot with another id
+// (the same id would change that slot instead).
 // Why: guest RAM is ordinary memory of this process; the guest sees it at
-// ram_base. Any guest access outside every slot becomes an MMIO exit (step 9).
+// ram_base. A guest load or store outside every slot becomes an MMIO exit
+// (step 9); docs/12-one-mmio-exit.md says what other accesses there do.
 inline Result<GuestMemory> setup_guest_memory(int vm_fd, std::span<const std::uint8_t> image,
                                               CallObserver observe = {}) {
   const auto checked = check_guest_image(image);

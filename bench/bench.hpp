@@ -40,11 +40,6 @@ inline std::uint64_t default_bench_repeats() { return std::getenv("KVM_HELLO_EMU
 inline constexpr std::chrono::minutes bench_time_limit{30};
 inline constexpr std::uint64_t max_bench_repeats = 64;
 
-// Published figures, not measured here: kvm-unit-tests arm/micro-bench on an
-// Ampere Altra, QEMU as the VMM.
-inline constexpr double reference_hvc_ns = 306;
-inline constexpr double reference_mmio_read_ns = 1683;
-
 enum BenchKind { mmio_write, mmio_read, hvc_in_kernel, bench_kinds };
 inline constexpr const char* bench_kind_name[] = {
     "MMIO write, to userspace and back", "MMIO read, to userspace and back", "hvc (PSCI_VERSION), in the kernel"};
@@ -163,20 +158,18 @@ inline void print_bench_text(const BenchRun& wrapped, const BenchRun& raw, Bench
   std::printf("guest-timed: cntvct_el0 at %.1f MHz, %" PRIu64 " iterations a measurement, %" PRIu64
               " measurements each\n",
               static_cast<double>(results[0]) / 1e6, settings.iterations, settings.repeats);
-  std::printf("  %-42s %12s %12s %8s   %s\n", "exit", "median", "min", "spread", "reference (not measured here)");
+  std::printf("  %-42s %12s %12s %8s\n", "exit", "median", "min", "spread");
   Figures all[bench_kinds];
   for (int kind = 0; kind < bench_kinds; ++kind) {
     all[kind] = figures(results, static_cast<BenchKind>(kind), settings);
-    const double reference = kind == mmio_read ? reference_mmio_read_ns : kind == hvc_in_kernel ? reference_hvc_ns : 0;
-    std::printf("  %-42s %9.0f ns %9.0f ns %7.1f%%   %s\n", bench_kind_name[kind], all[kind].median_ns,
-                all[kind].min_ns, all[kind].spread * 100,
-                reference > 0 ? (std::to_string(static_cast<int>(reference)) + " ns, Ampere Altra").c_str() : "-");
+    std::printf("  %-42s %9.0f ns %9.0f ns %7.1f%%\n", bench_kind_name[kind], all[kind].median_ns, all[kind].min_ns,
+                all[kind].spread * 100);
   }
   const Figures raw_write = figures(raw.device.results(), mmio_write, settings);
-  std::printf("  %-42s %9.0f ns %9.0f ns %7.1f%%   %s\n", "MMIO write, bare-ioctl loop (no wrappers)",
-              raw_write.median_ns, raw_write.min_ns, raw_write.spread * 100, "-");
-  std::printf("  ratio MMIO read to userspace / hvc in the kernel: %.1fx   (reference: %.1fx)\n",
-              all[mmio_read].median_ns / all[hvc_in_kernel].median_ns, reference_mmio_read_ns / reference_hvc_ns);
+  std::printf("  %-42s %9.0f ns %9.0f ns %7.1f%%\n", "MMIO write, bare-ioctl loop (no wrappers)", raw_write.median_ns,
+              raw_write.min_ns, raw_write.spread * 100);
+  std::printf("  ratio MMIO read to userspace / hvc in the kernel: %.1fx\n",
+              all[mmio_read].median_ns / all[hvc_in_kernel].median_ns);
   const double difference = all[mmio_write].median_ns - raw_write.median_ns;
   const double noise = std::max(all[mmio_write].spread, raw_write.spread) * all[mmio_write].median_ns;
   std::printf(
@@ -206,8 +199,7 @@ inline void print_bench_json(const BenchRun& wrapped, const BenchRun& raw, Bench
   const Figures raw_write = figures(raw.device.results(), mmio_write, settings);
   std::printf("  \"mmio_write_bare_ioctl_ns\": {\"median\": %.1f, \"min\": %.1f, \"spread\": %.4f},\n",
               raw_write.median_ns, raw_write.min_ns, raw_write.spread);
-  std::printf("  \"ratio_mmio_read_to_hvc\": %.3f,\n  \"reference_ratio\": %.3f,\n",
-              all[mmio_read].median_ns / all[hvc_in_kernel].median_ns, reference_mmio_read_ns / reference_hvc_ns);
+  std::printf("  \"ratio_mmio_read_to_hvc\": %.3f,\n", all[mmio_read].median_ns / all[hvc_in_kernel].median_ns);
   std::printf("  \"step_ns\": [");
   for (int n = 0; n < kh::step_count; ++n) {
     std::printf("%s%lld", n == 0 ? "" : ", ",

@@ -155,7 +155,7 @@ inline std::string format_registers(const kh::Registers& regs) {
 inline std::vector<std::string> explain_power_off_registers(const kh::Registers& regs) {
   if (regs.x[0] != static_cast<std::uint64_t>(PSCI_RET_INTERNAL_FAILURE)) return {};
   return {"x0 = -6 (PSCI_RET_INTERNAL_FAILURE), x1-x3 = 0: KVM preloads SYSTEM_OFF's return value,",
-          "which the guest would see only if we wrongly ran it again"};
+          "which the guest would see only if it ran on after its hvc: a stopped vCPU does not"};
 }
 
 // ---- Why a run failed ---------------------------------------------------------

@@ -21,12 +21,12 @@ inline constexpr std::array<std::string_view, kh::step_count> narration{
     "Everything we need is there. Next we create the VM; on arm64 its type carries the guest's physical address size.",
     "The VM exists but is empty: no memory, no vCPU. Next we give it RAM: memory of our own, registered at "
     "guest-physical 0x10000.",
-    "Guest RAM holds the guest's code; any guest access outside it will become an MMIO exit. Next we create the vCPU "
+    "Guest RAM holds the guest's code; a load or store outside it will become an MMIO exit. Next we create the vCPU "
     "and map its struct kvm_run.",
     "The vCPU exists, but an arm64 vCPU cannot be used before it is initialised. Next comes KVM_ARM_VCPU_INIT with "
     "the preferred target and PSCI 0.2.",
-    "The vCPU is reset: EL1, interrupts masked, PC 0. Next we point PC at the guest's first instruction and SP_EL1 at "
-    "the top of its RAM.",
+    "The vCPU is reset: EL1, interrupts masked, PC 0, the MMU off. Next we point PC at the guest's first instruction "
+    "and SP_EL1 at the top of its RAM.",
     "All is ready. Next KVM_RUN enters the guest; each time it returns, kvm_run says why.",
     "The guest powered itself off: the VM is finished. Its fds and memory are released as their owners go out of "
     "scope.",

@@ -227,3 +227,61 @@ TEST_CASE("kvm_hello.hpp: its table of contents names its banners, in order") {
   }
   CHECK(entries >= 8);
 }
+
+namespace {
+
+// The project's own code and outputs: where a diagram's names and numbers must come from.
+std::string project_text() {
+  std::string text = read_source("kvm_hello.hpp") + read_source("main.cpp") + read_source("guest.S");
+  for (const char* folder : {"program", "bench", "test/guests", "test/exercises", "test/golden"}) {
+    for (const auto& entry : std::filesystem::directory_iterator(source_dir / folder)) {
+      text += read_source(std::filesystem::relative(entry.path(), source_dir));
+    }
+  }
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("docs: the diagrams (mermaid) name only what the code has, and there are at least six new ones") {
+  const std::string code = project_text();
+  const std::regex block("```mermaid\n([^`]*)```");
+  const std::regex kvm_name(R"(\b(KVM_[A-Z0-9_]+|PSCI_[A-Z0-9_]+)\b)");
+  const std::regex address(R"(\b0x[0-9a-f]{3,}\b)");
+  const std::regex function(R"(\b([a-z_][a-z0-9_]*)\(\))");
+  int diagrams = 0;
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), block), end; it != end; ++it, ++diagrams) {
+      const std::string diagram = (*it)[1];
+      INFO(file << ", diagram:\n" << diagram);
+      for (std::sregex_iterator n(diagram.begin(), diagram.end(), kvm_name), e; n != e; ++n) {
+        CHECK_MESSAGE(code.find((*n)[1]) != std::string::npos, "no code uses " << (*n)[1]);
+      }
+      // Addresses are the memory map's, or values the program prints.
+      for (std::sregex_iterator a(diagram.begin(), diagram.end(), address), e; a != e; ++a) {
+        CHECK_MESSAGE(code.find(a->str()) != std::string::npos, "neither the code nor an output has " << a->str());
+      }
+      // A function is the project's, or one of the kernel's the chapter names in its text.
+      for (std::sregex_iterator f(diagram.begin(), diagram.end(), function), e; f != e; ++f) {
+        const std::string name = (*f)[1];
+        const bool ours = std::regex_search(code, std::regex("\\b" + name + "\\("));
+        const bool cited = text.find("`" + name + "`") != std::string::npos;
+        CHECK_MESSAGE((ours || cited), name << "() is neither in the code nor named in the text of " << file);
+      }
+    }
+  }
+  CHECK(diagrams >= 9);  // the overview's three, and six on the mechanism
+}
+
+TEST_CASE("docs: the host's answer is KVM_HELLO_HOST_ANSWER wherever they give its value") {
+  const std::regex named(R"(KVM_HELLO_HOST_ANSWER`? \((0x[0-9a-f]+)\))");
+  int mentions = 0;
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), named), end; it != end; ++it, ++mentions) {
+      CHECK_MESSAGE(std::stoul((*it)[1], nullptr, 16) == kh::host_answer, file << " gives " << (*it)[1]);
+    }
+  }
+  CHECK(mentions >= 1);
+}

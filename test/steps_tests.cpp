@@ -176,7 +176,9 @@ TEST_CASE("the device: OUT collects output, ANSWER answers, ECHO is checked") {
 
   kh::MmioAccess answer{kh::mmio_answer, 4, false, {}};
   device.handle(answer);
-  CHECK(answer.data == std::array<std::uint8_t, 8>{0x2a, 0, 0, 0, 0, 0, 0, 0});
+  // KVM_HELLO_HOST_ANSWER, in the byte order of mmio.data: the low byte first.
+  static_assert(kh::host_answer <= 0xff);
+  CHECK(answer.data == std::array<std::uint8_t, 8>{static_cast<std::uint8_t>(kh::host_answer), 0, 0, 0, 0, 0, 0, 0});
   CHECK_FALSE(device.answer_came_back());
 
   kh::MmioAccess echo{kh::mmio_echo, 4, true, answer.data};

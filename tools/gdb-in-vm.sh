@@ -35,11 +35,13 @@ for _ in $(seq 100); do
 done
 
 # "enable once": each step's breakpoint stops the program once, then is
-# disabled; the steps run once each, so nothing is lost. On a busy machine
+# disabled; the steps run once each, so nothing is lost, and gdb never has
+# to step past a breakpoint it stopped at. On a busy machine
 # QEMU's gdb stub (7.2 at least) now and then reports gdb's one-instruction
 # step past a breakpoint as done with the PC unmoved (seen with gdb's
 # `set debug infrun 1`); with the breakpoint still enabled, gdb would then
 # announce the same breakpoint a second time.
-gdb-multiarch -q -ex "target remote 127.0.0.1:$port" -x "$here/../gdb/steps.gdb" -ex "enable once" \
+steps=$(grep -c '^break ' "$here/../gdb/steps.gdb")
+gdb-multiarch -q -ex "target remote 127.0.0.1:$port" -x "$here/../gdb/steps.gdb" -ex "enable once 1-$steps" \
   "${gdb_args[@]}" "$program"
 wait "$machine" || true

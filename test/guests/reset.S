@@ -1,5 +1,5 @@
 // reset.S: a guest that asks for a reset instead of powering off, the answer
-// to exercise 3 of docs/15-exercises.md. PSCI SYSTEM_RESET (function 9)
+// to exercise 3 of docs/19-exercises.md. PSCI SYSTEM_RESET (function 9)
 // instead of SYSTEM_OFF (8): KVM reports a system event of type RESET, and
 // kvm-hello, which runs a guest once, says so and stops.
 // expect-status: 22
