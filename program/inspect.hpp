@@ -97,8 +97,9 @@ struct GuestView {
 
 // Where a guest is after taking an exception: its vector table at VBAR_EL1 is
 // 0x800 bytes, 16 entries of 0x80. PC in there means ESR_EL1, ELR_EL1 and
-// FAR_EL1 describe that exception; before the first one, the architecture
-// leaves them UNKNOWN (KVM fills such registers with unknown_register_value).
+// FAR_EL1 describe that exception. Before the first one, the architecture
+// leaves ESR_EL1 and FAR_EL1 UNKNOWN, and KVM fills them with
+// unknown_register_value; ELR_EL1, which INIT does not reset, reads 0.
 inline constexpr std::uint64_t vector_table_size = 0x800;
 constexpr bool in_exception_vectors(const kh::Registers& regs) {
   return regs.pc >= regs.vbar_el1 && regs.pc < regs.vbar_el1 + vector_table_size;
