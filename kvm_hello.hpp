@@ -162,8 +162,7 @@ struct StepInfo {
 };
 
 inline constexpr std::array<StepInfo, step_count> steps{{
-    {Step::open_kvm, "open_kvm", "open the KVM device", "open(device, O_RDWR | O_CLOEXEC)",
-     "the only door into KVM"},
+    {Step::open_kvm, "open_kvm", "open the KVM device", "open(device, O_RDWR | O_CLOEXEC)", "the only door into KVM"},
     {Step::check_api_version, "check_api_version", "check the KVM API version", "KVM_GET_API_VERSION",
      "refuse to run against an API we were not written for"},
     {Step::check_capabilities, "check_capabilities", "check the capabilities we rely on", "KVM_CHECK_EXTENSION",
@@ -183,12 +182,14 @@ inline constexpr std::array<StepInfo, step_count> steps{{
 }};
 
 constexpr const StepInfo& step_info(Step step) { return steps[static_cast<std::size_t>(step) - 1]; }
-static_assert([] {
-  for (std::size_t i = 0; i < steps.size(); ++i) {
-    if (static_cast<std::size_t>(steps[i].step) != i + 1) return false;
-  }
-  return true;
-}(), "the step table is in step order");
+static_assert(
+    [] {
+      for (std::size_t i = 0; i < steps.size(); ++i) {
+        if (static_cast<std::size_t>(steps[i].step) != i + 1) return false;
+      }
+      return true;
+    }(),
+    "the step table is in step order");
 
 // What went wrong, beyond "a call failed with errno".
 enum class Problem {
@@ -395,8 +396,7 @@ namespace detail {
 // ioctl(fd, N, raw); reported to the observer when there is one. errno is
 // kept across the observer, so failed() still sees the ioctl's.
 template <unsigned long N, class Raw>
-Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, CallArgument shown,
-                          CallObserver observe) {
+Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, CallArgument shown, CallObserver observe) {
   if (observe.see == nullptr) {
     const int result = ::ioctl(fd, N, raw);
     if (result < 0) return failed(step, name);
@@ -969,7 +969,8 @@ Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds
         return std::unexpected(Error{Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR,
                                      static_cast<std::uint64_t>(limit.count())});
       }
-      if (watchdog.interrupted()) return std::unexpected(Error{Step::run_guest, Problem::interrupted, "KVM_RUN", EINTR});
+      if (watchdog.interrupted())
+        return std::unexpected(Error{Step::run_guest, Problem::interrupted, "KVM_RUN", EINTR});
       continue;  // another signal (Ctrl-Z then fg, SIGSTOP/SIGCONT, a debugger): nothing to do but go back in
     }
     ++stats.exits;
@@ -1071,14 +1072,10 @@ struct RegisterInfo {
   std::uint64_t Registers::*field;
 };
 inline constexpr RegisterInfo named_registers[] = {
-    {"sp_el0", reg::sp_el0, &Registers::sp_el0},
-    {"pc", reg::pc, &Registers::pc},
-    {"pstate", reg::pstate, &Registers::pstate},
-    {"sp_el1", reg::sp_el1, &Registers::sp_el1},
-    {"elr_el1", reg::elr_el1, &Registers::elr_el1},
-    {"esr_el1", reg::esr_el1, &Registers::esr_el1},
-    {"far_el1", reg::far_el1, &Registers::far_el1},
-    {"vbar_el1", reg::vbar_el1, &Registers::vbar_el1},
+    {"sp_el0", reg::sp_el0, &Registers::sp_el0},    {"pc", reg::pc, &Registers::pc},
+    {"pstate", reg::pstate, &Registers::pstate},    {"sp_el1", reg::sp_el1, &Registers::sp_el1},
+    {"elr_el1", reg::elr_el1, &Registers::elr_el1}, {"esr_el1", reg::esr_el1, &Registers::esr_el1},
+    {"far_el1", reg::far_el1, &Registers::far_el1}, {"vbar_el1", reg::vbar_el1, &Registers::vbar_el1},
     {"psci_version", reg::psci_version, nullptr},
 };
 
@@ -1161,7 +1158,8 @@ inline Result<std::vector<VcpuStatistic>> read_vcpu_statistics(int vcpu_fd, Call
   std::vector<char> descriptor(sizeof(kvm_stats_desc) + header.name_size);
   for (std::uint32_t i = 0; i < header.num_desc; ++i) {
     const std::uint64_t at = header.desc_offset + std::uint64_t{i} * descriptor.size();
-    if (!detail::read_at(stats.get(), descriptor.data(), descriptor.size(), at)) return failed(Step::run_guest, "pread");
+    if (!detail::read_at(stats.get(), descriptor.data(), descriptor.size(), at))
+      return failed(Step::run_guest, "pread");
     kvm_stats_desc desc{};
     std::memcpy(&desc, descriptor.data(), sizeof desc);
     std::uint64_t value = 0;

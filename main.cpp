@@ -158,7 +158,8 @@ int walk_through(const Options& options, Guest guest, const Output& out) {
   if (out.shows(Verbosity::verbose)) {  // the exits KVM handled itself, which we never saw
     const auto counted = kh::read_vcpu_statistics(vcpu->fd.get(), trace);
     if (counted) {
-      for (const std::string& line : describe_statistics(*counted, stats->exits)) out.say(Verbosity::verbose, "%s", line.c_str());
+      for (const std::string& line : describe_statistics(*counted, stats->exits))
+        out.say(Verbosity::verbose, "%s", line.c_str());
     } else {
       out.say(Verbosity::verbose, "no vCPU statistics: %s", failure_for(counted.error(), device).message.c_str());
     }

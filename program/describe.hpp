@@ -201,11 +201,9 @@ inline std::string describe_stats(const kh::RunStats& stats) {
 
 // -v, after a run: what KVM counted for the vCPU (kvm_hello::read_vcpu_statistics),
 // and what that says about the exits that never came to us.
-inline std::vector<std::string> describe_statistics(const std::vector<kh::VcpuStatistic>& stats,
-                                                    unsigned exits_to_us) {
-  static constexpr std::string_view shown[] = {"exits",         "mmio_exit_user", "mmio_exit_kernel",
-                                               "hvc_exit_stat", "wfi_exit_stat",  "wfe_exit_stat",
-                                               "signal_exits",  "halt_wait_ns"};
+inline std::vector<std::string> describe_statistics(const std::vector<kh::VcpuStatistic>& stats, unsigned exits_to_us) {
+  static constexpr std::string_view shown[] = {"exits",         "mmio_exit_user", "mmio_exit_kernel", "hvc_exit_stat",
+                                               "wfi_exit_stat", "wfe_exit_stat",  "signal_exits",     "halt_wait_ns"};
   std::string line = "vCPU statistics (KVM_GET_STATS_FD):";
   std::optional<std::uint64_t> exits;
   for (const std::string_view name : shown) {

@@ -25,7 +25,7 @@ struct GuestFileError {
 
 // Reads a whole file of at most `limit` bytes: a guest image or its line table.
 inline std::expected<std::vector<std::uint8_t>, GuestFileError> read_small_file(const std::string& path,
-                                                                              std::uint64_t limit) {
+                                                                                std::uint64_t limit) {
   const kh::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   struct stat info {};
   if (fd.get() < 0 || ::fstat(fd.get(), &info) != 0) {
@@ -33,9 +33,9 @@ inline std::expected<std::vector<std::uint8_t>, GuestFileError> read_small_file(
   }
   if (S_ISDIR(info.st_mode)) return std::unexpected(GuestFileError{Status::guest_file, "it is a directory"});
   if (static_cast<std::uint64_t>(info.st_size) > limit) {
-    return std::unexpected(GuestFileError{Status::bad_guest_image, "it is " + std::to_string(info.st_size) +
-                                                                       " bytes, more than guest RAM (" +
-                                                                       std::to_string(limit) + " bytes)"});
+    return std::unexpected(GuestFileError{
+        Status::bad_guest_image,
+        "it is " + std::to_string(info.st_size) + " bytes, more than guest RAM (" + std::to_string(limit) + " bytes)"});
   }
   std::vector<std::uint8_t> bytes(static_cast<std::size_t>(info.st_size));
   std::size_t done = 0;

@@ -82,9 +82,7 @@ struct GuestView {
     std::memcpy(&encoding, ram.data() + (address - kh::ram_base), sizeof encoding);
     return encoding;
   }
-  const GuestLine* line_at(std::uint64_t address) const {
-    return source != nullptr ? source->find(address) : nullptr;
-  }
+  const GuestLine* line_at(std::uint64_t address) const { return source != nullptr ? source->find(address) : nullptr; }
   // "0x10004 (guest.S:22: adr x2, message)", or just the address.
   std::string where(std::uint64_t address) const {
     const GuestLine* line = line_at(address);

@@ -21,7 +21,8 @@ inline std::string register_changes(const kh::Registers& before, const kh::Regis
   };
   for (std::size_t n = 0; n < before.x.size(); ++n) note("x" + std::to_string(n), before.x[n], after.x[n]);
   for (const kh::RegisterInfo& info : kh::named_registers) {
-    if (info.field != nullptr && info.field != &kh::Registers::pc) note(info.name, before.*info.field, after.*info.field);
+    if (info.field != nullptr && info.field != &kh::Registers::pc)
+      note(info.name, before.*info.field, after.*info.field);
   }
   return text;
 }

@@ -55,8 +55,8 @@ inline std::string describe_register_id(std::uint64_t id) {
   const RegisterIdFields fields = decode_register_id(id);
   std::string kind = fields.coproc == (KVM_REG_ARM_CORE >> KVM_REG_ARM_COPROC_SHIFT)       ? "core"
                      : fields.coproc == (KVM_REG_ARM64_SYSREG >> KVM_REG_ARM_COPROC_SHIFT) ? "sysreg"
-                     : fields.coproc == (KVM_REG_ARM_FW >> KVM_REG_ARM_COPROC_SHIFT)        ? "firmware"
-                                                                                             : "coproc " + hex(fields.coproc);
+                     : fields.coproc == (KVM_REG_ARM_FW >> KVM_REG_ARM_COPROC_SHIFT)       ? "firmware"
+                                                                                     : "coproc " + hex(fields.coproc);
   const std::string name = register_name(id);
   return hex(id) + " (" + (fields.arch == KVM_REG_ARM64 ? "arm64" : "arch " + hex(fields.arch)) + " u" +
          std::to_string(fields.size_bytes * 8) + " " + kind + " " + hex(fields.index) +

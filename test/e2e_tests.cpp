@@ -271,10 +271,12 @@ TEST_CASE("the call observer sees every ioctl of the steps, in order, with resul
                                  },
                                  &seen};
   {
-    auto m = kh::build_machine(image(guest_bin, guest_bin_len), kh::default_kvm_path, [](kh::Step) {}, observe);
+    auto m = kh::build_machine(
+        image(guest_bin, guest_bin_len), kh::default_kvm_path, [](kh::Step) {}, observe);
     REQUIRE(m);
     kh::HelloDevice device;
-    CHECK(kh::run_guest(m->vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {}, observe));
+    CHECK(kh::run_guest(
+        m->vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {}, observe));
   }
   const std::vector<std::string> setup{"KVM_GET_API_VERSION",
                                        "KVM_CHECK_EXTENSION",
@@ -676,12 +678,12 @@ bool print_golden = false;  // --print-golden: print what the files would hold, 
 
 std::string normalise(std::string text) {
   const std::pair<const char*, const char*> rules[] = {
-      {R"(\b[0-9]+(\.[0-9]+)? (ns|us|ms|s)\b)", "<time>"},               // durations
-      {R"((mapped at |userspace_addr )0x[0-9a-f]+)", "$1<address>"},     // where mmap put things
-      {R"((KVM_CAP_ARM_VM_IPA_SIZE\)? += )[0-9]+)", "$1<ipa bits>"},     // the host's IPA limit
-      {R"(target [0-9]+( \([^)]*\))?)", "target <n>"},                   // the host's preferred target
-      {R"((first of |KVM_GET_VCPU_MMAP_SIZE\) = )[0-9]+)", "$1<size>"},  // two host pages
-      {R"((PSCI for the guest: ).*)", "$1<this kernel's>"},              // checked by its own test below
+      {R"(\b[0-9]+(\.[0-9]+)? (ns|us|ms|s)\b)", "<time>"},                // durations
+      {R"((mapped at |userspace_addr )0x[0-9a-f]+)", "$1<address>"},      // where mmap put things
+      {R"((KVM_CAP_ARM_VM_IPA_SIZE\)? += )[0-9]+)", "$1<ipa bits>"},      // the host's IPA limit
+      {R"(target [0-9]+( \([^)]*\))?)", "target <n>"},                    // the host's preferred target
+      {R"((first of |KVM_GET_VCPU_MMAP_SIZE\) = )[0-9]+)", "$1<size>"},   // two host pages
+      {R"((PSCI for the guest: ).*)", "$1<this kernel's>"},               // checked by its own test below
       {R"((: psci_version\), value )0x[0-9a-f]+)", "$1<this kernel's>"},  // -v: the same, read by step 7
       {R"((KVM_GET_STATS_FD\): exits )[0-9]+)", "$1<n>"},                 // -v: host interrupts vary; the test
       {R"((left for KVM )[0-9]+( times; 9 of them came on to us, and KVM handled the other )[0-9]+)", "$1<n>$2<n>"},
@@ -793,13 +795,14 @@ TEST_CASE("-v: the vCPU's statistics add up: 8 MMIO exits and 1 hvc reached us, 
   INFO("stdout:\n" << run.out);
   REQUIRE(run.status == 0);
   std::smatch stats;
-  REQUIRE(std::regex_search(run.out, stats,
-                            std::regex("vCPU statistics \\(KVM_GET_STATS_FD\\): exits ([0-9]+), mmio_exit_user ([0-9]+), "
-                                       "mmio_exit_kernel ([0-9]+), hvc_exit_stat ([0-9]+)")));
-  CHECK(std::stoul(stats[2]) == 8);   // the 8 MMIO exits we saw
-  CHECK(std::stoul(stats[3]) == 0);   // no device of ours lives in the kernel
-  CHECK(std::stoul(stats[4]) == 1);   // the hvc of SYSTEM_OFF (the one exit that is not MMIO)
-  CHECK(std::stoul(stats[1]) >= 9);   // and every exit KVM handled itself besides
+  REQUIRE(
+      std::regex_search(run.out, stats,
+                        std::regex("vCPU statistics \\(KVM_GET_STATS_FD\\): exits ([0-9]+), mmio_exit_user ([0-9]+), "
+                                   "mmio_exit_kernel ([0-9]+), hvc_exit_stat ([0-9]+)")));
+  CHECK(std::stoul(stats[2]) == 8);  // the 8 MMIO exits we saw
+  CHECK(std::stoul(stats[3]) == 0);  // no device of ours lives in the kernel
+  CHECK(std::stoul(stats[4]) == 1);  // the hvc of SYSTEM_OFF (the one exit that is not MMIO)
+  CHECK(std::stoul(stats[1]) >= 9);  // and every exit KVM handled itself besides
 }
 
 TEST_CASE("the preferred target is this kernel's: GENERIC_V8 from Linux 6.6, before it the host CPU's own type") {

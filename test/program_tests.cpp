@@ -166,8 +166,8 @@ TEST_CASE("the kernel's version from its release string") {
 
 TEST_CASE("what changed between kernels is said where it shows") {
   SUBCASE("the syndrome of an injected abort, sign-extended before 6.12") {
-    CHECK(describe_esr(0xffffffff86000010).find("sign extension of the syndrome it injected, 0x86000010, fixed in 6.12") !=
-          std::string::npos);
+    CHECK(describe_esr(0xffffffff86000010)
+              .find("sign extension of the syndrome it injected, 0x86000010, fixed in 6.12") != std::string::npos);
     CHECK(describe_esr(0x86000010).find("sign extension") == std::string::npos);
     CHECK_FALSE(is_sign_extended_syndrome(0x0000000086000010));
     CHECK_FALSE(is_sign_extended_syndrome(0xffffffff06000010));  // bit 31 clear: not from a sign extension
@@ -199,8 +199,9 @@ TEST_CASE("what changed between kernels is said where it shows") {
     const kh::Error stuck{kh::Step::run_guest, kh::Problem::watchdog_expired, "KVM_RUN", EINTR, 1000};
     const auto old_kernel = diagnose(stuck, regs, GuestView{ram, nullptr}, {6, 1});
     REQUIRE(old_kernel.size() == 2);
-    CHECK(old_kernel[1].starts_with("the guest called smc at 0x10004 and got x0 = -1 (PSCI NOT_SUPPORTED): Linux "
-                                    "before 6.4 does not take smc as a PSCI call"));
+    CHECK(
+        old_kernel[1].starts_with("the guest called smc at 0x10004 and got x0 = -1 (PSCI NOT_SUPPORTED): Linux "
+                                  "before 6.4 does not take smc as a PSCI call"));
     const auto new_kernel = diagnose(stuck, regs, GuestView{ram, nullptr}, {6, 12});
     REQUIRE(new_kernel.size() == 2);
     CHECK(new_kernel[1].find("KVM does not know the function id") != std::string::npos);
@@ -347,8 +348,6 @@ TEST_CASE("MMIO instructions KVM cannot decode are told apart") {
 
 // ==== The fuzz target, on a fixed-seed sample (make fuzz runs it for real) ====
 
-
-
 TEST_CASE("fuzz target: 20000 random kvm_run contents, fixed seed, nothing breaks") {
   std::mt19937_64 random(20261124);
   std::vector<std::uint8_t> bytes(sizeof(kvm_run));
@@ -383,7 +382,8 @@ TEST_CASE("exits this program does not handle are each explained, with their own
   const kh::Error crash{Step::run_guest, Problem::guest_crash};
   CHECK(message_for(fail_entry, "/dev/kvm").find("KVM could not enter the guest") != std::string::npos);
   CHECK(message_for(internal, "/dev/kvm").find("kvm_run.internal.suberror") != std::string::npos);
-  CHECK(message_for(unknown, "/dev/kvm").find("exit reason 99, which this program does not handle") != std::string::npos);
+  CHECK(message_for(unknown, "/dev/kvm").find("exit reason 99, which this program does not handle") !=
+        std::string::npos);
   CHECK(message_for(crash, "/dev/kvm").find("reported a crash") != std::string::npos);
   CHECK(status_for(fail_entry) == Status::unexpected_exit);
   CHECK(status_for(crash) == Status::guest_crash);
@@ -433,8 +433,8 @@ TEST_CASE("a stuck guest is explained from the instruction it is at: WFI, WFE, a
   kh::Registers regs;
   regs.vbar_el1 = 0x100000;
   const GuestView view{ram, nullptr};
-  put(0, 0xd503207f);  // wfi
-  put(4, 0x17ffffff);  // b 0x10000
+  put(0, 0xd503207f);          // wfi
+  put(4, 0x17ffffff);          // b 0x10000
   regs.pc = kh::ram_base + 4;  // KVM stepped past the WFI it handled
   CHECK(explain_what_it_does(regs, view, {6, 12}).starts_with("It waits in WFI at 0x10000 for an interrupt"));
   regs.pc = kh::ram_base;  // or the CPU is still at it
@@ -463,4 +463,3 @@ TEST_CASE("the register dump shows ESR_EL1 once an exception was taken, even aft
         std::string::npos);
   CHECK(dump.find("(PC is outside them: a handler went on)") != std::string::npos);
 }
-

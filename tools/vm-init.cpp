@@ -47,8 +47,8 @@ std::string cpu_name(const std::string& cpuinfo) {
   const struct {
     unsigned long implementer, part;
     const char* name;
-  } known[] = {{0x41, 0xd03, "Cortex-A53"}, {0x41, 0xd04, "Cortex-A35"},  {0x41, 0xd07, "Cortex-A57"},
-               {0x41, 0xd08, "Cortex-A72"}, {0x41, 0xd0b, "Cortex-A76"},  {0x41, 0xd0c, "Neoverse-N1"},
+  } known[] = {{0x41, 0xd03, "Cortex-A53"}, {0x41, 0xd04, "Cortex-A35"}, {0x41, 0xd07, "Cortex-A57"},
+               {0x41, 0xd08, "Cortex-A72"}, {0x41, 0xd0b, "Cortex-A76"}, {0x41, 0xd0c, "Neoverse-N1"},
                {0x46, 0x001, "A64FX"},      {0x00, 0x051, "QEMU max"}};
   for (const auto& cpu : known) {
     if (cpu.implementer == implementer && cpu.part == part) return cpu.name;
@@ -70,7 +70,8 @@ std::string kvm_mode() {
   if (end == std::string::npos) return "KVM (its mode was not logged)";
   const auto start = text.rfind(": ", end);
   const std::string mode = text.substr(start + 2, end - start - 2);
-  if (mode.find("Protected") != std::string::npos) return "pKVM (protected nVHE): the kernel at EL1, KVM's hyp code at EL2";
+  if (mode.find("Protected") != std::string::npos)
+    return "pKVM (protected nVHE): the kernel at EL1, KVM's hyp code at EL2";
   if (mode == "VHE") return "KVM VHE: the kernel runs at EL2";
   return "KVM nVHE: the kernel at EL1, KVM's hyp code at EL2";
 }
@@ -82,7 +83,8 @@ void print_host_line() {
   uname(&system);
   std::string version = system.version;  // "#1 SMP Debian 6.12.117-1 (2025-11-12)"
   const auto debian = version.find("Debian ");
-  version = debian == std::string::npos ? "" : " (" + version.substr(debian, version.find(' ', debian + 7) - debian) + ")";
+  version =
+      debian == std::string::npos ? "" : " (" + version.substr(debian, version.find(' ', debian + 7) - debian) + ")";
   std::ifstream file("/proc/cpuinfo");
   const std::string cpuinfo = "\n" + std::string(std::istreambuf_iterator<char>(file), {});
   const long vcpus = sysconf(_SC_NPROCESSORS_ONLN);
