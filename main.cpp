@@ -7,7 +7,10 @@
 // errors, the ioctl trace, the register dump, the stepper, --caps, --pause,
 // --bench) lives in program/ and bench/, one idea per file.
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstring>
 #include <new>
 #include <span>
 #include <string>
@@ -205,14 +208,20 @@ int run(int argc, char** argv) {
   return walk_through(options, {*image, &source}, out);
 }
 
-// The one failure that is not an Error value: memory for our own strings
-// running out. (The owners have closed every fd and mapping on the way out.)
-int main(int argc, char** argv) {
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as it happens, also into a pipe
-  try {
-    return run(argc, argv);
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "kvm-hello: out of memory (std::bad_alloc), %s\n", out_of_memory_advice);
-    return static_cast<int>(Status::out_of_memory);
+// The one failure that is not an Error value: memory for kvm-hello's own
+// strings running out. operator new calls this instead of throwing
+// std::bad_alloc, because throwing can itself need memory that is not there
+// (libstdc++ then calls std::terminate); it says so with write(2), which
+// needs none, and ends the process (the kernel closes its fds and mappings).
+[[noreturn]] void out_of_memory() {
+  for (const char* part : {"kvm-hello: out of memory (operator new), ", out_of_memory_advice, "\n"}) {
+    if (::write(STDERR_FILENO, part, std::strlen(part)) < 0) break;
   }
+  ::_exit(static_cast<int>(Status::out_of_memory));
+}
+
+int main(int argc, char** argv) {
+  std::set_new_handler(out_of_memory);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as it happens, also into a pipe
+  return run(argc, argv);
 }

@@ -198,6 +198,20 @@ TEST_CASE("a file that is not a KVM device: step 2, ENOTTY; status 12") {
   CHECK(run.err.starts_with("kvm-hello: step 2 (check_api_version): KVM_GET_API_VERSION failed with ENOTTY"));
 }
 
+namespace {
+// kvm-hello where user nobody may run it: a copy in /tmp (the build tree may
+// be in a home nobody can enter, /root say).
+std::string program_for_nobody() {
+  static const std::string copy = [] {
+    const std::string path = "/tmp/kvm-hello-for-nobody";
+    std::filesystem::copy_file(program_path, path, std::filesystem::copy_options::overwrite_existing);
+    chmod(path.c_str(), 0755);
+    return path;
+  }();
+  return copy;
+}
+}  // namespace
+
 TEST_CASE("permission denied: step 1, EACCES, the kvm group; status 11") {
   const auto denied = [](const std::string& device, const How& how) {
     const Outcome run = run_program({"--kvm-device", device}, how);
@@ -212,12 +226,12 @@ TEST_CASE("permission denied: step 1, EACCES, the kvm group; status 11") {
   const std::string locked = "/tmp/kvm-hello-locked-device";
   { std::ofstream create(locked); }
   REQUIRE(chmod(locked.c_str(), 0) == 0);
-  denied(locked, getuid() == 0 ? How{.uid = 65534} : How{});
+  denied(locked, getuid() == 0 ? How{.uid = 65534, .program = program_for_nobody()} : How{});
   // The real /dev/kvm, for a user outside its group: only root can become one.
   struct stat device {};
   REQUIRE(stat(kh::default_kvm_path, &device) == 0);
   if (getuid() == 0 && !((device.st_mode & S_IROTH) && (device.st_mode & S_IWOTH))) {
-    denied(kh::default_kvm_path, How{.uid = 65534});
+    denied(kh::default_kvm_path, How{.uid = 65534, .program = program_for_nobody()});
   }
 }
 
@@ -481,7 +495,7 @@ TEST_CASE("--guest FILE is checked before any VM exists") {
       secret << "abcd";
     }
     chmod("/tmp/secret.bin", 0600);
-    const Outcome run = run_program({"--guest", "/tmp/secret.bin"}, How{.uid = 65534});
+    const Outcome run = run_program({"--guest", "/tmp/secret.bin"}, How{.uid = 65534, .program = program_for_nobody()});
     CHECK(run.status == 19);
     CHECK(run.err.find("cannot open it: EACCES") != std::string::npos);
   }

@@ -19,6 +19,9 @@
 #                   architected algorithm (QARMA) makes every boot several
 #                   times slower under emulation.
 #   KVM_HELLO_SMP   vCPUs of the emulated machine (default 1)
+# To look at the boot itself: KVM_HELLO_BOOT_LOG=1 prints the kernel's log
+# before the host line, and KVM_HELLO_KERNEL_ARGS adds words to the kernel's
+# command line (initcall_debug printk.time=1, say, shows what took long).
 # Time bounds, in seconds:
 #   KVM_HELLO_BOOT_TIMEOUT  until /init reports the host (default 60): a
 #                           kernel that cannot boot on this CPU prints
@@ -74,6 +77,8 @@ environment+=("KVM_HELLO_EMULATED=QEMU-TCG-$cpu-on-$(uname -m)")
 # farm-bench, in pairs).
 skip="jent_mod_init,load_system_certificate_list,gen_pci_driver_init,inet6_init,bpf_tcp_ca_kfunc_init"
 cmdline="console=ttyAMA0 rdinit=/init quiet loglevel=1 cryptomgr.notests initcall_blacklist=$skip"
+cmdline+=" ${KVM_HELLO_KERNEL_ARGS:-}"
+if [ -n "${KVM_HELLO_BOOT_LOG:-}" ]; then environment+=("KVM_HELLO_BOOT_LOG=1"); fi
 
 # KVM_HELLO_GDB_PORT: QEMU's gdb stub on that loopback port, waiting for gdb
 # (the boot then waits for the person at gdb: no boot time limit).

@@ -58,14 +58,19 @@ std::string cpu_name(const std::string& cpuinfo) {
   return text;
 }
 
+// The kernel's log of the boot so far (KVM_HELLO_BOOT_LOG: see run-in-vm.sh).
+std::string kernel_log() {
+  std::vector<char> log(1 << 20);
+  const int size = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log.data(), static_cast<int>(log.size()));
+  return std::string(log.data(), size > 0 ? static_cast<std::size_t>(size) : 0);
+}
+
 // How KVM runs here, from its own boot message "kvm [1]: <mode> mode
 // initialized successfully": "VHE"; nVHE says "Hyp" (6.1) or "Hyp nVHE"
 // (6.12 and later); pKVM says "Protected nVHE".
 std::string kvm_mode() {
   if (access("/dev/kvm", F_OK) != 0) return "no /dev/kvm";
-  std::vector<char> log(1 << 20);
-  const int size = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log.data(), static_cast<int>(log.size()));
-  const std::string text(log.data(), size > 0 ? static_cast<std::size_t>(size) : 0);
+  const std::string text = kernel_log();
   const auto end = text.find(" mode initialized successfully");
   if (end == std::string::npos) return "KVM (its mode was not logged)";
   const auto start = text.rfind(": ", end);
@@ -140,6 +145,7 @@ int main(int argc, char** argv) {
     if (console > 2) close(console);
   }
 
+  if (std::getenv("KVM_HELLO_BOOT_LOG") != nullptr) std::printf("%s", kernel_log().c_str());
   print_host_line();
   int status = 125;
   if (argc < 2) {
