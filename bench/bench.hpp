@@ -143,6 +143,19 @@ inline Figures figures(std::span<const std::uint64_t> results, BenchKind kind, B
   return {median, ns.front(), median > 0 ? (ns.back() - ns.front()) / median : 0};
 }
 
+// What the difference between the wrapped and the bare MMIO-write loops says.
+// The two loops run one after the other, so the spread within each (noise_ns:
+// the larger spread, in ns) does not cover a change of load between them. A
+// difference inside the noise says nothing; a positive one beyond it is what
+// the wrappers cost; a negative one beyond it cannot be the wrappers (they only
+// add work), so it says the machine's load changed between the runs.
+inline const char* wrapper_verdict(double difference_ns, double noise_ns) {
+  if (std::abs(difference_ns) <= noise_ns) return "within the spread: nothing measurable";
+  if (difference_ns > 0) return "beyond the spread: the wrappers' cost, if the machine's load held steady";
+  return "the bare loop was slower, beyond the spread: the machine's load changed between the two runs "
+         "(wrappers only add work); run again on an idle machine";
+}
+
 inline std::string where_measured() {
   const char* emulated = std::getenv("KVM_HELLO_EMULATED");
   if (emulated != nullptr && *emulated != '\0') {
@@ -172,9 +185,8 @@ inline void print_bench_text(const BenchRun& wrapped, const BenchRun& raw, Bench
               all[mmio_read].median_ns / all[hvc_in_kernel].median_ns);
   const double difference = all[mmio_write].median_ns - raw_write.median_ns;
   const double noise = std::max(all[mmio_write].spread, raw_write.spread) * all[mmio_write].median_ns;
-  std::printf(
-      "  wrappers: %+.0f ns per exit against the bare loop; %s\n", difference,
-      std::abs(difference) <= noise ? "within the spread: nothing measurable" : "beyond the spread: measurable");
+  std::printf("  wrappers: %+.0f ns per exit against the bare loop; %s\n", difference,
+              wrapper_verdict(difference, noise));
   std::printf("host-timed (clock_gettime), the run with the wrappers:\n");
   for (int n = 1; n <= kh::step_count; ++n) {
     const std::string_view name = kh::step_info(static_cast<kh::Step>(n)).name;

@@ -411,6 +411,13 @@ TEST_CASE("bench: ticks become nanoseconds per exit; median, min and spread") {
   CHECK(figures(results, hvc_in_kernel, settings).median_ns == doctest::Approx(0.1));
 }
 
+TEST_CASE("bench: the wrappers' verdict: noise says nothing, a faster bare loop says the load changed") {
+  CHECK(std::string_view(wrapper_verdict(+900, 1000)) == "within the spread: nothing measurable");
+  CHECK(std::string_view(wrapper_verdict(-1000, 1000)) == "within the spread: nothing measurable");
+  CHECK(std::string_view(wrapper_verdict(+1500, 1000)).starts_with("beyond the spread: the wrappers' cost"));
+  CHECK(std::string_view(wrapper_verdict(-1500, 1000)).starts_with("the bare loop was slower"));
+}
+
 TEST_CASE("bench: the device keeps RESULT writes in fixed storage, answers reads, and never overflows") {
   BenchDevice device;
   kh::MmioAccess read{kh::mmio_answer, 4, false, {}};
