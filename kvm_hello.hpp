@@ -1137,6 +1137,17 @@ struct VcpuStatistic {
   std::uint32_t flags;  // KVM_STATS_TYPE_*, KVM_STATS_UNIT_* and KVM_STATS_BASE_* bits
 };
 
+// Each descriptor is its fixed fields, then its name at once: byte 16
+// (virt/kvm/binary_stats.c, kvm_stats_read: struct _kvm_stats_desc is the
+// 16-byte struct kvm_stats_desc then char name[KVM_STATS_NAME_SIZE]). Not
+// sizeof(struct kvm_stats_desc): its name is __DECLARE_FLEX_ARRAY, which in
+// the uapi headers of Linux 6.1 (Debian 12's linux-libc-dev) wraps an empty
+// struct that C++, unlike C, gives a byte, so C++ sees 20 there. The headers
+// of 6.12 declare it `char name[0]` for C++ (include/uapi/linux/stddef.h).
+inline constexpr std::size_t stats_desc_fixed_size =
+    offsetof(kvm_stats_desc, bucket_size) + sizeof(kvm_stats_desc::bucket_size);
+static_assert(stats_desc_fixed_size == 16, "flags, exponent, size, offset, bucket_size: 4 + 2 + 2 + 4 + 4 bytes");
+
 namespace detail {
 // Reads `size` bytes at `offset` of the statistics fd; errno, and EIO for a short read.
 inline bool read_at(int fd, void* into, std::size_t size, std::uint64_t offset) {
@@ -1146,30 +1157,36 @@ inline bool read_at(int fd, void* into, std::size_t size, std::uint64_t offset) 
 }
 }  // namespace detail
 
+// The statistics in an fd laid out as KVM_GET_STATS_FD's (above): every
+// descriptor, with its value. Errors: EIO for a short read (a layout other
+// than the header says), or pread's errno.
+inline Result<std::vector<VcpuStatistic>> read_statistics(int stats_fd) {
+  kvm_stats_header header{};
+  if (!detail::read_at(stats_fd, &header, sizeof header, 0)) return failed(Step::run_guest, "pread");
+  std::vector<VcpuStatistic> found;
+  std::vector<char> descriptor(stats_desc_fixed_size + header.name_size);
+  for (std::uint32_t i = 0; i < header.num_desc; ++i) {
+    const std::uint64_t at = header.desc_offset + std::uint64_t{i} * descriptor.size();
+    if (!detail::read_at(stats_fd, descriptor.data(), descriptor.size(), at)) return failed(Step::run_guest, "pread");
+    kvm_stats_desc desc{};
+    std::memcpy(&desc, descriptor.data(), stats_desc_fixed_size);
+    std::uint64_t value = 0;
+    if (!detail::read_at(stats_fd, &value, sizeof value, header.data_offset + desc.offset)) {
+      return failed(Step::run_guest, "pread");
+    }
+    const char* name = descriptor.data() + stats_desc_fixed_size;
+    found.push_back({std::string(name, ::strnlen(name, header.name_size)), value, desc.flags});
+  }
+  return found;
+}
+
 // KVM_GET_STATS_FD on the vCPU fd, then the statistics read from the fd it
 // returns (closed again here). ENOTTY: a kernel without binary statistics.
 inline Result<std::vector<VcpuStatistic>> read_vcpu_statistics(int vcpu_fd, CallObserver observe = {}) {
   const auto opened = call(Step::run_guest, vcpu_fd, request::get_stats_fd, observe);
   if (!opened) return std::unexpected(opened.error());
   const Fd stats(*opened);
-  kvm_stats_header header{};
-  if (!detail::read_at(stats.get(), &header, sizeof header, 0)) return failed(Step::run_guest, "pread");
-  std::vector<VcpuStatistic> found;
-  std::vector<char> descriptor(sizeof(kvm_stats_desc) + header.name_size);
-  for (std::uint32_t i = 0; i < header.num_desc; ++i) {
-    const std::uint64_t at = header.desc_offset + std::uint64_t{i} * descriptor.size();
-    if (!detail::read_at(stats.get(), descriptor.data(), descriptor.size(), at))
-      return failed(Step::run_guest, "pread");
-    kvm_stats_desc desc{};
-    std::memcpy(&desc, descriptor.data(), sizeof desc);
-    std::uint64_t value = 0;
-    if (!detail::read_at(stats.get(), &value, sizeof value, header.data_offset + desc.offset)) {
-      return failed(Step::run_guest, "pread");
-    }
-    const char* name = descriptor.data() + sizeof desc;
-    found.push_back({std::string(name, ::strnlen(name, header.name_size)), value, desc.flags});
-  }
-  return found;
+  return read_statistics(stats.get());
 }
 
 }  // namespace kvm_hello

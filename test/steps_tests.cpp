@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <time.h>
 
+#include <cstring>
 #include <vector>
 
 #include "kvm_hello.hpp"
@@ -251,4 +252,48 @@ TEST_CASE("the watchdog sets immediate_exit when time is up, and the destructor 
     CHECK(run.immediate_exit == 1);
   }
   CHECK(run.immediate_exit == 0);
+}
+
+TEST_CASE("statistics are read in the kernel's layout: each name right after 16 bytes of fields") {
+  // A statistics file as virt/kvm/binary_stats.c (kvm_stats_read) lays it out,
+  // written byte by byte, never with sizeof(kvm_stats_desc) (20 in C++ with
+  // Linux 6.1's uapi headers): header, id string, two descriptors, values.
+  constexpr std::uint32_t name_size = 48, desc_offset = 24 + name_size, descriptor = 16 + name_size;
+  constexpr std::uint32_t data_offset = desc_offset + 2 * descriptor;
+  std::vector<std::uint8_t> file(data_offset + 16);
+  const auto put = [&](std::size_t at, auto value) { std::memcpy(file.data() + at, &value, sizeof value); };
+  put(0, std::uint32_t{0});  // flags
+  put(4, name_size);
+  put(8, std::uint32_t{2});    // num_desc
+  put(12, std::uint32_t{24});  // id_offset
+  put(16, desc_offset);
+  put(20, data_offset);
+  const char* names[] = {"exits", "mmio_exit_user"};
+  for (std::uint32_t i = 0; i < 2; ++i) {
+    const std::size_t at = desc_offset + i * descriptor;
+    put(at, std::uint32_t{i == 0 ? 0u : 0x20u});  // flags
+    put(at + 8, std::uint32_t{8 * i});            // offset of the value
+    std::memcpy(file.data() + at + 16, names[i], std::strlen(names[i]));
+  }
+  put(data_offset, std::uint64_t{9});
+  put(data_offset + 8, std::uint64_t{8});
+  const kh::Fd stats(::memfd_create("stats", MFD_CLOEXEC));
+  REQUIRE(stats.get() >= 0);
+  REQUIRE(::write(stats.get(), file.data(), file.size()) == static_cast<ssize_t>(file.size()));
+
+  const auto read = kh::read_statistics(stats.get());
+  REQUIRE(read);
+  REQUIRE(read->size() == 2);
+  CHECK((*read)[0].name == "exits");
+  CHECK((*read)[0].value == 9);
+  CHECK((*read)[1].name == "mmio_exit_user");
+  CHECK((*read)[1].value == 8);
+  CHECK((*read)[1].flags == 0x20);
+
+  file.resize(data_offset + 8);  // the second value missing: a short read is EIO
+  REQUIRE(::ftruncate(stats.get(), static_cast<off_t>(file.size())) == 0);
+  const auto short_read = kh::read_statistics(stats.get());
+  REQUIRE_FALSE(short_read);
+  CHECK(short_read.error().err == EIO);
+  CHECK(short_read.error().call == "pread");
 }
