@@ -9,7 +9,8 @@
 
 ## Targets:
 ##   make run         build and run kvm-hello (ARGS="--timeout 2" passes options;
-##                    GUEST=path/to/file.S assembles that guest and runs it instead)
+##                    GUEST=path/to/file.S assembles that guest and runs it instead);
+##                    a failed run's exit status is said in words, then is make's
 ##   make trace       run the guest one instruction at a time (--step-guest, plus ARGS)
 ##   make gdb         gdb on kvm-hello, stopped at each step function (gdb/steps.gdb);
 ##                    GUEST= and ARGS= as for run; GDB_ARGS="-batch -x FILE" runs FILE's commands
@@ -32,7 +33,8 @@
 ##                    also bookworm, bookworm-backports, sid, ...)
 ##   KVM_HELLO_FLAVOUR  arm64 (4 KiB pages, the default) or arm64-16k (16 KiB pages)
 ##   KVM_HELLO_CPU    QEMU's -cpu model (default cortex-a57; neoverse-n1 for arm64-16k)
-##   KVM_HELLO_SMP    vCPUs of the emulated machine (default 1)
+##   KVM_HELLO_HOST_CPUS  CPUs of the emulated machine (default 1; the guest has
+##                    one vCPU whatever the host has). Its old name, KVM_HELLO_SMP, works too
 ##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
 .DEFAULT_GOAL := all
@@ -54,8 +56,20 @@ FUZZER            := $(BUILD)/fuzz-exits
 PACKAGES_OK       := $(BUILD)/.packages-ok
 TEST_LOGS         := $(BUILD)/test-logs
 ifdef GUEST
-  # Your guest (make run GUEST=file.S), assembled like every guest into build/your-guest/NAME.bin.
-  GUEST_BIN := $(BUILD)/your-guest/$(basename $(notdir $(GUEST))).bin
+  # Your guest (make run GUEST=path/to/file.S): any path, relative to this
+  # folder or absolute, with spaces or "..". Make never takes it as a
+  # prerequisite (its words and colons are make's syntax): the shell reads it,
+  # quoted. A path that is no readable file stops make here, in one line.
+  GUEST_QUOTED  := '$(subst ','\'',$(GUEST))'
+  GUEST_PROBLEM := $(shell f=$(GUEST_QUOTED); if [ -d "$$f" ]; then echo "it is a folder"; \
+    elif [ ! -e "$$f" ]; then echo "there is no such file"; elif [ ! -r "$$f" ]; then echo "you may not read it"; fi)
+  ifneq ($(GUEST_PROBLEM),)
+    $(error GUEST=$(GUEST): $(GUEST_PROBLEM) (a relative path starts at $(CURDIR)); give the path of your guest's assembly source, for example make run GUEST=test/guests/spin.S)
+  endif
+  # It becomes build/your-guest/NAME.bin, NAME its file's name in letters,
+  # digits, '_', '.' and '-' (the rules below say how it is kept current).
+  GUEST_NAME := $(shell basename -- $(GUEST_QUOTED) | sed 's/\.[^.]*$$//; s/[^A-Za-z0-9_.-]/_/g')
+  GUEST_BIN  := $(BUILD)/your-guest/$(or $(GUEST_NAME),guest).bin
 endif
 
 # ==== Native or emulated: the one place that decides ========================
@@ -119,8 +133,8 @@ else
   KVM_HELLO_SUITE   ?= trixie
   KVM_HELLO_FLAVOUR ?= arm64
   KVM_HELLO_CPU     ?= $(if $(findstring 16k,$(KVM_HELLO_FLAVOUR)),neoverse-n1,cortex-a57)
-  KVM_HELLO_SMP     ?= 1
-  export KVM_HELLO_CPU KVM_HELLO_SMP
+  KVM_HELLO_HOST_CPUS ?= $(or $(KVM_HELLO_SMP),1)
+  export KVM_HELLO_CPU KVM_HELLO_HOST_CPUS
   KERNEL := $(or $(KVM_HELLO_KERNEL),$(CACHE)/kernels/$(KVM_HELLO_SUITE)-$(KVM_HELLO_FLAVOUR)/vmlinuz)
   IN_VM  := tools/run-in-vm.sh $(KERNEL)
 
@@ -141,8 +155,13 @@ endif
 # ==== The targets ============================================================
 
 # Build with every core (GNU make 4.3 and later take -j from here); the
-# test suites themselves run one after another.
-MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
+# test suites themselves run one after another. Only the make you start: a
+# make that a recipe starts (`make test` runs `make gdb`) shares its parent's
+# jobs, and setting them again would end that sharing (make warns "-j2 forced
+# in makefile: resetting jobserver mode"). A -j of your own comes first.
+ifeq ($(MAKELEVEL),0)
+  MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
+endif
 
 UNIT_SUITES := $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64))
 all: $(UNIT_SUITES) $(E2E_NEEDS) $(RUN_NEEDS)
@@ -150,15 +169,15 @@ all: $(UNIT_SUITES) $(E2E_NEEDS) $(RUN_NEEDS)
 # What kvm-hello is given: your guest and its line table, and ARGS.
 PROGRAM_ARGS = $(if $(GUEST),--guest $(GUEST_PATH) --guest-lines $(GUEST_PATH:.bin=.lines)) $(ARGS)
 
-run: $(RUN_NEEDS)
-	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
-	@$(RUN_WITH) $(PROGRAM_ARGS)
-
+# run, trace and bench: kvm-hello's exit status becomes make's; one that is
+# not 0 is first said in words by program/say-status.sh, from the table of
+# kvm-hello's --help (run here: under qemu-aarch64-static off arm64).
+HELP_WITH := $(if $(CROSS),qemu-aarch64-static )$(PROGRAM)
 trace: override ARGS += --step-guest
-trace: run
-
 bench: override ARGS += --bench
-bench: run
+run trace bench: $(RUN_NEEDS)
+	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
+	@program/say-status.sh "make $@" "$(HELP_WITH)" $(RUN_WITH) $(PROGRAM_ARGS)
 
 gdb: $(GDB_NEEDS)
 	@$(GDB_WITH)
@@ -189,12 +208,12 @@ test-e2e: $(E2E_NEEDS) | kvm-usable
 	@test/summarize.sh $(TEST_LOGS)
 
 test-hosts: $(BUILD)/test.cpio $(BUILD)/gdb.cpio
-	@test/test-hosts.sh test/hosts.txt
+	@+test/test-hosts.sh test/hosts.txt
 
 host:
 	@echo "kvm-hello runs $(if $(filter native,$(KVM_HELLO_MACHINE)),natively,in the emulated arm64 machine): $(MACHINE_WHY)"
 ifeq ($(KVM_HELLO_MACHINE),emulated)
-	@echo "the emulated host: $(if $(KVM_HELLO_KERNEL),the kernel $(KVM_HELLO_KERNEL),Debian $(KVM_HELLO_SUITE)'s linux-image-$(KVM_HELLO_FLAVOUR)), -cpu $(KVM_HELLO_CPU), $(KVM_HELLO_SMP) vCPU(s)"
+	@echo "the emulated host: $(if $(KVM_HELLO_KERNEL),the kernel $(KVM_HELLO_KERNEL),Debian $(KVM_HELLO_SUITE)'s linux-image-$(KVM_HELLO_FLAVOUR)), -cpu $(KVM_HELLO_CPU), $(KVM_HELLO_HOST_CPUS) CPU$(if $(filter 1,$(KVM_HELLO_HOST_CPUS)),,s)"
 endif
 
 # The native suites need a KVM they may use: say so once, before any test runs.
@@ -214,7 +233,7 @@ format:
 	clang-format -i kvm_hello.hpp main.cpp program/*.hpp bench/*.hpp test/*.cpp test/*.hpp tools/*.cpp
 
 help:
-	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST)
+	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST) | sed 's|$$(CACHE)|$(CACHE)|'
 
 clean:
 	rm -rf $(BUILD)
@@ -251,14 +270,33 @@ GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/bench/bench-guest.bin $(TEST_GUESTS)
 GUEST_LOAD_ADDRESS = $(shell printf '#include "kvm_hello.hpp"\nKVM_HELLO_RAM_BASE\n' | \
   $(CROSS)cpp -P -D__ASSEMBLER__ -I. - | tail -n 1)
 
+# $(call write-if-changed,COMMAND): COMMAND's output becomes $@ only when it
+# differs from what $@ holds, so that what depends on $@ is rebuilt only then.
+define write-if-changed
+	@mkdir -p $(@D)
+	@$(1) > $@.new && if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+endef
+
 define assemble
 	@mkdir -p $(@D)
 	$(CROSS)gcc -c -g -D__ASSEMBLY__ -I. -o $@ $<
 endef
 $(BUILD)/%.o: %.S kvm_hello.hpp | $(PACKAGES_OK)
 	$(assemble)
-$(BUILD)/your-guest/%.o: $(GUEST) kvm_hello.hpp | $(PACKAGES_OK)
-	$(assemble)
+
+# Your guest is the file as it is now, whatever its name, folder or age: on
+# every make it is preprocessed, with all it includes, into NAME.s (what is
+# assembled), and copied into NAME.source (for its line table, comments and
+# all); each is rewritten only when its text changed. So make rebuilds what
+# follows exactly when the guest changed, and nothing when it did not.
+ifdef GUEST
+$(GUEST_BIN:.bin=.s): FORCE | $(PACKAGES_OK)
+	$(call write-if-changed,$(CROSS)gcc -E -g -x assembler-with-cpp -D__ASSEMBLY__ -I. $(GUEST_QUOTED))
+$(GUEST_BIN:.bin=.source): FORCE
+	$(call write-if-changed,cat -- $(GUEST_QUOTED))
+endif
+$(BUILD)/your-guest/%.o: $(BUILD)/your-guest/%.s
+	$(CROSS)gcc -c -g -x assembler -o $@ $<
 
 $(BUILD)/%.elf: $(BUILD)/%.o
 	$(CROSS)ld -Ttext=$(GUEST_LOAD_ADDRESS) -e _start --no-warn-rwx-segments -o $@ $<
@@ -281,8 +319,8 @@ $(BUILD)/test_guests.h: $(TEST_GUESTS)
 # addresses and lines of source. guest.S's is embedded as guest_lines[].
 $(BUILD)/%.lines: $(BUILD)/%.elf %.S program/guest-lines.sh
 	program/guest-lines.sh $(CROSS)readelf $< $*.S > $@
-$(BUILD)/your-guest/%.lines: $(BUILD)/your-guest/%.elf $(GUEST) program/guest-lines.sh
-	program/guest-lines.sh $(CROSS)readelf $< $(GUEST) > $@
+$(BUILD)/your-guest/%.lines: $(BUILD)/your-guest/%.elf $(BUILD)/your-guest/%.source program/guest-lines.sh
+	program/guest-lines.sh $(CROSS)readelf $< $(GUEST_QUOTED) > $@
 $(BUILD)/guest_lines.h: $(BUILD)/guest.lines
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
 
@@ -394,19 +432,21 @@ $(BUILD)/vm-init: tools/vm-init.cpp | $(PACKAGES_OK)
 
 # $(call make-initramfs,PROGRAMS,SOURCE:DESTINATION...,LIBRARIES): /init, the
 # programs, copies of files or directories at the paths given, and shared
-# libraries in /lib (a path, or a name the arm64 compiler finds).
+# libraries in /lib (a path, or a name the arm64 compiler finds). It says
+# one line, "initramfs build/run.cpio"; a step that fails says its own.
 define make-initramfs
-	rm -rf $@.root && mkdir -p $@.root
-	$(CROSS)strip -o $@.root/init $(BUILD)/vm-init
-	for program in $(1); do $(CROSS)strip -o $@.root/$$(basename $$program) $$program; done
-	for pair in $(2); do \
+	@echo "initramfs $@"
+	@rm -rf $@.root && mkdir -p $@.root
+	@$(CROSS)strip -o $@.root/init $(BUILD)/vm-init
+	@for program in $(1); do $(CROSS)strip -o $@.root/$$(basename $$program) $$program; done
+	@for pair in $(2); do \
 	  mkdir -p $$(dirname $@.root/$${pair##*:}) && cp -rL $${pair%%:*} $@.root/$${pair##*:}; done
-	$(if $(3),mkdir -p $@.root/lib)
-	for lib in $(3); do \
+	$(if $(3),@mkdir -p $@.root/lib)
+	@for lib in $(3); do \
 	  case $$lib in */*) from=$$lib ;; *) from=$$($(ARM64_CXX) -print-file-name=$$lib) ;; esac; \
 	  $(CROSS)strip --strip-unneeded -o $@.root/lib/$$(basename $$lib) $$from; done
-	cd $@.root && find . | cpio -o -H newc --quiet > ../$(notdir $@)
-	rm -rf $@.root
+	@cd $@.root && find . | cpio -o -H newc --quiet > ../$(notdir $@)
+	@rm -rf $@.root
 endef
 
 # Rebuilt whenever GUEST changes what it holds.
@@ -414,8 +454,7 @@ $(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.li
 	$(call make-initramfs,$(PROGRAM),$(foreach f,$(GUEST_BIN) $(GUEST_BIN:.bin=.lines),$(f):$(notdir $(f))))
 
 $(BUILD)/run-guest.txt: FORCE
-	@mkdir -p $(@D)
-	@echo "$(GUEST)" | cmp -s - $@ || echo "$(GUEST)" > $@
+	$(call write-if-changed,echo $(GUEST_QUOTED))
 
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines) $(BUILD)/run-guest.txt
 	$(call make-initramfs,$(DEBUG_PROGRAM),$(foreach f,$(GUEST_BIN) $(GUEST_BIN:.bin=.lines),$(f):$(notdir $(f))))

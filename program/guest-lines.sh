@@ -5,7 +5,8 @@
 # register dump: a first line naming the source file, then one line per
 # instruction, "ADDRESS LINE TEXT" (0x10000 21 ldr x1, =...). The addresses
 # and line numbers come from the assembler's own debug line information (the
-# .elf was assembled with -g), read with readelf; the text is that line of
+# .elf was assembled with -g), read with readelf (each row: the file's name,
+# which may hold spaces, the line, the address); the text is that line of
 # the source. kvm-hello reads it with parse_guest_source() (program/inspect.hpp):
 # the built-in guest's is embedded, another's is given with --guest-lines.
 set -euo pipefail
@@ -13,7 +14,7 @@ readelf=$1 elf=$2 source=$3
 
 basename "$source"
 "$readelf" --debug-dump=decodedline "$elf" |
-  awk '$2 ~ /^[0-9]+$/ && $3 ~ /^0x/ {print $3, $2}' |
+  awk '{ for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/ && $(i + 1) ~ /^0x/) { print $(i + 1), $i; next } }' |
   while read -r address line; do
     printf '%s %s %s\n' "$address" "$line" "$(sed -n "${line}p" "$source" | sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//')"
   done

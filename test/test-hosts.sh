@@ -2,22 +2,22 @@
 # test-hosts.sh HOSTS_FILE
 #
 # Runs the suites against real KVM (`make test-e2e`: e2e and gdb) on each
-# emulated host of HOSTS_FILE (lines of: suite flavour cpu vCPUs), fetching
+# emulated host of HOSTS_FILE (lines of: suite flavour cpu CPUs), fetching
 # kernels as needed, then prints a table: the host asked for, the kernel,
-# CPU, vCPUs and page size its /init reported, passed, failed, time. Each
+# CPU, how many, and page size its /init reported, passed, failed, time. Each
 # host's log stays in build/test-hosts/. Exits 1 if any test failed.
 set -uo pipefail
 hosts=${1:?usage: test-hosts.sh HOSTS_FILE}
 logs=build/test-hosts
 rm -rf "$logs" && mkdir -p "$logs"
 rows=() all_passed=0 all_failed=0
-while read -r suite flavour cpu smp; do
+while read -r suite flavour cpu cpus; do
   [[ -z $suite || $suite == \#* ]] && continue
-  name="$suite-$flavour-$cpu-$smp"
-  echo "== test-hosts: $suite $flavour, -cpu $cpu, $smp vCPU(s)"
+  name="$suite-$flavour-$cpu-$cpus"
+  echo "== test-hosts: $suite $flavour, -cpu $cpu, $cpus CPU(s)"
   start=$SECONDS
   make --no-print-directory test-e2e KVM_HELLO_SUITE="$suite" KVM_HELLO_FLAVOUR="$flavour" KVM_HELLO_CPU="$cpu" \
-    KVM_HELLO_SMP="$smp" TEST_LOGS="$logs/$name" >"$logs/$name.log" 2>&1
+    KVM_HELLO_HOST_CPUS="$cpus" TEST_LOGS="$logs/$name" >"$logs/$name.log" 2>&1
   seconds=$((SECONDS - start))
   totals=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$logs/$name.log" | tail -n 1)
   passed=${totals%% passed*} failed=${totals#*passed, }
@@ -25,13 +25,13 @@ while read -r suite flavour cpu smp; do
   [ -n "$totals" ] || { passed=0 failed=1; }
   host=$(sed -n 's/^kvm-hello-vm: host: //p' "$logs/$name.log" | head -n 1)
   echo "   ${totals:-no totals: see $logs/$name.log} in $seconds s; inside: ${host:-did not boot}"
-  rows+=("$(printf '| %s %s, %s, %s | %s | %s | %s | %s s |' "$suite" "$flavour" "$cpu" "$smp" "${host:-did not boot}" \
+  rows+=("$(printf '| %s %s, %s, %s | %s | %s | %s | %s s |' "$suite" "$flavour" "$cpu" "$cpus" "${host:-did not boot}" \
     "$passed" "$failed" "$seconds")")
   all_passed=$((all_passed + passed)) all_failed=$((all_failed + failed))
 done <"$hosts"
 
 echo
-echo "| host (suite flavour, -cpu, vCPUs) | as /init reported it | passed | failed | time |"
+echo "| host (suite flavour, -cpu, CPUs) | as /init reported it | passed | failed | time |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo

@@ -18,7 +18,7 @@
 #                   authentication is chosen (pauth-impdef=on): the
 #                   architected algorithm (QARMA) makes every boot several
 #                   times slower under emulation.
-#   KVM_HELLO_SMP   vCPUs of the emulated machine (default 1)
+#   KVM_HELLO_HOST_CPUS  CPUs of the emulated machine (default 1)
 # To look at the boot itself: KVM_HELLO_BOOT_LOG=1 prints the kernel's log
 # before the host line, and KVM_HELLO_KERNEL_ARGS adds words to the kernel's
 # command line (initcall_debug printk.time=1, say, shows what took long).
@@ -42,7 +42,7 @@ done
 [ -r "$kernel" ] || { echo "run-in-vm: no kernel at $kernel" >&2; exit 2; }
 
 cpu=${KVM_HELLO_CPU:-cortex-a57}
-smp=${KVM_HELLO_SMP:-1}
+smp=${KVM_HELLO_HOST_CPUS:-1}
 boot_limit=${KVM_HELLO_BOOT_TIMEOUT:-60}
 run_limit=${KVM_HELLO_VM_TIMEOUT:-300}
 qemu_cpu=$cpu

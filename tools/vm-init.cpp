@@ -81,7 +81,7 @@ std::string kvm_mode() {
   return "KVM nVHE: the kernel at EL1, KVM's hyp code at EL2";
 }
 
-// "host: Linux 6.12.117+deb13-arm64 (Debian 6.12.117-1), Cortex-A57, 1 vCPU,
+// "host: Linux 6.12.117+deb13-arm64 (Debian 6.12.117-1), Cortex-A57, 1 CPU,
 // 4 KiB pages, KVM nVHE: ...": every value read from inside the machine.
 void print_host_line() {
   utsname system{};
@@ -92,9 +92,9 @@ void print_host_line() {
       debian == std::string::npos ? "" : " (" + version.substr(debian, version.find(' ', debian + 7) - debian) + ")";
   std::ifstream file("/proc/cpuinfo");
   const std::string cpuinfo = "\n" + std::string(std::istreambuf_iterator<char>(file), {});
-  const long vcpus = sysconf(_SC_NPROCESSORS_ONLN);
-  std::printf("kvm-hello-vm: host: Linux %s%s, %s, %ld vCPU%s, %ld KiB pages, %s\n", system.release, version.c_str(),
-              cpu_name(cpuinfo).c_str(), vcpus, vcpus == 1 ? "" : "s", sysconf(_SC_PAGESIZE) / 1024,
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  std::printf("kvm-hello-vm: host: Linux %s%s, %s, %ld CPU%s, %ld KiB pages, %s\n", system.release, version.c_str(),
+              cpu_name(cpuinfo).c_str(), cpus, cpus == 1 ? "" : "s", sysconf(_SC_PAGESIZE) / 1024,
               kvm_mode().c_str());
   std::fflush(stdout);
 }
