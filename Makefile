@@ -10,7 +10,8 @@
 ## Targets:
 ##   make run         build and run kvm-hello (ARGS="--timeout 2" passes options;
 ##                    GUEST=path/to/file.S assembles that guest and runs it instead);
-##                    a failed run's exit status is said in words, then is make's
+##                    when kvm-hello fails, make says its exit status in words (also
+##                    for trace and bench) and fails with it
 ##   make trace       run the guest one instruction at a time (--step-guest, plus ARGS)
 ##   make gdb         gdb on kvm-hello, stopped at each step function (gdb/steps.gdb);
 ##                    GUEST= and ARGS= as for run; GDB_ARGS="-batch -x FILE" runs FILE's commands
@@ -33,8 +34,8 @@
 ##                    also bookworm, bookworm-backports, sid, ...)
 ##   KVM_HELLO_FLAVOUR  arm64 (4 KiB pages, the default) or arm64-16k (16 KiB pages)
 ##   KVM_HELLO_CPU    QEMU's -cpu model (default cortex-a57; neoverse-n1 for arm64-16k)
-##   KVM_HELLO_HOST_CPUS  CPUs of the emulated machine (default 1; the guest has
-##                    one vCPU whatever the host has). Its old name, KVM_HELLO_SMP, works too
+##   KVM_HELLO_HOST_CPUS  how many CPUs the emulated machine has (default 1; the
+##                    guest has one vCPU on any host). KVM_HELLO_SMP is its old name
 ##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
 .DEFAULT_GOAL := all
@@ -274,7 +275,7 @@ GUEST_LOAD_ADDRESS = $(shell printf '#include "kvm_hello.hpp"\nKVM_HELLO_RAM_BAS
 # differs from what $@ holds, so that what depends on $@ is rebuilt only then.
 define write-if-changed
 	@mkdir -p $(@D)
-	@$(1) > $@.new && if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+	@$(1) > $@.new || { rm -f $@.new; exit 1; }; if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 endef
 
 define assemble
@@ -286,9 +287,11 @@ $(BUILD)/%.o: %.S kvm_hello.hpp | $(PACKAGES_OK)
 
 # Your guest is the file as it is now, whatever its name, folder or age: on
 # every make it is preprocessed, with all it includes, into NAME.s (what is
-# assembled), and copied into NAME.source (for its line table, comments and
-# all); each is rewritten only when its text changed. So make rebuilds what
-# follows exactly when the guest changed, and nothing when it did not.
+# assembled; its line markers keep your file's name and lines, for the
+# assembler's messages and line table), and copied into NAME.source (for the
+# line table's text, comments and all); each is rewritten only when its text
+# changed. So make rebuilds what follows exactly when the guest changed, and
+# nothing when it did not.
 ifdef GUEST
 $(GUEST_BIN:.bin=.s): FORCE | $(PACKAGES_OK)
 	$(call write-if-changed,$(CROSS)gcc -E -g -x assembler-with-cpp -D__ASSEMBLY__ -I. $(GUEST_QUOTED))

@@ -2,8 +2,10 @@
 # make-tests.sh: the Makefile as a user meets it. Where kvm-hello runs is
 # decided by the compiler's architecture and the KVM device (fake compilers
 # stand in for other machines' here); a bad setting stops make with a
-# message; a guest that assembles to nothing reaches kvm-hello's own check;
-# a guest's .elf is kept. Prints "N passed, M failed".
+# message; GUEST= runs the file as it is now, whatever its name, folder or
+# age, and a mistyped one is one line; a failed run's status is said in
+# words under its own target; a guest's .elf is kept; make's own output stays
+# short. Prints "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -17,12 +19,21 @@ mk() {
 }
 
 passed=0 failed=0
-check() {  # check DESCRIPTION TEXT EXPECTED: TEXT holds EXPECTED
-  if [[ $2 == *"$3"* ]]; then
+verdict() {  # verdict DESCRIPTION OK EXPECTED GOT
+  if [ "$2" = yes ]; then
     passed=$((passed + 1)); echo "make-tests: ok: $1"
   else
-    failed=$((failed + 1)); printf 'make-tests: FAILED: %s\n  expected: %s\n  got: %s\n' "$1" "$3" "$2"
+    failed=$((failed + 1)); printf 'make-tests: FAILED: %s\n  expected: %s\n  got: %s\n' "$1" "$3" "$4"
   fi
+}
+check() {  # check DESCRIPTION TEXT EXPECTED: TEXT holds EXPECTED
+  verdict "$1" "$([[ $2 == *"$3"* ]] && echo yes)" "$3" "$2"
+}
+check_lacks() {  # check_lacks DESCRIPTION TEXT UNWANTED: TEXT does not hold UNWANTED
+  verdict "$1" "$([[ $2 != *"$3"* ]] && echo yes)" "no $3" "$2"
+}
+check_equal() {  # check_equal DESCRIPTION TEXT EXPECTED: TEXT is EXPECTED
+  verdict "$1" "$([[ $2 == "$3" ]] && echo yes)" "$3" "$2"
 }
 
 # A compiler that says it builds for MACHINE and otherwise is the real g++.
@@ -50,6 +61,9 @@ check "a KVM_HELLO_MACHINE that is neither stops make" "$(mk host KVM_HELLO_MACH
   'KVM_HELLO_MACHINE is "remote": it must be native or emulated'
 check "the 16K-page flavour picks a CPU with the 16K granule" \
   "$(mk host CXX="$work/x86-g++" KVM_HELLO_FLAVOUR=arm64-16k)" "linux-image-arm64-16k, -cpu neoverse-n1"
+check "KVM_HELLO_HOST_CPUS: the emulated machine's CPUs" \
+  "$(mk host CXX="$work/x86-g++" KVM_HELLO_HOST_CPUS=2)" "-cpu cortex-a57, 2 CPUs"
+check "KVM_HELLO_SMP, its old name, still works" "$(mk host CXX="$work/x86-g++" KVM_HELLO_SMP=3)" "-cpu cortex-a57, 3 CPUs"
 
 # Prerequisites: what a machine lacks is named, with what to install.
 printf '#!/bin/sh\nfor a; do shift; [ "$a" = -std=c++23 ] && a=-std=c++20; set -- "$@" "$a"; done\nexec g++ "$@"\n' \
@@ -66,11 +80,87 @@ check "without apt, the packages are named in words" \
   "$(PATH="$work/bin" /bin/bash setup/ensure-packages.sh qemu-system-arm doctest-dev 2>&1)" \
   "QEMU's arm64 system emulator (qemu-system-aarch64)"
 
-# A guest with no instructions at all: kvm-hello's message and status, not objcopy's.
+# make's own output: make help names the real cache folder; an initramfs is
+# one line; a make that a recipe starts (as `make test` starts `make gdb`)
+# shares its parent's jobs without a warning.
+out=$(mk help XDG_CACHE_HOME="$work/cache")
+check "make help names the cache folder itself" "$out" "remove the downloaded kernels from $work/cache/kvm-hello"
+check_lacks "... not a make variable" "$out" '$(CACHE)'
+printf 'parent:\n\t+@$(MAKE) -s -C %s host\n' "$PWD" >"$work/parent.mk"
+check_lacks "a make started by a recipe, under -j3, keeps the jobserver" "$(mk -j3 -f "$work/parent.mk")" "jobserver"
+
+# GUEST=: the file as it is now, whatever its name, folder or age. What
+# kvm-hello is given is read where it gets it: in the emulated machine's
+# initramfs (build/run.cpio; build/gdb.cpio for make gdb), or natively in
+# build/your-guest/.
+emulated=$([[ $(mk host) == *"in the emulated arm64 machine"* ]] && echo yes)
+given() {  # given FILE [run|gdb]: FILE (NAME.bin, NAME.lines) as kvm-hello is given it
+  if [ -n "$emulated" ]; then cpio -i --quiet --to-stdout "$1" <"build/${2:-run}.cpio"; else cat "build/your-guest/$1"; fi
+}
+first_word() { given "$@" | od -An -tx4 | awk '{print $1; exit}'; }
+guest() {  # guest FILE IMMEDIATE: a guest of one instruction, movz w0, #IMMEDIATE
+  mkdir -p "$(dirname "$1")"
+  printf '        .text\n        .global _start\n_start:\n        movz    w0, #%s\n' "$2" >"$1"
+}
+old() { touch -d 2000-01-01 "$@"; }
+guest "$work/a/own.S" 0x1111
+guest "$work/b/own.S" 0x2222 && old "$work/b/own.S"
+mk all GUEST="$work/a/own.S" >/dev/null
+b_relative=$(realpath --relative-to=. "$work/b/own.S")  # ../../tmp/..., from here
+out=$(mk all GUEST="$b_relative")
+check_equal "GUEST=b/own.S after a/own.S, older, by a relative path with '..': b's image" \
+  "$(first_word own.bin)" 52844440  # movz w0, #0x2222
+check "... and b's line table" "$(given own.lines)" "movz    w0, #0x2222"
+[ -z "$emulated" ] || check_equal "... and b's image under make gdb" "$(first_word own.bin gdb)" 52844440
+[ -z "$emulated" ] || check_equal "an initramfs is made in one line" "$(grep -c '^initramfs build/run.cpio$' <<<"$out")" 1
+check_lacks "... and not its shell commands" "$out" "for pair in"
+check_equal "the same GUEST again: nothing rebuilt, nothing said" "$(mk all GUEST="$b_relative")" ""
+guest "$work/b/own.S" 0x3333 && old "$work/b/own.S"
+check_equal "b/own.S edited, its time kept old, by its absolute path: the new image" \
+  "$(mk all GUEST="$work/b/own.S" >/dev/null; first_word own.bin)" 52866660
+guest "$work/my dir/own guest.S" 0x4444
+mk all GUEST="$work/my dir/../my dir/own guest.S" >/dev/null
+check_equal "a path with spaces and '..': that file's image" "$(first_word own_guest.bin)" 52888880
+check "... and its line table, named after it" "$(given own_guest.lines)" $'own guest.S\n0x10000 4 movz    w0, #0x4444'
+guest "$work/inc/own.S" IMMEDIATE
+sed -i '1i #include "immediate.inc"' "$work/inc/own.S" && old "$work/inc/own.S"
+echo '#define IMMEDIATE 0x1111' >"$work/inc/immediate.inc"
+mk all GUEST="$work/inc/own.S" >/dev/null
+echo '#define IMMEDIATE 0x2222' >"$work/inc/immediate.inc"
+check_equal "a file the guest includes changed: the new image" \
+  "$(mk all GUEST="$work/inc/own.S" >/dev/null; first_word own.bin)" 52844440
+
+# A mistyped GUEST=: one line naming it and what to do, and make fails.
+out=$(mk run GUEST=nope.S)
+status=$?
+check_equal "GUEST=nope.S: one line naming it, and what to do" "$out" \
+  "Makefile:$(grep -n 'error GUEST=' Makefile | cut -d: -f1): *** GUEST=nope.S: there is no such file (a relative path starts at $PWD); give the path of your guest's assembly source, for example make run GUEST=test/guests/spin.S.  Stop."
+check_equal "... and make fails" "$([ "$status" != 0 ] && echo failed)" failed
+check "GUEST=test: a folder" "$(mk trace GUEST=test)" "GUEST=test: it is a folder"
+
+# A guest with no instructions at all: kvm-hello's message and status, not
+# objcopy's; make names the target that ran it, and the status in words.
 : >"$work/nothing.S"
-out=$(mk run GUEST="$work/nothing.S")
+out=$(mk trace GUEST="$work/nothing.S")
+status=$?
 check "GUEST=nothing.S reaches kvm-hello's own check" "$out" "it is empty: a guest needs at least one instruction"
-check "... and make fails with kvm-hello's status 18" "$out" "Error 18"
+check "... and the status in kvm-hello's words, under make trace's name" "$out" \
+  "make trace: kvm-hello exited with status 18: the guest image is empty or larger than guest RAM"
+check "... and make fails with kvm-hello's status 18, for trace" "$out" ": trace] Error 18"
+check_equal "... and make's own status is not 0" "$([ "$status" != 0 ] && echo failed)" failed
 check "GUEST's .elf is kept for gdb and the line table" "$(ls build/your-guest/)" "nothing.elf"
+
+# The emulated machine's CPUs reach QEMU, also under the setting's old name
+# (a stand-in QEMU that only keeps its arguments); a status that is not
+# kvm-hello's own is said to be so.
+if [ -n "$emulated" ]; then
+  mkdir -p "$work/qemu"
+  printf '#!/bin/sh\necho "$@" >%s/qemu/arguments\n' "$work" >"$work/qemu/qemu-system-aarch64"
+  chmod +x "$work/qemu/qemu-system-aarch64"
+  out=$(PATH="$work/qemu:$PATH" mk run KVM_HELLO_SMP=3)
+  check "KVM_HELLO_SMP=3 (the old name): QEMU is given -smp 3" "$(cat "$work/qemu/arguments")" " -smp 3 "
+  check "a machine that stops early: its status is not kvm-hello's, and make run says so" "$out" \
+    "is not one of kvm-hello's (kvm-hello --help lists them): the lines above say what stopped it"
+fi
 
 echo "$passed passed, $failed failed"
