@@ -968,7 +968,7 @@ TEST_CASE("PSCI for the guest: version 1.1 before Linux 6.13, 1.3 from it; smc a
   const std::string line =
       std::string("PSCI for the guest: version ") + (linux_version.at_least(6, 13) ? "1.3" : "1.1") +
       " (KVM_REG_ARM_PSCI_VERSION" + (linux_version.at_least(6, 13) ? ")" : "; 1.3 from Linux 6.13)") +
-      (linux_version.at_least(6, 4) ? ", called with hvc or smc"
+      (linux_version.at_least(6, 4) ? ", called with hvc or smc #0"
                                     : ", called with hvc only: before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)");
   CHECK_MESSAGE(run.out.find("      " + line + "\n") != std::string::npos, "no line: " << line << "\n" << run.out);
 }
