@@ -397,7 +397,7 @@ std::uint64_t register_value(kh::Machine& m, std::uint64_t id) {
 
 }  // namespace
 
-TEST_CASE("after SYSTEM_OFF: KVM_RUN sleeps until a signal; KVM_SET_MP_STATE(RUNNABLE) resumes the guest after its hvc, x0 = -6") {
+TEST_CASE("SYSTEM_OFF stops the vCPU: KVM_RUN sleeps; KVM_SET_MP_STATE(RUNNABLE) resumes it after its hvc, x0 = -6") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   kh::HelloDevice device;
   REQUIRE(kh::run_guest(m.vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {}));
@@ -429,7 +429,7 @@ TEST_CASE("after SYSTEM_OFF: KVM_RUN sleeps until a signal; KVM_SET_MP_STATE(RUN
   CHECK(register_value(m, kh::reg::pc) == after_hvc);
 }
 
-TEST_CASE("wfi traps into KVM while the vCPU is alone, on every kernel (TWI stays set without GICv4): one wfi_exit_stat") {
+TEST_CASE("wfi traps into KVM even for a lone vCPU, on every kernel (TWI stays set without GICv4)") {
   kh::Machine m = build_machine(image(wfi_bin, wfi_bin_len));
   kh::HelloDevice device;
   const auto stats = kh::run_guest(m.vcpu, device, std::chrono::milliseconds(300), [](const kh::Exit&) {});
@@ -947,7 +947,8 @@ TEST_CASE("the preferred target is this kernel's: GENERIC_V8 from Linux 6.6, bef
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   kvm_vcpu_init preferred{};
   REQUIRE(kh::call(kh::Step::init_vcpu, m.vm.get(), kh::request::arm_preferred_target, &preferred));
-  // Before 6.6: Cortex-A57 (part 0xd07) and A53 (0xd03) had types of their own.
+  // Before 6.6: Cortex-A57 (part 0xd07) and A53 (0xd03) had types of their own (so did the AEM, Foundation
+  // and X-Gene, which QEMU does not emulate: kvm_target_cpu in 6.1's arch/arm64/kvm/guest.c).
   const std::string cpuinfo = read_file("/proc/cpuinfo");
   std::uint32_t expected = KVM_ARM_TARGET_GENERIC_V8;
   if (!running_kernel().at_least(6, 6) && cpuinfo.find("CPU implementer\t: 0x41") != std::string::npos) {

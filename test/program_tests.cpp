@@ -186,8 +186,10 @@ TEST_CASE("what changed between kernels is said where it shows") {
     CHECK(describe_target(KVM_ARM_TARGET_CORTEX_A57).starts_with("2 (KVM_ARM_TARGET_CORTEX_A57: Linux before 6.6"));
     // Every type 6.1's kvm_target_cpu can answer is named, not only the two QEMU can be.
     CHECK(describe_target(KVM_ARM_TARGET_AEM_V8).starts_with("0 (KVM_ARM_TARGET_AEM_V8: Linux before 6.6"));
-    CHECK(describe_target(KVM_ARM_TARGET_FOUNDATION_V8).starts_with("1 (KVM_ARM_TARGET_FOUNDATION_V8: Linux before 6.6"));
-    CHECK(describe_target(KVM_ARM_TARGET_XGENE_POTENZA).starts_with("3 (KVM_ARM_TARGET_XGENE_POTENZA: Linux before 6.6"));
+    CHECK(
+        describe_target(KVM_ARM_TARGET_FOUNDATION_V8).starts_with("1 (KVM_ARM_TARGET_FOUNDATION_V8: Linux before 6.6"));
+    CHECK(
+        describe_target(KVM_ARM_TARGET_XGENE_POTENZA).starts_with("3 (KVM_ARM_TARGET_XGENE_POTENZA: Linux before 6.6"));
     CHECK(describe_target(KVM_ARM_TARGET_CORTEX_A53).starts_with("4 (KVM_ARM_TARGET_CORTEX_A53: Linux before 6.6"));
   }
   SUBCASE("an smc answered with -1: why, on this kernel") {
