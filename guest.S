@@ -38,7 +38,7 @@ ask_host:
 power_off:
         ldr     x0, =PSCI_0_2_FN_SYSTEM_OFF // PSCI: function id in x0, then a hypervisor call
         hvc     #0                          // KVM exits with KVM_EXIT_SYSTEM_EVENT (SHUTDOWN)
-        b       power_off                   // not reached: SYSTEM_OFF does not return
+        b       power_off                   // reached only if the host resumes the stopped vCPU
 
 message:
         .asciz  "hello\n"

@@ -673,7 +673,10 @@ constexpr kvm_vcpu_init with_psci_0_2(kvm_vcpu_init preferred) {
 // Step 7. KVM_ARM_PREFERRED_TARGET (struct kvm_vcpu_init, filled by the
 // kernel) on the VM fd, then KVM_ARM_VCPU_INIT with that target plus the
 // PSCI 0.2 feature on the vCPU fd. Returns what was passed to INIT.
-// EINVAL: a target or feature the host does not support.
+// ENOENT: a feature bit this kernel does not know; EINVAL: a target it does
+// not accept, or a known feature this host cannot give (kvm_vcpu_set_target
+// in Linux 6.1's arch/arm64/kvm/arm.c, kvm_vcpu_init_check_features in 6.12
+// and 7.2).
 // Why: an arm64 vCPU must be initialised before anything else: INIT resets
 // its registers, and until then every register access fails with ENOEXEC.
 inline Result<kvm_vcpu_init> init_vcpu(int vm_fd, int vcpu_fd, CallObserver observe = {}) {
@@ -856,7 +859,9 @@ class HelloDevice {
 //
 // A guest stuck in a loop (or faulting over and over inside the kernel) never
 // leaves KVM_RUN. A signal interrupts it: KVM_RUN returns -1 with errno EINTR
-// whenever a signal is pending. The handler also sets kvm_run.immediate_exit,
+// whenever a signal is pending (and, with no interrupt controller in the
+// kernel, also when the guest's timer output changes: KVM_EXIT_INTR, no
+// signal at all). The handler also sets kvm_run.immediate_exit,
 // for a signal that comes just before the call: then the next KVM_RUN
 // returns EINTR at once instead of entering the guest. Two signals stop the
 // guest this way: SIGALRM from the watchdog's timer, and SIGINT from Ctrl-C.
@@ -920,6 +925,10 @@ struct RunStats {
 };
 
 // What one exit means for the loop: go on, stop cleanly, or stop with an error.
+// After SHUTDOWN (PSCI SYSTEM_OFF) KVM has stopped the vCPU: another KVM_RUN
+// would sleep until a signal. A program that wants the guest back makes it
+// runnable: KVM_SET_MP_STATE (RUNNABLE) resumes it after its hvc with x0 = -6,
+// a new KVM_ARM_VCPU_INIT resets it. This one stops here.
 inline std::expected<bool, Error> keep_running(const Exit& exit) {
   if (std::holds_alternative<MmioAccess>(exit) || std::holds_alternative<DebugExit>(exit)) return true;
   if (const auto* event = std::get_if<SystemEvent>(&exit)) {
@@ -942,9 +951,12 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
 // times. `on_exit(const Exit&)` sees each exit after the device handled it
 // (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on.
 // Errors: EINTR when the watchdog stopped the guest after `limit`
-// (Problem::watchdog_expired) or Ctrl-C did (Problem::interrupted); an EINTR
-// for any other signal is no error: KVM_RUN returns it whenever a signal is
-// pending, and the guest is simply entered again; ENOSYS for an MMIO
+// (Problem::watchdog_expired) or Ctrl-C did (Problem::interrupted); any other
+// EINTR is no error, and the guest is simply entered again: KVM_RUN returns
+// it whenever a signal is pending, and, in a VM like this one with no
+// interrupt controller in the kernel, when the guest's timer output changes
+// (exit_reason KVM_EXIT_INTR: the program could deliver the interrupt);
+// ENOSYS for an MMIO
 // instruction KVM cannot decode (load/store pair, writeback, SIMD); another
 // exit reason or system event: Problem::unexpected_exit, guest_reset or
 // guest_crash.
@@ -971,7 +983,7 @@ Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds
       }
       if (watchdog.interrupted())
         return std::unexpected(Error{Step::run_guest, Problem::interrupted, "KVM_RUN", EINTR});
-      continue;  // another signal (Ctrl-Z then fg, SIGSTOP/SIGCONT, a debugger): nothing to do but go back in
+      continue;  // another signal (Ctrl-Z then fg, a debugger), or the guest's timer: go back in
     }
     ++stats.exits;
     ++stats.exits_by_reason[std::min<std::size_t>(run.exit_reason, stats.exits_by_reason.size() - 1)];
@@ -1138,8 +1150,10 @@ struct VcpuStatistic {
 };
 
 // Each descriptor is its fixed fields, then its name at once: byte 16
-// (virt/kvm/binary_stats.c, kvm_stats_read: struct _kvm_stats_desc is the
-// 16-byte struct kvm_stats_desc then char name[KVM_STATS_NAME_SIZE]). Not
+// (virt/kvm/binary_stats.c, kvm_stats_read, copies the kernel's descriptors:
+// in Linux 6.1 struct _kvm_stats_desc, the 16-byte struct kvm_stats_desc then
+// char name[KVM_STATS_NAME_SIZE]; in 6.12 and 7.2 struct kvm_stats_desc
+// itself, whose name the kernel declares as that array). Not
 // sizeof(struct kvm_stats_desc): its name is __DECLARE_FLEX_ARRAY, which in
 // the uapi headers of Linux 6.1 (Debian 12's linux-libc-dev) wraps an empty
 // struct that C++, unlike C, gives a byte, so C++ sees 20 there. The headers

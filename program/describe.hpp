@@ -96,9 +96,11 @@ inline std::string_view exception_class_name(unsigned ec) {
   }
 }
 
-// The syndrome of an abort KVM injects, as Linux before 6.12 leaves it: built
-// from a signed int (the ESR_ELx_EC_* constants were ints), so a syndrome
-// with bit 31 set arrives with its upper 32 bits all ones.
+// The syndrome of an abort KVM injects, as Linux 6.1 leaves it (mainline
+// before 6.12; 6.6.54 has the fix): built from a signed int (the
+// ESR_ELx_EC_* constants of arch/arm64/include/asm/esr.h were ints), so a
+// syndrome with bit 31 set arrives with its upper 32 bits all ones, on a CPU
+// that keeps ESR_EL1's upper bits (QEMU's does; a real one may drop them).
 constexpr bool is_sign_extended_syndrome(std::uint64_t esr) {
   return (esr >> 32) == 0xffffffff && (esr & 0x80000000) != 0;
 }
@@ -280,26 +282,33 @@ constexpr bool is_branch_to_self(std::uint32_t encoding) { return encoding == 0x
 // ---- Step 7: the target and PSCI, which depend on the kernel's version -----
 
 // KVM_ARM_PREFERRED_TARGET's answer, named. Linux before 6.6 answers the
-// host CPU's own type on a Cortex-A53 or A57, GENERIC_V8 elsewhere; 6.6 and
-// later answer GENERIC_V8 everywhere.
+// host CPU's own type where it has one (kvm_target_cpu in 6.1's
+// arch/arm64/kvm/guest.c: Arm's AEM and Foundation models, the Cortex-A57,
+// APM's X-Gene, the Cortex-A53), GENERIC_V8 elsewhere; 6.6 and later answer
+// GENERIC_V8 everywhere.
 inline std::string describe_target(std::uint32_t target) {
+  const auto host_cpu = [target](std::string_view name) {
+    return std::to_string(target) + " (" + std::string(name) + ": Linux before 6.6 names the host's CPU)";
+  };
   switch (target) {
     case KVM_ARM_TARGET_GENERIC_V8: return std::to_string(target) + " (KVM_ARM_TARGET_GENERIC_V8)";
-    case KVM_ARM_TARGET_CORTEX_A57:
-      return std::to_string(target) + " (KVM_ARM_TARGET_CORTEX_A57: Linux before 6.6 names the host's CPU)";
-    case KVM_ARM_TARGET_CORTEX_A53:
-      return std::to_string(target) + " (KVM_ARM_TARGET_CORTEX_A53: Linux before 6.6 names the host's CPU)";
+    case KVM_ARM_TARGET_AEM_V8: return host_cpu("KVM_ARM_TARGET_AEM_V8");
+    case KVM_ARM_TARGET_FOUNDATION_V8: return host_cpu("KVM_ARM_TARGET_FOUNDATION_V8");
+    case KVM_ARM_TARGET_CORTEX_A57: return host_cpu("KVM_ARM_TARGET_CORTEX_A57");
+    case KVM_ARM_TARGET_XGENE_POTENZA: return host_cpu("KVM_ARM_TARGET_XGENE_POTENZA");
+    case KVM_ARM_TARGET_CORTEX_A53: return host_cpu("KVM_ARM_TARGET_CORTEX_A53");
     default: return std::to_string(target);
   }
 }
 
 // What the guest gets when it calls PSCI: the version KVM answers (read from
-// the firmware register) and the instructions that reach it on this kernel.
+// the firmware register) and the instructions that reach it on this kernel
+// (from 6.4 an smc with an immediate other than 0 still gets -1: handle_smc).
 inline std::string describe_psci(std::uint64_t version, KernelVersion kernel) {
   std::string text = "PSCI for the guest: version " + std::to_string(PSCI_VERSION_MAJOR(version)) + "." +
                      std::to_string(PSCI_VERSION_MINOR(version)) + " (KVM_REG_ARM_PSCI_VERSION";
   text += kernel.at_least(6, 13) ? ")" : "; 1.3 from Linux 6.13)";
-  text += kernel.at_least(6, 4) ? ", called with hvc or smc"
+  text += kernel.at_least(6, 4) ? ", called with hvc or smc #0"
                                 : ", called with hvc only: before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)";
   return text;
 }

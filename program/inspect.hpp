@@ -185,8 +185,8 @@ inline std::string explain_what_it_does(const kh::Registers& regs, const GuestVi
            "vGIC) and the guest has set no timer.";
   }
   if ((at && is_wfe(*at)) || (before && is_wfe(*before))) {
-    return "It waits in WFE for an event no one sends: KVM takes WFE as a hint that the vCPU is spinning "
-           "(kvm_handle_wfx in arch/arm64/kvm/handle_exit.c), and it spins on.";
+    return "It waits in WFE for an event no one sends, and spins on: alone on its CPU the vCPU runs WFE "
+           "untrapped (KVM clears HCR_EL2.TWE), else KVM takes it as a hint to yield (kvm_handle_wfx).";
   }
   if (at && is_branch_to_self(*at)) {
     return "The instruction there is b " + hex(regs.pc) +

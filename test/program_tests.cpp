@@ -177,13 +177,20 @@ TEST_CASE("what changed between kernels is said where it shows") {
           "PSCI for the guest: version 1.1 (KVM_REG_ARM_PSCI_VERSION; 1.3 from Linux 6.13), called with hvc only: "
           "before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)");
     CHECK(describe_psci(0x10001, {6, 12}) ==
-          "PSCI for the guest: version 1.1 (KVM_REG_ARM_PSCI_VERSION; 1.3 from Linux 6.13), called with hvc or smc");
+          "PSCI for the guest: version 1.1 (KVM_REG_ARM_PSCI_VERSION; 1.3 from Linux 6.13), called with hvc or smc #0");
     CHECK(describe_psci(0x10003, {7, 2}) ==
-          "PSCI for the guest: version 1.3 (KVM_REG_ARM_PSCI_VERSION), called with hvc or smc");
+          "PSCI for the guest: version 1.3 (KVM_REG_ARM_PSCI_VERSION), called with hvc or smc #0");
   }
   SUBCASE("the preferred target") {
     CHECK(describe_target(KVM_ARM_TARGET_GENERIC_V8) == "5 (KVM_ARM_TARGET_GENERIC_V8)");
     CHECK(describe_target(KVM_ARM_TARGET_CORTEX_A57).starts_with("2 (KVM_ARM_TARGET_CORTEX_A57: Linux before 6.6"));
+    // Every type 6.1's kvm_target_cpu can answer is named, not only the two QEMU can be.
+    CHECK(describe_target(KVM_ARM_TARGET_AEM_V8).starts_with("0 (KVM_ARM_TARGET_AEM_V8: Linux before 6.6"));
+    CHECK(
+        describe_target(KVM_ARM_TARGET_FOUNDATION_V8).starts_with("1 (KVM_ARM_TARGET_FOUNDATION_V8: Linux before 6.6"));
+    CHECK(
+        describe_target(KVM_ARM_TARGET_XGENE_POTENZA).starts_with("3 (KVM_ARM_TARGET_XGENE_POTENZA: Linux before 6.6"));
+    CHECK(describe_target(KVM_ARM_TARGET_CORTEX_A53).starts_with("4 (KVM_ARM_TARGET_CORTEX_A53: Linux before 6.6"));
   }
   SUBCASE("an smc answered with -1: why, on this kernel") {
     CHECK(is_smc(0xd4000003));

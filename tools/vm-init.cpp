@@ -66,8 +66,11 @@ std::string kernel_log() {
 }
 
 // How KVM runs here, from its own boot message "kvm [1]: <mode> mode
-// initialized successfully": "VHE"; nVHE says "Hyp" (6.1) or "Hyp nVHE"
-// (6.12 and later); pKVM says "Protected nVHE".
+// initialized successfully": "VHE" ("VHE+NV2" in 7.2 with nested
+// virtualization); nVHE says "Hyp" (6.1) or "Hyp nVHE" (6.12 and 7.2); pKVM
+// says "Protected nVHE", or, in 6.12 and 7.2 on a CPU with VHE, "Protected
+// hVHE": the kernel at EL1 still, its hyp code at EL2 with HCR_EL2.E2H set
+// (kvm_arm_init in arch/arm64/kvm/arm.c).
 std::string kvm_mode() {
   if (access("/dev/kvm", F_OK) != 0) return "no /dev/kvm";
   const std::string text = kernel_log();
@@ -75,9 +78,9 @@ std::string kvm_mode() {
   if (end == std::string::npos) return "KVM (its mode was not logged)";
   const auto start = text.rfind(": ", end);
   const std::string mode = text.substr(start + 2, end - start - 2);
-  if (mode.find("Protected") != std::string::npos)
-    return "pKVM (protected nVHE): the kernel at EL1, KVM's hyp code at EL2";
-  if (mode == "VHE") return "KVM VHE: the kernel runs at EL2";
+  if (mode.starts_with("Protected "))
+    return "pKVM (protected " + mode.substr(10) + "): the kernel at EL1, KVM's hyp code at EL2";
+  if (mode.starts_with("VHE")) return "KVM " + mode + ": the kernel runs at EL2";
   return "KVM nVHE: the kernel at EL1, KVM's hyp code at EL2";
 }
 

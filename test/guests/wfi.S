@@ -1,9 +1,10 @@
 // wfi.S: a guest that waits for an interrupt. WFI sleeps until an interrupt
 // is pending; kvm-hello's VM has no interrupt controller and the guest sets
-// no timer, so none ever is. (Linux 6.12 and later trap the WFI and keep the
-// vCPU asleep in KVM: kvm_vcpu_wfi in arch/arm64/kvm/arm.c; 6.1 lets a lone
-// vCPU run WFI on the CPU itself, which the host's own interrupts wake, and
-// the guest loops.) Only the watchdog ends it.
+// no timer, so none ever is. KVM traps the WFI (HCR_EL2.TWI stays set, even
+// for a vCPU alone on its CPU, unless a GICv4 delivers interrupts: Linux 6.1,
+// 6.12 and 7.2 alike) and keeps the vCPU asleep in KVM (kvm_vcpu_wfi in
+// arch/arm64/kvm/arm.c), having stepped PC past the WFI. Only the watchdog
+// ends it.
 // args: --timeout 1
 // expect-status: 24
 // expect-stderr: It waits in WFI at 0x10000 for an interrupt, and none will come
