@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <set>
 
@@ -93,6 +94,36 @@ TEST_CASE("docs: relative links resolve") {
       const std::filesystem::path target = source_dir / file.parent_path() / std::string((*it)[1]);
       CHECK_MESSAGE(std::filesystem::exists(target), file << " links to " << (*it)[1] << ", which does not exist");
     }
+  }
+}
+
+TEST_CASE("docs: a link's chapter number is its target's, and the path of docs/README.md numbers every chapter") {
+  // "[chapter 15](15-without-arm64.md)", "[step 7](07-init-vcpu.md)", "[01](01-open-kvm.md)": the number
+  // is the file's. And "- 15: [Running without arm64 hardware](15-without-arm64.md)" in the path.
+  const std::regex numbered_link(R"(\[(?:[Cc]hapters? |[Ss]teps? )?([0-9]+)\]\((?:docs/)?([0-9]+)-[^)]*\.md[#)])");
+  int links = 0;
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), numbered_link), end; it != end; ++it, ++links) {
+      CHECK_MESSAGE(std::stoi((*it)[1]) == std::stoi((*it)[2]), file << ": " << it->str() << " numbers it wrongly");
+    }
+  }
+  CHECK(links >= 30);
+  const std::string tutorial = read_source("docs/README.md");
+  const std::regex path_entry(R"(\n *- ([0-9]+): \[[^\]]*\]\((([0-9]+)-[^)]*\.md)\))");
+  std::set<int> in_path;
+  for (std::sregex_iterator it(tutorial.begin(), tutorial.end(), path_entry), end; it != end; ++it) {
+    CHECK_MESSAGE(std::stoi((*it)[1]) == std::stoi((*it)[3]),
+                  "docs/README.md's path numbers " << (*it)[2] << " as chapter " << (*it)[1]);
+    in_path.insert(std::stoi((*it)[3]));
+  }
+  // Every chapter that is not a step's (those have the table) has its entry.
+  for (const auto& entry : std::filesystem::directory_iterator(source_dir / "docs")) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() < 3 || !std::isdigit(static_cast<unsigned char>(name[0])) || name[2] != '-') continue;
+    const int chapter = std::stoi(name.substr(0, 2));
+    if (chapter >= 1 && chapter <= kh::step_count) continue;
+    CHECK_MESSAGE(in_path.count(chapter) == 1, "docs/README.md's path lacks chapter " << chapter << ", " << name);
   }
 }
 
