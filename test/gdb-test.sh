@@ -49,10 +49,13 @@ debug() {
 expected=$(sed -n 's/^break kvm_hello::\([a-z_]*\)$/\1/p' gdb/steps.gdb | tr '\n' ' ')
 stops() { sed -n 's/^\(Thread [0-9.]* hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\2/p' "$1" | tr '\n' ' '; }
 
-# The walk-through: a stop at each step, print and bt on the way.
+# The walk-through: a stop at each step, print, next and bt on the way (the
+# session docs/16-seeing-inside.md shows).
 {
   echo "$first"
   echo "print path"
+  echo "next"
+  echo "print fd"
   for _ in $(seq 8); do echo continue; done
   echo "bt 2"
   echo continue
@@ -62,6 +65,32 @@ check "the nine step functions stop in order (saw: $(stops "$work/steps.log"))" 
 check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/dev/kvm"$' "$work/steps.log"
 check "bt at run_guest shows walk_through (main.cpp) as its caller" grep -q '^#1 .* in walk_through (' "$work/steps.log"
 check "the program ran to its clean shutdown" grep -q '^shutdown: the guest powered off' "$work/steps.log"
+
+# The gdb sessions the docs show, each in the block after a "<!-- gdb-session -->"
+# line: every line of gdb's there (the "(gdb) " lines are commands) is one the
+# walk-through printed, in the same order. In them NNN stands for a line
+# number, an address of 6 hex digits or more for any address, and "..." for
+# anything, gdb's own "..." too; "Breakpoint 9.1," may be gdb's "Breakpoint 9,",
+# and may follow "Thread N hit " (with several vCPUs).
+documented=(README.md docs/16-seeing-inside.md)
+shown() { awk 'prev == "<!-- gdb-session -->" && $0 == "```" {on = 1; prev = ""; next}
+               on && $0 == "```" {on = 0} on && !/^\(gdb\) / && NF {print} {prev = $0}' "$1"; }
+as_pattern() {
+  sed -E -e 's/[][\\.*^$(){}+?|]/\\&/g' -e 's/\\\.\\\.\\\./.*/g' -e 's/NNN/[0-9]+/g' -e 's/0x[0-9a-f]{6,}/0x[0-9a-f]+/g' \
+    -e 's/^Breakpoint ([0-9]+)(\\\.[0-9]+)?,/(Thread [0-9.]+ hit )?Breakpoint \1(\\.[0-9]+)?,/' -e 's/^/^/' -e 's/$/$/'
+}
+# printed_in_order PATTERNS LOG: there are patterns, and each matches a line of
+# LOG after the line the one before it matched.
+printed_in_order() {
+  awk 'NR == FNR {pattern[++n] = $0; next} i < n && $0 ~ pattern[i + 1] {i++}
+       END {if (n == 0) print "gdb-test: no session shown"; else if (i < n) print "gdb-test: gdb printed no line like: " pattern[i + 1]
+            exit i < n || n == 0}' "$1" "$2"
+}
+for doc in "${documented[@]}"; do
+  shown "$doc" | as_pattern >"$work/shown.patterns"
+  check "$doc: its gdb session is what gdb printed ($(wc -l <"$work/shown.patterns") lines)" \
+    printed_in_order "$work/shown.patterns" "$work/steps.log"
+done
 
 # Another guest, and kvm-hello's own options: GUEST= and ARGS= reach it under gdb too.
 {
