@@ -169,7 +169,6 @@ class GuestStepper {
 
   // The first call that failed while the guest ran; after it, nothing more was watched.
   const std::optional<kh::Error>& failure() const { return failure_; }
-  unsigned instructions_shown() const { return shown_; }
   unsigned breakpoint_hits() const { return hits_; }
 
  private:

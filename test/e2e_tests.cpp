@@ -735,13 +735,15 @@ TEST_CASE("no fd and no mapping is left open after a run, or after any error") {
 TEST_CASE("the sanitized build (ASan, LeakSanitizer, UBSan) runs clean, on the good path and the bad ones") {
   const std::string sanitized = program_path + "-sanitized";
   REQUIRE_MESSAGE(access(sanitized.c_str(), X_OK) == 0, sanitized << " is missing");
-  // Four runs that between them reach most of the code (each sanitized start
-  // takes seconds under emulation): every trace level and the stepper; a
-  // stuck guest through the watchdog, the dump and its diagnosis; a failed
-  // KVM_RUN and the instruction decoder.
+  // Five runs that between them reach most of the code (each sanitized start
+  // takes seconds under emulation): every trace level, the stepper past its
+  // limit and at a breakpoint; a hardware breakpoint, stepped over; a stuck
+  // guest through the watchdog, the dump and its diagnosis; a failed KVM_RUN
+  // and the instruction decoder.
   const std::pair<std::vector<std::string>, int> runs[] = {
       {{}, 0},
-      {{"-vv", "--step-guest"}, 0},
+      {{"-vv", "--step-guest", "--step-limit", "20", "--break-at", "guest.S:26"}, 0},
+      {{"--break-at", "guest.S:28"}, 0},
       {{"--guest", guest_binaries + "/undefined.bin", "--timeout", "1"}, 24},
       {{"--guest", guest_binaries + "/stp_mmio.bin"}, 20},
   };
