@@ -1128,13 +1128,14 @@ struct GuestDebug {
 //   +-------+------+------+---+-------+-------+------+-----+---+
 //   |  BT   | LBN  | SSC  |HMC| RES0  |  BAS  | RES0 | PMC | E |
 //   +-------+------+------+---+-------+-------+------+-----+---+
-//     0000   0000    00    0            1111            01   1
+//     0000    0000    00    0           1111           01    1
 //
 // BT 0: stop at the address in DBGBVR<n>_EL1 (LBN: no linked breakpoint);
 // SSC, HMC and PMC 0b01: only when the CPU runs at EL1, as the guest does;
-// BAS 0b1111: an A64 instruction's 4 bytes; E: enabled. (Linux encodes its
-// own breakpoints the same way: encode_ctrl_reg() in
-// arch/arm64/include/asm/hw_breakpoint.h, PMC AARCH64_BREAKPOINT_EL1.)
+// BAS 0b1111: an A64 instruction's 4 bytes; E: enabled. (Linux builds its
+// own from the same fields: encode_ctrl_reg() in
+// arch/arm64/include/asm/hw_breakpoint.h, where PMC 0b01 is
+// AARCH64_BREAKPOINT_EL1 and BAS 0b1111 ARM_BREAKPOINT_LEN_4.)
 inline constexpr std::uint64_t breakpoint_control = (0b1111 << 5) | (0b01 << 1) | 1;
 
 // KVM_SET_GUEST_DEBUG (struct kvm_guest_debug) on the vCPU fd: control is

@@ -241,7 +241,7 @@ TEST_CASE("--break-at: a line of the guest's source, or an address, found in its
 }
 
 TEST_CASE("the stepper keeps the first call that failed while the guest ran, and then watches no more") {
-  // An fd that is no vCPU: every KVM_GET_ONE_REG fails with ENOTTY.
+  // An fd that is no vCPU: every KVM_GET_ONE_REG fails.
   const int not_a_vcpu = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   REQUIRE(not_a_vcpu >= 0);
   const std::array<std::uint8_t, 8> ram{};
@@ -252,7 +252,8 @@ TEST_CASE("the stepper keeps the first call that failed while the guest ran, and
   REQUIRE(stepper.failure());
   CHECK(stepper.failure()->step == kh::Step::run_guest);
   CHECK(stepper.failure()->call == "KVM_GET_ONE_REG");
-  CHECK(stepper.failure()->err == ENOTTY);
+  // ENOTTY from the kernel; ENOSYS under qemu-aarch64, which passes on no ioctl it does not know.
+  CHECK((stepper.failure()->err == ENOTTY || stepper.failure()->err == ENOSYS));
   stepper.stopped(kh::DebugExit{exception_class::breakpoint << 26, 0});
   CHECK(stepper.breakpoint_hits() == 0);
   ::close(not_a_vcpu);
