@@ -415,10 +415,10 @@ $(FUZZER): test/fuzz_exits.cpp $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UA
 # ---- The e2e tests ---------------------------------------------------------
 #
 # They find beside themselves: kvm-hello, golden/, guests/ (the test guests
-# assembled) and guest-sources/ (their .S, which say what to expect); the
-# same for the exercises.
+# assembled, and their line tables) and guest-sources/ (their .S, which say
+# what to expect); the same for the exercises.
 $(E2E): $(EXERCISES) test/e2e_tests.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/test_guests.h \
-  $(BUILD)/bench_guest_image.h
+  $(BUILD)/bench_guest_image.h $(TEST_GUESTS:.bin=.lines)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden
 	ln -sfn test/guests $(BUILD)/guests

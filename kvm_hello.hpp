@@ -28,7 +28,7 @@
  *   Typed ioctl requests            Request, call(), and watching the calls
  *   Step 1 ... Step 9               each step's function, its helpers just above it
  *   Steps 1 to 8 in one call        build_machine(), for programs that do not narrate
- *   Appendix: seeing inside         reading registers, single-stepping, the vCPU's statistics
+ *   Appendix: seeing inside         reading registers, single-stepping, breakpoints, the vCPU's statistics
  *
  * HOW TO USE
  *   #include "kvm_hello.hpp" and call the steps in order; every step returns
@@ -96,6 +96,7 @@
 #include <cstdint>
 #include <cstring>
 #include <expected>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -509,6 +510,11 @@ inline constexpr Capability ipa_size_capability =
 // Needed only for single-stepping (enable_single_step, in the appendix).
 inline constexpr Capability single_step_capability =
     KVM_HELLO_CAPABILITY(KVM_CAP_SET_GUEST_DEBUG, "single-stepping the guest (--step-guest)");
+
+// Needed only for hardware breakpoints (set_hardware_breakpoint, in the
+// appendix): its value is how many the CPU has, 0 for none.
+inline constexpr Capability hardware_breakpoints_capability =
+    KVM_HELLO_CAPABILITY(KVM_CAP_GUEST_DEBUG_HW_BPS, "hardware breakpoints (--break-at)");
 
 #undef KVM_HELLO_CAPABILITY
 
@@ -1057,7 +1063,8 @@ inline Result<Machine> build_machine(std::span<const std::uint8_t> image, const 
 //
 // Not steps: what a program uses to look at the guest. Reading its registers
 // (for a dump after it stopped), single-stepping it (one exit per guest
-// instruction), and reading what KVM counted while it ran.
+// instruction), a hardware breakpoint (one exit when it gets to an address),
+// and reading what KVM counted while it ran.
 
 // KVM_GET_ONE_REG is also _IOW: the struct goes in, and the kernel writes the
 // value through the address inside it.
@@ -1108,25 +1115,102 @@ inline Result<Registers> read_registers(int vcpu_fd, Step step = Step::run_guest
   return regs;
 }
 
-// KVM_SET_GUEST_DEBUG (struct kvm_guest_debug) on the vCPU fd with
-// KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP: from the next KVM_RUN on,
-// the guest leaves with KVM_EXIT_DEBUG after every instruction, its ESR (EC
-// 0x32, software step) in kvm_run.debug.arch.hsr. Checks KVM_CAP_SET_GUEST_DEBUG
-// on the /dev/kvm fd first. EINVAL: a control bit the host does not support.
-// Why: watching a guest one instruction at a time is how you learn what it does.
-inline Result<void> enable_single_step(int kvm_fd, int vcpu_fd, CallObserver observe = {}) {
-  const auto supported = call(Step::run_guest, kvm_fd, request::check_extension,
-                              static_cast<unsigned long>(single_step_capability.id), observe);
-  if (!supported) return std::unexpected(supported.error());
-  if (*supported <= 0) {
-    return std::unexpected(Error{Step::run_guest, Problem::missing_capability, "KVM_CHECK_EXTENSION", 0,
-                                 static_cast<std::uint64_t>(single_step_capability.id)});
-  }
+// ---- Debugging the guest: single steps and hardware breakpoints ------------
+//
+// KVM_SET_GUEST_DEBUG makes KVM the guest's debugger: it routes the CPU's
+// debug exceptions from the guest to itself (MDCR_EL2.TDE, set by
+// kvm_arm_setup_mdcr_el2() in arch/arm64/kvm/debug.c) and turns each into
+// KVM_EXIT_DEBUG, the syndrome in kvm_run.debug.arch.hsr
+// (kvm_handle_guest_debug() in arch/arm64/kvm/handle_exit.c). The guest's
+// own PSTATE.D does not mask them: it masks only debug exceptions taken to
+// the guest's own exception level, and these go to EL2.
+
+// What KVM_SET_GUEST_DEBUG asks for, from the next KVM_RUN on. Neither (the
+// default) switches debugging off.
+struct GuestDebug {
+  bool single_step = false;                 // KVM_GUESTDBG_SINGLESTEP: an exit after each instruction (EC 0x32)
+  std::optional<std::uint64_t> breakpoint;  // KVM_GUESTDBG_USE_HW: an exit before the instruction here (EC 0x30)
+};
+
+// A hardware breakpoint is a pair of the CPU's registers: DBGBVR<n>_EL1 holds
+// the address, DBGBCR<n>_EL1 says how to match it (Arm Architecture Reference
+// Manual, DBGBCR<n>_EL1):
+//
+//    23   20 19  16 15  14  13  12    9 8     5 4    3 2   1  0
+//   +-------+------+------+---+-------+-------+------+-----+---+
+//   |  BT   | LBN  | SSC  |HMC| RES0  |  BAS  | RES0 | PMC | E |
+//   +-------+------+------+---+-------+-------+------+-----+---+
+//     0000    0000    00    0           1111           01    1
+//
+// BT 0: stop at the address in DBGBVR<n>_EL1 (LBN: no linked breakpoint);
+// SSC, HMC and PMC 0b01: only when the CPU runs at EL1, as the guest does;
+// BAS 0b1111: an A64 instruction's 4 bytes; E: enabled. (Linux builds its
+// own from the same fields: encode_ctrl_reg() in
+// arch/arm64/include/asm/hw_breakpoint.h, where PMC 0b01 is
+// AARCH64_BREAKPOINT_EL1 and BAS 0b1111 ARM_BREAKPOINT_LEN_4.)
+inline constexpr std::uint64_t breakpoint_control = (0b1111 << 5) | (0b01 << 1) | 1;
+
+// KVM_SET_GUEST_DEBUG (struct kvm_guest_debug) on the vCPU fd: control is
+// KVM_GUESTDBG_ENABLE and the bits `what` asks for (0 when it asks for
+// nothing: debugging off); a breakpoint goes in the first register pair,
+// dbg_bvr[0] and dbg_bcr[0] of struct kvm_guest_debug_arch, which KVM loads
+// into the CPU's at each entry into the guest (__debug_switch_to_guest_common()
+// in arch/arm64/kvm/hyp/include/hyp/debug-sr.h). EINVAL: a control bit the
+// host does not support.
+inline Result<void> set_guest_debug(int vcpu_fd, const GuestDebug& what, CallObserver observe = {}) {
   kvm_guest_debug debug{};
-  debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+  if (what.single_step) debug.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+  if (what.breakpoint) {
+    debug.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW;
+    debug.arch.dbg_bvr[0] = *what.breakpoint;
+    debug.arch.dbg_bcr[0] = breakpoint_control;
+  }
   const auto done = call(Step::run_guest, vcpu_fd, request::set_guest_debug, &debug, observe);
   if (!done) return std::unexpected(done.error());
   return {};
+}
+
+namespace detail {
+// KVM_CHECK_EXTENSION on the /dev/kvm fd; Problem::missing_capability when it says 0.
+inline Result<void> require_capability(int kvm_fd, const Capability& capability, CallObserver observe) {
+  const auto value =
+      call(Step::run_guest, kvm_fd, request::check_extension, static_cast<unsigned long>(capability.id), observe);
+  if (!value) return std::unexpected(value.error());
+  if (*value <= 0) {
+    return std::unexpected(Error{Step::run_guest, Problem::missing_capability, "KVM_CHECK_EXTENSION", 0,
+                                 static_cast<std::uint64_t>(capability.id)});
+  }
+  return {};
+}
+}  // namespace detail
+
+// Single-stepping: checks KVM_CAP_SET_GUEST_DEBUG on the /dev/kvm fd, then
+// set_guest_debug() with KVM_GUESTDBG_SINGLESTEP: from the next KVM_RUN on,
+// the guest leaves with KVM_EXIT_DEBUG after every instruction, its ESR (EC
+// 0x32, software step) in kvm_run.debug.arch.hsr.
+// Why: watching a guest one instruction at a time is how you learn what it does.
+inline Result<void> enable_single_step(int kvm_fd, int vcpu_fd, CallObserver observe = {}) {
+  if (const auto supported = detail::require_capability(kvm_fd, single_step_capability, observe); !supported) {
+    return supported;
+  }
+  return set_guest_debug(vcpu_fd, {.single_step = true, .breakpoint = std::nullopt}, observe);
+}
+
+// A hardware breakpoint at `address`: checks KVM_CAP_GUEST_DEBUG_HW_BPS on
+// the /dev/kvm fd (how many breakpoint register pairs the CPU has), then
+// set_guest_debug() with KVM_GUESTDBG_USE_HW. The guest runs at full speed:
+// the CPU compares the address of each instruction with DBGBVR0_EL1 and, when
+// they match, takes the exception before the instruction runs: KVM_EXIT_DEBUG,
+// EC 0x30 (breakpoint), PC at that instruction. Entered again as it is, the
+// guest would stop there again at once: to go on, step over the instruction
+// (set_guest_debug() with single_step only, one KVM_RUN, then the breakpoint
+// again), as debuggers do.
+// Why: a breakpoint costs nothing until the guest gets there.
+inline Result<void> set_hardware_breakpoint(int kvm_fd, int vcpu_fd, std::uint64_t address, CallObserver observe = {}) {
+  if (const auto supported = detail::require_capability(kvm_fd, hardware_breakpoints_capability, observe); !supported) {
+    return supported;
+  }
+  return set_guest_debug(vcpu_fd, {.single_step = false, .breakpoint = address}, observe);
 }
 
 // ---- The exits we never see: the vCPU's statistics -------------------------

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -44,8 +45,9 @@ struct Guest {
   const GuestSource* source;
 };
 
-// The nine steps, in order. Returns the exit status.
-int walk_through(const Options& options, Guest guest, const Output& out) {
+// The nine steps, in order, stopping at `breakpoint` when there is one
+// (--break-at). Returns the exit status.
+int walk_through(const Options& options, Guest guest, std::optional<std::uint64_t> breakpoint, const Output& out) {
   Tracer tracer(out);
   const kh::CallObserver trace = tracer.observer();  // -v: every ioctl; otherwise none
   const char* device = options.kvm_device.c_str();
@@ -122,13 +124,20 @@ int walk_through(const Options& options, Guest guest, const Output& out) {
 
   out.announce(kh::Step::run_guest);
   const auto stuck = [&](const kh::Error& error) { return fail(error, out, device, &*vcpu, view); };
-  GuestStepper stepper(vcpu->fd.get(), view, out);
+  GuestStepper stepper(vcpu->fd.get(), view, out, {options.step_guest, options.step_limit, breakpoint}, trace);
   if (options.step_guest) {
     if (const auto on = kh::enable_single_step(kvm->get(), vcpu->fd.get(), trace); !on) return stuck(on.error());
     out.say(Verbosity::normal,
             "single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP); each instruction, then "
             "the registers it changed");
     if (const auto started = stepper.start(); !started) return stuck(started.error());
+  } else if (breakpoint) {
+    const auto set = kh::set_hardware_breakpoint(kvm->get(), vcpu->fd.get(), *breakpoint, trace);
+    if (!set) return stuck(set.error());
+    out.say(Verbosity::normal,
+            "hardware breakpoint at %s: KVM_SET_GUEST_DEBUG(ENABLE | USE_HW); the guest runs at full "
+            "speed until it gets there",
+            address_and_line(view, *breakpoint).c_str());
   }
   kh::HelloDevice hello;
   ExitReporter reporter(out);
@@ -137,11 +146,13 @@ int walk_through(const Options& options, Guest guest, const Output& out) {
       *vcpu, hello, options.time_limit,
       [&](const kh::Exit& exit) {
         out.say(Verbosity::very_verbose, "%s", describe_run_fields(run).c_str());
-        if (std::holds_alternative<kh::DebugExit>(exit)) return stepper.stepped();
+        if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) return stepper.stopped(*debug);
         reporter.report(exit);
       },
       trace);
+  stepper.finish();
   if (!stats) return stuck(stats.error());
+  if (stepper.failure()) return stuck(*stepper.failure());
   pause_after(kh::Step::run_guest, options.pause);
 
   // The outcome: what the guest said, its registers, where the time went.
@@ -189,9 +200,19 @@ int run(int argc, char** argv) {
                          std::span(bench_guest_bin, bench_guest_bin_len), out);
   }
   if (options.caps) return show_capabilities(options.kvm_device.c_str(), out);
+  // --break-at, found in the guest's line table: a line that is not there is a bad command line.
+  const auto walk = [&](Guest guest) {
+    if (options.break_at.empty()) return walk_through(options, guest, std::nullopt, out);
+    const auto breakpoint = resolve_break_at(options.break_at, *guest.source);
+    if (!breakpoint) {
+      std::fprintf(stderr, "kvm-hello: %s (try --help)\n", breakpoint.error().c_str());
+      return static_cast<int>(Status::usage);
+    }
+    return walk_through(options, guest, *breakpoint, out);
+  };
   if (options.guest_file.empty()) {
     const GuestSource built_in = parse_guest_source({reinterpret_cast<const char*>(guest_lines), guest_lines_len});
-    return walk_through(options, {std::span(guest_bin, guest_bin_len), &built_in}, out);
+    return walk({std::span(guest_bin, guest_bin_len), &built_in});
   }
   const auto unreadable = [](const std::string& option, const std::string& path, const GuestFileError& error) {
     std::fprintf(stderr, "kvm-hello: %s %s: %s\n", option.c_str(), path.c_str(), error.message.c_str());
@@ -205,7 +226,7 @@ int run(int argc, char** argv) {
     if (!loaded) return unreadable("--guest-lines", options.guest_lines, loaded.error());
     source = std::move(*loaded);
   }
-  return walk_through(options, {*image, &source}, out);
+  return walk({*image, &source});
 }
 
 // The one failure that is not an Error value: memory for kvm-hello's own

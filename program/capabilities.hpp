@@ -43,7 +43,7 @@ inline constexpr KnownCapability known_capabilities[] = {
     KVM_HELLO_KNOWN(KVM_CAP_ARM_PTRAUTH_ADDRESS, ""),
     KVM_HELLO_KNOWN(KVM_CAP_ARM_NISV_TO_USER, ""),
     KVM_HELLO_KNOWN(KVM_CAP_ARM_MTE, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_GUEST_DEBUG_HW_BPS, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_GUEST_DEBUG_HW_BPS, "used by --break-at: how many hardware breakpoints"),
     KVM_HELLO_KNOWN(KVM_CAP_GUEST_DEBUG_HW_WPS, ""),
 };
 #undef KVM_HELLO_KNOWN

@@ -16,8 +16,12 @@
 #include "kvm_hello.hpp"
 #include "program/messages.hpp"
 #include "program/output.hpp"
+#include "program/stepper.hpp"
 
 namespace kh = kvm_hello;
+
+// The largest --step-limit: a count kept in an unsigned, with room to spare.
+inline constexpr unsigned max_step_limit = 1U << 30;
 
 struct Options {
   std::string kvm_device = kh::default_kvm_path;
@@ -27,6 +31,8 @@ struct Options {
   std::string guest_lines;  // its line table (program/guest-lines.sh), when there is one
   Verbosity level = Verbosity::normal;
   bool step_guest = false;
+  unsigned step_limit = default_step_limit;  // with --step-guest: instructions shown; 0: all
+  std::string break_at;                      // empty: no breakpoint; resolved by resolve_break_at()
   bool benchmark = false;
   BenchSettings bench;
   bool caps = false;
@@ -76,7 +82,7 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       continue;
     }
     if (arg != "--bench-iterations" && arg != "--bench-repeats" && arg != "--kvm-device" && arg != "--guest" &&
-        arg != "--guest-lines" && arg != "--timeout") {
+        arg != "--guest-lines" && arg != "--timeout" && arg != "--step-limit" && arg != "--break-at") {
       return std::unexpected("unknown option: " + std::string(arg));
     }
     const auto given = value();
@@ -88,6 +94,16 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       options.guest_file = *given;
     } else if (arg == "--guest-lines") {
       options.guest_lines = *given;
+    } else if (arg == "--break-at") {
+      if (given->empty()) return std::unexpected("--break-at needs a line (guest.S:28, or 28) or an address (0x10010)");
+      options.break_at = *given;
+    } else if (arg == "--step-limit") {
+      const auto limit = whole_number(*given, 10);
+      if (!limit || *limit > max_step_limit) {
+        return std::unexpected("--step-limit wants a whole number from 0 (no limit) to " +
+                               std::to_string(max_step_limit) + ": " + std::string(*given));
+      }
+      options.step_limit = static_cast<unsigned>(*limit);
     } else if (arg == "--timeout") {
       if (!number(*given, amount) || !(amount > 0 && amount <= 3600)) {
         return std::unexpected("--timeout wants seconds, more than 0 and at most 3600: " + std::string(*given));
@@ -109,14 +125,20 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
 
 inline void print_help() {
   std::printf(
-      "usage: kvm-hello [-q | -v | -vv] [--step-guest] [--caps] [--pause] [--bench [--json]]\n"
-      "                 [--guest FILE [--guest-lines FILE]] [--kvm-device PATH] [--timeout SECONDS]\n"
+      "usage: kvm-hello [-q | -v | -vv] [--step-guest [--step-limit N]] [--break-at WHERE] [--caps] [--pause]\n"
+      "                 [--bench [--json]] [--guest FILE [--guest-lines FILE]] [--kvm-device PATH]\n"
+      "                 [--timeout SECONDS]\n"
       "Runs a tiny arm64 guest with KVM, step by step: it writes \"hello\" to an MMIO\n"
       "register, reads a value from the host, writes it back, and powers off.\n\n"
       "  -q                  only the guest's output and the outcome\n"
       "  -v                  also every ioctl: request, number decoded, arguments, result, time\n"
       "  -vv                 also the kvm_run fields at each exit\n"
       "  --step-guest        run the guest one instruction at a time (KVM_SET_GUEST_DEBUG)\n"
+      "  --step-limit N      with --step-guest: show the first N instructions, then run on without\n"
+      "                      showing them, to the end (default %u; 0: show all)\n"
+      "  --break-at WHERE    all registers each time the guest gets to WHERE, a line of its source\n"
+      "                      (guest.S:28, or 28) or an address (0x10010): a hardware breakpoint, or\n"
+      "                      with --step-guest a look at each step; the first %u hits\n"
       "  --caps              show the capabilities the host reports, then stop\n"
       "  --bench             measure what exits cost (the benchmark guest), then stop\n"
       "  --json              with --bench: the figures as JSON\n"
@@ -132,7 +154,7 @@ inline void print_help() {
       "Colour only on a terminal, and never when NO_COLOR is set. Ctrl-C stops the guest\n"
       "cleanly and shows its registers.\n\n"
       "exit status:\n",
-      static_cast<long long>(kh::default_time_limit.count() / 1000));
+      default_step_limit, breakpoint_hits_shown, static_cast<long long>(kh::default_time_limit.count() / 1000));
   for (const StatusInfo& info : status_table) {
     std::printf("  %3d  %.*s\n", static_cast<int>(info.status), static_cast<int>(info.meaning.size()),
                 info.meaning.data());

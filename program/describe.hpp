@@ -49,7 +49,8 @@ constexpr std::string_view capability_name(std::uint64_t id) {
   for (const kh::Capability& capability : kh::required_capabilities) {
     if (static_cast<std::uint64_t>(capability.id) == id) return capability.name;
   }
-  for (const kh::Capability& other : {kh::ipa_size_capability, kh::single_step_capability}) {
+  for (const kh::Capability& other :
+       {kh::ipa_size_capability, kh::single_step_capability, kh::hardware_breakpoints_capability}) {
     if (static_cast<std::uint64_t>(other.id) == id) return other.name;
   }
   return "";
@@ -79,6 +80,7 @@ inline constexpr unsigned hvc64 = 0x16;              // HVC from AArch64
 inline constexpr unsigned instruction_abort = 0x21;  // from the current EL
 inline constexpr unsigned pc_alignment = 0x22;
 inline constexpr unsigned data_abort = 0x25;     // from the current EL
+inline constexpr unsigned breakpoint = 0x30;     // from a lower EL: a hardware breakpoint's address reached
 inline constexpr unsigned software_step = 0x32;  // from a lower EL: what single-stepping reports
 }  // namespace exception_class
 constexpr unsigned exception_class_of(std::uint64_t esr) { return static_cast<unsigned>((esr >> 26) & 0x3f); }
@@ -91,6 +93,7 @@ inline std::string_view exception_class_name(unsigned ec) {
     case ec_::instruction_abort: return "instruction abort: fetched from an address with no memory";
     case ec_::pc_alignment: return "PC not aligned";
     case ec_::data_abort: return "data abort: a load or store the host could not complete";
+    case ec_::breakpoint: return "breakpoint: the instruction there has not run yet";
     case ec_::software_step: return "software step: one instruction done";
     default: return "see ESR_EL1 in the Arm Architecture Reference Manual";
   }

@@ -87,6 +87,22 @@ inline std::string describe_value(std::string_view request, unsigned long value)
   return std::to_string(value);
 }
 
+// "{control 0x20001 = ENABLE | USE_HW, dbg_bvr[0] 0x10010, dbg_bcr[0] 0x1e3}"
+inline std::string describe_guest_debug(const kvm_guest_debug& debug) {
+  std::string bits;
+  for (const auto& [bit, name] : {std::pair{KVM_GUESTDBG_ENABLE, "ENABLE"},
+                                  {KVM_GUESTDBG_SINGLESTEP, "SINGLESTEP"},
+                                  {KVM_GUESTDBG_USE_SW_BP, "USE_SW_BP"},
+                                  {KVM_GUESTDBG_USE_HW, "USE_HW"}}) {
+    if (debug.control & bit) bits += (bits.empty() ? "" : " | ") + std::string(name);
+  }
+  std::string text = "{control " + hex(debug.control) + (bits.empty() ? ": debugging off" : " = " + bits);
+  if (debug.control & KVM_GUESTDBG_USE_HW) {
+    text += ", dbg_bvr[0] " + hex(debug.arch.dbg_bvr[0]) + ", dbg_bcr[0] " + hex(debug.arch.dbg_bcr[0]);
+  }
+  return text + "}";
+}
+
 inline std::string describe_argument(std::string_view request, const kh::CallArgument& argument) {
   struct Describe {
     std::string_view request;
@@ -105,9 +121,7 @@ inline std::string describe_argument(std::string_view request, const kh::CallArg
       std::memcpy(&value, reinterpret_cast<const void*>(static_cast<std::uintptr_t>(one->addr)), sizeof value);
       return ", {id " + describe_register_id(one->id) + ", value " + hex(value) + "}";
     }
-    std::string operator()(const kvm_guest_debug* debug) const {
-      return ", {control " + hex(debug->control) + " = ENABLE | SINGLESTEP}";
-    }
+    std::string operator()(const kvm_guest_debug* debug) const { return ", " + describe_guest_debug(*debug); }
   };
   return std::visit(Describe{request}, argument);
 }

@@ -350,6 +350,52 @@ TEST_CASE("single-stepping: one KVM_EXIT_DEBUG per instruction, software step in
   CHECK(stats->exits_by_reason[KVM_EXIT_DEBUG] == steps);
 }
 
+TEST_CASE(
+    "a hardware breakpoint: KVM_EXIT_DEBUG with EC 0x30 before the instruction runs; stepped over, the guest goes on") {
+  kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
+  constexpr std::uint64_t strb = 0x10010;  // guest.S:28, strb w0, [x1]: one byte of output
+  REQUIRE(kh::set_hardware_breakpoint(m.kvm.get(), m.vcpu.fd.get(), strb));
+  kh::HelloDevice device;
+  unsigned hits = 0, steps = 0;
+  std::string seen_before_each_hit;
+  const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(20), [&](const kh::Exit& exit) {
+    const auto* debug = std::get_if<kh::DebugExit>(&exit);
+    if (debug == nullptr) return;
+    const auto pc = kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pc);
+    REQUIRE(pc);
+    if (exception_class_of(debug->esr) == exception_class::breakpoint) {
+      ++hits;
+      CHECK(*pc == strb);                         // stopped at the instruction...
+      CHECK(device.output().size() == hits - 1);  // ...before it ran: this hit's byte is not out yet
+      seen_before_each_hit += std::string(device.output().substr(device.output().size() - (hits > 1)));
+      REQUIRE(kh::set_guest_debug(m.vcpu.fd.get(), {.single_step = true, .breakpoint = std::nullopt}));
+    } else {
+      CHECK(exception_class_of(debug->esr) == exception_class::software_step);
+      CHECK(*pc == strb + 4);  // the step over it: it has run
+      ++steps;
+      REQUIRE(kh::set_guest_debug(m.vcpu.fd.get(), {.single_step = false, .breakpoint = strb}));
+    }
+  });
+  REQUIRE(stats);
+  CHECK(device.output() == "hello\n");
+  CHECK(hits == 6);  // once per byte of "hello\n"
+  CHECK(steps == 6);
+  CHECK(seen_before_each_hit == "hello");  // at each hit, the bytes before it were out
+  CHECK(stats->exits_by_reason[KVM_EXIT_DEBUG] == 12);
+  CHECK(stats->exits_by_reason[KVM_EXIT_MMIO] == 8);  // the same as without the breakpoint
+}
+
+TEST_CASE("a hardware breakpoint the guest never gets to costs no exit") {
+  kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
+  REQUIRE(kh::set_hardware_breakpoint(m.kvm.get(), m.vcpu.fd.get(), 0x10034));  // guest.S:41, after the hvc
+  kh::HelloDevice device;
+  const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(20), [](const kh::Exit&) {});
+  REQUIRE(stats);
+  CHECK(device.output() == "hello\n");
+  CHECK(stats->exits_by_reason[KVM_EXIT_DEBUG] == 0);
+  CHECK(stats->exits == 9);
+}
+
 TEST_CASE("trap: a register before KVM_ARM_VCPU_INIT fails with ENOEXEC") {
   auto kvm = kh::open_kvm();
   REQUIRE(kvm);
@@ -607,6 +653,93 @@ TEST_CASE("the tutorial's exercises: each answer does what docs/19-exercises.md 
   check_guests(exercise_sources, exercise_binaries, 3);
 }
 
+// The lines of kvm-hello's output from the one that starts with `heading`
+// (after its indent) to the end of the register dump after it (its vbar_el1):
+// a breakpoint hit's heading, its instruction, and its registers.
+static std::string section(const std::string& out, const std::string& heading) {
+  const auto at = out.find("      " + heading);
+  if (at == std::string::npos) return "";
+  const auto end = out.find("vbar_el1", at);
+  return out.substr(at, end == std::string::npos ? std::string::npos : end - at);
+}
+
+TEST_CASE("make trace, a guest that never ends: --step-limit instructions, one line for the rest, the watchdog") {
+  const Outcome run =
+      run_program({"--guest", guest_binaries + "/spin.bin", "--step-guest", "--step-limit", "20", "--timeout", "1"});
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 24);
+  CHECK(count(run.out, "      guest 0x10000  14000000") == 20);
+  CHECK(run.out.find("      (--step-limit 20 reached: the guest runs on, one instruction at a time, unshown)\n") !=
+        std::string::npos);
+  static const std::regex rest(
+      R"(\n      ([0-9]+) more instructions not shown: make trace ARGS='--step-limit N' shows the first N \(0: all\)\n)");
+  std::smatch match;
+  REQUIRE(std::regex_search(run.out, match, rest));
+  CHECK(std::stoul(match[1]) > 0);
+  CHECK(run.err.find("did not power off within 1000 ms, so the watchdog stopped it") != std::string::npos);
+  CHECK(run.seconds < 1 + 15.0);  // a margin for a busy machine, well short of a hang
+}
+
+TEST_CASE("--break-at guest.S:28: every register there, at each of its 6 hits, however the guest is stopped") {
+  const std::vector<std::vector<std::string>> ways{
+      {"--break-at", "guest.S:28"}, {"--break-at=0x10010"}, {"--step-guest", "--break-at", "28"}};
+  for (const auto& args : ways) {
+    const Outcome run = run_program(args);
+    INFO(args.back() << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
+    CHECK(run.status == 0);
+    CHECK(run.out.find("guest output: hello\\n\n") != std::string::npos);
+    const bool hardware = args.front() != "--step-guest";
+    CHECK((run.out.find("hardware breakpoint at 0x10010 (guest.S:28): KVM_SET_GUEST_DEBUG(ENABLE | USE_HW)") !=
+           std::string::npos) == hardware);
+    CHECK(count(run.out, "      breakpoint at 0x10010 (guest.S:28), hit ") == 6);
+    // Before each strb: x0 the byte it is about to write, x1 OUT, x2 the byte's address, PC the strb.
+    const char* bytes = "hello\n";
+    for (unsigned hit = 1; hit <= 6; ++hit) {
+      const std::string hit_text = section(run.out, "breakpoint at 0x10010 (guest.S:28), hit " + std::to_string(hit));
+      INFO("hit " << hit << ":\n" << hit_text);
+      CHECK(hit_text.find(hardware ? "(KVM_EXIT_DEBUG, EC 0x30): the registers before it runs"
+                                   : ": the registers before it runs") != std::string::npos);
+      char x0[32], x2[32];
+      std::snprintf(x0, sizeof x0, "x0 0x%016x", static_cast<unsigned>(bytes[hit - 1]));
+      std::snprintf(x2, sizeof x2, "x2 0x%016x", 0x10038 + hit - 1);
+      CHECK(hit_text.find(x0) != std::string::npos);
+      CHECK(hit_text.find("x1 0x0000000000001100") != std::string::npos);
+      CHECK(hit_text.find(x2) != std::string::npos);
+      CHECK(hit_text.find("        pc 0x10010  pstate 0x3c5") != std::string::npos);
+      CHECK(count(hit_text, "guest 0x10010  39000020  guest.S:28  strb    w0, [x1]") == (hardware ? 1U : 0U));
+    }
+  }
+}
+
+TEST_CASE("--break-at in a guest of your own that never ends: 10 hits shown, then it runs on to the watchdog") {
+  const Outcome run = run_program({"--guest", guest_binaries + "/spin.bin", "--guest-lines",
+                                   guest_binaries + "/spin.lines", "--break-at", "spin.S:11", "--timeout", "1"});
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 24);
+  CHECK(count(run.out, "      breakpoint at 0x10000 (spin.S:11), hit ") == 10);
+  CHECK(count(run.out, "guest 0x10000  14000000  spin.S:11   b       _start") == 10);
+  CHECK(run.out.find("(breakpoint hit 10 times, as many as are shown: the guest runs on without it)") !=
+        std::string::npos);
+  CHECK(run.err.find("did not power off within 1000 ms, so the watchdog stopped it") != std::string::npos);
+  CHECK(run.seconds < 1 + 15.0);
+}
+
+TEST_CASE("--break-at where no instruction is: status 2, the nearest lines that have one, before any VM exists") {
+  for (const auto& [where, says] :
+       {std::pair{"guest.S:25", "guest.S:25 has no instruction; the nearest lines that have one: 23 and 26"},
+        {"mine.S:28", "the guest's source is guest.S, not mine.S"},
+        {"0x10012", "an instruction's address is a multiple of 4"}}) {
+    const Outcome run = run_program({"--break-at", where});
+    INFO("stderr: " << run.err);
+    CHECK(run.status == 2);
+    CHECK(run.out.empty());  // not even step 1
+    CHECK(run.err == "kvm-hello: --break-at " + std::string(where) + ": " + says + " (try --help)\n");
+  }
+  const Outcome no_table = run_program({"--guest", guest_binaries + "/spin.bin", "--break-at", "11"});
+  CHECK(no_table.status == 2);
+  CHECK(no_table.err.find("this guest has no line table") != std::string::npos);
+}
+
 TEST_CASE("--guest FILE is checked before any VM exists") {
   const auto guest_error = [](std::vector<std::string> args, int status, const std::string& text) {
     const Outcome run = run_program(args);
@@ -738,13 +871,15 @@ TEST_CASE("no fd and no mapping is left open after a run, or after any error") {
 TEST_CASE("the sanitized build (ASan, LeakSanitizer, UBSan) runs clean, on the good path and the bad ones") {
   const std::string sanitized = program_path + "-sanitized";
   REQUIRE_MESSAGE(access(sanitized.c_str(), X_OK) == 0, sanitized << " is missing");
-  // Four runs that between them reach most of the code (each sanitized start
-  // takes seconds under emulation): every trace level and the stepper; a
-  // stuck guest through the watchdog, the dump and its diagnosis; a failed
-  // KVM_RUN and the instruction decoder.
+  // Five runs that between them reach most of the code (each sanitized start
+  // takes seconds under emulation): every trace level, the stepper past its
+  // limit and at a breakpoint; a hardware breakpoint, stepped over; a stuck
+  // guest through the watchdog, the dump and its diagnosis; a failed KVM_RUN
+  // and the instruction decoder.
   const std::pair<std::vector<std::string>, int> runs[] = {
       {{}, 0},
-      {{"-vv", "--step-guest"}, 0},
+      {{"-vv", "--step-guest", "--step-limit", "20", "--break-at", "guest.S:26"}, 0},
+      {{"--break-at", "guest.S:28"}, 0},
       {{"--guest", guest_binaries + "/undefined.bin", "--timeout", "1"}, 24},
       {{"--guest", guest_binaries + "/stp_mmio.bin"}, 20},
   };

@@ -153,6 +153,112 @@ TEST_CASE("the command line") {
   }
 }
 
+TEST_CASE("the command line: --step-limit and --break-at") {
+  const auto parse = [](std::vector<std::string> args) {
+    args.insert(args.begin(), "kvm-hello");
+    std::vector<char*> argv;
+    for (std::string& arg : args) argv.push_back(arg.data());
+    return parse_options(static_cast<int>(argv.size()), argv.data());
+  };
+  SUBCASE("by default: the first 500 instructions shown, no breakpoint") {
+    const auto options = parse({"--step-guest"});
+    REQUIRE(options);
+    CHECK(options->step_limit == default_step_limit);
+    CHECK(default_step_limit == 500);
+    CHECK(options->break_at.empty());
+  }
+  SUBCASE("a limit, 0 for none, and where to break, after a space or '='") {
+    const auto options = parse({"--step-guest", "--step-limit", "0", "--break-at=guest.S:28"});
+    REQUIRE(options);
+    CHECK(options->step_limit == 0);
+    CHECK(options->break_at == "guest.S:28");
+    CHECK(parse({"--step-limit=20"})->step_limit == 20);
+    CHECK(parse({"--break-at", "0x10010"})->break_at == "0x10010");
+  }
+  SUBCASE("a limit that is no whole number from 0 to max_step_limit, or no place to break") {
+    for (const char* bad : {"-1", "1.5", "", "ten", "1073741825", "99999999999999999999"}) {
+      const auto options = parse({"--step-limit", bad});
+      REQUIRE_FALSE(options);
+      CHECK(options.error() ==
+            "--step-limit wants a whole number from 0 (no limit) to 1073741824: " + std::string(bad));
+    }
+    CHECK(parse({"--step-limit"}).error() == "--step-limit needs a value");
+    CHECK(parse({"--break-at"}).error() == "--break-at needs a value");
+    CHECK(parse({"--break-at="}).error().starts_with("--break-at needs a line (guest.S:28, or 28) or an address"));
+  }
+}
+
+TEST_CASE("--break-at: a line of the guest's source, or an address, found in its line table") {
+  // As program/guest-lines.sh writes guest.S's: lines 24 and 25 have no instruction, 30 has two.
+  const GuestSource source = parse_guest_source(
+      "guest.S\n0x10000 22 ldr x1, =OUT\n0x10004 23 adr x2, message\n0x10008 26 ldrb w0, [x2]\n"
+      "0x1000c 27 cbz w0, ask_host\n0x10010 28 strb w0, [x1]\n0x10014 30 mov x0, #1\n0x10018 30 mov x0, #1\n"
+      "0x1001c 41 b power_off\n");
+  SUBCASE("a line: its first instruction, with or without the file's name") {
+    CHECK(resolve_break_at("28", source) == 0x10010);
+    CHECK(resolve_break_at("guest.S:28", source) == 0x10010);
+    CHECK(resolve_break_at("guest.S:22", source) == 0x10000);
+    CHECK(resolve_break_at("guest.S:30", source) == 0x10014);
+    CHECK(resolve_break_at("some/folder/guest.S:41", source) == 0x1001c);  // the table knows the name only
+  }
+  SUBCASE("an address in guest RAM, with or without a line there") {
+    CHECK(resolve_break_at("0x10010", source) == 0x10010);
+    CHECK(resolve_break_at("0x1fffc", source) == 0x1fffc);
+    CHECK(resolve_break_at("0x1fffc", GuestSource{}) == 0x1fffc);
+  }
+  SUBCASE("a line with no instruction: the nearest that have one") {
+    CHECK(resolve_break_at("guest.S:25", source).error() ==
+          "--break-at guest.S:25: guest.S:25 has no instruction; the nearest lines that have one: 23 and 26");
+    CHECK(resolve_break_at("29", source).error() ==
+          "--break-at 29: guest.S:29 has no instruction; the nearest lines that have one: 28 and 30");
+    CHECK(resolve_break_at("1", source).error() ==
+          "--break-at 1: guest.S:1 has no instruction; the nearest line that has one: 22");
+    CHECK(resolve_break_at("99", source).error() ==
+          "--break-at 99: guest.S:99 has no instruction; the nearest line that has one: 41");
+  }
+  SUBCASE("another file, no line table, or no line or address at all") {
+    CHECK(resolve_break_at("mine.S:28", source).error() ==
+          "--break-at mine.S:28: the guest's source is guest.S, not mine.S");
+    CHECK(resolve_break_at("28", GuestSource{}).error() ==
+          "--break-at 28: this guest has no line table: give it with --guest-lines (make run GUEST= does), or "
+          "give an address");
+    for (const char* bad : {"abc", "0", "guest.S:", "guest.S:x", ":28x", "-3", "28.5"}) {
+      CHECK(resolve_break_at(bad, source).error() ==
+            "--break-at " + std::string(bad) +
+                ": give a line of the guest's source (guest.S:28, or 28) or an address (0x10010)");
+    }
+  }
+  SUBCASE("an address outside guest RAM, between two instructions, or not a number") {
+    CHECK(resolve_break_at("0x20000", source).error() ==
+          "--break-at 0x20000: outside guest RAM (0x10000..0x1ffff), where the guest's instructions are");
+    CHECK(resolve_break_at("0xfffc", source).error().find("outside guest RAM") != std::string::npos);
+    CHECK(resolve_break_at("0x10012", source).error() ==
+          "--break-at 0x10012: an instruction's address is a multiple of 4");
+    CHECK(resolve_break_at("0x", source).error() ==
+          "--break-at 0x: not an address: give one in hexadecimal, like 0x10010");
+    CHECK(resolve_break_at("0x1g", source).error().find("not an address") != std::string::npos);
+  }
+}
+
+TEST_CASE("the stepper keeps the first call that failed while the guest ran, and then watches no more") {
+  // An fd that is no vCPU: every KVM_GET_ONE_REG fails.
+  const int not_a_vcpu = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  REQUIRE(not_a_vcpu >= 0);
+  const std::array<std::uint8_t, 8> ram{};
+  const Output out{Verbosity::quiet, false};
+  GuestStepper stepper(not_a_vcpu, GuestView{ram, nullptr}, out, {false, default_step_limit, 0x10010});
+  CHECK_FALSE(stepper.failure());
+  stepper.stopped(kh::DebugExit{exception_class::breakpoint << 26, 0});  // a hit: the registers cannot be read
+  REQUIRE(stepper.failure());
+  CHECK(stepper.failure()->step == kh::Step::run_guest);
+  CHECK(stepper.failure()->call == "KVM_GET_ONE_REG");
+  // ENOTTY from the kernel; ENOSYS under qemu-aarch64, which passes on no ioctl it does not know.
+  CHECK((stepper.failure()->err == ENOTTY || stepper.failure()->err == ENOSYS));
+  stepper.stopped(kh::DebugExit{exception_class::breakpoint << 26, 0});
+  CHECK(stepper.breakpoint_hits() == 0);
+  ::close(not_a_vcpu);
+}
+
 TEST_CASE("the kernel's version from its release string") {
   CHECK(parse_kernel_release("6.1.0-50-arm64").major == 6);
   CHECK(parse_kernel_release("6.1.0-50-arm64").minor == 1);
@@ -266,6 +372,17 @@ TEST_CASE("-v describes a call: fd, request, arguments that matter, result or er
                            ENOTTY,
                            std::chrono::nanoseconds(0)};
   CHECK(describe_call(bad).starts_with("ioctl(3, KVM_GET_API_VERSION) = -1 ENOTTY (Inappropriate ioctl for device)"));
+}
+
+TEST_CASE("-v shows what KVM_SET_GUEST_DEBUG asks for: single steps, a hardware breakpoint, or nothing") {
+  kvm_guest_debug debug{};
+  CHECK(describe_guest_debug(debug) == "{control 0x0: debugging off}");
+  debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+  CHECK(describe_guest_debug(debug) == "{control 0x3 = ENABLE | SINGLESTEP}");
+  debug.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW;
+  debug.arch.dbg_bvr[0] = 0x10010;
+  debug.arch.dbg_bcr[0] = kh::breakpoint_control;
+  CHECK(describe_guest_debug(debug) == "{control 0x20001 = ENABLE | USE_HW, dbg_bvr[0] 0x10010, dbg_bcr[0] 0x1e3}");
 }
 
 TEST_CASE("durations are shown in the unit that fits") {

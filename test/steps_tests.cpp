@@ -297,3 +297,19 @@ TEST_CASE("statistics are read in the kernel's layout: each name right after 16 
   CHECK(short_read.error().err == EIO);
   CHECK(short_read.error().call == "pread");
 }
+
+TEST_CASE("a hardware breakpoint's control register: enabled, at EL1, on an A64 instruction's 4 bytes") {
+  // DBGBCR<n>_EL1's fields (Arm Architecture Reference Manual), read back by position.
+  const auto field = [](unsigned low, unsigned bits) { return (kh::breakpoint_control >> low) & ((1U << bits) - 1); };
+  CHECK(field(0, 1) == 1);       // E: enabled
+  CHECK(field(1, 2) == 0b01);    // PMC: EL1 (Linux's AARCH64_BREAKPOINT_EL1)
+  CHECK(field(5, 4) == 0b1111);  // BAS: all 4 bytes (Linux's ARM_BREAKPOINT_LEN_4)
+  CHECK(field(13, 1) == 0);      // HMC: not at EL2
+  CHECK(field(14, 2) == 0);      // SSC: either security state
+  CHECK(field(16, 4) == 0);      // LBN: no linked breakpoint
+  CHECK(field(20, 4) == 0);      // BT: an address match
+  CHECK((kh::breakpoint_control >> 24) == 0);
+  CHECK(kh::breakpoint_control == 0x1e3);
+  // KVM takes it in struct kvm_guest_debug_arch, which has room for 16 pairs.
+  CHECK(KVM_ARM_MAX_DBG_REGS == 16);
+}
