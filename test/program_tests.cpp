@@ -160,11 +160,11 @@ TEST_CASE("the command line: --step-limit and --break-at") {
     for (std::string& arg : args) argv.push_back(arg.data());
     return parse_options(static_cast<int>(argv.size()), argv.data());
   };
-  SUBCASE("by default: the first 500 instructions shown, no breakpoint") {
+  SUBCASE("by default: the first 200 instructions shown, no breakpoint") {
     const auto options = parse({"--step-guest"});
     REQUIRE(options);
     CHECK(options->step_limit == default_step_limit);
-    CHECK(default_step_limit == 500);
+    CHECK(default_step_limit == 200);
     CHECK(options->break_at.empty());
   }
   SUBCASE("a limit, 0 for none, and where to break, after a space or '='") {
