@@ -6,9 +6,10 @@
 # gdb/steps.gdb stops in order, `print` and `bt` work there, and the program
 # still finishes cleanly; then the same with GUEST= and ARGS= (another guest,
 # kvm-hello's own options); then gdb's output and the program's redirected
-# into one file, as `make gdb > FILE` does, complete and in order. FIRST is the command that starts the program:
-# `run` for a local gdb, `continue` for gdb attached to the emulated machine
-# (tools/gdb-in-vm.sh). Prints "N passed, M failed".
+# into one file, as `make gdb > FILE` does: complete and in order. FIRST is
+# the command that starts the program: `run` for a local gdb, `continue` for
+# gdb attached to the emulated machine (tools/gdb-in-vm.sh). Prints
+# "N passed, M failed".
 #
 # Under emulation the program's output comes from the machine's console, at
 # its own pace, and can land in the middle of a line of gdb's: the machine's
