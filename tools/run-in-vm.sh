@@ -9,7 +9,8 @@
 # EL2 and the arm64 Linux kernel inside boots with KVM: its /dev/kvm is a real
 # arm64 KVM. tools/vm-init.cpp is /init: it prints one line naming the host
 # (kernel, CPU, vCPUs, page size, KVM's mode, all read inside the machine),
-# runs PROGRAM and reports its exit status.
+# runs PROGRAM and reports its exit status. What PROGRAM writes to stdout
+# comes to our stdout, and what it writes to stderr to our stderr.
 #
 # The host it emulates, from the environment (the Makefile passes them on):
 #   KVM_HELLO_CPU   QEMU's -cpu model (default cortex-a57: no pointer
@@ -48,22 +49,52 @@ run_limit=${KVM_HELLO_VM_TIMEOUT:-300}
 qemu_cpu=$cpu
 [ "$cpu" != max ] || qemu_cpu=max,pauth-impdef=on
 
-host_marker='kvm-hello-vm: host: '
-status_marker='kvm-hello-vm: exit status '
+# What /init writes on the console for us, each at the start of a line.
+vm_prefix='kvm-hello-vm: '
+host_marker="${vm_prefix}host: "
+status_marker="${vm_prefix}exit status "
+stderr_marker="${vm_prefix}stderr: "
 
 # Inside, the program's output goes to the machine's console, a terminal: say
 # NO_COLOR there when our own output is not a terminal, or when it is set here.
 # (Kernel command line words with "=" before "--" become /init's environment.)
 if [ ! -t 1 ] || [ -n "${NO_COLOR:-}" ]; then environment+=("NO_COLOR=1"); fi
+# The program's stderr comes through /init, marked, on the same console (see
+# tools/vm-init.cpp): a terminal inside when ours is one.
+if [ -t 2 ]; then environment+=("KVM_HELLO_STDERR_TERMINAL=1"); fi
 # Keyboard input reaches the program only through the machine's console, whose
 # input is ours: our terminal when we have one (then `kvm-hello --pause` can
-# wait for Enter; Ctrl-C still stops QEMU), otherwise nothing, and then
-# KVM_HELLO_NO_INPUT tells /init to give the program /dev/null instead.
+# wait for Enter), otherwise nothing, and then KVM_HELLO_NO_INPUT tells /init
+# to give the program /dev/null instead.
 input=/dev/stdin
 if [ ! -t 0 ]; then
   input=/dev/null
   environment+=("KVM_HELLO_NO_INPUT=1")
 fi
+# Ctrl-C on our terminal sends SIGINT to every process of the job: make, this
+# script and QEMU, which stops the machine there and then. Until /init reports
+# the host, that is what it does (we say so, and end with status 130). Once
+# /init has the console, it becomes an ordinary key (stty intr undef,
+# hand_ctrl_c_to_the_machine): QEMU passes it to the machine's console as the
+# byte 0x03, and the console's line discipline there sends SIGINT to the
+# program, whose controlling terminal it is (see tools/vm-init.cpp): kvm-hello
+# stops the guest, shows its registers and ends with status 130, which becomes
+# ours. Ctrl-Z and Ctrl-\ keep their meaning here. A stopped job gets the
+# shell's terminal modes back: after `fg` (SIGCONT) the machine's are put back
+# (QEMU's, with Ctrl-C ordinary). On exit, the modes we found.
+terminal_modes="" running_modes=""
+[ ! -t 0 ] || terminal_modes=$(stty -g)
+on_interrupt() {
+  echo "run-in-vm: Ctrl-C (SIGINT)$([ "${booted:-0}" = 1 ] || echo " before $1 started"): the emulated machine was stopped" >&2
+  exit 130
+}
+trap 'on_interrupt "$1"' INT
+hand_ctrl_c_to_the_machine() {
+  [ -n "$terminal_modes" ] || return 0
+  stty intr undef
+  running_modes=$(stty -g)
+  trap 'stty "$running_modes" || true' CONT
+}
 # Programs that measure time (kvm-hello --bench) must say their CPU is emulated.
 environment+=("KVM_HELLO_EMULATED=QEMU-TCG-$cpu-on-$(uname -m)")
 
@@ -93,7 +124,11 @@ console="$work/console"
 mkfifo "$console"
 qemu=0
 cleanup() {
-  [ "$qemu" = 0 ] || kill "$qemu" 2>/dev/null || true
+  if [ "$qemu" != 0 ]; then
+    kill "$qemu" 2>/dev/null || true
+    wait "$qemu" 2>/dev/null || true  # QEMU puts back the terminal modes it found: before we put back ours
+  fi
+  [ -z "$terminal_modes" ] || stty "$terminal_modes"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -106,16 +141,19 @@ qemu-system-aarch64 \
 qemu=$!
 exec 3<"$console"
 
-# Each console line as it comes (the serial console writes \r\n), until the
-# exit status; what comes after it is the kernel powering off, not ours to show.
-# Until /init has reported the host, a read waits at most until the boot's deadline.
+# Each console line as it comes (the serial console writes \r\n), to our
+# stdout, or to our stderr when /init marked it as the program's stderr, until
+# the exit status; what comes after it is the kernel powering off, not ours to
+# show. A marker can come after what the console echoed of a key pressed (^C)
+# on the same line: that part is shown on a line of its own. Until /init has
+# reported the host, a read waits at most until the boot's deadline.
 status="" booted=0 timed_out=""
 started=$SECONDS
 while :; do
   limit=$((started + run_limit - SECONDS))
   if [ "$booted" = 0 ] && [ "$boot_limit" != 0 ]; then limit=$((started + boot_limit - SECONDS)); fi
   if [ "$limit" -le 0 ]; then timed_out=$([ "$booted" = 0 ] && echo boot || echo run); break; fi
-  if IFS= read -r -t "$limit" line <&3; then
+  if IFS= read -r -t "$limit" -u 3 line; then
     :
   elif [ $? -gt 128 ]; then
     continue  # the time is up: the test at the top of the loop says so
@@ -123,9 +161,16 @@ while :; do
     break  # QEMU has gone
   fi
   line=${line%$'\r'}
+  if [[ $line == ?*"$vm_prefix"* ]]; then
+    before=${line%%"$vm_prefix"*}
+    case ${line:${#before}} in
+      "$status_marker"* | "$stderr_marker"* | "$host_marker"*) printf '%s\n' "$before"; line=${line:${#before}} ;;
+    esac
+  fi
   case $line in
     "$status_marker"*) status=${line#"$status_marker"}; break ;;
-    "$host_marker"*) booted=1 ;;
+    "$stderr_marker"*) printf '%s\n' "${line#"$stderr_marker"}" >&2; continue ;;
+    "$host_marker"*) booted=1; hand_ctrl_c_to_the_machine ;;
   esac
   printf '%s\n' "$line"
 done
