@@ -96,7 +96,7 @@ HOST_CXX := $(CXX)
 ARM64_CXX ?= $(CROSS)g++
 
 ifeq ($(KVM_HELLO_MACHINE),native)
-  PACKAGES := g++ xxd doctest-dev gdb
+  PACKAGES := g++ xxd doctest-dev gdb tmux
   # How each target runs kvm-hello, the tests and gdb: here, directly.
   RUN_WITH          := $(PROGRAM)
   GUEST_PATH         = $(GUEST_BIN)
@@ -111,7 +111,7 @@ else
   # The programs the emulated machine runs are linked statically: its
   # initramfs has no C library.
   ARM64_LINK := -static
-  PACKAGES := g++ xxd doctest-dev qemu-system-arm cpio gdb-multiarch debian-archive-keyring \
+  PACKAGES := g++ xxd doctest-dev qemu-system-arm cpio gdb-multiarch debian-archive-keyring tmux \
     $(if $(CROSS),g++-aarch64-linux-gnu qemu-user-static)
 
   # The emulated host (README.md explains the default): a Debian suite's
@@ -180,6 +180,7 @@ test: $(UNIT_SUITES) $(E2E_NEEDS) | kvm-usable
 	@$(SUITE) $(UNIT_NAME)-sanitized $(UNIT_SANITIZED)
 	$(if $(CROSS),@$(SUITE) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64))
 	@ARM64_CXX=$(ARM64_CXX) $(SUITE) makefile test/make-tests.sh
+	@$(SUITE) terminal test/terminal-test.sh
 	$(run-e2e-suites)
 	@test/summarize.sh $(TEST_LOGS)
 
