@@ -3,18 +3,20 @@
 # decided by the compiler's architecture and the KVM device (fake compilers
 # stand in for other machines' here); a bad setting stops make with a
 # message; a guest that assembles to nothing reaches kvm-hello's own check;
-# a guest's .elf is kept. Prints "N passed, M failed".
+# a guest's .elf is kept; the program's stdout and stderr stay apart. Prints
+# "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The sub-makes are a user's, not parts of the make that runs this: none of
 # its flags, and none of the KVM_HELLO_* settings it exports.
-mk() {
+as_user() {
   local unset=(-u MAKEFLAGS -u MAKELEVEL -u MFLAGS)
   for name in $(env | sed -n 's/^\(KVM_HELLO_[A-Z_]*\)=.*/\1/p'); do unset+=(-u "$name"); done
-  env "${unset[@]}" make --no-print-directory "$@" 2>&1
+  env "${unset[@]}" "$@"
 }
+mk() { as_user make --no-print-directory "$@" 2>&1; }
 
 passed=0 failed=0
 check() {  # check DESCRIPTION TEXT EXPECTED: TEXT holds EXPECTED
@@ -72,5 +74,31 @@ out=$(mk run GUEST="$work/nothing.S")
 check "GUEST=nothing.S reaches kvm-hello's own check" "$out" "it is empty: a guest needs at least one instruction"
 check "... and make fails with kvm-hello's status 18" "$out" "Error 18"
 check "GUEST's .elf is kept for gdb and the line table" "$(ls build/your-guest/)" "nothing.elf"
+
+check_not() {  # check_not DESCRIPTION TEXT UNEXPECTED: TEXT does not hold UNEXPECTED
+  if [[ $2 != *"$3"* ]]; then
+    passed=$((passed + 1)); echo "make-tests: ok: $1"
+  else
+    failed=$((failed + 1)); printf 'make-tests: FAILED: %s\n  unexpected: %s\n  got: %s\n' "$1" "$3" "$2"
+  fi
+}
+
+# stdout and stderr stay apart, into files as into a terminal (under emulation
+# both leave the machine on its one console, and /init marks stderr's lines);
+# into one file, the error comes after what was printed before it.
+as_user make --no-print-directory -s run GUEST=test/guests/stp_mmio.S >"$work/stdout" 2>"$work/stderr"
+stdout=$(cat "$work/stdout") stderr=$(cat "$work/stderr")
+error="kvm-hello: step 9 (run_guest): KVM_RUN failed with ENOSYS"
+check "stdout holds the steps" "$stdout" "[9/9] run_guest"
+check_not "... and not the error line" "$stdout" "$error"
+check_not "... nor the register dump" "$stdout" "registers (read with KVM_GET_ONE_REG"
+check "stderr holds the error line" "$stderr" "$error"
+check "... and the register dump" "$stderr" "registers (read with KVM_GET_ONE_REG"
+check_not "... and not the steps" "$stderr" "[9/9] run_guest"
+as_user make --no-print-directory -s run GUEST=test/guests/stp_mmio.S >"$work/both" 2>&1
+both=$(tr -s ' \n' ' ' <"$work/both")
+check "stdout and stderr into one file: the steps, then the dump, then the error, then make's word" "$both" \
+  "[9/9] run_guest run the guest until it powers off: KVM_RUN registers (read with KVM_GET_ONE_REG"
+check "... the error last before make's" "$both" "use plain ldr/str make: *** [Makefile"
 
 echo "$passed passed, $failed failed"
