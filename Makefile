@@ -36,7 +36,7 @@
 ##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
 .DEFAULT_GOAL := all
-.PHONY: all run trace gdb bench test test-e2e test-hosts host golden fuzz format help clean distclean kvm-usable FORCE
+.PHONY: all run trace gdb bench test test-e2e test-hosts host golden fuzz format help clean distclean kvm-usable
 .DELETE_ON_ERROR:
 
 BUILD := build
@@ -99,7 +99,6 @@ ifeq ($(KVM_HELLO_MACHINE),native)
   PACKAGES := g++ xxd doctest-dev gdb tmux
   # How each target runs kvm-hello, the tests and gdb: here, directly.
   RUN_WITH          := $(PROGRAM)
-  GUEST_PATH         = $(GUEST_BIN)
   GDB_WITH           = gdb -q -x gdb/steps.gdb $(GDB_ARGS) --args $(DEBUG_PROGRAM) $(PROGRAM_ARGS)
   E2E_WITH          := $(E2E)
   GDB_STARTS        := run
@@ -127,13 +126,12 @@ else
   # How each target runs kvm-hello, the tests and gdb: inside the machine,
   # from an initramfs that holds them.
   RUN_WITH          := $(IN_VM) $(BUILD)/run.cpio /kvm-hello
-  GUEST_PATH         = /$(notdir $(GUEST_BIN))
   GDB_WITH           = GDB_ARGS="$(GDB_ARGS)" tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM) \
                        $(PROGRAM_ARGS)
   E2E_WITH          := $(IN_VM) $(BUILD)/test.cpio /e2e-tests
   GDB_STARTS        := continue
-  RUN_NEEDS         := $(BUILD)/run.cpio $(KERNEL)
-  GDB_NEEDS         := $(BUILD)/gdb.cpio $(KERNEL)
+  RUN_NEEDS         := $(BUILD)/run.cpio $(KERNEL) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
+  GDB_NEEDS         := $(BUILD)/gdb.cpio $(KERNEL) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
   E2E_NEEDS         := $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
   SUITE_WHERE       := -in-emulated-arm64
 endif
@@ -147,8 +145,10 @@ MAKEFLAGS += --jobs=$(shell nproc 2>/dev/null || echo 2)
 UNIT_SUITES := $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64))
 all: $(UNIT_SUITES) $(E2E_NEEDS) $(RUN_NEEDS)
 
-# What kvm-hello is given: your guest and its line table, and ARGS.
-PROGRAM_ARGS = $(if $(GUEST),--guest $(GUEST_PATH) --guest-lines $(GUEST_PATH:.bin=.lines)) $(ARGS)
+# What kvm-hello is given: your guest and its line table, and ARGS. (In the
+# emulated machine too: tools/run-in-vm.sh puts the files --guest and
+# --guest-lines name into it.)
+PROGRAM_ARGS = $(if $(GUEST),--guest $(GUEST_BIN) --guest-lines $(GUEST_BIN:.bin=.lines)) $(ARGS)
 
 run: $(RUN_NEEDS)
 	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
@@ -410,16 +410,11 @@ define make-initramfs
 	rm -rf $@.root
 endef
 
-# Rebuilt whenever GUEST changes what it holds.
-$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines) $(BUILD)/run-guest.txt
-	$(call make-initramfs,$(PROGRAM),$(foreach f,$(GUEST_BIN) $(GUEST_BIN:.bin=.lines),$(f):$(notdir $(f))))
+$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
+	$(call make-initramfs,$(PROGRAM))
 
-$(BUILD)/run-guest.txt: FORCE
-	@mkdir -p $(@D)
-	@echo "$(GUEST)" | cmp -s - $@ || echo "$(GUEST)" > $@
-
-$(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines) $(BUILD)/run-guest.txt
-	$(call make-initramfs,$(DEBUG_PROGRAM),$(foreach f,$(GUEST_BIN) $(GUEST_BIN:.bin=.lines),$(f):$(notdir $(f))))
+$(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
+	$(call make-initramfs,$(DEBUG_PROGRAM))
 
 $(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS) $(EXERCISES) \
   $(if $(CROSS),$(SANITIZER_RUNTIME)/.done)

@@ -3,8 +3,8 @@
 # decided by the compiler's architecture and the KVM device (fake compilers
 # stand in for other machines' here); a bad setting stops make with a
 # message; a guest that assembles to nothing reaches kvm-hello's own check;
-# a guest's .elf is kept; the program's stdout and stderr stay apart. Prints
-# "N passed, M failed".
+# a guest's .elf is kept; a guest file named in ARGS is found; the program's
+# stdout and stderr stay apart. Prints "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -74,6 +74,20 @@ out=$(mk run GUEST="$work/nothing.S")
 check "GUEST=nothing.S reaches kvm-hello's own check" "$out" "it is empty: a guest needs at least one instruction"
 check "... and make fails with kvm-hello's status 18" "$out" "Error 18"
 check "GUEST's .elf is kept for gdb and the line table" "$(ls build/your-guest/)" "nothing.elf"
+
+# A guest file of the build machine's, named in ARGS: kvm-hello runs it, also
+# in the emulated machine (run-in-vm.sh puts it there, at the path given).
+mk build/test/guests/psci_version.bin build/test/guests/psci_version.lines >/dev/null
+cp build/test/guests/psci_version.bin build/test/guests/psci_version.lines "$work/"
+check "ARGS='--guest FILE', a relative path: that guest runs" \
+  "$(mk -s run ARGS="--guest build/test/guests/psci_version.bin -q")" "guest output: 1."
+check "ARGS='--guest=FILE --guest-lines FILE', absolute paths in /tmp: the guest runs, its lines are read" \
+  "$(mk -s run ARGS="--guest=$work/psci_version.bin --guest-lines $work/psci_version.lines -q --step-guest")" \
+  "psci_version.S:"
+out=$(mk -s run ARGS="--guest build/no-such-guest.bin")
+check "ARGS='--guest FILE', no such file: kvm-hello's own message" "$out" \
+  "kvm-hello: --guest build/no-such-guest.bin: cannot open it: ENOENT"
+check "... and its status 19" "$out" "Error 19"
 
 check_not() {  # check_not DESCRIPTION TEXT UNEXPECTED: TEXT does not hold UNEXPECTED
   if [[ $2 != *"$3"* ]]; then

@@ -133,6 +133,47 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The files the program is told to read (kvm-hello's --guest FILE and
+# --guest-lines FILE, or --guest=FILE) are on this machine: each that is a
+# readable file goes into the machine too, at the path the program will open
+# there (a relative path from /, its working directory there; not under /dev,
+# /proc or /sys, which are the machine's own), so that it runs there as it
+# would here; a directory is made there as a directory. What is not there is
+# not there either, and the program says so. They go into a second initramfs,
+# after the first: the kernel unpacks one after the other.
+files_named() {  # files_named ARGUMENT...: the values of --guest and --guest-lines
+  local previous="" argument
+  for argument in "$@"; do
+    case $previous in --guest | --guest-lines) printf '%s\n' "$argument" ;; esac
+    case $argument in --guest=* | --guest-lines=*) printf '%s\n' "${argument#*=}" ;; esac
+    previous=$argument
+  done
+}
+largest_file=$((64 << 20))
+add_files() {  # add_files ARGUMENT...: the initramfs to boot, with the files named
+  local file inside files="$work/files" size
+  while IFS= read -r file; do
+    inside=$(realpath -m -s -- "/$file")
+    case $inside in /dev/* | /proc/* | /sys/*) continue ;; esac
+    if [ -d "$file" ]; then
+      mkdir -p "$files$inside"
+    elif [ -f "$file" ] && [ -r "$file" ]; then
+      size=$(stat -L -c %s -- "$file")
+      if [ "$size" -gt "$largest_file" ]; then
+        echo "run-in-vm: $file is $size bytes: too large to put into the emulated machine ($largest_file at most)" >&2
+        exit 2
+      fi
+      mkdir -p "$files$(dirname -- "$inside")"
+      cp -L -- "$file" "$files$inside"
+    fi
+  done < <(files_named "$@")
+  [ -d "$files" ] || return 0
+  (cd "$files" && find . | cpio -o -H newc --quiet) >"$work/files.cpio"
+  cat -- "$initramfs" "$work/files.cpio" >"$work/initramfs"
+  initramfs=$work/initramfs
+}
+add_files "$@"
+
 qemu-system-aarch64 \
   -M virt,virtualization=on,gic-version=3 -cpu "$qemu_cpu" -smp "$smp" -m 256 \
   -nodefaults -display none -monitor none -serial stdio -no-reboot \

@@ -263,10 +263,11 @@ int run(char** command) {
 int main(int argc, char** argv) {
   mkdir("/dev", 0755);
   mkdir("/proc", 0755);
-  mkdir("/tmp", 01777);
   mount("devtmpfs", "/dev", "devtmpfs", 0, nullptr);
   mount("proc", "/proc", "proc", 0, nullptr);
-  mount("tmpfs", "/tmp", "tmpfs", 0, nullptr);
+  // A /tmp of its own, unless the initramfs brought one (a file from the host's
+  // /tmp that run-in-vm.sh put in): the initramfs is in memory and writable too.
+  if (mkdir("/tmp", 01777) == 0) mount("tmpfs", "/tmp", "tmpfs", 0, nullptr);
   mkdir("/dev/pts", 0755);  // for the stderr channel's pseudo-terminal
   mount("devpts", "/dev/pts", "devpts", 0, "ptmxmode=0666");
   // Our initramfs has no /dev/console entry: open it now that devtmpfs is there.
