@@ -110,6 +110,7 @@ at_terminal send-keys -t test "fg" Enter
 prompts_when_done=3  # the prompt at which fg was typed is one more
 wait_for 60 shows '^make run GUEST='   # bash names the job it continues
 [ -z "$emulated" ] || wait_for 60 ctrl_c_is_the_machines
+echo "terminal-test: Ctrl-C pressed with the terminal's $(intr_key)"
 at_terminal send-keys -t test C-c
 wait_for 120 finished
 show_screen "Ctrl-Z, fg, Ctrl-C"

@@ -187,17 +187,20 @@ exec 3<"$console"
 # the exit status; what comes after it is the kernel powering off, not ours to
 # show. A marker can come after what the console echoed of a key pressed (^C)
 # on the same line: that part is shown on a line of its own. Until /init has
-# reported the host, a read waits at most until the boot's deadline.
-status="" booted=0 timed_out=""
+# reported the host, the wait ends at the boot's deadline.
+# A read waits a second at most, because bash runs a trap (CONT's) only
+# between commands; what it got of a line by then is kept for the rest.
+status="" booted=0 timed_out="" pending=""
 started=$SECONDS
 while :; do
   limit=$((started + run_limit - SECONDS))
   if [ "$booted" = 0 ] && [ "$boot_limit" != 0 ]; then limit=$((started + boot_limit - SECONDS)); fi
   if [ "$limit" -le 0 ]; then timed_out=$([ "$booted" = 0 ] && echo boot || echo run); break; fi
-  if IFS= read -r -t "$limit" -u 3 line; then
-    :
+  if IFS= read -r -t "$((limit < 1 ? limit : 1))" -u 3 part; then
+    line=$pending$part pending=""
   elif [ $? -gt 128 ]; then
-    continue  # the time is up: the test at the top of the loop says so
+    pending+=$part
+    continue  # no whole line yet; if the time is up, the test at the top of the loop says so
   else
     break  # QEMU has gone
   fi
