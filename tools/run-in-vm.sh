@@ -54,6 +54,7 @@ vm_prefix='kvm-hello-vm: '
 host_marker="${vm_prefix}host: "
 status_marker="${vm_prefix}exit status "
 stderr_marker="${vm_prefix}stderr: "
+ctrl_c_marker="${vm_prefix}Ctrl-C"
 
 # Inside, the program's output goes to the machine's console, a terminal: say
 # NO_COLOR there when our own output is not a terminal, or when it is set here.
@@ -79,9 +80,10 @@ fi
 # byte 0x03, and the console's line discipline there sends SIGINT to the
 # program, whose controlling terminal it is (see tools/vm-init.cpp): kvm-hello
 # stops the guest, shows its registers and ends with status 130, which becomes
-# ours. Ctrl-Z and Ctrl-\ keep their meaning here. A stopped job gets the
-# shell's terminal modes back: after `fg` (SIGCONT) the machine's are put back
-# (QEMU's, with Ctrl-C ordinary). On exit, the modes we found.
+# ours; /init says "Ctrl-C", and the rest of the job here gets its SIGINT then
+# (see the end). Ctrl-Z and Ctrl-\ keep their meaning here. A stopped job gets
+# the shell's terminal modes back: after `fg` (SIGCONT) the machine's are put
+# back (QEMU's, with Ctrl-C ordinary). On exit, the modes we found.
 terminal_modes="" running_modes=""
 [ ! -t 0 ] || terminal_modes=$(stty -g)
 on_interrupt() {
@@ -190,7 +192,7 @@ exec 3<"$console"
 # reported the host, the wait ends at the boot's deadline.
 # A read waits a second at most, because bash runs a trap (CONT's) only
 # between commands; what it got of a line by then is kept for the rest.
-status="" booted=0 timed_out="" pending=""
+status="" booted=0 timed_out="" pending="" ctrl_c_inside=""
 started=$SECONDS
 while :; do
   limit=$((started + run_limit - SECONDS))
@@ -208,11 +210,12 @@ while :; do
   if [[ $line == ?*"$vm_prefix"* ]]; then
     before=${line%%"$vm_prefix"*}
     case ${line:${#before}} in
-      "$status_marker"* | "$stderr_marker"* | "$host_marker"*) printf '%s\n' "$before"; line=${line:${#before}} ;;
+      "$status_marker"* | "$stderr_marker"* | "$host_marker"* | "$ctrl_c_marker") printf '%s\n' "$before"; line=${line:${#before}} ;;
     esac
   fi
   case $line in
     "$status_marker"*) status=${line#"$status_marker"}; break ;;
+    "$ctrl_c_marker") ctrl_c_inside=1; continue ;;
     "$stderr_marker"*) printf '%s\n' "${line#"$stderr_marker"}" >&2; continue ;;
     "$host_marker"*) booted=1; hand_ctrl_c_to_the_machine ;;
   esac
@@ -222,6 +225,16 @@ done
 if [ -n "$status" ]; then
   wait "$qemu" 2>/dev/null || true
   qemu=0
+  if [ -n "$ctrl_c_inside" ]; then
+    # Natively the terminal's SIGINT reaches the whole job at once: make stops
+    # too, and the rest of the shell's command line does not run. Here it
+    # reached the program inside first; now the rest of the job gets it:
+    # our process group, but not us, once the terminal is as we found it.
+    cleanup
+    trap - EXIT
+    trap '' INT
+    kill -INT 0
+  fi
   exit "$status"
 fi
 case $timed_out in

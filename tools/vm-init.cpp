@@ -195,7 +195,8 @@ void forward_stderr(int from) {
 // process group: ours, which the program, forked from us, is in too. The
 // program gets it as it would from a terminal natively (kvm-hello stops the
 // guest and ends with status 130). We take it too: before the program starts,
-// it means "do not start it"; after, it is the program's business.
+// it means "do not start it"; either way we say "kvm-hello-vm: Ctrl-C" before
+// the exit status, and run-in-vm.sh gives it to the rest of the job outside.
 
 volatile std::sig_atomic_t interrupted = 0;
 
@@ -289,6 +290,7 @@ int main(int argc, char** argv) {
   } else {
     status = run(argv + 1);
   }
+  if (interrupted) std::printf("kvm-hello-vm: Ctrl-C\n");  // for run-in-vm.sh to pass it on to the rest of the job
   std::printf("kvm-hello-vm: exit status %d\n", status);
   std::fflush(stdout);
   sync();
