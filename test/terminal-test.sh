@@ -4,9 +4,10 @@
 # reports as "Error 130", and then the job as a whole, as natively), also
 # after Ctrl-Z and `fg`, and the terminal's Ctrl-C is back afterwards;
 # --pause waits for Enter at each step and the lines stay in their columns;
-# an error line is coloured, and goes with stderr. Under emulation that is the
-# way through QEMU's console to the program inside the machine
-# (tools/run-in-vm.sh, tools/vm-init.cpp).
+# Ctrl-C at gdb's prompt is gdb's alone; an error line is coloured, and goes
+# with stderr. Under emulation that is the way through QEMU's console to the
+# program inside the machine (tools/run-in-vm.sh, tools/vm-init.cpp,
+# tools/gdb-in-vm.sh).
 # Prints "N passed, M failed".
 #
 # The terminal is tmux's (a server of our own), running an interactive bash
@@ -136,6 +137,24 @@ check "--pause: it asked for Enter at each of the 9 steps (asked $asked times)" 
 check "--pause: each ask in its column" test "$(screen | grep -c '^      -- press Enter to go on$')" = 9
 check "--pause: then the guest ran to its clean shutdown" shows '^shutdown: the guest powered off'
 check "--pause: ... status 0" last_status 0
+
+# make gdb: Ctrl-C at gdb's prompt is gdb's; the program goes on to its end.
+type_command "make gdb ARGS=-q"
+wait_for 300 shows '^\(gdb\)'
+at_terminal send-keys -t test "$([ -n "$emulated" ] && echo continue || echo run)" Enter
+wait_for 300 shows '^Breakpoint 1, '
+at_terminal send-keys -t test C-c
+wait_for 60 shows 'Quit$'   # gdb's word for a Ctrl-C at its prompt
+at_terminal send-keys -t test "disable" Enter
+at_terminal send-keys -t test "continue" Enter
+wait_for 300 shows '^shutdown: the guest powered off'
+wait_for 60 shows 'exited normally'
+at_terminal send-keys -t test "quit" Enter
+wait_for 120 finished
+show_screen "make gdb, Ctrl-C at its prompt"
+check "make gdb: Ctrl-C at gdb's prompt leaves the program running (to its clean shutdown)" \
+  shows '^shutdown: the guest powered off'
+check "... the machine was not stopped by it" lacks 'terminating on signal'
 
 # An error at a terminal: coloured, and on stderr (2>/dev/null hides it).
 type_command "make run GUEST=test/guests/stp_mmio.S ARGS=-q"

@@ -24,8 +24,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 port=${KVM_HELLO_GDB_PORT:-$((20000 + RANDOM % 20000))}
 read -r -a gdb_args <<<"${GDB_ARGS:-}"
 
+# The machine runs in a session of its own (setsid): Ctrl-C at gdb is gdb's
+# (it stops the program, or the command being typed), and the terminal's
+# SIGINT would otherwise reach QEMU too, which ends the machine on it.
 if [ -n "${KVM_HELLO_VM_CONSOLE:-}" ]; then exec 4>"$KVM_HELLO_VM_CONSOLE"; else exec 4>&1; fi
-KVM_HELLO_GDB_PORT=$port "$here/run-in-vm.sh" "$kernel" "$initramfs" "/$(basename -- "$program")" "$@" >&4 &
+KVM_HELLO_GDB_PORT=$port setsid "$here/run-in-vm.sh" "$kernel" "$initramfs" "/$(basename -- "$program")" "$@" >&4 &
 machine=$!
 trap 'kill "$machine" 2>/dev/null || true' EXIT
 
