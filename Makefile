@@ -125,7 +125,7 @@ else
 
   # How each target runs kvm-hello, the tests and gdb: inside the machine,
   # from an initramfs that holds them.
-  RUN_WITH          := $(IN_VM) $(BUILD)/run.cpio /kvm-hello
+  RUN_WITH          := KVM_HELLO_CTRL_C=program $(IN_VM) $(BUILD)/run.cpio /kvm-hello
   GDB_WITH           = GDB_ARGS="$(GDB_ARGS)" tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM) \
                        $(PROGRAM_ARGS)
   E2E_WITH          := $(IN_VM) $(BUILD)/test.cpio /e2e-tests

@@ -54,7 +54,6 @@ vm_prefix='kvm-hello-vm: '
 host_marker="${vm_prefix}host: "
 status_marker="${vm_prefix}exit status "
 stderr_marker="${vm_prefix}stderr: "
-ctrl_c_marker="${vm_prefix}Ctrl-C"
 
 # Inside, the program's output goes to the machine's console, a terminal: say
 # NO_COLOR there when our own output is not a terminal, or when it is set here.
@@ -73,30 +72,44 @@ if [ ! -t 0 ]; then
   environment+=("KVM_HELLO_NO_INPUT=1")
 fi
 # Ctrl-C on our terminal sends SIGINT to every process of the job: make, this
-# script and QEMU, which stops the machine there and then. Until /init reports
-# the host, that is what it does (we say so, and end with status 130). Once
-# /init has the console, it becomes an ordinary key (stty intr undef,
-# hand_ctrl_c_to_the_machine): QEMU passes it to the machine's console as the
-# byte 0x03, and the console's line discipline there sends SIGINT to the
-# program, whose controlling terminal it is (see tools/vm-init.cpp): kvm-hello
-# stops the guest, shows its registers and ends with status 130, which becomes
-# ours; /init says "Ctrl-C", and the rest of the job here gets its SIGINT then
-# (see the end). Ctrl-Z and Ctrl-\ keep their meaning here. A stopped job gets
-# the shell's terminal modes back: after `fg` (SIGCONT) the machine's are put
-# back (QEMU's, with Ctrl-C ordinary). On exit, the modes we found.
-terminal_modes="" running_modes=""
-[ ! -t 0 ] || terminal_modes=$(stty -g)
+# script and QEMU, which stops the machine there and then (we say so, and end
+# with status 130). That is what the tests want, and what a person wants
+# while the machine boots. For a program a person runs (make run, trace,
+# bench: KVM_HELLO_CTRL_C=program), once /init runs Ctrl-C is an ordinary key
+# on our terminal (stty intr undef): QEMU passes it to the machine's console as
+# the byte 0x03, and the console's line discipline there sends SIGINT to the
+# console's foreground process group, /init's, which the program is in too
+# (see tools/vm-init.cpp): kvm-hello stops the guest, shows its registers and
+# ends with status 130, which becomes ours (make: "Error 130"); before the
+# program starts, /init does not start it. Ctrl-Z and Ctrl-\ keep their
+# meaning here. QEMU takes the terminal modes it finds as the ones to come back
+# to: after Ctrl-Z and `fg` (SIGCONT) it sets its own again from them, and it
+# puts them back when it ends. So it must find Ctrl-C ordinary: it is made so
+# before QEMU starts, given back for the boot once QEMU has set its modes
+# (ctrl_c_for_the_boot), and made ordinary again when /init reports the host.
+# On exit, the modes we found.
+terminal_modes="" intr_key=""
+if [ -t 0 ] && [ "${KVM_HELLO_CTRL_C:-}" = program ]; then
+  terminal_modes=$(stty -g)
+  intr_key=$(stty -a | sed -n 's/.*intr = \([^;]*\);.*/\1/p')
+  stty intr undef
+fi
+ctrl_c_for_the_boot() {
+  [ -n "$terminal_modes" ] || return 0
+  local before tries
+  before=$(stty -g)
+  for tries in $(seq 100); do  # QEMU sets its modes as it starts; 5 s at most
+    [ "$(stty -g)" = "$before" ] && kill -0 "$qemu" 2>/dev/null || break
+    sleep 0.05
+  done
+  stty intr "$intr_key"
+}
+program=$1
 on_interrupt() {
-  echo "run-in-vm: Ctrl-C (SIGINT)$([ "${booted:-0}" = 1 ] || echo " before $1 started"): the emulated machine was stopped" >&2
+  echo "run-in-vm: Ctrl-C (SIGINT)$([ "${booted:-0}" = 1 ] || echo " before $program started"): the emulated machine was stopped" >&2
   exit 130
 }
-trap 'on_interrupt "$1"' INT
-hand_ctrl_c_to_the_machine() {
-  [ -n "$terminal_modes" ] || return 0
-  stty intr undef
-  running_modes=$(stty -g)
-  trap 'stty "$running_modes" || true' CONT
-}
+trap on_interrupt INT
 # Programs that measure time (kvm-hello --bench) must say their CPU is emulated.
 environment+=("KVM_HELLO_EMULATED=QEMU-TCG-$cpu-on-$(uname -m)")
 
@@ -183,26 +196,24 @@ qemu-system-aarch64 \
   -append "$cmdline ${environment[*]} -- $*" <"$input" >"$console" 2>&1 &
 qemu=$!
 exec 3<"$console"
+ctrl_c_for_the_boot
 
 # Each console line as it comes (the serial console writes \r\n), to our
 # stdout, or to our stderr when /init marked it as the program's stderr, until
 # the exit status; what comes after it is the kernel powering off, not ours to
 # show. A marker can come after what the console echoed of a key pressed (^C)
 # on the same line: that part is shown on a line of its own. Until /init has
-# reported the host, the wait ends at the boot's deadline.
-# A read waits a second at most, because bash runs a trap (CONT's) only
-# between commands; what it got of a line by then is kept for the rest.
-status="" booted=0 timed_out="" pending="" ctrl_c_inside=""
+# reported the host, a read waits at most until the boot's deadline.
+status="" booted=0 timed_out=""
 started=$SECONDS
 while :; do
   limit=$((started + run_limit - SECONDS))
   if [ "$booted" = 0 ] && [ "$boot_limit" != 0 ]; then limit=$((started + boot_limit - SECONDS)); fi
   if [ "$limit" -le 0 ]; then timed_out=$([ "$booted" = 0 ] && echo boot || echo run); break; fi
-  if IFS= read -r -t "$((limit < 1 ? limit : 1))" -u 3 part; then
-    line=$pending$part pending=""
+  if IFS= read -r -t "$limit" -u 3 line; then
+    :
   elif [ $? -gt 128 ]; then
-    pending+=$part
-    continue  # no whole line yet; if the time is up, the test at the top of the loop says so
+    continue  # the time is up: the test at the top of the loop says so
   else
     break  # QEMU has gone
   fi
@@ -210,14 +221,13 @@ while :; do
   if [[ $line == ?*"$vm_prefix"* ]]; then
     before=${line%%"$vm_prefix"*}
     case ${line:${#before}} in
-      "$status_marker"* | "$stderr_marker"* | "$host_marker"* | "$ctrl_c_marker") printf '%s\n' "$before"; line=${line:${#before}} ;;
+      "$status_marker"* | "$stderr_marker"* | "$host_marker"*) printf '%s\n' "$before"; line=${line:${#before}} ;;
     esac
   fi
   case $line in
     "$status_marker"*) status=${line#"$status_marker"}; break ;;
-    "$ctrl_c_marker") ctrl_c_inside=1; continue ;;
     "$stderr_marker"*) printf '%s\n' "${line#"$stderr_marker"}" >&2; continue ;;
-    "$host_marker"*) booted=1; hand_ctrl_c_to_the_machine ;;
+    "$host_marker"*) booted=1; [ -z "$terminal_modes" ] || stty intr undef ;;
   esac
   printf '%s\n' "$line"
 done
@@ -225,16 +235,6 @@ done
 if [ -n "$status" ]; then
   wait "$qemu" 2>/dev/null || true
   qemu=0
-  if [ -n "$ctrl_c_inside" ]; then
-    # Natively the terminal's SIGINT reaches the whole job at once: make stops
-    # too, and the rest of the shell's command line does not run. Here it
-    # reached the program inside first; now the rest of the job gets it:
-    # our process group, but not us, once the terminal is as we found it.
-    cleanup
-    trap - EXIT
-    trap '' INT
-    kill -INT 0
-  fi
   exit "$status"
 fi
 case $timed_out in
@@ -247,6 +247,6 @@ case $timed_out in
   *)
     wait "$qemu" && qemu_status=0 || qemu_status=$?
     qemu=0
-    echo "run-in-vm: the emulated machine stopped (QEMU status $qemu_status) before $1 reported its exit status" >&2 ;;
+    echo "run-in-vm: the emulated machine stopped (QEMU status $qemu_status) before $program reported its exit status" >&2 ;;
 esac
 exit 125

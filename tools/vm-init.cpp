@@ -195,23 +195,22 @@ void forward_stderr(int from) {
 // process group: ours, which the program, forked from us, is in too. The
 // program gets it as it would from a terminal natively (kvm-hello stops the
 // guest and ends with status 130). We take it too: before the program starts,
-// it means "do not start it"; either way we say "kvm-hello-vm: Ctrl-C" before
-// the exit status, and run-in-vm.sh gives it to the rest of the job outside.
+// it means "do not start it"; after, it is the program's business.
 
 volatile std::sig_atomic_t interrupted = 0;
 
 void on_interrupt(int) { interrupted = 1; }
 
-// Our session, the console its controlling terminal, and SIGINT noted (the
-// kernel delivers to process 1 only the signals it has a handler for).
+// SIGINT noted (the kernel delivers to process 1 only the signals it has a
+// handler for), then our session, with the console its controlling terminal.
 void take_console(int console) {
-  setsid();
-  ioctl(console, TIOCSCTTY, 0);
   struct sigaction action {};
   action.sa_handler = on_interrupt;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;
   sigaction(SIGINT, &action, nullptr);
+  setsid();
+  ioctl(console, TIOCSCTTY, 0);
 }
 
 // ---- Running the program -----------------------------------------------------
@@ -290,7 +289,6 @@ int main(int argc, char** argv) {
   } else {
     status = run(argv + 1);
   }
-  if (interrupted) std::printf("kvm-hello-vm: Ctrl-C\n");  // for run-in-vm.sh to pass it on to the rest of the job
   std::printf("kvm-hello-vm: exit status %d\n", status);
   std::fflush(stdout);
   sync();
