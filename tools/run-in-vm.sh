@@ -20,6 +20,8 @@
 #                   architected algorithm (QARMA) makes every boot several
 #                   times slower under emulation.
 #   KVM_HELLO_SMP   vCPUs of the emulated machine (default 1)
+# Ctrl-C: KVM_HELLO_CTRL_C=program (make run sets it) gives Ctrl-C at our
+# terminal to PROGRAM once /init runs; otherwise it stops the machine.
 # To look at the boot itself: KVM_HELLO_BOOT_LOG=1 prints the kernel's log
 # before the host line, and KVM_HELLO_KERNEL_ARGS adds words to the kernel's
 # command line (initcall_debug printk.time=1, say, shows what took long).
