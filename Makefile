@@ -111,10 +111,9 @@ HOST_CXX := $(CXX)
 ARM64_CXX ?= $(CROSS)g++
 
 ifeq ($(KVM_HELLO_MACHINE),native)
-  PACKAGES := g++ xxd doctest-dev gdb
+  PACKAGES := g++ xxd doctest-dev gdb tmux
   # How each target runs kvm-hello, the tests and gdb: here, directly.
   RUN_WITH          := $(PROGRAM)
-  GUEST_PATH         = $(GUEST_BIN)
   GDB_WITH           = gdb -q -x gdb/steps.gdb $(GDB_ARGS) --args $(DEBUG_PROGRAM) $(PROGRAM_ARGS)
   E2E_WITH          := $(E2E)
   GDB_STARTS        := run
@@ -126,7 +125,7 @@ else
   # The programs the emulated machine runs are linked statically: its
   # initramfs has no C library.
   ARM64_LINK := -static
-  PACKAGES := g++ xxd doctest-dev qemu-system-arm cpio gdb-multiarch debian-archive-keyring \
+  PACKAGES := g++ xxd doctest-dev qemu-system-arm cpio gdb-multiarch debian-archive-keyring tmux \
     $(if $(CROSS),g++-aarch64-linux-gnu qemu-user-static)
 
   # The emulated host (README.md explains the default): a Debian suite's
@@ -141,14 +140,13 @@ else
 
   # How each target runs kvm-hello, the tests and gdb: inside the machine,
   # from an initramfs that holds them.
-  RUN_WITH          := $(IN_VM) $(BUILD)/run.cpio /kvm-hello
-  GUEST_PATH         = /$(notdir $(GUEST_BIN))
+  RUN_WITH          := env KVM_HELLO_CTRL_C=program $(IN_VM) $(BUILD)/run.cpio /kvm-hello
   GDB_WITH           = GDB_ARGS="$(GDB_ARGS)" tools/gdb-in-vm.sh $(KERNEL) $(BUILD)/gdb.cpio $(DEBUG_PROGRAM) \
                        $(PROGRAM_ARGS)
   E2E_WITH          := $(IN_VM) $(BUILD)/test.cpio /e2e-tests
   GDB_STARTS        := continue
-  RUN_NEEDS         := $(BUILD)/run.cpio $(KERNEL)
-  GDB_NEEDS         := $(BUILD)/gdb.cpio $(KERNEL)
+  RUN_NEEDS         := $(BUILD)/run.cpio $(KERNEL) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
+  GDB_NEEDS         := $(BUILD)/gdb.cpio $(KERNEL) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
   E2E_NEEDS         := $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
   SUITE_WHERE       := -in-emulated-arm64
 endif
@@ -167,8 +165,10 @@ endif
 UNIT_SUITES := $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64))
 all: $(UNIT_SUITES) $(E2E_NEEDS) $(RUN_NEEDS)
 
-# What kvm-hello is given: your guest and its line table, and ARGS.
-PROGRAM_ARGS = $(if $(GUEST),--guest $(GUEST_PATH) --guest-lines $(GUEST_PATH:.bin=.lines)) $(ARGS)
+# What kvm-hello is given: your guest and its line table, and ARGS. (In the
+# emulated machine too: tools/run-in-vm.sh puts the files --guest and
+# --guest-lines name into it.)
+PROGRAM_ARGS = $(if $(GUEST),--guest $(GUEST_BIN) --guest-lines $(GUEST_BIN:.bin=.lines)) $(ARGS)
 
 # run, trace and bench: kvm-hello's exit status becomes make's; one that is
 # not 0 is first said in words by program/say-status.sh, from the table of
@@ -200,6 +200,7 @@ test: $(UNIT_SUITES) $(E2E_NEEDS) | kvm-usable
 	@$(SUITE) $(UNIT_NAME)-sanitized $(UNIT_SANITIZED)
 	$(if $(CROSS),@$(SUITE) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64))
 	@ARM64_CXX=$(ARM64_CXX) $(SUITE) makefile test/make-tests.sh
+	@$(SUITE) terminal test/terminal-test.sh
 	$(run-e2e-suites)
 	@test/summarize.sh $(TEST_LOGS)
 
@@ -452,15 +453,11 @@ define make-initramfs
 	@rm -rf $@.root
 endef
 
-# Rebuilt whenever GUEST changes what it holds.
-$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines) $(BUILD)/run-guest.txt
-	$(call make-initramfs,$(PROGRAM),$(foreach f,$(GUEST_BIN) $(GUEST_BIN:.bin=.lines),$(f):$(notdir $(f))))
+$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
+	$(call make-initramfs,$(PROGRAM))
 
-$(BUILD)/run-guest.txt: FORCE
-	$(call write-if-changed,echo $(GUEST_QUOTED))
-
-$(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines) $(BUILD)/run-guest.txt
-	$(call make-initramfs,$(DEBUG_PROGRAM),$(foreach f,$(GUEST_BIN) $(GUEST_BIN:.bin=.lines),$(f):$(notdir $(f))))
+$(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
+	$(call make-initramfs,$(DEBUG_PROGRAM))
 
 $(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS) $(EXERCISES) \
   $(if $(CROSS),$(SANITIZER_RUNTIME)/.done)

@@ -19,6 +19,7 @@ describe() {
     cpio) echo "cpio|cpio" ;;
     gdb) echo "gdb|gdb" ;;
     gdb-multiarch) echo "gdb-multiarch|gdb with arm64 support (gdb-multiarch)" ;;
+    tmux) echo "tmux|tmux, a terminal the tests type at (Ctrl-C, --pause)" ;;
     debian-archive-keyring) echo "/usr/share/keyrings/debian-archive-keyring.gpg|the Debian archive keyring, which checks the arm64 kernel download" ;;
     *) echo "$1|$1" ;;
   esac

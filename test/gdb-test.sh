@@ -5,14 +5,17 @@
 # a terminal runs it, and what it must show: every step function of
 # gdb/steps.gdb stops in order, `print` and `bt` work there, and the program
 # still finishes cleanly; then the same with GUEST= and ARGS= (another guest,
-# kvm-hello's own options). FIRST is the command that starts the program:
-# `run` for a local gdb, `continue` for gdb attached to the emulated machine
-# (tools/gdb-in-vm.sh). Prints "N passed, M failed".
+# kvm-hello's own options); then gdb's output and the program's redirected
+# into one file, as `make gdb > FILE` does: complete and in order. FIRST is
+# the command that starts the program: `run` for a local gdb, `continue` for
+# gdb attached to the emulated machine (tools/gdb-in-vm.sh). Prints
+# "N passed, M failed".
 #
 # Under emulation the program's output comes from the machine's console, at
 # its own pace, and can land in the middle of a line of gdb's: the machine's
 # console goes to a file of its own (KVM_HELLO_VM_CONSOLE, which
-# tools/gdb-in-vm.sh honours), so that gdb's lines are read whole.
+# tools/gdb-in-vm.sh honours), so that gdb's lines are read whole; except in
+# the one-file case, which is about that very mixing.
 set -uo pipefail
 first=$1
 cd "$(dirname "$0")/.."
@@ -102,4 +105,37 @@ check "GUEST= and ARGS= under gdb: the steps stop in order (saw: $(stops "$work/
   test "$(stops "$work/guest.log")" = "$expected"
 check "GUEST= under gdb: that guest ran (its PSCI version printed)" grep -q '^guest output: 1\.[0-9]\\n$' "$work/guest.log"
 check "ARGS=-q under gdb: kvm-hello was quiet (no step lines)" bash -c "! grep -q '^\[1/9\]' '$work/guest.log'"
+# `make gdb > FILE`, as a user keeps a session: gdb's output and the program's
+# in one file, nothing lost (a file reopened by path would start again at its
+# beginning, over gdb's first lines), each in its order. The program's lines
+# come at the machine's pace and can land inside one of gdb's (the host line,
+# before step 1): it is taken out before gdb's stops are read.
+{
+  echo "$first"
+  for _ in $(seq 9); do echo continue; done
+} >"$work/file.gdb"
+env -u KVM_HELLO_VM_CONSOLE timeout 300 make --no-print-directory -s gdb GDB_ARGS="-batch -x $work/file.gdb" \
+  ARGS=-q >"$work/file.log" 2>&1
+echo "-- gdb and the program, into one file:" && cat "$work/file.log"
+sed -z 's/kvm-hello-vm: host: [^\n]*\n//' "$work/file.log" >"$work/file-gdb.log"
+line_of() { grep -n -m 1 -F -- "$2" "$1" | cut -d: -f1; }  # line_of FILE TEXT: the first line holding TEXT
+in_order() {  # in_order FILE TEXT...: each TEXT is there, on a later line than the one before
+  local at previous=0 text
+  for text in "${@:2}"; do
+    at=$(line_of "$1" "$text")
+    [ -n "$at" ] && [ "$at" -gt "$previous" ] || return 1
+    previous=$at
+  done
+}
+check "make gdb > FILE: gdb's first lines are kept (its breakpoints set)" grep -q '^Breakpoint 1 at 0x' "$work/file.log"
+check "make gdb > FILE: the steps stop in order (saw: $(stops "$work/file-gdb.log"))" \
+  test "$(stops "$work/file-gdb.log")" = "$expected"
+check "make gdb > FILE: gdb's lines, then the program's output after the last stop" \
+  in_order "$work/file.log" "Breakpoint 1 at 0x" "Breakpoint 1, kvm_hello::open_kvm" ", kvm_hello::run_guest<" \
+  'guest output: hello\n' "shutdown: the guest powered off"
+if [ "$first" = continue ]; then
+  check "make gdb > FILE, emulated: what gdb's first stop is, said before gdb starts" \
+    in_order "$work/file.log" "gdb-in-vm: gdb attaches before the machine has run anything" "Breakpoint 1 at 0x"
+  check "make gdb > FILE, emulated: ... and that first stop" grep -qx '0x0000000040000000 in ?? ()' "$work/file.log"
+fi
 echo "$passed passed, $failed failed"

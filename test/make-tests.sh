@@ -5,18 +5,20 @@
 # message; GUEST= runs the file as it is now, whatever its name, folder or
 # age, and a mistyped one is one line; a failed run's status is said in
 # words under its own target; a guest's .elf is kept; make's own output stays
-# short. Prints "N passed, M failed".
+# short; a guest file named in ARGS is found; the program's stdout and stderr
+# stay apart. Prints "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The sub-makes are a user's, not parts of the make that runs this: none of
 # its flags, and none of the KVM_HELLO_* settings it exports.
-mk() {
+as_user() {
   local unset=(-u MAKEFLAGS -u MAKELEVEL -u MFLAGS)
   for name in $(env | sed -n 's/^\(KVM_HELLO_[A-Z_]*\)=.*/\1/p'); do unset+=(-u "$name"); done
-  env "${unset[@]}" make --no-print-directory "$@" 2>&1
+  env "${unset[@]}" "$@"
 }
+mk() { as_user make --no-print-directory "$@" 2>&1; }
 
 passed=0 failed=0
 verdict() {  # verdict DESCRIPTION OK EXPECTED GOT
@@ -90,12 +92,12 @@ printf 'parent:\n\t+@$(MAKE) -s -C %s host\n' "$PWD" >"$work/parent.mk"
 check_lacks "a make started by a recipe, under -j3, keeps the jobserver" "$(mk -j3 -f "$work/parent.mk")" "jobserver"
 
 # GUEST=: the file as it is now, whatever its name, folder or age. What
-# kvm-hello is given is read where it gets it: in the emulated machine's
-# initramfs (build/run.cpio; build/gdb.cpio for make gdb), or natively in
-# build/your-guest/.
+# kvm-hello is given is build/your-guest/NAME.bin and NAME.lines: natively it
+# opens them there; under emulation tools/run-in-vm.sh copies them into the
+# machine at that path when it boots (make run, trace, bench and gdb alike).
 emulated=$([[ $(mk host) == *"in the emulated arm64 machine"* ]] && echo yes)
-given() {  # given FILE [run|gdb]: FILE (NAME.bin, NAME.lines) as kvm-hello is given it
-  if [ -n "$emulated" ]; then cpio -i --quiet --to-stdout "$1" <"build/${2:-run}.cpio"; else cat "build/your-guest/$1"; fi
+given() {  # given FILE: FILE (NAME.bin, NAME.lines) as kvm-hello is given it
+  cat "build/your-guest/$1"
 }
 first_word() { given "$@" | od -An -tx4 | awk '{print $1; exit}'; }
 guest() {  # guest FILE IMMEDIATE: a guest of one instruction, movz w0, #IMMEDIATE
@@ -107,11 +109,12 @@ guest "$work/a/own.S" 0x1111
 guest "$work/b/own.S" 0x2222 && old "$work/b/own.S"
 mk all GUEST="$work/a/own.S" >/dev/null
 b_relative=$(realpath --relative-to=. "$work/b/own.S")  # ../../tmp/..., from here
+rm -f build/run.cpio  # made again below: how many lines does that take?
 out=$(mk all GUEST="$b_relative")
 check_equal "GUEST=b/own.S after a/own.S, older, by a relative path with '..': b's image" \
   "$(first_word own.bin)" 52844440  # movz w0, #0x2222
 check "... and b's line table" "$(given own.lines)" "movz    w0, #0x2222"
-[ -z "$emulated" ] || check_equal "... and b's image under make gdb" "$(first_word own.bin gdb)" 52844440
+check "... and make gdb gives kvm-hello the same file" "$(mk -n gdb GUEST="$b_relative")" "--guest build/your-guest/own.bin"
 [ -z "$emulated" ] || check_equal "an initramfs is made in one line" "$(grep -c '^initramfs build/run.cpio$' <<<"$out")" 1
 check_lacks "... and not its shell commands" "$out" "for pair in"
 check_equal "the same GUEST again: nothing rebuilt, nothing said" "$(mk all GUEST="$b_relative")" ""
@@ -162,5 +165,37 @@ if [ -n "$emulated" ]; then
   check "a machine that stops early: its status is not kvm-hello's, and make run says so" "$out" \
     "is not one of kvm-hello's (kvm-hello --help lists them): the lines above say what stopped it"
 fi
+
+# A guest file of the build machine's, named in ARGS: kvm-hello runs it, also
+# in the emulated machine (run-in-vm.sh puts it there, at the path given).
+mk build/test/guests/psci_version.bin build/test/guests/psci_version.lines >/dev/null
+cp build/test/guests/psci_version.bin build/test/guests/psci_version.lines "$work/"
+check "ARGS='--guest FILE', a relative path: that guest runs" \
+  "$(mk -s run ARGS="--guest build/test/guests/psci_version.bin -q")" "guest output: 1."
+check "ARGS='--guest=FILE --guest-lines FILE', absolute paths in /tmp: the guest runs, its lines are read" \
+  "$(mk -s run ARGS="--guest=$work/psci_version.bin --guest-lines $work/psci_version.lines -q --step-guest")" \
+  "psci_version.S:"
+out=$(mk -s run ARGS="--guest build/no-such-guest.bin")
+check "ARGS='--guest FILE', no such file: kvm-hello's own message" "$out" \
+  "kvm-hello: --guest build/no-such-guest.bin: cannot open it: ENOENT"
+check "... and its status 19" "$out" "Error 19"
+
+# stdout and stderr stay apart, into files as into a terminal (under emulation
+# both leave the machine on its one console, and /init marks stderr's lines);
+# into one file, the error comes after what was printed before it.
+as_user make --no-print-directory -s run GUEST=test/guests/stp_mmio.S >"$work/stdout" 2>"$work/stderr"
+stdout=$(cat "$work/stdout") stderr=$(cat "$work/stderr")
+error="kvm-hello: step 9 (run_guest): KVM_RUN failed with ENOSYS"
+check "stdout holds the steps" "$stdout" "[9/9] run_guest"
+check_lacks "... and not the error line" "$stdout" "$error"
+check_lacks "... nor the register dump" "$stdout" "registers (read with KVM_GET_ONE_REG"
+check "stderr holds the error line" "$stderr" "$error"
+check "... and the register dump" "$stderr" "registers (read with KVM_GET_ONE_REG"
+check_lacks "... and not the steps" "$stderr" "[9/9] run_guest"
+as_user make --no-print-directory -s run GUEST=test/guests/stp_mmio.S >"$work/both" 2>&1
+both=$(tr -s ' \n' ' ' <"$work/both")
+check "stdout and stderr into one file: the steps, then the dump, then the error, then make's word" "$both" \
+  "[9/9] run_guest run the guest until it powers off: KVM_RUN registers (read with KVM_GET_ONE_REG"
+check "... the error last before make's" "$both" "use plain ldr/str make: *** [Makefile"
 
 echo "$passed passed, $failed failed"

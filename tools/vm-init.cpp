@@ -7,21 +7,27 @@
 // mounts /dev (which holds the real arm64 /dev/kvm) and /proc, prints one line
 // naming the host the program runs on (read here, inside the machine), runs
 // the program, prints "kvm-hello-vm: exit status N" for tools/run-in-vm.sh, and
-// powers the machine off. QEMU's own exit status cannot carry N.
+// powers the machine off. QEMU's own exit status cannot carry N. The program's
+// stdout is the machine's console; its stderr comes to the console through
+// us, marked, so that run-in-vm.sh can keep the two apart.
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/klog.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -102,6 +108,116 @@ void print_host_line() {
   std::fflush(stdout);
 }
 
+// ---- The program's stderr: a stream of its own through the one console ------
+//
+// The machine has one console, and the program's stdout is that console. Its
+// stderr is a pipe to us instead: each line we read from it goes to the
+// console behind the marker "kvm-hello-vm: stderr: ", and run-in-vm.sh makes
+// it a line of its own stderr again. One console keeps the order: the program
+// flushes stdout before it writes to stderr, so its stdout is on the console
+// before we put the stderr line after it. When run-in-vm.sh's stderr is a
+// terminal (KVM_HELLO_STDERR_TERMINAL), the pipe is a pseudo-terminal, so that
+// isatty(2) answers inside as it would outside (kvm-hello colours its error
+// line only on a terminal).
+
+constexpr char stderr_marker[] = "kvm-hello-vm: stderr: ";
+
+// Puts `text` (one line, without its \n) on the console as a line of stderr,
+// in one write: a write to a terminal is not mixed with another's.
+void write_stderr_line(const std::string& text) {
+  const std::string line = stderr_marker + text + "\n";
+  for (std::size_t done = 0; done < line.size();) {
+    const ssize_t written = write(STDOUT_FILENO, line.data() + done, line.size() - done);
+    if (written < 0 && errno == EINTR) continue;
+    if (written < 0) return;
+    done += static_cast<std::size_t>(written);
+  }
+}
+
+// The program's fd 2 (write_end) and ours to read it from (read_end), both
+// closed on exec.
+struct StderrChannel {
+  int read_end = -1;
+  int write_end = -1;
+};
+
+// A pseudo-terminal whose slave side writes \n as \n (no \r added), or
+// nothing when it cannot be made.
+std::optional<StderrChannel> open_pseudo_terminal() {
+  const int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (master < 0) return std::nullopt;
+  char name[64];
+  const int slave = grantpt(master) == 0 && unlockpt(master) == 0 && ptsname_r(master, name, sizeof name) == 0
+                        ? open(name, O_RDWR | O_NOCTTY | O_CLOEXEC)
+                        : -1;
+  termios mode{};
+  if (slave < 0 || tcgetattr(slave, &mode) != 0) {
+    close(master);
+    if (slave >= 0) close(slave);
+    return std::nullopt;
+  }
+  mode.c_oflag &= ~OPOST;
+  tcsetattr(slave, TCSANOW, &mode);
+  return StderrChannel{master, slave};
+}
+
+// A pseudo-terminal when one was asked for (and can be made), else a pipe.
+std::optional<StderrChannel> open_stderr_channel() {
+  if (std::getenv("KVM_HELLO_STDERR_TERMINAL") != nullptr) {
+    if (const auto terminal = open_pseudo_terminal()) return terminal;
+  }
+  int ends[2];
+  if (pipe2(ends, O_CLOEXEC) != 0) return std::nullopt;
+  return StderrChannel{ends[0], ends[1]};
+}
+
+// Passes each line the program writes to stderr on to the console, until no
+// one has the channel open any more (the program, and anything it started,
+// has ended: a pipe then reads 0, a pseudo-terminal EIO); a last line without
+// its \n goes too.
+void forward_stderr(int from) {
+  std::string pending;
+  char buffer[4096];
+  for (;;) {
+    const ssize_t got = read(from, buffer, sizeof buffer);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    pending.append(buffer, static_cast<std::size_t>(got));
+    for (std::size_t end; (end = pending.find('\n')) != std::string::npos; pending.erase(0, end + 1)) {
+      write_stderr_line(pending.substr(0, end));
+    }
+  }
+  if (!pending.empty()) write_stderr_line(pending);
+}
+
+// ---- Ctrl-C: the console is the program's controlling terminal -------------
+//
+// run-in-vm.sh passes Ctrl-C into the machine as the byte 0x03 on the console.
+// We make the console our controlling terminal (a new session, TIOCSCTTY), so
+// its line discipline turns that byte into SIGINT for the console's foreground
+// process group: ours, which the program, forked from us, is in too. The
+// program gets it as it would from a terminal natively (kvm-hello stops the
+// guest and ends with status 130). We take it too: before the program starts,
+// it means "do not start it"; after, it is the program's business.
+
+volatile std::sig_atomic_t interrupted = 0;
+
+void on_interrupt(int) { interrupted = 1; }
+
+// SIGINT noted (the kernel delivers to process 1 only the signals it has a
+// handler for), then our session, with the console its controlling terminal.
+void take_console(int console) {
+  struct sigaction action {};
+  action.sa_handler = on_interrupt;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &action, nullptr);
+  setsid();
+  ioctl(console, TIOCSCTTY, 0);
+}
+
+// ---- Running the program -----------------------------------------------------
+
 // The program's exit status as a shell reports it: 128 + N when killed by signal N.
 int status_of(int wait_status) {
   if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
@@ -109,22 +225,35 @@ int status_of(int wait_status) {
   return 125;
 }
 
+// In the child, before exec: fd 0 is the console, or /dev/null when no
+// keyboard is behind it (KVM_HELLO_NO_INPUT: see run-in-vm.sh), so the
+// program's input is empty, not a terminal; fd 2 is the stderr channel.
+void set_up_child_fds(const StderrChannel& channel) {
+  if (std::getenv("KVM_HELLO_NO_INPUT") != nullptr) {
+    const int none = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (none >= 0) dup2(none, STDIN_FILENO);
+  }
+  dup2(channel.write_end, STDERR_FILENO);  // dup2 clears close-on-exec: the program starts with fds 0, 1 and 2 only
+}
+
+// Runs the program with its stderr passed on, and returns its exit status.
 int run(char** command) {
+  const auto channel = open_stderr_channel();
+  if (!channel) {
+    write_stderr_line(std::string("kvm-hello-vm: no pipe for the program's stderr: ") + std::strerror(errno));
+    return 125;
+  }
   const pid_t child = fork();
   if (child < 0) return 125;
   if (child == 0) {
-    // No keyboard behind the console (see run-in-vm.sh): the program's input is empty, not a terminal.
-    if (std::getenv("KVM_HELLO_NO_INPUT") != nullptr) {
-      const int none = open("/dev/null", O_RDONLY);
-      if (none > STDIN_FILENO) {
-        dup2(none, STDIN_FILENO);
-        close(none);  // the program starts with fds 0, 1 and 2 only
-      }
-    }
+    set_up_child_fds(*channel);
     execv(command[0], command);
     std::fprintf(stderr, "kvm-hello-vm: cannot run %s: %s\n", command[0], std::strerror(errno));
     _exit(127);
   }
+  close(channel->write_end);
+  forward_stderr(channel->read_end);
+  close(channel->read_end);
   int wait_status = 0;
   while (waitpid(child, &wait_status, 0) < 0) {
     if (errno != EINTR) return 125;
@@ -137,13 +266,17 @@ int run(char** command) {
 int main(int argc, char** argv) {
   mkdir("/dev", 0755);
   mkdir("/proc", 0755);
-  mkdir("/tmp", 01777);
   mount("devtmpfs", "/dev", "devtmpfs", 0, nullptr);
   mount("proc", "/proc", "proc", 0, nullptr);
-  mount("tmpfs", "/tmp", "tmpfs", 0, nullptr);
+  // A /tmp of its own, unless the initramfs brought one (a file from the host's
+  // /tmp that run-in-vm.sh put in): the initramfs is in memory and writable too.
+  if (mkdir("/tmp", 01777) == 0) mount("tmpfs", "/tmp", "tmpfs", 0, nullptr);
+  mkdir("/dev/pts", 0755);  // for the stderr channel's pseudo-terminal
+  mount("devpts", "/dev/pts", "devpts", 0, "ptmxmode=0666");
   // Our initramfs has no /dev/console entry: open it now that devtmpfs is there.
   const int console = open("/dev/console", O_RDWR);
   if (console >= 0) {
+    take_console(console);
     for (int fd = 0; fd <= 2; ++fd) dup2(console, fd);
     if (console > 2) close(console);
   }
@@ -152,7 +285,10 @@ int main(int argc, char** argv) {
   print_host_line();
   int status = 125;
   if (argc < 2) {
-    std::fprintf(stderr, "kvm-hello-vm: no program given after -- on the kernel command line\n");
+    write_stderr_line("kvm-hello-vm: no program given after -- on the kernel command line");
+  } else if (interrupted) {
+    write_stderr_line(std::string("kvm-hello-vm: Ctrl-C before ") + argv[1] + " started: it was not run");
+    status = 130;
   } else {
     status = run(argv + 1);
   }
