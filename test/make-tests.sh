@@ -196,6 +196,7 @@ as_user make --no-print-directory -s run GUEST=test/guests/stp_mmio.S >"$work/bo
 both=$(tr -s ' \n' ' ' <"$work/both")
 check "stdout and stderr into one file: the steps, then the dump, then the error, then make's word" "$both" \
   "[9/9] run_guest run the guest until it powers off: KVM_RUN registers (read with KVM_GET_ONE_REG"
-check "... the error last before make's" "$both" "use plain ldr/str make: *** [Makefile"
+check "... the error last, then make run's words for its status" "$both" \
+  "use plain ldr/str make run: kvm-hello exited with status 20: KVM_RUN failed make: *** [Makefile"
 
 echo "$passed passed, $failed failed"
