@@ -421,6 +421,6 @@ $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.b
 	$(call make-initramfs,$(DEBUG_PROGRAM),$(foreach f,$(GUEST_BIN) $(GUEST_BIN:.bin=.lines),$(f):$(notdir $(f))))
 
 $(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS) $(EXERCISES) \
-  $(if $(CROSS),$(SANITIZER_RUNTIME)/.done)
+  $(TEST_GUESTS:.bin=.lines) $(if $(CROSS),$(SANITIZER_RUNTIME)/.done)
 	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM),test/golden:golden $(BUILD)/test/guests:guests \
 	  test/guests:guest-sources $(BUILD)/test/exercises:exercises test/exercises:exercise-sources,$(ARM64_LIBS))
