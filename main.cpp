@@ -90,7 +90,7 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
   out.announce(kh::Step::setup_guest_memory);
   auto memory = kh::setup_guest_memory(vm->get(), guest.image, trace);
   if (!memory) return failed(memory.error());
-  const GuestView view{memory->host.bytes(), guest.source};
+  const GuestView view{memory->host.bytes(), guest.source, guest.image};
   out.say(Verbosity::normal, "%zu bytes of guest code copied to the start of %s bytes mapped at %p", guest.image.size(),
           hex(memory->region.memory_size).c_str(), memory->host.get());
   out.say(Verbosity::normal, "slot %u: guest-physical %s..%s", memory->region.slot,
@@ -156,16 +156,13 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
   pause_after(kh::Step::run_guest, options.pause);
 
   // The outcome: what the guest said, its registers, where the time went.
-  std::printf("guest output: %s%s\n", out.paint(colour::guest, escaped(hello.output())).c_str(),
-              hello.output_dropped() == 0
-                  ? ""
-                  : (" (and " + std::to_string(hello.output_dropped()) + " more bytes, not kept)").c_str());
+  std::printf("guest output: %s\n", describe_guest_output(hello, out).c_str());
   if (out.shows(Verbosity::normal)) {
     if (hello.answer_came_back()) {
       std::printf("the guest read %s from the host and wrote it back\n", hex(kh::host_answer).c_str());
     }
     if (const auto regs = dump_registers(*vcpu, stdout)) {
-      for (const std::string& line : explain_power_off_registers(*regs)) std::printf("      %s\n", line.c_str());
+      for (const std::string& line : explain_power_off(*regs, view)) std::printf("      %s\n", line.c_str());
     }
     std::printf("summary: %s\n", describe_stats(*stats).c_str());
   }
@@ -178,7 +175,7 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
       out.say(Verbosity::verbose, "no vCPU statistics: %s", failure_for(counted.error(), device).message.c_str());
     }
   }
-  std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %u exits\n", stats->exits);
+  std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %s\n", counted(stats->exits, "exit").c_str());
   return static_cast<int>(Status::ok);
 }
 

@@ -58,16 +58,53 @@ constexpr std::string_view capability_name(std::uint64_t id) {
 
 // ---- Exits -------------------------------------------------------------------
 
+// "1 exit", "9 exits".
+inline std::string counted(std::uint64_t n, std::string_view thing) {
+  return std::to_string(n) + " " + std::string(thing) + (n == 1 ? "" : "s");
+}
+
+// The name of the device register at an address (the memory map of
+// kvm_hello.hpp); "" where there is none.
+constexpr std::string_view device_register_name(std::uint64_t address) {
+  switch (address) {
+    case kh::mmio_out: return "OUT";
+    case kh::mmio_answer: return "ANSWER";
+    case kh::mmio_echo: return "ECHO";
+    default: return "";
+  }
+}
+
+// What the data of a read is: ANSWER's is the host's answer; OUT and ECHO are
+// only written, and an address with no register has nothing to read either:
+// HelloDevice answers those with unmapped_read_value.
+inline std::string describe_read_answer(std::uint64_t address) {
+  if (address == kh::mmio_answer) return "(the host's answer)";
+  const std::string name(device_register_name(address));
+  const std::string answered = "the host answers " + hex(kh::HelloDevice::unmapped_read_value);
+  if (!name.empty()) return "(" + name + " is write-only: there is nothing to read, " + answered + ")";
+  return "(no register here: nothing to read, " + answered + ")";
+}
+
 // One MMIO exit, as the original C program reported it: address, direction,
-// length, data, and each byte as hex and character.
+// length, data, and each byte as hex and character; a read also says what
+// its data is.
 inline std::string describe_mmio(const kh::MmioAccess& access) {
   std::uint64_t value = 0;
   std::memcpy(&value, access.data.data(), access.length);
   std::string line = "KVM_EXIT_MMIO address=" + hex(access.address) + " is_write=" + (access.is_write ? "1" : "0") +
                      " len=" + std::to_string(access.length) + " data=" + hex(value) + " bytes:";
   for (std::uint32_t i = 0; i < access.length; ++i) line += " " + describe_byte(access.data[i]);
-  if (!access.is_write) line += "  (the host's answer)";
+  if (!access.is_write) line += "  " + describe_read_answer(access.address);
   return line;
+}
+
+// A write to OUT of more than one byte: HelloDevice prints its first byte (the
+// lowest: arm64 is little-endian) and drops the rest. "" for any other access.
+inline std::string describe_wide_out_write(const kh::MmioAccess& access) {
+  if (!access.is_write || access.address != kh::mmio_out || access.length <= 1) return "";
+  return "OUT prints one byte per write: of this " + std::to_string(access.length) + "-byte write it printed the " +
+         "first, " + describe_byte(access.data[0]) + ", and dropped the other " + std::to_string(access.length - 1) +
+         " (write one byte at a time, with strb)";
 }
 
 // ---- Syndromes: ESR_ELx ------------------------------------------------------
@@ -199,9 +236,9 @@ inline std::string describe_stats(const kh::RunStats& stats) {
     if (name.empty()) name = "reason " + std::to_string(reason);
     by_reason += (by_reason.empty() ? "" : ", ") + name + " " + std::to_string(stats.exits_by_reason[reason]);
   }
-  return std::to_string(stats.kvm_run_calls) + " KVM_RUN calls, " + std::to_string(stats.exits) + " exits (" +
-         by_reason + "); " + format_duration(stats.in_kvm_run) + " inside KVM_RUN, " +
-         format_duration(stats.total - stats.in_kvm_run) + " in the host";
+  return counted(stats.kvm_run_calls, "KVM_RUN call") + ", " + counted(stats.exits, "exit") + " (" + by_reason + "); " +
+         format_duration(stats.in_kvm_run) + " inside KVM_RUN, " + format_duration(stats.total - stats.in_kvm_run) +
+         " in the host";
 }
 
 // -v, after a run: what KVM counted for the vCPU (kvm_hello::read_vcpu_statistics),
@@ -275,12 +312,89 @@ inline std::string_view describe_mmio_instruction(MmioInstruction kind) {
 
 // A few A64 encodings a stuck guest is often found at (the Arm ARM's
 // "Exception generation", "Hints" and "Unconditional branch (immediate)"):
-// SMC #imm16 is 0xd4000003 | imm16 << 5; WFI and WFE are hints; B with an
-// offset of 0 branches to itself.
+// HVC #imm16 is 0xd4000002 | imm16 << 5, SMC #imm16 0xd4000003 | imm16 << 5;
+// WFI and WFE are hints; B with an offset of 0 branches to itself.
+constexpr bool is_hvc(std::uint32_t encoding) { return (encoding & 0xffe0001f) == 0xd4000002; }
 constexpr bool is_smc(std::uint32_t encoding) { return (encoding & 0xffe0001f) == 0xd4000003; }
+constexpr unsigned call_immediate(std::uint32_t encoding) { return (encoding >> 5) & 0xffff; }  // of HVC or SMC
 constexpr bool is_wfi(std::uint32_t encoding) { return encoding == 0xd503207f; }
 constexpr bool is_wfe(std::uint32_t encoding) { return encoding == 0xd503205f; }
 constexpr bool is_branch_to_self(std::uint32_t encoding) { return encoding == 0x14000000; }
+
+// ---- Instructions that take an exception at EL1 ------------------------------
+//
+// Once the guest's exception vectors fault over and over, the syndrome of its
+// first exception is gone, and only the instruction itself can say why.
+//
+// UDF #imm16 is 0x0000'0000 | imm16: permanently undefined (so are zeros).
+// MRS and MSR (register) name a system register by op0, op1, CRn, CRm, op2:
+//
+//   31        22 21 20 19 18  16 15  12 11   8 7   5 4    0
+//   1101010100 | L | 1 | o0 | op1 | CRn | CRm | op2 | Rt      L: 1 MRS (read), 0 MSR (write)
+//
+// op1 says which level owns the register: 4 EL2, 6 EL3. EL1 may use neither:
+// for it they are undefined (exception class 0), unless EL2 gives the guest
+// an EL2 of its own (nested virtualisation), which kvm-hello does not ask for.
+constexpr bool is_udf(std::uint32_t encoding) { return (encoding & 0xffff0000) == 0; }
+constexpr bool is_system_register_access(std::uint32_t encoding) { return (encoding & 0xffd00000) == 0xd5100000; }
+constexpr unsigned system_register_op1(std::uint32_t encoding) { return (encoding >> 16) & 0x7; }
+
+// Why an instruction takes an exception at EL1, from its encoding alone; ""
+// when the encoding does not say (a load or store may fault, for one).
+inline std::string why_instruction_faults(std::uint32_t encoding) {
+  static constexpr const char* undefined = "an undefined-instruction exception (EC 0x0)";
+  if (is_udf(encoding)) {
+    return "UDF #" + std::to_string(encoding & 0xffff) + " is permanently undefined: " + undefined;
+  }
+  const unsigned op1 = is_system_register_access(encoding) ? system_register_op1(encoding) : 0;
+  if (op1 == 4 || op1 == 6) {
+    const bool reads = (encoding & (1u << 21)) != 0;
+    return std::string(reads ? "MRS reads" : "MSR writes") + " a system register of EL" + (op1 == 4 ? "2" : "3") +
+           " (op1 = " + std::to_string(op1) + "), which the guest at EL1 may not use: " + undefined;
+  }
+  return "";
+}
+
+// ---- Function ids: what an hvc or smc asks for, in x0 -----------------------
+//
+// SMCCC (Arm's SMC Calling Convention, DEN0028) packs the function id:
+//
+//   31    30      29  24 23   16 15            0
+//   fast | SMC64 | owner | 0    | function number
+//
+// PSCI is owner 4 (standard service), function numbers 0x00-0x1f; a 64-bit
+// form (bit 30) exists only for functions that take an address or an
+// affinity. KVM's handler lets through only ids it offers (PSCI, the SMCCC
+// version and features, and a few of its own), and answers others with -1.
+constexpr bool is_in_psci_range(std::uint64_t id) {
+  const auto low = static_cast<std::uint32_t>(id);
+  return (low & 0xbfff0000) == 0x84000000 && (low & 0xffff) <= 0x1f;
+}
+
+// "PSCI SYSTEM_OFF" for a function id KVM answers; "" for others.
+inline std::string_view function_name(std::uint64_t id) {
+  switch (static_cast<std::uint32_t>(id)) {
+    case PSCI_0_2_FN_PSCI_VERSION: return "PSCI PSCI_VERSION";
+    case PSCI_0_2_FN_CPU_SUSPEND: return "PSCI CPU_SUSPEND";
+    case PSCI_0_2_FN64_CPU_SUSPEND: return "PSCI CPU_SUSPEND, 64-bit";
+    case PSCI_0_2_FN_CPU_OFF: return "PSCI CPU_OFF";
+    case PSCI_0_2_FN_CPU_ON: return "PSCI CPU_ON";
+    case PSCI_0_2_FN64_CPU_ON: return "PSCI CPU_ON, 64-bit";
+    case PSCI_0_2_FN_AFFINITY_INFO: return "PSCI AFFINITY_INFO";
+    case PSCI_0_2_FN64_AFFINITY_INFO: return "PSCI AFFINITY_INFO, 64-bit";
+    case PSCI_0_2_FN_MIGRATE_INFO_TYPE: return "PSCI MIGRATE_INFO_TYPE";
+    case PSCI_0_2_FN_SYSTEM_OFF: return "PSCI SYSTEM_OFF";
+    case PSCI_0_2_FN_SYSTEM_RESET: return "PSCI SYSTEM_RESET";
+    case PSCI_1_0_FN_PSCI_FEATURES: return "PSCI PSCI_FEATURES";
+    default: return "";
+  }
+}
+
+// The function id, and its name when it has one: "0x84000008 (PSCI SYSTEM_OFF)".
+inline std::string describe_function_id(std::uint64_t id) {
+  const std::string_view name = function_name(id);
+  return hex(id) + (name.empty() ? "" : " (" + std::string(name) + ")");
+}
 
 // ---- Step 7: the target and PSCI, which depend on the kernel's version -----
 

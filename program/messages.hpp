@@ -159,8 +159,14 @@ inline std::string explain_unexpected_exit(std::uint32_t reason) {
          "kernel's Documentation/virt/kvm/api.rst";
 }
 
+// What the registers said of a guest the watchdog stopped: still running
+// (more time might see it power off), or caught in a loop of faults that
+// more time does not end.
+enum class StuckGuest { running, faulting_forever };
+
 // What is wrong, in words, for one status.
-inline std::string explain(const kh::Error& error, Status status, std::string_view device) {
+inline std::string explain(const kh::Error& error, Status status, std::string_view device,
+                           StuckGuest stuck = StuckGuest::running) {
   using kh::Problem;
   switch (error.problem) {
     case Problem::call_failed:
@@ -187,8 +193,11 @@ inline std::string explain(const kh::Error& error, Status status, std::string_vi
     case Problem::unexpected_exit: return explain_unexpected_exit(static_cast<std::uint32_t>(error.value));
     case Problem::watchdog_expired:
       return "the guest did not power off within " + std::to_string(error.value) +
-             " ms, so the watchdog stopped it (KVM_RUN returned EINTR): the lines above say where it was; "
-             "a guest that runs longer needs --timeout";
+             " ms, so the watchdog stopped it (KVM_RUN returned EINTR): the lines above say where it was; " +
+             (stuck == StuckGuest::faulting_forever
+                  ? "it faults again and again, so more time (--timeout) would not help: fix the instruction named "
+                    "above"
+                  : "a guest that runs longer needs --timeout");
     case Problem::interrupted:
       return "Ctrl-C stopped the guest (KVM_RUN returned EINTR): the registers above say where it was";
   }
@@ -201,9 +210,9 @@ struct Failure {
   std::string message;  // "step 1 (open_kvm): open failed with ENOENT ...", without the program's name
 };
 
-inline Failure failure_for(const kh::Error& error, std::string_view device) {
+inline Failure failure_for(const kh::Error& error, std::string_view device, StuckGuest stuck = StuckGuest::running) {
   const Status status = status_for(error);
   const kh::StepInfo& step = kh::step_info(error.step);
   return {status, "step " + std::to_string(static_cast<int>(error.step)) + " (" + std::string(step.name) +
-                      "): " + explain(error, status, device)};
+                      "): " + explain(error, status, device, stuck)};
 }

@@ -13,6 +13,7 @@
 #include "program/inspect.hpp"
 #include "program/messages.hpp"
 #include "program/output.hpp"
+#include "program/replay.hpp"
 
 namespace kh = kvm_hello;
 
@@ -40,34 +41,62 @@ class ExitReporter {
                "return %s, writes are dropped; said once",
                hex(access->address).c_str(), hex(kh::HelloDevice::unmapped_read_value).c_str());
     }
+    if (const std::string wide = access != nullptr ? describe_wide_out_write(*access) : ""; !wide.empty()) {
+      if (!said_wide_out_) out_.say(Verbosity::normal, "note: %s; said once", wide.c_str());
+      said_wide_out_ = true;
+    }
   }
 
  private:
   const Output& out_;
   unsigned count_ = 0;
   bool said_unmapped_ = false;
+  bool said_wide_out_ = false;
 };
+
+// What the guest printed, escaped (and coloured on a terminal), and how much
+// of it was not kept; or that it printed nothing.
+inline std::string describe_guest_output(const kh::HelloDevice& device, const Output& out) {
+  if (device.output().empty()) return "(nothing: the guest wrote no byte to OUT)";
+  std::string text = out.paint(colour::guest, escaped(device.output()));
+  if (device.output_dropped() != 0) {
+    text += " (and " + std::to_string(device.output_dropped()) + " more bytes, not kept)";
+  }
+  return text;
+}
 
 // The guest's registers, read with KVM_GET_ONE_REG (not traced: dozens of
 // calls that would drown the trace), printed to `to`.
+inline void print_registers(const kh::Registers& regs, FILE* to) {
+  std::fprintf(to, "registers (read with KVM_GET_ONE_REG, not traced):\n%s", format_registers(regs).c_str());
+}
 inline std::optional<kh::Registers> dump_registers(const kh::Vcpu& vcpu, FILE* to) {
   const auto regs = kh::read_registers(vcpu.fd.get());
   if (!regs) return std::nullopt;
-  std::fprintf(to, "registers (read with KVM_GET_ONE_REG, not traced):\n%s", format_registers(*regs).c_str());
+  print_registers(*regs, to);
   return *regs;
 }
 
 // Reports an error on stderr, after the register dump and what it says when
-// a vCPU exists; returns its exit status.
+// a vCPU exists (and what a re-run of the guest found, when its registers
+// have lost something: program/replay.hpp); returns its exit status.
 inline int fail(const kh::Error& error, const Output& out, std::string_view device, const kh::Vcpu* vcpu = nullptr,
                 const GuestView& guest = {}) {
   std::fflush(stdout);
-  if (vcpu != nullptr && out.shows(Verbosity::normal)) {
-    if (const auto regs = dump_registers(*vcpu, stderr)) {
-      for (const std::string& line : diagnose(error, *regs, guest)) std::fprintf(stderr, "      %s\n", line.c_str());
+  std::optional<kh::Registers> regs;
+  if (vcpu != nullptr) {
+    if (const auto read = kh::read_registers(vcpu->fd.get())) regs = *read;
+  }
+  if (regs && out.shows(Verbosity::normal)) {
+    print_registers(*regs, stderr);
+    std::optional<Replay> replay;
+    if (const auto goal = replay_goal_for(error, *regs, guest)) replay = replay_guest(guest.image, device, *goal);
+    for (const std::string& line : diagnose(error, *regs, guest, running_kernel(), replay ? &*replay : nullptr)) {
+      std::fprintf(stderr, "      %s\n", line.c_str());
     }
   }
-  const Failure failure = failure_for(error, device);
+  const bool forever = regs && faults_forever(*regs, guest);
+  const Failure failure = failure_for(error, device, forever ? StuckGuest::faulting_forever : StuckGuest::running);
   const std::string message = "kvm-hello: " + failure.message;
   const bool colour = out.colour && wants_colour(STDERR_FILENO);
   std::fprintf(stderr, "%s\n", colour ? out.paint(colour::error, message).c_str() : message.c_str());

@@ -22,6 +22,7 @@
 #include "program/messages.hpp"
 #include "program/narration.hpp"
 #include "program/output.hpp"
+#include "program/report.hpp"
 #include "program/stepper.hpp"
 #include "program/trace.hpp"
 #include "test/fuzz_exits.hpp"
@@ -313,12 +314,276 @@ TEST_CASE("what changed between kernels is said where it shows") {
     const auto old_kernel = diagnose(stuck, regs, GuestView{ram, nullptr}, {6, 1});
     REQUIRE(old_kernel.size() == 2);
     CHECK(
-        old_kernel[1].starts_with("the guest called smc at 0x10004 and got x0 = -1 (PSCI NOT_SUPPORTED): Linux "
+        old_kernel[1].starts_with("the guest called smc #0 at 0x10004 and got x0 = -1 (NOT_SUPPORTED): Linux "
                                   "before 6.4 does not take smc as a PSCI call"));
     const auto new_kernel = diagnose(stuck, regs, GuestView{ram, nullptr}, {6, 12});
     REQUIRE(new_kernel.size() == 2);
     CHECK(new_kernel[1].find("KVM does not know the function id") != std::string::npos);
+    // With the function id a re-run found, the same call is named.
+    Replay found;
+    found.end = Replay::End::refused_call;
+    found.refused = RefusedCall{kh::ram_base + 4, smc, PSCI_0_2_FN_SYSTEM_OFF};
+    const auto named = diagnose(stuck, regs, GuestView{ram, nullptr}, {6, 1}, &found);
+    REQUIRE(named.size() == 2);
+    CHECK(
+        named[1].starts_with("the guest called smc #0 at 0x10004 with function id 0x84000008 (PSCI SYSTEM_OFF) "
+                             "and got x0 = -1 (NOT_SUPPORTED): Linux before 6.4"));
   }
+  SUBCASE("a call refused: an smc's immediate from 6.4, an id outside PSCI's range, one PSCI does not have") {
+    const std::uint32_t smc_1 = 0xd4000023, hvc_0 = 0xd4000002;
+    CHECK(is_smc(smc_1));
+    CHECK(call_immediate(smc_1) == 1);
+    CHECK(is_hvc(hvc_0));
+    CHECK_FALSE(is_hvc(smc_1));
+    CHECK(explain_refused_call({0x10004, smc_1, PSCI_0_2_FN_SYSTEM_OFF}, {6, 12})
+              .ends_with("handle_smc (arch/arm64/kvm/handle_exit.c) answers an smc whose immediate is not 0 with -1 "
+                         "without reading x0, as SMCCC reserves those immediates; write smc #0"));
+    CHECK(explain_refused_call({0x10004, smc_1, PSCI_0_2_FN_SYSTEM_OFF}, {6, 1})
+              .find("Linux before 6.4 does not take smc as a PSCI call") != std::string::npos);
+    const std::string outside = explain_refused_call({0x10008, hvc_0, 0x84000080}, {7, 2});
+    CHECK(outside.starts_with("the guest called hvc #0 at 0x10008 with function id 0x84000080 and got x0 = -1"));
+    CHECK(
+        outside.ends_with("kvm_smccc_call_handler (arch/arm64/kvm/hypercalls.c) refuses it, as "
+                          "kvm_smccc_get_action allows it no handler"));
+    CHECK(explain_refused_call({0x10008, hvc_0, 0x84000080}, {6, 1})
+              .ends_with(
+                  "kvm_hvc_call_handler (arch/arm64/kvm/hypercalls.c) refuses it, as kvm_hvc_call_allowed says no"));
+    CHECK(explain_refused_call({0x10004, hvc_0, 0xc4000008}, {6, 12})
+              .ends_with("kvm_psci_0_2_call (arch/arm64/kvm/psci.c) answers PSCI_RET_NOT_SUPPORTED; PSCI SYSTEM_OFF "
+                         "is 0x84000008, and has no 64-bit form"));
+    CHECK(is_in_psci_range(0x84000008));
+    CHECK(is_in_psci_range(0xc400001f));
+    CHECK_FALSE(is_in_psci_range(0x84000020));
+    CHECK_FALSE(is_in_psci_range(0x86000000));  // owner 6: not the standard service
+    CHECK(describe_function_id(0x84000009) == "0x84000009 (PSCI SYSTEM_RESET)");
+    CHECK(describe_function_id(0x84000080) == "0x84000080");
+  }
+}
+
+// ==== A stuck guest run again: what the re-run found, in words ================
+
+namespace {
+// Guest RAM holding `words` from ram_base; the image is as long.
+struct Ram {
+  std::array<std::uint8_t, 64> bytes{};
+  std::size_t used = 0;
+  explicit Ram(std::initializer_list<std::uint32_t> words) {
+    for (const std::uint32_t word : words) {
+      std::memcpy(bytes.data() + used, &word, 4);
+      used += 4;
+    }
+  }
+  GuestView view(const GuestSource* source = nullptr) const { return {bytes, source, std::span(bytes).first(used)}; }
+};
+
+// The registers a guest stuck in vectors at 0 that fault forever ends with.
+kh::Registers stuck_in_vectors() {
+  kh::Registers regs;
+  regs.pc = 0x200;
+  regs.elr_el1 = 0x200;
+  regs.far_el1 = 0x200;
+  regs.esr_el1 = 0x86000010;
+  return regs;
+}
+
+const kh::Error watchdog{kh::Step::run_guest, kh::Problem::watchdog_expired, "KVM_RUN", EINTR, 1000};
+
+Replay found_exception(unsigned instructions, std::uint64_t pc, std::optional<std::uint64_t> previous = {}) {
+  Replay replay;
+  replay.end = Replay::End::exception;
+  replay.instructions = instructions;
+  replay.pc = pc;
+  replay.previous_pc = previous;
+  replay.last = stuck_in_vectors();
+  return replay;
+}
+}  // namespace
+
+TEST_CASE("an instruction that takes an exception at EL1 is named from its encoding") {
+  CHECK(is_udf(0x00000000));
+  CHECK(why_instruction_faults(0x00000000) ==
+        "UDF #0 is permanently undefined: an undefined-instruction exception (EC 0x0)");
+  CHECK(why_instruction_faults(0xd53c1100) ==  // mrs x0, hcr_el2
+        "MRS reads a system register of EL2 (op1 = 4), which the guest at EL1 may not use: an undefined-instruction "
+        "exception (EC 0x0)");
+  CHECK(why_instruction_faults(0xd51c1100).starts_with("MSR writes a system register of EL2"));  // msr hcr_el2, x0
+  CHECK(why_instruction_faults(0xd53e1100).starts_with("MRS reads a system register of EL3"));   // mrs x0, scr_el3
+  CHECK(why_instruction_faults(0xd538c000).empty());  // mrs x0, vbar_el1: EL1's own
+  CHECK(why_instruction_faults(0xd503201f).empty());  // nop
+}
+
+TEST_CASE("the first exception, as a re-run found it, is named with its line of source") {
+  const GuestSource source = parse_guest_source("mine.S\n0x10000 12 ldr x0, =0x40000\n0x10004 13 br x0\n");
+  const kh::Registers regs = stuck_in_vectors();
+  SUBCASE("an undefined instruction in the code") {
+    const Ram ram{0x00000000};
+    const Replay replay = found_exception(0, 0x10000);
+    const auto lines = diagnose(watchdog, regs, ram.view(&source), {6, 12}, &replay);
+    REQUIRE(lines.size() == 5);
+    CHECK(lines[2] ==
+          "ESR_EL1 and ELR_EL1 describe an exception taken in the vectors themselves (EC 0x21 at 0x200), "
+          "not the first one: its syndrome and address are lost.");
+    CHECK(lines[3].ends_with("it took its first exception at instruction 1:"));
+    CHECK(lines[4] ==
+          "0x10000 (mine.S:12: ldr x0, =0x40000), encoding 00000000: UDF #0 is permanently undefined: an "
+          "undefined-instruction exception (EC 0x0).");
+  }
+  SUBCASE("a jump to where there is no memory") {
+    const Ram ram{0x58000040, 0xd61f0000};
+    const std::string line = describe_first_exception(found_exception(2, 0x40000, 0x10004), ram.view(&source));
+    CHECK(line ==
+          "the fetch from 0x40000, where 0x10004 (mine.S:13: br x0) jumped: no memory is there (guest RAM is "
+          "0x10000..0x1003f), so KVM injects an instruction abort (EC 0x21; kvm_handle_guest_abort in "
+          "arch/arm64/kvm/mmu.c).");
+    CHECK(describe_first_exception(found_exception(2, 0x10002, 0x10004), ram.view(&source))
+              .ends_with("jumped: not a multiple of 4, so a PC alignment fault (EC 0x22)."));
+  }
+  SUBCASE("past the end of the code, into zeros") {
+    const Ram ram{0xd503201f};  // nop
+    const GuestSource nop = parse_guest_source("end.S\n0x10000 9 nop\n");
+    CHECK(describe_first_exception(found_exception(1, 0x10004, 0x10000), ram.view(&nop)) ==
+          "0x10004, past the end of the guest's code (its 4 bytes end at 0x10003; reached from 0x10000 (end.S:9: "
+          "nop)), encoding 00000000: UDF #0 is permanently undefined: an undefined-instruction exception (EC 0x0).");
+  }
+  SUBCASE("the CPU's own syndrome, when the re-run saw the exception enter the vectors") {
+    const Ram ram{0xd503201f, 0x00000000, 0xf9400020};  // nop; udf #0; ldr x0, [x1]
+    Replay replay = found_exception(1, 0x10004, 0x10000);
+    kh::Registers entry;
+    entry.esr_el1 = 0x02000000;
+    entry.far_el1 = unknown_register_value;
+    replay.entry = entry;
+    const std::string udf = describe_first_exception(replay, ram.view());
+    replay.entry.reset();
+    CHECK(udf == describe_first_exception(replay, ram.view()));  // the encoding says it: the same words
+    replay = found_exception(2, 0x10008, 0x10004);
+    entry.esr_el1 = 0x96000021;  // a data abort, alignment fault
+    entry.far_el1 = 0x1101;
+    replay.entry = entry;
+    CHECK(describe_first_exception(replay, ram.view()) ==
+          "0x10008, encoding f9400020: ESR_EL1 then said 0x96000021 (EC 0x25: data abort: a load or store the host "
+          "could not complete), FAR_EL1 0x1101.");
+    replay.entry.reset();
+    CHECK(
+        describe_first_exception(replay, ram.view())
+            .ends_with("encoding f9400020: the encoding alone does not say why it faulted, and its syndrome is lost."));
+  }
+  SUBCASE("a refused call on the way, and a re-run that ended elsewhere") {
+    const Ram ram{0xd2801000, 0xd4000002};
+    Replay replay = found_exception(2, 0x10008, 0x10004);
+    replay.refused = RefusedCall{0x10004, 0xd4000002, 0x84000080};
+    replay.last->x[3] = 7;  // the re-run's registers differ from this run's
+    const auto lines = explain_replay(replay, regs, ram.view(), {6, 12});
+    REQUIRE(lines.size() == 4);
+    CHECK(lines[2].starts_with("Before that, the guest called hvc #0 at 0x10004 with function id 0x84000080"));
+    CHECK(lines[2].ends_with("; the guest went on past it."));
+    CHECK(lines[3].starts_with("But the re-run ended with registers other than this run's"));
+  }
+}
+
+TEST_CASE("a re-run that went another way, or found nothing within its bounds, says so") {
+  const Ram ram{0x14000000};
+  const kh::Registers regs = stuck_in_vectors();
+  Replay replay;
+  replay.instructions = 100000;
+  replay.pc = 0x10000;
+  replay.end = Replay::End::instruction_limit;
+  CHECK(explain_replay(replay, regs, ram.view(), {6, 12})[0].ends_with(
+      "it took no exception in its first 100000 instructions (the re-run's limit): the first came later; "
+      "--step-guest shows every instruction."));
+  replay.end = Replay::End::time_limit;
+  replay.took = std::chrono::seconds(5);
+  CHECK(explain_replay(replay, regs, ram.view(), {6, 12})[0].find("it took no exception in 5.00 s (the re-run's "
+                                                                  "limit), 100000 instructions, and was then at "
+                                                                  "0x10000") != std::string::npos);
+  replay.end = Replay::End::powered_off;
+  replay.instructions = 1;
+  CHECK(explain_replay(replay, regs, ram.view(), {6, 12})[0].find(
+            "it powered off after 1 instruction: the guest does not run the same way twice") != std::string::npos);
+  replay.end = Replay::End::failed;
+  replay.why = "step 1 (open_kvm): open failed with ENOENT";
+  CHECK(explain_replay(replay, regs, ram.view(), {6, 12})[0] ==
+        "Could not run the guest again to find its first exception: step 1 (open_kvm): open failed with ENOENT.");
+}
+
+TEST_CASE("a re-run is asked for only when the registers lost something, and only after the watchdog") {
+  const Ram ram{0xd4000002, 0x14000000};  // hvc #0; b .
+  kh::Registers regs = stuck_in_vectors();
+  const auto lost = replay_goal_for(watchdog, regs, ram.view());
+  REQUIRE(lost);
+  CHECK(lost->kind == ReplayGoal::Kind::first_exception);
+  CHECK_FALSE(replay_goal_for({kh::Step::run_guest, kh::Problem::interrupted, "KVM_RUN", EINTR}, regs, ram.view()));
+  CHECK_FALSE(replay_goal_for(watchdog, regs, GuestView{ram.bytes}));  // no image to run again
+  regs.elr_el1 = 0x10000;                                              // the first exception's address is still there
+  CHECK_FALSE(replay_goal_for(watchdog, regs, ram.view()));
+  regs = {};
+  regs.pc = 0x10004;
+  regs.vbar_el1 = 0x100000;
+  regs.esr_el1 = unknown_register_value;
+  regs.x[0] = static_cast<std::uint64_t>(PSCI_RET_NOT_SUPPORTED);  // the hvc at 0x10000 was refused
+  const auto call = replay_goal_for(watchdog, regs, ram.view());
+  REQUIRE(call);
+  CHECK(call->kind == ReplayGoal::Kind::refused_call);
+  CHECK(call->call_address == 0x10000);
+  regs.x[0] = 0;  // answered: nothing lost
+  CHECK_FALSE(replay_goal_for(watchdog, regs, ram.view()));
+}
+
+TEST_CASE("the watchdog's advice: --timeout for a guest still running, not for one that faults forever") {
+  const Ram ram{0x14000000};
+  CHECK(faults_forever(stuck_in_vectors(), ram.view()));
+  kh::Registers spinning;
+  spinning.pc = 0x10000;
+  spinning.vbar_el1 = 0x100000;
+  CHECK_FALSE(faults_forever(spinning, ram.view()));
+  CHECK(failure_for(watchdog, "/dev/kvm").message.ends_with("a guest that runs longer needs --timeout"));
+  CHECK(failure_for(watchdog, "/dev/kvm", StuckGuest::faulting_forever)
+            .message.ends_with("it faults again and again, so more time (--timeout) would not help: fix the "
+                               "instruction named above"));
+}
+
+TEST_CASE("after SYSTEM_OFF: x0's -6 explained in full, and an hvc with an immediate named") {
+  const Ram ram{0x58000040, 0xd4000022, 0x14000000};  // ldr x0, =...; hvc #1; b .
+  kh::Registers regs;
+  regs.pc = 0x10008;
+  regs.x[0] = static_cast<std::uint64_t>(PSCI_RET_INTERNAL_FAILURE);
+  const auto lines = explain_power_off(regs, ram.view());
+  REQUIRE(lines.size() == 4);
+  CHECK(lines[1] ==
+        "which the guest would see only if it ran on after its call: SYSTEM_OFF stopped the vCPU, and "
+        "kvm-hello does not start it again");
+  CHECK(lines[2].starts_with("the guest called SYSTEM_OFF with hvc #1 at 0x10004: KVM ignores an hvc's immediate"));
+  const Ram plain{0x58000040, 0xd4000002, 0x14000000};  // hvc #0: nothing to say
+  CHECK(explain_power_off(regs, plain.view()).size() == 2);
+}
+
+TEST_CASE("the device's misuse is said: a wide write to OUT, a read of a write-only register, no output at all") {
+  const kh::MmioAccess wide{kh::mmio_out, 8, true, {'h', 'i', '\n', 0, 0, 0, 0, 0}};
+  CHECK(describe_wide_out_write(wide) ==
+        "OUT prints one byte per write: of this 8-byte write it printed the first, 0x68 'h', and dropped the other 7 "
+        "(write one byte at a time, with strb)");
+  CHECK(describe_wide_out_write({kh::mmio_out, 1, true, {'h'}}).empty());
+  CHECK(describe_wide_out_write({kh::mmio_echo, 4, true, {}}).empty());
+  CHECK(describe_mmio({kh::mmio_out, 4, false, {}})
+            .ends_with("  (OUT is write-only: there is nothing to read, the host answers 0x0)"));
+  CHECK(describe_mmio({kh::mmio_answer, 4, false, {0x2a}}).ends_with("  (the host's answer)"));
+  CHECK(describe_mmio({0x9000, 4, false, {}}).ends_with("  (no register here: nothing to read, the host answers 0x0)"));
+  kh::HelloDevice device;
+  CHECK(describe_guest_output(device, Output{Verbosity::normal, false}) == "(nothing: the guest wrote no byte to OUT)");
+  kh::MmioAccess h{kh::mmio_out, 8, true, {'h', 'i'}};
+  device.handle(h);
+  CHECK(device.output() == "h");  // the device does what describe_wide_out_write says
+  CHECK(describe_guest_output(device, Output{Verbosity::normal, false}) == "h");
+}
+
+TEST_CASE("counts are singular or plural as they should be") {
+  CHECK(counted(1, "exit") == "1 exit");
+  CHECK(counted(0, "exit") == "0 exits");
+  CHECK(counted(9, "KVM_RUN call") == "9 KVM_RUN calls");
+  kh::RunStats one;
+  one.kvm_run_calls = 1;
+  one.exits = 1;
+  one.exits_by_reason[KVM_EXIT_SYSTEM_EVENT] = 1;
+  CHECK(describe_stats(one).starts_with("1 KVM_RUN call, 1 exit (KVM_EXIT_SYSTEM_EVENT 1); "));
 }
 
 // ==== The docs and the README stay true to the code ==========================
@@ -422,6 +687,11 @@ TEST_CASE("the register dump explains ESR_EL1 only when the guest is in its exce
   regs.pc = 0x200;  // VBAR_EL1 0 + 0x200: synchronous exception from the current EL, on SP_ELx
   regs.esr_el1 = 0x86000010;
   CHECK(format_registers(regs).find("esr_el1 0x86000010 (EC 0x21: instruction abort") != std::string::npos);
+  // ELR_EL1 in the vectors too: not where the first exception happened.
+  regs.elr_el1 = 0x200;
+  CHECK(format_registers(regs).find("elr_el1 0x200 (in the vectors: a fault there overwrote the first exception's)") !=
+        std::string::npos);
+  CHECK(format_registers(regs).find("the instruction it happened at") == std::string::npos);
 }
 
 TEST_CASE("--pause has words for every step") {

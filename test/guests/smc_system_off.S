@@ -6,10 +6,11 @@
 // after it until the watchdog stops it.
 // args: --timeout 1
 // linux >= 6.4: expect-status: 0
-// linux >= 6.4: expect-stdout: shutdown: the guest powered off (PSCI SYSTEM_OFF) after 1 exits
+// linux >= 6.4: expect-stdout: shutdown: the guest powered off (PSCI SYSTEM_OFF) after 1 exit
 // linux < 6.4: expect-status: 24
-// linux < 6.4: expect-stderr: the guest called smc at 0x10004 and got x0 = -1 (PSCI NOT_SUPPORTED)
+// linux < 6.4: expect-stderr: the guest called smc #0 at 0x10004 with function id 0x84000008 (PSCI SYSTEM_OFF) and got x0 = -1 (NOT_SUPPORTED)
 // linux < 6.4: expect-stderr: Linux before 6.4 does not take smc as a PSCI call
+// linux < 6.4: expect-stderr: a guest that runs longer needs --timeout
 #include "kvm_hello.hpp"
 #include <linux/psci.h>
         .text

@@ -4,7 +4,8 @@
 // The e2e tests stop and continue kvm-hello then (SIGSTOP, SIGCONT): the
 // stop makes KVM_RUN return EINTR, and kvm-hello enters the guest again.
 // expect-status: 0
-// expect-stdout: shutdown: the guest powered off (PSCI SYSTEM_OFF) after 1 exits
+// expect-stdout: shutdown: the guest powered off (PSCI SYSTEM_OFF) after 1 exit
+// expect-stdout: summary: 1 KVM_RUN call
 #include "kvm_hello.hpp"
 #include <linux/psci.h>
         .text

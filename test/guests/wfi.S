@@ -7,6 +7,7 @@
 // ends it.
 // args: --timeout 1
 // expect-status: 24
+// expect-stderr: a guest that runs longer needs --timeout
 // expect-stderr: It waits in WFI at 0x10000 for an interrupt, and none will come
         .text
         .global _start
