@@ -717,11 +717,11 @@ TEST_CASE("--break-at guest.S:28: every register there, at each of its 6 hits, h
 
 TEST_CASE("--break-at in a guest of your own that never ends: 10 hits shown, then it runs on to the watchdog") {
   const Outcome run = run_program({"--guest", guest_binaries + "/spin.bin", "--guest-lines",
-                                   guest_binaries + "/spin.lines", "--break-at", "spin.S:11", "--timeout", "1"});
+                                   guest_binaries + "/spin.lines", "--break-at", "spin.S:12", "--timeout", "1"});
   INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
   CHECK(run.status == 24);
-  CHECK(count(run.out, "      breakpoint at 0x10000 (spin.S:11), hit ") == 10);
-  CHECK(count(run.out, "guest 0x10000  14000000  spin.S:11   b       _start") == 10);
+  CHECK(count(run.out, "      breakpoint at 0x10000 (spin.S:12), hit ") == 10);
+  CHECK(count(run.out, "guest 0x10000  14000000  spin.S:12   b       _start") == 10);
   CHECK(run.out.find("(breakpoint hit 10 times, as many as are shown: the guest runs on without it)") !=
         std::string::npos);
   CHECK(run.err.find("did not power off within 1000 ms, so the watchdog stopped it") != std::string::npos);
