@@ -52,13 +52,10 @@ debug() {
 expected=$(sed -n 's/^break kvm_hello::\([a-z_]*\)$/\1/p' gdb/steps.gdb | tr '\n' ' ')
 stops() { sed -n 's/^\(Thread [0-9.]* hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\2/p' "$1" | tr '\n' ' '; }
 
-# The walk-through: a stop at each step, print, next and bt on the way (the
-# session docs/16-seeing-inside.md shows).
+# The walk-through: a stop at each step, print and bt on the way.
 {
   echo "$first"
   echo "print path"
-  echo "next"
-  echo "print fd"
   for _ in $(seq 8); do echo continue; done
   echo "bt 2"
   echo continue
@@ -89,10 +86,25 @@ printed_in_order() {
        END {if (n == 0) print "gdb-test: no session shown"; else if (i < n) print "gdb-test: gdb printed no line like: " pattern[i + 1]
             exit i < n || n == 0}' "$1" "$2"
 }
+# The session the docs show also steps with `next`. Under emulation gdb's
+# single steps are QEMU's, of one CPU of the machine, not of kvm-hello's
+# thread: on a machine of several CPUs a step can stop in the kernel instead
+# (docs/16-seeing-inside.md says so), so this session boots the machine with
+# one CPU, as the default host has (natively the setting is not read).
+{
+  echo "$first"
+  echo "print path"
+  echo "next"
+  echo "print fd"
+  for _ in $(seq 8); do echo continue; done
+  echo "bt 2"
+  echo continue
+} >"$work/session.gdb"
+debug session KVM_HELLO_HOST_CPUS=1
 for doc in "${documented[@]}"; do
   shown "$doc" | as_pattern >"$work/shown.patterns"
   check "$doc: its gdb session is what gdb printed ($(wc -l <"$work/shown.patterns") lines)" \
-    printed_in_order "$work/shown.patterns" "$work/steps.log"
+    printed_in_order "$work/shown.patterns" "$work/session.log"
 done
 
 # Another guest, and kvm-hello's own options: GUEST= and ARGS= reach it under gdb too.
