@@ -33,6 +33,14 @@ check() {  # check DESCRIPTION COMMAND...
 # is a user's: none of the make flags of the make that runs this test.
 env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS -u NO_COLOR tmux -L "$server" -f /dev/null \
   new-session -d -s test -x 250 -y 50 "env PS1='[status \$?] ' bash --norc --noprofile -i"
+# tmux needs a pseudo-terminal (/dev/ptmx, and /dev/pts mounted): a chroot
+# that binds /dev but not /dev/pts has none, and then nothing here can run.
+if ! at_terminal has-session -t test 2>/dev/null; then
+  echo "terminal-test: tmux could not open a terminal: this machine gives no pseudo-terminal" \
+    "(is /dev/pts mounted? a chroot needs its own: mount -t devpts devpts /dev/pts)"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
 terminal=$(at_terminal display-message -p -t test '#{pane_tty}')
 
 # What the terminal shows, its scrolled-off lines too; -e: with colours.
