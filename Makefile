@@ -331,7 +331,10 @@ $(BUILD)/guest_lines.h: $(BUILD)/guest.lines
 # ==== Programs ===============================================================
 
 CXXSTD   := -std=c++23
-WARNINGS := -Wall -Wextra -Werror
+# Every program and test is built with these, by each compiler: besides -Wall
+# -Wextra, standard C++ only, no implicit conversion that may change a value or
+# its sign, no name that hides another, and C++'s casts (each says what it does).
+WARNINGS := -Wall -Wextra -Wpedantic -Wconversion -Wsign-conversion -Wshadow -Wold-style-cast -Werror
 OPTIMISE := -O2 -g
 HEADERS  := kvm_hello.hpp $(wildcard program/*.hpp bench/*.hpp)
 PROGRAM_SOURCES := main.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h

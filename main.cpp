@@ -132,8 +132,8 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
             "the registers it changed");
     if (const auto started = stepper.start(); !started) return stuck(started.error());
   } else if (breakpoint) {
-    const auto set = kh::set_hardware_breakpoint(kvm->get(), vcpu->fd.get(), *breakpoint, trace);
-    if (!set) return stuck(set.error());
+    const auto armed = kh::set_hardware_breakpoint(kvm->get(), vcpu->fd.get(), *breakpoint, trace);
+    if (!armed) return stuck(armed.error());
     out.say(Verbosity::normal,
             "hardware breakpoint at %s: KVM_SET_GUEST_DEBUG(ENABLE | USE_HW); the guest runs at full "
             "speed until it gets there",

@@ -135,7 +135,7 @@ inline Figures figures(std::span<const std::uint64_t> results, BenchKind kind, B
   const double ticks_per_second = static_cast<double>(results[0]);
   std::vector<double> ns;
   for (std::uint64_t r = 0; r < settings.repeats; ++r) {
-    const double ticks = static_cast<double>(results[1 + kind * settings.repeats + r]);
+    const double ticks = static_cast<double>(results[1 + static_cast<std::uint64_t>(kind) * settings.repeats + r]);
     ns.push_back(ticks * 1e9 / ticks_per_second / static_cast<double>(settings.iterations));
   }
   std::sort(ns.begin(), ns.end());

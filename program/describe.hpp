@@ -166,7 +166,7 @@ inline std::string describe_pstate(std::uint64_t pstate) {
     default: mode = "mode " + hex(pstate & PSR_MODE_MASK); break;
   }
   std::string masked;
-  for (const auto& [bit, name] : {std::pair{PSR_D_BIT, "D"}, {PSR_A_BIT, "A"}, {PSR_I_BIT, "I"}, {PSR_F_BIT, "F"}}) {
+  for (const auto& [bit, name] : {std::pair{std::uint64_t{PSR_D_BIT}, "D"}, {PSR_A_BIT, "A"}, {PSR_I_BIT, "I"}, {PSR_F_BIT, "F"}}) {
     if (pstate & bit) masked += std::string(masked.empty() ? "" : " ") + name;
   }
   std::string flags;

@@ -90,7 +90,7 @@ inline std::string describe_value(std::string_view request, unsigned long value)
 // "{control 0x20001 = ENABLE | USE_HW, dbg_bvr[0] 0x10010, dbg_bcr[0] 0x1e3}"
 inline std::string describe_guest_debug(const kvm_guest_debug& debug) {
   std::string bits;
-  for (const auto& [bit, name] : {std::pair{KVM_GUESTDBG_ENABLE, "ENABLE"},
+  for (const auto& [bit, name] : {std::pair{std::uint32_t{KVM_GUESTDBG_ENABLE}, "ENABLE"},
                                   {KVM_GUESTDBG_SINGLESTEP, "SINGLESTEP"},
                                   {KVM_GUESTDBG_USE_SW_BP, "USE_SW_BP"},
                                   {KVM_GUESTDBG_USE_HW, "USE_HW"}}) {

@@ -937,7 +937,7 @@ TEST_CASE("--bench: the table's structure, and every figure sane (no timing is a
 
 TEST_CASE("the run loop allocates nothing when tracing is off (the benchmark guest, thousands of exits)") {
   kh::Machine m = build_machine(image(bench_guest_bin, bench_guest_bin_len));
-  for (const auto& [n, value] : {std::pair{0, 512}, {1, 2}, {2, 7}}) {  // iterations, repeats, all three kinds
+  for (const auto& [n, value] : {std::pair{0, std::uint64_t{512}}, {1, 2}, {2, 7}}) {  // iterations, repeats, all three kinds
     REQUIRE(kh::set_register(kh::Step::set_boot_registers, m.vcpu.fd.get(), kh::reg::x(n), value));
   }
   kh::HelloDevice device;  // SINK and RESULT have no register here: nothing is kept

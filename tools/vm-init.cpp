@@ -156,7 +156,7 @@ std::optional<StderrChannel> open_pseudo_terminal() {
     if (slave >= 0) close(slave);
     return std::nullopt;
   }
-  mode.c_oflag &= ~OPOST;
+  mode.c_oflag &= ~tcflag_t{OPOST};
   tcsetattr(slave, TCSANOW, &mode);
   return StderrChannel{master, slave};
 }
