@@ -152,7 +152,7 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
       trace);
   stepper.finish();
   if (!stats) return stuck(stats.error());
-  if (stepper.failure()) return stuck(*stepper.failure());
+  if (const auto& failure = stepper.failure()) return stuck(*failure);
   pause_after(kh::Step::run_guest, options.pause);
 
   // The outcome: what the guest said, its registers, where the time went.

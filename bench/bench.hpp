@@ -50,6 +50,7 @@ class BenchDevice {
  public:
   static constexpr std::size_t capacity = 1 + bench_kinds * max_bench_repeats;  // the frequency first
 
+  // NOLINTNEXTLINE(bugprone-easily-swappable-parameters): an MMIO write as KVM reports it, address then value
   void record(std::uint64_t address, std::uint64_t value) {
     if (address == kh::mmio_result && count_ < capacity) results_[count_++] = value;
   }

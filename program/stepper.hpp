@@ -48,6 +48,7 @@ inline std::string nearest_lines_with_instructions(const GuestSource& source, in
   if (before && after) {
     return "the nearest lines that have one: " + std::to_string(*before) + " and " + std::to_string(*after);
   }
+  if (!before && !after) return "no line of it has one";
   return "the nearest line that has one: " + std::to_string(before ? *before : *after);
 }
 

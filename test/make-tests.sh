@@ -6,7 +6,8 @@
 # age, and a mistyped one is one line; a failed run's status is said in
 # words under its own target; a guest's .elf is kept; make's own output stays
 # short; a guest file named in ARGS is found; the program's stdout and stderr
-# stay apart. Prints "N passed, M failed".
+# stay apart; make lint passes, and fails on a planted mistake. Prints "N
+# passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -198,5 +199,32 @@ check "stdout and stderr into one file: the steps, then the dump, then the error
   "[9/9] run_guest run the guest until it powers off: KVM_RUN registers (read with KVM_GET_ONE_REG"
 check "... the error last, then make run's words for its status" "$both" \
   "use plain ldr/str make run: kvm-hello exited with status 20: KVM_RUN failed make: *** [Makefile"
+
+# make lint: the project's sources pass; a planted mistake fails it, named by
+# its check (the same file without the mistake passes: the mistake is what
+# fails). The planted files are in the tree, under .clang-tidy, as a source is.
+out=$(mk lint)
+check "make lint: the project's sources pass clang-tidy's checks" "$out" "lint: clang-tidy-19 found nothing in"
+planted=build/lint-planted
+rm -rf "$planted" build/lint/"$planted" && mkdir -p "$planted"
+plant() {  # plant NAME BODY: a source that includes the lesson, with BODY
+  printf '#include "kvm_hello.hpp"\n%s\n' "$2" >"$planted/$1.cpp"
+}
+plant used_result $'kvm_hello::Result<int> answer() { return 42; }\nint main() { return answer() ? 0 : 1; }'
+plant dropped_result $'kvm_hello::Result<int> answer() { return 42; }\nint main() { answer(); }'
+plant swappable_fds $'int attach(int vm_fd, int vcpu_fd) { if (vm_fd < 0) return -1; return vcpu_fd; }\nint main() { return attach(3, 4); }'
+out=$(mk lint LINT_SOURCES=$planted/used_result.cpp)
+check "make lint: a Result that is used passes" "$out" "found nothing in 1 sources"
+out=$(mk lint LINT_SOURCES=$planted/dropped_result.cpp)
+status=$?
+check "make lint: a dropped Result fails it, on its line" "$out" \
+  "dropped_result.cpp:3:14: error: the value returned by this function should not be disregarded"
+check "... named by its check" "$out" "[bugprone-unused-return-value"
+check_lacks "... and not because it did not compile" "$out" "clang-diagnostic-error"
+check_equal "... and make fails" "$([ "$status" != 0 ] && echo failed)" failed
+out=$(mk lint LINT_SOURCES=$planted/swappable_fds.cpp)
+check "make lint: two int fds side by side fail it" "$out" \
+  "2 adjacent parameters of 'attach' of similar type ('int') are easily swapped by mistake"
+rm -rf "$planted" build/lint/"$planted"
 
 echo "$passed passed, $failed failed"
