@@ -216,6 +216,7 @@ TEST_CASE("--break-at: a line of the guest's source, or an address, found in its
           "--break-at 1: guest.S:1 has no instruction; the nearest line that has one: 22");
     CHECK(resolve_break_at("99", source).error() ==
           "--break-at 99: guest.S:99 has no instruction; the nearest line that has one: 41");
+    CHECK(nearest_lines_with_instructions(GuestSource{"guest.S", {}}, 25) == "no line of it has one");  // nor any
   }
   SUBCASE("another file, no line table, or no line or address at all") {
     CHECK(resolve_break_at("mine.S:28", source).error() ==
