@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <ios>
 #include <string>
 #include <vector>
 
@@ -212,7 +213,7 @@ std::vector<std::uint64_t> constants_loaded(std::span<const std::uint8_t> image)
 void check_loads_only_registers(const std::vector<std::uint64_t>& loaded, std::initializer_list<std::uint64_t> expected) {
   for (const std::uint64_t value : loaded) {
     const bool psci = value == PSCI_0_2_FN_SYSTEM_OFF || value == PSCI_0_2_FN_PSCI_VERSION;
-    CHECK_MESSAGE((kh::register_at(value) != nullptr || psci), "a constant not in memory_map: " << value);
+    CHECK_MESSAGE((kh::register_at(value) != nullptr || psci), "a constant not in memory_map: 0x" << std::hex << value);
   }
   for (const std::uint64_t address : expected) {
     CHECK_MESSAGE(std::ranges::count(loaded, address) > 0, "never loaded: " << kh::register_at(address)->name);
