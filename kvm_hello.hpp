@@ -236,11 +236,12 @@ constexpr bool fits_below(const Region& region, int ipa_bits) {
 // The rules a memory map must keep, each a reason a guest or KVM would fail.
 enum class MapFault {
   none,
-  misaligned,       // a base or size not a multiple of alignment_for(kind): EINVAL from KVM
+  misaligned,       // base or size not a multiple of alignment_for(kind): KVM refuses a memslot or
+                    // GIC frame (EINVAL); an 8-byte access to an unaligned register faults in the guest
   too_small,        // smaller than smallest_size_for(kind): e.g. no redistributor for a vCPU
-  mmio_in_memslot,  // a register or GIC frame inside RAM: the guest's accesses would land in RAM, silently
-  overlapping,      // two other regions share an address
   beyond_ipa_size,  // past 2^ipa_bits: the guest cannot reach it, KVM refuses a GIC there (E2BIG)
+  mmio_in_memslot,  // a register or GIC frame inside RAM: the guest's accesses would land in RAM, silently
+  overlapping,      // two registers, two GIC frames or two memslots share an address
 };
 
 // The first rule `map` breaks, checked in the order above; MapFault::none if
@@ -254,25 +255,25 @@ constexpr MapFault find_map_fault(std::span<const Region> map, int ipa_bits = gu
   for (const Region& r : map) {
     if (r.size < smallest_size_for(r.kind)) return MapFault::too_small;
   }
-  for (std::size_t i = 0; i < map.size(); ++i) {
+  for (const Region& r : map) {
+    if (!fits_below(r, ipa_bits)) return MapFault::beyond_ipa_size;
+  }
+  for (std::size_t i = 0; i < map.size(); ++i) {  // every pair, once; no sum overflows now
     for (std::size_t j = i + 1; j < map.size(); ++j) {
       if (!overlap(map[i], map[j])) continue;
       const bool one_is_ram = (map[i].kind == RegionKind::memslot) != (map[j].kind == RegionKind::memslot);
       return one_is_ram ? MapFault::mmio_in_memslot : MapFault::overlapping;
     }
   }
-  for (const Region& r : map) {
-    if (!fits_below(r, ipa_bits)) return MapFault::beyond_ipa_size;
-  }
   return MapFault::none;
 }
 
 static_assert(find_map_fault(memory_map) != MapFault::misaligned, "memory_map: every base and size is aligned");
 static_assert(find_map_fault(memory_map) != MapFault::too_small, "memory_map: every region is big enough");
+static_assert(find_map_fault(memory_map) != MapFault::beyond_ipa_size, "memory_map: everything below 2^guest_ipa_bits");
 static_assert(find_map_fault(memory_map) != MapFault::mmio_in_memslot,
               "memory_map: no register or GIC frame inside guest RAM (MMIO happens only outside every memslot)");
 static_assert(find_map_fault(memory_map) != MapFault::overlapping, "memory_map: no two regions overlap");
-static_assert(find_map_fault(memory_map) != MapFault::beyond_ipa_size, "memory_map: everything below 2^guest_ipa_bits");
 
 // A row of memory_map by its name, while compiling: a name not in the table
 // does not compile.
