@@ -197,13 +197,13 @@ constexpr auto ram_misaligned = map_with("RAM", {"RAM", 0x10800, 0x10000, Region
 constexpr auto register_misaligned = map_with("ECHO", {"ECHO", 0x1114, 8, RegionKind::hello_register});
 constexpr auto gic_misaligned = map_with("GICD", {"GICD", 0x08008000, 0x10000, RegionKind::gic_distributor});
 constexpr auto redistributors_for_7 =
-    map_with("GICR", {"GICR", KVM_HELLO_GIC_REDIST, 7 * 0x20000, RegionKind::gic_redistributors});
+    map_with("GICR", {"GICR", KVM_HELLO_GIC_REDIST, 7 * std::uint64_t{0x20000}, RegionKind::gic_redistributors});
 constexpr auto register_in_ram = map_with("OUT", {"OUT", KVM_HELLO_RAM_BASE + 0x100, 8, RegionKind::hello_register});
 constexpr auto gic_over_ram = map_with("GICC", {"GICC", KVM_HELLO_RAM_BASE, 0x10000, RegionKind::gic_cpu_interface});
 constexpr auto two_registers_at_once =
     map_with("ANSWER", {"ANSWER", KVM_HELLO_MMIO_OUT, 8, RegionKind::hello_register});
 constexpr auto gic_past_4_gib =
-    map_with("GICR", {"GICR", 0xfff80000, 8 * 0x20000, RegionKind::gic_redistributors});
+    map_with("GICR", {"GICR", 0xfff80000, 8 * std::uint64_t{0x20000}, RegionKind::gic_redistributors});
 
 // Proven while compiling, as the header proves memory_map; the CHECKs below say it again at run time.
 static_assert(kh::find_map_fault(kh::memory_map) == MapFault::none);
