@@ -9,13 +9,20 @@
 #include <signal.h>
 #include <time.h>
 
+#include <array>
 #include <cstring>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "kvm_hello.hpp"
 
 namespace kh = kvm_hello;
+
+// The same numbers proven while compiling, as rust-vmm's kvm-ioctls pins them.
+static_assert(kh::request::get_api_version.number == 0xAE00 && kh::request::create_vm.number == 0xAE01);
+static_assert(kh::request::run.number == 0xAE80 && kh::request::set_one_reg.number == 0x4010AEAC);
+static_assert(kh::request::arm_preferred_target.number == 0x8020AEAF);
 
 TEST_CASE("ioctl request numbers are the kernel's published values") {
   // The values as rust-vmm's kvm-ioctls pins them, and as strace prints them.
@@ -89,6 +96,9 @@ TEST_CASE("register ids carry their value's size: v0 is 16 bytes, fpsr 4; a size
   CHECK(wrong.error().value == v0_id);
 }
 
+static_assert(kh::verify_api_version(12).value() == 12);
+static_assert(kh::verify_api_version(11).error().problem == kh::Problem::wrong_api_version);
+
 TEST_CASE("the API version must be exactly 12") {
   CHECK(kh::verify_api_version(12).value() == 12);
   const auto old = kh::verify_api_version(11);
@@ -123,6 +133,9 @@ TEST_CASE("capabilities: all present, one missing, or the question fails") {
   }
 }
 
+static_assert(kh::vm_type_for(0).value() == 0 && kh::vm_type_for(40).value() == 32 && kh::vm_type_for(32).value() == 32);
+static_assert(kh::vm_type_for(31).error().problem == kh::Problem::ipa_too_small);
+
 TEST_CASE("the VM type carries the IPA size the guest needs") {
   CHECK(kh::vm_type_for(0).value() == 0);  // no capability: the default 40 bits
   CHECK(kh::vm_type_for(40).value() == 32);
@@ -133,6 +146,15 @@ TEST_CASE("the VM type carries the IPA size the guest needs") {
   CHECK(small.error().problem == kh::Problem::ipa_too_small);
 }
 
+static_assert([] {
+  kvm_vcpu_init preferred{};
+  preferred.target = KVM_ARM_TARGET_GENERIC_V8;
+  preferred.features[0] = 1u << KVM_ARM_VCPU_PMU_V3;
+  const kvm_vcpu_init init = kh::with_psci_0_2(preferred);
+  return init.target == KVM_ARM_TARGET_GENERIC_V8 &&
+         init.features[0] == ((1u << KVM_ARM_VCPU_PMU_V3) | (1u << KVM_ARM_VCPU_PSCI_0_2));
+}());
+
 TEST_CASE("PSCI 0.2 is added to the preferred target, keeping what was there") {
   kvm_vcpu_init preferred{};
   preferred.target = KVM_ARM_TARGET_GENERIC_V8;
@@ -141,6 +163,12 @@ TEST_CASE("PSCI 0.2 is added to the preferred target, keeping what was there") {
   CHECK(init.target == KVM_ARM_TARGET_GENERIC_V8);
   CHECK(init.features[0] == ((1u << KVM_ARM_VCPU_PMU_V3) | (1u << KVM_ARM_VCPU_PSCI_0_2)));
 }
+
+static_assert([] {
+  constexpr std::array<std::uint8_t, 4> image{};
+  return !kh::check_guest_image({}) && kh::check_guest_image(image).value().size() == 4 &&
+         kh::check_guest_image({}).error().problem == kh::Problem::bad_guest_image;
+}());
 
 TEST_CASE("guest memory: the region KVM is told about, and the image check") {
   alignas(4096) static std::uint8_t backing[16];
@@ -350,6 +378,8 @@ TEST_CASE("statistics are read in the kernel's layout: each name right after 16 
   CHECK(short_read.error().value == file.size());
 }
 
+static_assert(kh::breakpoint_control == 0x1e3);
+
 TEST_CASE("a hardware breakpoint's control register: enabled, at EL1, on an A64 instruction's 4 bytes") {
   // DBGBCR<n>_EL1's fields (Arm Architecture Reference Manual), read back by position.
   const auto field = [](unsigned low, unsigned bits) { return (kh::breakpoint_control >> low) & ((1U << bits) - 1); };
@@ -452,3 +482,129 @@ TEST_CASE("statistics: a header or descriptor that points past the file is an Er
   REQUIRE(::write(stats.get(), bad.data(), bad.size()) == static_cast<ssize_t>(bad.size()));
   CHECK(kh::read_statistics(stats.get()).error().problem == kh::Problem::bad_statistics);
 }
+
+// ==== Typed fds: each request is made on the fd it belongs to ================
+
+// Whether call() accepts an fd of type F for `request` with these arguments:
+// asked of the compiler, so a mistake is seen here as a false, not as a build
+// that breaks (test/compile-fail-tests.sh shows the compiler's message).
+template <class F, const auto& request, class... Args>
+constexpr bool can_call = requires(const F& fd, Args... args) { kh::call(kh::Step::run_guest, fd, request, args...); };
+
+// KVM_RUN is a vcpu ioctl: only a VcpuFd takes it, never /dev/kvm's KvmFd, a VmFd or a bare int.
+static_assert(can_call<kh::VcpuFd, kh::request::run>);
+static_assert(!can_call<kh::KvmFd, kh::request::run>);
+static_assert(!can_call<kh::VmFd, kh::request::run>);
+static_assert(!can_call<int, kh::request::run>);
+// The system, vm and vcpu ioctls with an argument: the right fd compiles, another does not.
+static_assert(can_call<kh::KvmFd, kh::request::create_vm, unsigned long>);
+static_assert(!can_call<kh::VmFd, kh::request::create_vm, unsigned long>);
+static_assert(can_call<kh::VmFd, kh::request::create_vcpu, unsigned long>);
+static_assert(!can_call<kh::KvmFd, kh::request::create_vcpu, unsigned long>);
+static_assert(can_call<kh::VmFd, kh::request::arm_preferred_target, kvm_vcpu_init*>);
+static_assert(!can_call<kh::VcpuFd, kh::request::arm_preferred_target, kvm_vcpu_init*>);
+static_assert(can_call<kh::VcpuFd, kh::request::set_one_reg, const kvm_one_reg*>);
+static_assert(!can_call<kh::VmFd, kh::request::set_one_reg, const kvm_one_reg*>);
+// The argument is still checked too: a kvm_one_reg where a kvm_vcpu_init is due does not compile.
+static_assert(!can_call<kh::VcpuFd, kh::request::arm_vcpu_init, const kvm_one_reg*>);
+
+// create_vcpu(kvm, vm, id): with its fds swapped it does not compile.
+template <class First, class Second>
+constexpr bool can_create_vcpu = requires(const First& a, const Second& b) { kh::create_vcpu(a, b, 0); };
+static_assert(can_create_vcpu<kh::KvmFd, kh::VmFd>);
+static_assert(!can_create_vcpu<kh::VmFd, kh::KvmFd>);
+
+// Owners like Fd: move-only, made from an int only on purpose, and no kind becomes another.
+template <class F>
+constexpr bool owns_like_fd = !std::is_copy_constructible_v<F> && !std::is_copy_assignable_v<F> &&
+                              std::is_nothrow_move_constructible_v<F> && std::is_nothrow_move_assignable_v<F> &&
+                              std::is_constructible_v<F, int> && !std::is_convertible_v<int, F>;
+static_assert(owns_like_fd<kh::KvmFd> && owns_like_fd<kh::VmFd> && owns_like_fd<kh::VcpuFd>);
+static_assert(!std::is_constructible_v<kh::VmFd, kh::KvmFd> && !std::is_constructible_v<kh::VcpuFd, kh::VmFd>);
+static_assert(!std::is_convertible_v<kh::VcpuFd&, kh::Fd&>);  // not an Fd to reset() or release() behind its back
+
+TEST_CASE("each request names the fd api.rst gives it: system ioctl KvmFd, vm ioctl VmFd, vcpu ioctl VcpuFd") {
+  using kh::KvmFd, kh::VmFd, kh::VcpuFd;
+  namespace r = kh::request;
+  // Documentation/virt/kvm/api.rst, each request's ":Type:" line (the same in Linux 6.1, 6.12 and 7.2).
+  CHECK(std::is_same_v<decltype(r::get_api_version)::FdType, KvmFd>);     // system ioctl
+  CHECK(std::is_same_v<decltype(r::check_extension)::FdType, KvmFd>);     // system ioctl, vm ioctl
+  CHECK(std::is_same_v<decltype(r::create_vm)::FdType, KvmFd>);           // system ioctl
+  CHECK(std::is_same_v<decltype(r::get_vcpu_mmap_size)::FdType, KvmFd>);  // system ioctl
+  CHECK(std::is_same_v<decltype(r::set_user_memory_region)::FdType, VmFd>);
+  CHECK(std::is_same_v<decltype(r::create_vcpu)::FdType, VmFd>);
+  CHECK(std::is_same_v<decltype(r::arm_preferred_target)::FdType, VmFd>);
+  CHECK(std::is_same_v<decltype(r::arm_vcpu_init)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::set_one_reg)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::get_one_reg)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::run)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::set_guest_debug)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::get_stats_fd)::FdType, VcpuFd>);  // vm ioctl, vcpu ioctl
+}
+
+TEST_CASE("a VcpuFd closes once, and a moved-from one closes nothing, as Fd does") {
+  int ends[2];
+  REQUIRE(::pipe2(ends, O_CLOEXEC) == 0);
+  const kh::Fd writer(ends[1]);
+  const int read_end = ends[0];
+  {
+    kh::VcpuFd reader(read_end);
+    kh::VcpuFd moved(std::move(reader));
+    CHECK(reader.get() == -1);
+    CHECK(moved.get() == read_end);
+    kh::VcpuFd assigned;
+    assigned = std::move(moved);
+    CHECK(moved.get() == -1);
+    CHECK(::fcntl(read_end, F_GETFD) >= 0);
+  }
+  CHECK(::fcntl(read_end, F_GETFD) == -1);
+  CHECK(errno == EBADF);
+}
+
+// ==== vCPU identity ==========================================================
+
+static_assert(kh::with_features({}, kh::first_vcpu_features).features[0] == 1u << KVM_ARM_VCPU_PSCI_0_2);
+static_assert(kh::with_features({}, kh::other_vcpu_features).features[0] ==
+              ((1u << KVM_ARM_VCPU_PSCI_0_2) | (1u << KVM_ARM_VCPU_POWER_OFF)));
+static_assert(kh::with_features({}, {.psci_0_2 = false, .power_off = false}).features[0] == 0);
+
+TEST_CASE("the first vCPU boots with PSCI 0.2; the others start powered off; the target is kept") {
+  kvm_vcpu_init preferred{};
+  preferred.target = KVM_ARM_TARGET_GENERIC_V8;
+  CHECK(kh::with_features(preferred, kh::first_vcpu_features).target == KVM_ARM_TARGET_GENERIC_V8);
+  CHECK(kh::with_features(preferred, kh::first_vcpu_features).features[0] == (1u << KVM_ARM_VCPU_PSCI_0_2));
+  CHECK(kh::with_features(preferred, kh::other_vcpu_features).features[0] ==
+        ((1u << KVM_ARM_VCPU_PSCI_0_2) | (1u << KVM_ARM_VCPU_POWER_OFF)));
+}
+
+TEST_CASE("an Error names its vCPU only when a program says which") {
+  const kh::Error error{kh::Step::run_guest, kh::Problem::call_failed, "KVM_RUN", EFAULT, 0};
+  CHECK_FALSE(error.vcpu.has_value());
+  CHECK(kh::on_vcpu(error, 3).vcpu == 3);
+  CHECK(kh::on_vcpu(error, 3).err == EFAULT);
+}
+
+// ==== The extension points, as concepts ======================================
+
+struct NotADevice {
+  void handle(int) {}
+};
+static_assert(kh::MmioDevice<kh::HelloDevice>);
+static_assert(!kh::MmioDevice<NotADevice>);  // handle() must take an MmioAccess&
+static_assert(kh::ExitCallback<decltype([](const kh::Exit&) {})>);
+static_assert(!kh::ExitCallback<decltype([](int) {})>);
+static_assert(kh::StepCallback<decltype([](kh::Step) {})>);
+static_assert(!kh::StepCallback<decltype([] {})>);
+
+template <class Device, class OnExit>
+constexpr bool can_run = requires(kh::Vcpu& vcpu, Device& device, OnExit on_exit) {
+  kh::run_guest(vcpu, device, kh::default_time_limit, on_exit);
+};
+static_assert(can_run<kh::HelloDevice, decltype([](const kh::Exit&) {})>);
+static_assert(!can_run<NotADevice, decltype([](const kh::Exit&) {})>);
+static_assert(!can_run<kh::HelloDevice, decltype([](kh::Step) {})>);
+
+template <class AfterStep>
+constexpr bool can_build = requires(AfterStep after) { kh::build_machine({}, "/dev/kvm", after); };
+static_assert(can_build<decltype([](kh::Step) {})>);
+static_assert(!can_build<decltype([](const kh::Exit&) {})>);
