@@ -391,8 +391,11 @@ $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 # arm64) by the cross compiler, run under qemu-aarch64-static. The docs tests
 # read README.md and docs/ from here.
 UNIT_TESTS   := unit_main steps_tests program_tests docs_tests own_names_tests
-UNIT_FLAGS   := $(CXXSTD) $(WARNINGS) -I. -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
+UNIT_FLAGS   := $(CXXSTD) $(WARNINGS) -I. -I$(BUILD) -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
 UNIT_DEPENDS := $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
+# steps_tests.cpp checks the assembled guests against the memory map.
+$(foreach way,host sanitized arm64,$(BUILD)/unit/$(way)/steps_tests.o): \
+  $(BUILD)/guest_image.h $(BUILD)/bench_guest_image.h $(BUILD)/guest_lines.h
 
 $(BUILD)/unit/host/%.o: test/%.cpp $(UNIT_DEPENDS)
 	@mkdir -p $(@D)

@@ -22,6 +22,7 @@
  *
  * CONTENTS (the banners below, in order)
  *   The guest's memory map          shared with guest.S
+ *   The memory map as a table       its regions; alignment, overlap and memslots proven
  *   Constants                       each derived from the kernel's headers or the map
  *   Steps and errors                the step table; Error, Result
  *   Owners                          Fd, KvmFd, VmFd, VcpuFd and Mapping: each closed once
@@ -40,7 +41,8 @@
  *
  * DOES NOT DO
  *   Interrupts, more than one vCPU, an MMU in the guest, or any device other
- *   than the three MMIO registers of the memory map below.
+ *   than the three MMIO registers of the memory map below (which only keeps
+ *   a place for an interrupt controller).
  *
  * NEEDS
  *   Linux on arm64 with KVM (or the emulated machine `make run` builds on
@@ -55,14 +57,35 @@
 
 /* ==== The guest's memory map (shared with guest.S) =========================
  *
- *   0x00000 +---------------------------+
- *           |  (nothing: no memslot)    |  0x1100 OUT    write 1 byte: the host prints it
- *           |  accesses here are MMIO:  |  0x1108 ANSWER read 4 bytes: the host answers
- *           |  each one exits to us     |  0x1110 ECHO   write 4 bytes: the host checks them
- *   0x10000 +---------------------------+
- *           |  guest RAM, 64 KiB        |  the guest image is copied to its start;
- *           |  (memslot 0, our mmap)    |  PC starts at 0x10000, the stack at the top
- *   0x20000 +---------------------------+
+ * Guest-physical addresses (the guest's MMU is off, so they are the ones it
+ * uses); not to scale. Everything that is not RAM has no memslot: a load or
+ * store there leaves the guest (an MMIO exit, or the in-kernel GIC).
+ *
+ *   0x00000000 +--------------------------+
+ *              |  no memslot: MMIO        |  0x1100 OUT    write 1 byte: the host prints it
+ *              |                          |  0x1108 ANSWER read 4 bytes: the host answers
+ *              |                          |  0x1110 ECHO   write 4 bytes: the host checks them
+ *              |                          |  0x1118 SINK, 0x1120 RESULT: the benchmark's (--bench)
+ *   0x00010000 +--------------------------+
+ *              |  guest RAM, 64 KiB       |  the guest image is copied to its start;
+ *              |  (memslot 0, our mmap)   |  PC starts at 0x10000, the stack at the top
+ *   0x00020000 +--------------------------+
+ *              |  no memslot              |
+ *   0x08000000 +--------------------------+  reserved for the in-kernel GIC (interrupts,
+ *              |  GICD: distributor       |  not used yet): QEMU's virt board puts its
+ *   0x08010000 +--------------------------+  own GIC at the same addresses
+ *              |  GICC: CPU interface     |  a GICv2's only (a GICv3's is system registers)
+ *   0x08020000 +--------------------------+
+ *              |  no memslot              |
+ *   0x080a0000 +--------------------------+
+ *              |  GICR: redistributors    |  a GICv3's: 128 KiB per vCPU, vCPU n's
+ *              |  for max_vcpus (8)       |  at 0x080a0000 + n * 0x20000
+ *   0x081a0000 +--------------------------+
+ *              |  no memslot              |
+ *  0x100000000 +--------------------------+  2^guest_ipa_bits: the VM's address space ends
+ *
+ * The numbers are here, as macros, for the assembler; the C++ table
+ * memory_map below names each region and proves the map sound.
  */
 #define KVM_HELLO_RAM_BASE 0x10000
 #define KVM_HELLO_RAM_SIZE 0x10000
@@ -74,6 +97,10 @@
 /* Two more for the benchmark guest (kvm-hello --bench, bench/bench-guest.S): */
 #define KVM_HELLO_MMIO_SINK 0x1118   /* write: an exit that the host ignores */
 #define KVM_HELLO_MMIO_RESULT 0x1120 /* write 8 bytes: one measurement for the host */
+/* Where the in-kernel GIC's frames go (reserved: nothing creates a GIC yet). */
+#define KVM_HELLO_GIC_DIST 0x08000000   /* GICD, the distributor */
+#define KVM_HELLO_GIC_CPU 0x08010000    /* GICC, a GICv2's CPU interface */
+#define KVM_HELLO_GIC_REDIST 0x080a0000 /* GICR, the first vCPU's redistributor */
 
 #ifndef __ASSEMBLER__
 
@@ -111,24 +138,172 @@
 
 namespace kvm_hello {
 
+// ==== The memory map as a table, proven while compiling =====================
+//
+// The map above, one row per region: its name, where it starts, how many
+// bytes it covers, and what answers an access there. The addresses are the
+// macros above (the assembler sees only those); the names, sizes and kinds
+// are here. The lesson takes every address from this table, and the
+// static_asserts below it prove the rules KVM relies on but checks only in
+// part, or not at all, before the guest runs.
+
+// What answers a guest's load or store in a region.
+enum class RegionKind {
+  memslot,             // guest RAM, KVM_SET_USER_MEMORY_REGION (step 5): no exit
+  hello_register,      // a register of HelloDevice: an MMIO exit to us (step 9)
+  bench_register,      // a register of the benchmark's device (bench/bench.hpp)
+  gic_distributor,     // the in-kernel GIC's distributor (KVM_DEV_ARM_VGIC_GRP_ADDR)
+  gic_cpu_interface,   // a GICv2's CPU interface (a GICv3 uses system registers)
+  gic_redistributors,  // a GICv3's redistributors, one after another, vCPU 0 first
+};
+
+struct Region {
+  std::string_view name;
+  std::uint64_t base;  // guest-physical
+  std::uint64_t size;  // bytes
+  RegionKind kind;
+};
+
+// A register's region is the widest access one load or store makes (8
+// bytes): then no access to one register reaches the next.
+inline constexpr std::uint64_t register_bytes = 8;
+// KVM_SET_USER_MEMORY_REGION wants addresses and sizes aligned to the host's
+// page size (__kvm_set_memory_region, virt/kvm/kvm_main.c): 4, 16 or 64 KiB
+// on arm64, so 64 KiB suits them all.
+inline constexpr std::uint64_t largest_page_size = 0x10000;
+// The GIC's frames: KVM wants a GICv3's 64 KiB aligned, base and size
+// (kvm_vgic_addr and vgic_check_iorange, arch/arm64/kvm/vgic/vgic-kvm-device.c).
+// A GICv2 asks only 4 KiB, but KVM maps its CPU interface into the guest a
+// host page at a time (kvm_phys_addr_ioremap, arch/arm64/kvm/mmu.c), so its
+// frames get 64 KiB too. The distributor is one frame (KVM_VGIC_V3_DIST_SIZE),
+// each vCPU's redistributor two (KVM_VGIC_V3_REDIST_SIZE, <asm/kvm.h>:
+// RD_base, then SGI_base).
+inline constexpr std::uint64_t gic_frame_size = 0x10000;
+inline constexpr std::uint64_t gic_redistributor_size = 2 * gic_frame_size;
+// The most vCPUs the map has room for: a GICv2 serves at most 8
+// (VGIC_V2_MAX_CPUS, include/kvm/arm_vgic.h), so either GIC can serve them all.
+inline constexpr std::uint64_t max_vcpus = 8;
+// The guest-physical address size we ask KVM_CREATE_VM for (step 4): the
+// smallest KVM accepts, 4 GiB, far more than the map needs.
+inline constexpr int guest_ipa_bits = 32;
+
+inline constexpr std::array memory_map{
+    Region{"OUT", KVM_HELLO_MMIO_OUT, register_bytes, RegionKind::hello_register},
+    Region{"ANSWER", KVM_HELLO_MMIO_ANSWER, register_bytes, RegionKind::hello_register},
+    Region{"ECHO", KVM_HELLO_MMIO_ECHO, register_bytes, RegionKind::hello_register},
+    Region{"SINK", KVM_HELLO_MMIO_SINK, register_bytes, RegionKind::bench_register},
+    Region{"RESULT", KVM_HELLO_MMIO_RESULT, register_bytes, RegionKind::bench_register},
+    Region{"RAM", KVM_HELLO_RAM_BASE, KVM_HELLO_RAM_SIZE, RegionKind::memslot},
+    Region{"GICD", KVM_HELLO_GIC_DIST, gic_frame_size, RegionKind::gic_distributor},
+    Region{"GICC", KVM_HELLO_GIC_CPU, gic_frame_size, RegionKind::gic_cpu_interface},
+    Region{"GICR", KVM_HELLO_GIC_REDIST, max_vcpus * gic_redistributor_size, RegionKind::gic_redistributors},
+};
+
+// The alignment a region's base and size need, by what answers there.
+constexpr std::uint64_t alignment_for(RegionKind kind) {
+  switch (kind) {
+    case RegionKind::memslot: return largest_page_size;
+    case RegionKind::hello_register:
+    case RegionKind::bench_register: return register_bytes;  // an 8-byte access must be aligned: Device memory
+    case RegionKind::gic_distributor:
+    case RegionKind::gic_cpu_interface:
+    case RegionKind::gic_redistributors: return gic_frame_size;
+  }
+  std::unreachable();
+}
+
+// The fewest bytes a region of this kind can have.
+constexpr std::uint64_t smallest_size_for(RegionKind kind) {
+  switch (kind) {
+    case RegionKind::memslot: return largest_page_size;
+    case RegionKind::hello_register:
+    case RegionKind::bench_register: return register_bytes;
+    case RegionKind::gic_distributor:
+    case RegionKind::gic_cpu_interface: return gic_frame_size;
+    case RegionKind::gic_redistributors: return max_vcpus * gic_redistributor_size;  // one per vCPU
+  }
+  std::unreachable();
+}
+
+constexpr bool overlap(const Region& a, const Region& b) { return a.base < b.base + b.size && b.base < a.base + a.size; }
+
+// The region ends at or below 2^ipa_bits (written so that nothing overflows).
+constexpr bool fits_below(const Region& region, int ipa_bits) {
+  const std::uint64_t limit = std::uint64_t{1} << ipa_bits;
+  return region.size <= limit && region.base <= limit - region.size;
+}
+
+// The rules a memory map must keep, each a reason a guest or KVM would fail.
+enum class MapFault {
+  none,
+  misaligned,       // base or size not a multiple of alignment_for(kind): KVM refuses a memslot or
+                    // GIC frame (EINVAL); an 8-byte access to an unaligned register faults in the guest
+  too_small,        // smaller than smallest_size_for(kind): e.g. no redistributor for a vCPU
+  beyond_ipa_size,  // past 2^ipa_bits: the guest cannot reach it, KVM refuses a GIC there (E2BIG)
+  mmio_in_memslot,  // a register or GIC frame inside RAM: the guest's accesses would land in RAM, silently
+  overlapping,      // two registers, two GIC frames or two memslots share an address
+};
+
+// The first rule `map` breaks, checked in the order above; MapFault::none if
+// it keeps them all. constexpr: the static_asserts below run it on memory_map
+// while compiling, test/steps_tests.cpp on broken maps.
+constexpr MapFault find_map_fault(std::span<const Region> map, int ipa_bits = guest_ipa_bits) {
+  for (const Region& r : map) {
+    const std::uint64_t alignment = alignment_for(r.kind);
+    if (r.base % alignment != 0 || r.size % alignment != 0) return MapFault::misaligned;
+  }
+  for (const Region& r : map) {
+    if (r.size < smallest_size_for(r.kind)) return MapFault::too_small;
+  }
+  for (const Region& r : map) {
+    if (!fits_below(r, ipa_bits)) return MapFault::beyond_ipa_size;
+  }
+  for (std::size_t i = 0; i < map.size(); ++i) {  // every pair, once; no sum overflows now
+    for (std::size_t j = i + 1; j < map.size(); ++j) {
+      if (!overlap(map[i], map[j])) continue;
+      const bool one_is_ram = (map[i].kind == RegionKind::memslot) != (map[j].kind == RegionKind::memslot);
+      return one_is_ram ? MapFault::mmio_in_memslot : MapFault::overlapping;
+    }
+  }
+  return MapFault::none;
+}
+
+static_assert(find_map_fault(memory_map) != MapFault::misaligned, "memory_map: every base and size is aligned");
+static_assert(find_map_fault(memory_map) != MapFault::too_small, "memory_map: every region is big enough");
+static_assert(find_map_fault(memory_map) != MapFault::beyond_ipa_size, "memory_map: everything below 2^guest_ipa_bits");
+static_assert(find_map_fault(memory_map) != MapFault::mmio_in_memslot,
+              "memory_map: no register or GIC frame inside guest RAM (MMIO happens only outside every memslot)");
+static_assert(find_map_fault(memory_map) != MapFault::overlapping, "memory_map: no two regions overlap");
+
+// A row of memory_map by its name, while compiling: a name not in the table
+// does not compile.
+consteval const Region& region_named(std::string_view name) {
+  for (const Region& r : memory_map) {
+    if (r.name == name) return r;
+  }
+  throw "memory_map has no region of that name";
+}
+
+// The register (HelloDevice's or the benchmark's) at exactly this address,
+// or nullptr.
+constexpr const Region* register_at(std::uint64_t address) {
+  for (const Region& r : memory_map) {
+    const bool is_register = r.kind == RegionKind::hello_register || r.kind == RegionKind::bench_register;
+    if (is_register && r.base == address) return &r;
+  }
+  return nullptr;
+}
+
 // ==== Constants, each derived from the kernel's headers or the map above ====
 
-inline constexpr std::uint64_t ram_base = KVM_HELLO_RAM_BASE;
-inline constexpr std::uint64_t ram_size = KVM_HELLO_RAM_SIZE;
-inline constexpr std::uint64_t mmio_out = KVM_HELLO_MMIO_OUT;
-inline constexpr std::uint64_t mmio_answer = KVM_HELLO_MMIO_ANSWER;
-inline constexpr std::uint64_t mmio_echo = KVM_HELLO_MMIO_ECHO;
-inline constexpr std::uint64_t mmio_sink = KVM_HELLO_MMIO_SINK;
-inline constexpr std::uint64_t mmio_result = KVM_HELLO_MMIO_RESULT;
+inline constexpr std::uint64_t ram_base = region_named("RAM").base;
+inline constexpr std::uint64_t ram_size = region_named("RAM").size;
+inline constexpr std::uint64_t mmio_out = region_named("OUT").base;
+inline constexpr std::uint64_t mmio_answer = region_named("ANSWER").base;
+inline constexpr std::uint64_t mmio_echo = region_named("ECHO").base;
+inline constexpr std::uint64_t mmio_sink = region_named("SINK").base;
+inline constexpr std::uint64_t mmio_result = region_named("RESULT").base;
 inline constexpr std::uint32_t host_answer = KVM_HELLO_HOST_ANSWER;
-
-// MMIO only happens for addresses that no memslot covers: the device
-// registers must lie outside guest RAM, or the guest's stores would land in
-// RAM silently.
-static_assert(mmio_result + 8 <= ram_base, "MMIO registers must be outside guest RAM");
-// KVM_SET_USER_MEMORY_REGION wants page-aligned addresses and sizes; 64 KiB
-// is a multiple of every arm64 page size (4K, 16K and 64K).
-static_assert(ram_base % 0x10000 == 0 && ram_size % 0x10000 == 0);
 
 inline constexpr const char* default_kvm_path = "/dev/kvm";
 
@@ -626,11 +801,6 @@ template <class Ask>
 
 // ==== Step 4: the VM =========================================================
 
-// The guest-physical address size we ask for: the smallest KVM accepts. The
-// guest's whole world (MMIO and RAM) ends at 0x20000, far below 4 GiB.
-inline constexpr int guest_ipa_bits = 32;
-static_assert((std::uint64_t{1} << guest_ipa_bits) >= ram_base + ram_size);
-
 // The KVM_CREATE_VM argument ("machine type"). On arm64 its low 8 bits are
 // the IPA size in bits; 0 means the historical default of 40 bits, which
 // fails on hosts that cannot do 40 (some have 36). So: when the host reports
@@ -1043,7 +1213,8 @@ class HelloDevice {
 
   static constexpr std::uint64_t unmapped_read_value = 0;
   static constexpr bool has_register(std::uint64_t address) {
-    return address == mmio_out || address == mmio_answer || address == mmio_echo;
+    const Region* found = register_at(address);
+    return found != nullptr && found->kind == RegionKind::hello_register;
   }
 
   // Fills in the data of a read, records a write: the device's side of one MMIO exit.

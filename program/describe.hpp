@@ -63,15 +63,11 @@ inline std::string counted(std::uint64_t n, std::string_view thing) {
   return std::to_string(n) + " " + std::string(thing) + (n == 1 ? "" : "s");
 }
 
-// The name of the device register at an address (the memory map of
-// kvm_hello.hpp); "" where there is none.
+// The name of HelloDevice's register at an address (kvm_hello.hpp's
+// memory_map); "" where there is none.
 constexpr std::string_view device_register_name(std::uint64_t address) {
-  switch (address) {
-    case kh::mmio_out: return "OUT";
-    case kh::mmio_answer: return "ANSWER";
-    case kh::mmio_echo: return "ECHO";
-    default: return "";
-  }
+  const kh::Region* found = kh::register_at(address);
+  return found != nullptr && found->kind == kh::RegionKind::hello_register ? found->name : "";
 }
 
 // What the data of a read is: ANSWER's is the host's answer; OUT and ECHO are

@@ -6,16 +6,23 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <linux/psci.h>
 #include <signal.h>
 #include <time.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
+#include <ios>
 #include <new>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "kvm_hello.hpp"
+#include "bench_guest_image.h"  // bench_guest_bin[]: bench/bench-guest.S, assembled
+#include "guest_image.h"        // guest_bin[]: guest.S, assembled
+#include "guest_lines.h"        // guest_lines[]: guest.S's line table, its addresses where it was linked
 
 namespace kh = kvm_hello;
 
@@ -194,6 +201,124 @@ static kvm_run mmio_run(std::uint64_t address, std::uint32_t length, bool is_wri
   run.mmio.is_write = is_write;
   std::copy(data.begin(), data.end(), run.mmio.data);
   return run;
+}
+
+TEST_CASE("memory map: the table holds the header's macros, under the names the lesson uses") {
+  CHECK(kh::ram_base == KVM_HELLO_RAM_BASE);
+  CHECK(kh::ram_size == KVM_HELLO_RAM_SIZE);
+  CHECK(kh::mmio_out == KVM_HELLO_MMIO_OUT);
+  CHECK(kh::mmio_answer == KVM_HELLO_MMIO_ANSWER);
+  CHECK(kh::mmio_echo == KVM_HELLO_MMIO_ECHO);
+  CHECK(kh::mmio_sink == KVM_HELLO_MMIO_SINK);
+  CHECK(kh::mmio_result == KVM_HELLO_MMIO_RESULT);
+  constexpr const kh::Region& gicd = kh::region_named("GICD");
+  constexpr const kh::Region& gicc = kh::region_named("GICC");
+  constexpr const kh::Region& gicr = kh::region_named("GICR");
+  CHECK(gicd.base == KVM_HELLO_GIC_DIST);
+  CHECK(gicc.base == KVM_HELLO_GIC_CPU);
+  CHECK(gicr.base == KVM_HELLO_GIC_REDIST);
+  CHECK(gicr.size == kh::max_vcpus * 0x20000);  // 128 KiB per vCPU
+  // The device answers at exactly its registers' addresses, and names them from the table.
+  CHECK(kh::HelloDevice::has_register(kh::mmio_out));
+  CHECK(kh::HelloDevice::has_register(kh::mmio_echo));
+  CHECK_FALSE(kh::HelloDevice::has_register(kh::mmio_out + 1));
+  CHECK_FALSE(kh::HelloDevice::has_register(kh::mmio_sink));  // the benchmark's, not HelloDevice's
+  CHECK(kh::register_at(kh::mmio_answer)->name == "ANSWER");
+  CHECK(kh::register_at(kh::mmio_result)->kind == kh::RegionKind::bench_register);
+  CHECK(kh::register_at(kh::ram_base) == nullptr);
+}
+
+namespace {
+
+// memory_map with one row replaced: a map broken in one place.
+constexpr auto map_with(std::string_view name, kh::Region row) {
+  auto map = kh::memory_map;
+  for (kh::Region& r : map) {
+    if (r.name == name) r = row;
+  }
+  return map;
+}
+using kh::RegionKind, kh::MapFault;
+constexpr auto ram_misaligned = map_with("RAM", {"RAM", 0x10800, 0x10000, RegionKind::memslot});
+constexpr auto register_misaligned = map_with("ECHO", {"ECHO", 0x1114, 8, RegionKind::hello_register});
+constexpr auto gic_misaligned = map_with("GICD", {"GICD", 0x08008000, 0x10000, RegionKind::gic_distributor});
+constexpr auto redistributors_for_7 =
+    map_with("GICR", {"GICR", KVM_HELLO_GIC_REDIST, 7 * 0x20000, RegionKind::gic_redistributors});
+constexpr auto register_in_ram = map_with("OUT", {"OUT", KVM_HELLO_RAM_BASE + 0x100, 8, RegionKind::hello_register});
+constexpr auto gic_over_ram = map_with("GICC", {"GICC", KVM_HELLO_RAM_BASE, 0x10000, RegionKind::gic_cpu_interface});
+constexpr auto two_registers_at_once =
+    map_with("ANSWER", {"ANSWER", KVM_HELLO_MMIO_OUT, 8, RegionKind::hello_register});
+constexpr auto gic_past_4_gib =
+    map_with("GICR", {"GICR", 0xfff80000, 8 * 0x20000, RegionKind::gic_redistributors});
+
+// Proven while compiling, as the header proves memory_map; the CHECKs below say it again at run time.
+static_assert(kh::find_map_fault(kh::memory_map) == MapFault::none);
+static_assert(kh::find_map_fault(ram_misaligned) == MapFault::misaligned);
+static_assert(kh::find_map_fault(register_misaligned) == MapFault::misaligned);
+static_assert(kh::find_map_fault(gic_misaligned) == MapFault::misaligned);
+static_assert(kh::find_map_fault(redistributors_for_7) == MapFault::too_small);
+static_assert(kh::find_map_fault(register_in_ram) == MapFault::mmio_in_memslot);
+static_assert(kh::find_map_fault(gic_over_ram) == MapFault::mmio_in_memslot);
+static_assert(kh::find_map_fault(two_registers_at_once) == MapFault::overlapping);
+static_assert(kh::find_map_fault(gic_past_4_gib) == MapFault::beyond_ipa_size);
+static_assert(kh::find_map_fault(kh::memory_map, 16) == MapFault::beyond_ipa_size);
+
+// The 64-bit constants a guest loads with `ldr xN, =VALUE`: each such
+// instruction is an LDR (literal), 0x58000000 | imm19 << 5 | Rt, which loads
+// the 8 bytes at its own address + imm19 * 4 (the assembler's literal pool).
+std::vector<std::uint64_t> constants_loaded(std::span<const std::uint8_t> image) {
+  std::vector<std::uint64_t> values;
+  for (std::size_t at = 0; at + 4 <= image.size(); at += 4) {
+    std::uint32_t instruction = 0;
+    std::memcpy(&instruction, image.data() + at, 4);
+    if ((instruction & 0xff000000u) != 0x58000000u) continue;
+    const std::int64_t offset = std::int64_t{static_cast<std::int32_t>(instruction << 8) >> 13} * 4;
+    const std::int64_t literal = static_cast<std::int64_t>(at) + offset;
+    if (literal < 0 || static_cast<std::size_t>(literal) + 8 > image.size()) continue;
+    std::uint64_t value = 0;
+    std::memcpy(&value, image.data() + literal, 8);
+    values.push_back(value);
+  }
+  return values;
+}
+
+// Each value is one of the map's registers or a PSCI function id, and every
+// register in `expected` is among them.
+void check_loads_only_registers(const std::vector<std::uint64_t>& loaded, std::initializer_list<std::uint64_t> expected) {
+  for (const std::uint64_t value : loaded) {
+    const bool psci = value == PSCI_0_2_FN_SYSTEM_OFF || value == PSCI_0_2_FN_PSCI_VERSION;
+    CHECK_MESSAGE((kh::register_at(value) != nullptr || psci), "a constant not in memory_map: 0x" << std::hex << value);
+  }
+  for (const std::uint64_t address : expected) {
+    CHECK_MESSAGE(std::ranges::count(loaded, address) > 0, "never loaded: " << kh::register_at(address)->name);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("memory map: a map broken in one place is rejected, naming the rule it breaks") {
+  CHECK(kh::find_map_fault(kh::memory_map) == MapFault::none);
+  CHECK(kh::find_map_fault(ram_misaligned) == MapFault::misaligned);
+  CHECK(kh::find_map_fault(register_misaligned) == MapFault::misaligned);
+  CHECK(kh::find_map_fault(gic_misaligned) == MapFault::misaligned);
+  CHECK(kh::find_map_fault(redistributors_for_7) == MapFault::too_small);
+  CHECK(kh::find_map_fault(register_in_ram) == MapFault::mmio_in_memslot);
+  CHECK(kh::find_map_fault(gic_over_ram) == MapFault::mmio_in_memslot);
+  CHECK(kh::find_map_fault(two_registers_at_once) == MapFault::overlapping);
+  CHECK(kh::find_map_fault(gic_past_4_gib) == MapFault::beyond_ipa_size);
+  CHECK(kh::find_map_fault(kh::memory_map, 16) == MapFault::beyond_ipa_size);  // RAM ends past 64 KiB
+}
+
+TEST_CASE("memory map: the assembled guests load the table's addresses, and are linked at ram_base") {
+  check_loads_only_registers(constants_loaded(std::span(guest_bin, guest_bin_len)),
+                             {kh::mmio_out, kh::mmio_answer, kh::mmio_echo});
+  check_loads_only_registers(constants_loaded(std::span(bench_guest_bin, bench_guest_bin_len)),
+                             {kh::mmio_result, kh::mmio_sink, kh::mmio_answer});
+  // guest.lines: "guest.S", then "ADDRESS LINE TEXT" per instruction, the first at the address
+  // the Makefile linked it at (read from KVM_HELLO_RAM_BASE).
+  const std::string lines(reinterpret_cast<const char*>(guest_lines), guest_lines_len);
+  const std::size_t first = lines.find('\n') + 1;
+  CHECK(std::stoull(lines.substr(first, lines.find(' ', first) - first), nullptr, 16) == kh::ram_base);
 }
 
 TEST_CASE("exits decode into typed values") {
