@@ -21,6 +21,7 @@
 #include "kvm_hello.hpp"
 #include "program/capabilities.hpp"
 #include "program/command_line.hpp"
+#include "program/ctrl_c.hpp"
 #include "program/describe.hpp"
 #include "program/guest_file.hpp"
 #include "program/inspect.hpp"
@@ -142,14 +143,20 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
   kh::HelloDevice hello;
   ExitReporter reporter(out);
   const kvm_run& run = vcpu->run();
-  const auto stats = kh::run_guest(
-      *vcpu, hello, options.time_limit,
-      [&](const kh::Exit& exit) {
-        out.say(Verbosity::very_verbose, "%s", describe_run_fields(run).c_str());
-        if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) return stepper.stopped(*debug);
-        reporter.report(exit);
-      },
-      trace);
+  const auto on_exit = [&](const kh::Exit& exit) {
+    out.say(Verbosity::very_verbose, "%s", describe_run_fields(run).c_str());
+    if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) return stepper.stopped(*debug);
+    reporter.report(exit);
+  };
+  // Two things stop the guest, each by asking the stopper: the time limit
+  // (--timeout) and Ctrl-C. Both end before the stopper does.
+  kh::VcpuStopper stopper(vcpu->run());
+  const auto stats = [&]() -> kh::Result<kh::RunStats> {
+    const CtrlCStops ctrl_c(stopper);
+    if (const auto on = ctrl_c.status(); !on) return std::unexpected(on.error());
+    const kh::Deadline deadline(stopper, options.time_limit);
+    return kh::run_guest(*vcpu, stopper, hello, on_exit, trace);
+  }();
   stepper.finish();
   if (!stats) return stuck(stats.error());
   if (stepper.failure()) return stuck(*stepper.failure());

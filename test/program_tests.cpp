@@ -130,6 +130,18 @@ TEST_CASE("the command line") {
     char* argv[] = {prog.data(), timeout.data(), never.data()};
     CHECK_FALSE(parse_options(3, argv));
   }
+  SUBCASE("a timeout below a millisecond is one millisecond, never 0; a fraction of one is rounded up") {
+    for (const auto& [seconds, ms] : {std::pair{"0.0004", 1}, {"0.000001", 1}, {"0.0015", 2}, {"3600", 3'600'000}}) {
+      std::string given = seconds;
+      char* argv[] = {prog.data(), timeout.data(), given.data()};
+      const auto options = parse_options(3, argv);
+      REQUIRE(options);
+      CHECK(options->time_limit == std::chrono::milliseconds(ms));
+    }
+    std::string too_long = "3600.001";
+    char* argv[] = {prog.data(), timeout.data(), too_long.data()};
+    CHECK_FALSE(parse_options(3, argv));
+  }
   SUBCASE("a value missing") {
     char* argv[] = {prog.data(), dev.data()};
     CHECK_FALSE(parse_options(2, argv));
