@@ -38,6 +38,15 @@
  *   default none. Nothing here prints: the caller decides how to report
  *   (main.cpp and program/ do it for this program).
  *
+ * THREADS AND SIGNALS
+ *   A vCPU runs on the thread that calls run_guest(); vCPUs of several VMs
+ *   may run at once, each on its own thread. Another thread stops one
+ *   through its VcpuStopper (a Deadline does it when time runs out): see
+ *   "Stopping a vCPU" in Step 9. The one process-wide thing the header
+ *   takes is a do-nothing handler for the kick signal, KVM_HELLO_KICK_SIGNAL
+ *   (SIGUSR1; define it before the #include to pick another); it leaves
+ *   SIGALRM, SIGINT and every timer to the program.
+ *
  * DOES NOT DO
  *   Interrupts, more than one vCPU, an MMU in the guest, or any device other
  *   than the three MMIO registers of the memory map below.
@@ -390,7 +399,9 @@ struct CallRecord {
 };
 
 // Who sees each call: a function, and the object it belongs to. The default
-// sees nothing.
+// sees nothing. It is called on the thread that made the call, before the
+// call returns: with a vCPU per thread, from several threads at once, so a
+// watcher shared by them must be safe for that (lock, or one per vCPU).
 struct CallObserver {
   void (*see)(void* watcher, const CallRecord& call) = nullptr;
   void* watcher = nullptr;

@@ -940,9 +940,10 @@ TEST_CASE("kvm-hello -v into a pipe nobody reads yet (a pager): the deadline's s
   for (std::string line; std::getline(lines, line); ++number) {
     if (line.find("ioctl(") != std::string::npos && line.find(", KVM_RUN)") != std::string::npos) runs.push_back(number);
   }
-  REQUIRE(runs.size() >= 4);
+  INFO("stdout:\n" << run.out);
+  REQUIRE(runs.size() >= 3);  // the pipe holds about a step: the deadline comes while the second or third waits
   for (std::size_t i = 2; i < runs.size(); ++i) {
-    INFO("KVM_RUN calls " << i - 1 << " and " << i << ": lines " << runs[i - 1] << " and " << runs[i]);
+    INFO("KVM_RUN calls " << i << " and " << i + 1 << ": lines " << runs[i - 1] << " and " << runs[i]);
     CHECK(runs[i] - runs[i - 1] == runs[1] - runs[0]);
   }
 }

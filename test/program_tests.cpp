@@ -723,6 +723,17 @@ TEST_CASE("colour: never when NO_COLOR is set, never off a terminal") {
   CHECK(Output{Verbosity::normal, true}.paint(colour::error, "x") == "\033[31mx\033[0m");
 }
 
+TEST_CASE("output for several vCPUs: a record of lines, each line able to carry its vCPU") {
+  const Output one{Verbosity::normal, false};
+  CHECK(one.tagged("a\n  b\n") == "a\n  b\n");  // lesson 1: as ever
+  CHECK(one.line(Verbosity::normal, "x %d", 1) == "      x 1\n");
+  CHECK(one.line(Verbosity::verbose, "x").empty());  // below the level: nothing
+  const Output second{Verbosity::normal, false, "vCPU 1"};
+  CHECK(second.tagged("a\n  b\n") == "vCPU 1 a\nvCPU 1   b\n");
+  CHECK(second.tagged("no newline") == "vCPU 1 no newline");
+  CHECK(second.tagged("").empty());
+}
+
 TEST_CASE("the trace levels from the command line") {
   std::string prog = "kvm-hello", q = "-q", vv = "-vv", step = "--step-guest";
   char* quiet[] = {prog.data(), q.data()};

@@ -4,18 +4,23 @@
 // thread of its own with its own deadline, while the main thread only waits;
 // and all the while the program keeps SIGALRM for itself (its own handler, its
 // own alarm()). The header must leave that alone and still stop each vCPU on
-// time.
+// time. Then a third vCPU, stopped by the main thread's request, as lesson
+// 3's vCPUs will be when one of them powers the machine off. It uses
+// SIGUSR1 for nothing, but picks SIGUSR2 as the kick, to show how.
 //
 // It prints a line per check ("ok: ..." or "FAILED: ...") and exits 0 when
 // every check holds, 1 otherwise. test/e2e_tests.cpp runs it against real KVM.
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <span>
 #include <thread>
 
+#define KVM_HELLO_KICK_SIGNAL SIGUSR2  // before the #include: the header's kick is SIGUSR2 here
 #include "kvm_hello.hpp"
 #include "test_guests.h"  // spin_bin[]: a guest that never powers off (test/guests/spin.S)
 
@@ -64,6 +69,30 @@ void check_stopped_at(const Ran& ran, milliseconds limit, const char* which) {
   check(ran.took < limit + milliseconds(10'000), "and soon after it");
 }
 
+// A vCPU stopped by another thread's request. The machine and the stopper
+// belong to this thread, which joins the vCPU's thread before either goes:
+// the stopper is used until the request returns, and it writes to kvm_run.
+void check_stopped_by_request() {
+  auto machine = kh::build_machine(std::span<const std::uint8_t>(spin_bin, spin_bin_len));
+  if (!machine) return check(false, "steps 1 to 8 for a third VM");
+  kh::Vcpu& vcpu = machine->vcpu;
+  std::optional<kh::VcpuStopper> stopper;  // made on the vCPU's thread: its kicks go there
+  std::atomic<bool> made{false};
+  kh::Result<kh::RunStats> result = std::unexpected(kh::Error{kh::Step::run_guest});
+  {
+    std::jthread vcpu_thread([&] {
+      stopper.emplace(vcpu.run());
+      made = true;
+      kh::HelloDevice device;
+      result = kh::run_guest(vcpu, *stopper, device, [](const kh::Exit&) {});
+    });
+    while (!made) std::this_thread::sleep_for(milliseconds(1));
+    std::this_thread::sleep_for(milliseconds(200));  // most likely inside KVM_RUN by now; if not, immediate_exit
+    stopper->request(kh::StopReason::powered_off);
+  }  // joined
+  check(result.has_value(), "a vCPU asked to stop because the machine powered off ends cleanly");
+}
+
 }  // namespace
 
 int main() {
@@ -92,6 +121,18 @@ int main() {
     std::this_thread::sleep_for(milliseconds(10));
   }
   check(alarms == 1, "the program's own alarm() came, once, to its own SIGALRM handler");
+
+  check_stopped_by_request();
+
+  struct sigaction now {};
+  ::sigaction(SIGALRM, nullptr, &now);
+  check(now.sa_handler == on_alarm, "SIGALRM's handler is still the program's");
+  ::sigaction(SIGINT, nullptr, &now);
+  check(now.sa_handler == SIG_DFL, "SIGINT is as the program left it");
+  ::sigaction(SIGUSR1, nullptr, &now);
+  check(now.sa_handler == SIG_DFL, "SIGUSR1 is as the program left it: the kick is SIGUSR2 here");
+  ::sigaction(SIGUSR2, nullptr, &now);
+  check(now.sa_handler != SIG_DFL && (now.sa_flags & SA_RESTART) != 0, "SIGUSR2 has the kick's handler, SA_RESTART");
   std::printf("%s\n", failures == 0 ? "all checks hold" : "some checks failed");
   return failures == 0 ? 0 : 1;
 }
