@@ -890,16 +890,18 @@ class HelloDevice {
 //   2. a signal to the thread inside KVM_RUN, the "kick": before each entry
 //      into the guest, kvm_arch_vcpu_ioctl_run() handles pending work, and a
 //      pending signal ends the call with -EINTR (xfer_to_guest_mode_work(),
-//      kernel/entry/kvm.c in Linux 6.1 and 6.12, kernel/entry/virt.c in 7.2;
-//      a vCPU asleep in WFI, or after SYSTEM_OFF, wakes for it too:
-//      kvm_vcpu_check_block() in virt/kvm/kvm_main.c). Alone, it can come
-//      just before KVM_RUN starts, and be missed.
+//      kernel/entry/kvm.c in Linux 6.1 and 6.12, kernel/entry/virt.c in 7.2).
+//      A vCPU asleep wakes for it too: in WFI (kvm_vcpu_check_block() in
+//      virt/kvm/kvm_main.c), or stopped after SYSTEM_OFF (kvm_vcpu_sleep()
+//      in arch/arm64/kvm/arm.c, an interruptible wait). Alone, the kick can
+//      come just before KVM_RUN starts, and be missed.
 //
 // EINTR comes back whether the kick's handler was installed with SA_RESTART
 // or not: the kernel restarts only a call that returned one of its
 // -ERESTART* codes (do_signal() in arch/arm64/kernel/signal.c), never one
-// that returned -EINTR. So the handler has SA_RESTART, and a write(2) that a
-// kick interrupts elsewhere (printf into a full pipe) is restarted, not lost.
+// that returned -EINTR (test/e2e_tests.cpp tries both). So the handler has
+// SA_RESTART, and a write(2) that a kick interrupts elsewhere (printf into a
+// full pipe) is restarted, not lost.
 // KVM_RUN also returns EINTR for signals no one meant as a stop (Ctrl-Z then
 // fg, a debugger, the program's own timers) and, with no interrupt controller
 // in the kernel, when the guest's timer output changes (exit_reason
@@ -964,14 +966,15 @@ class VcpuStopper {
 
   // Asks the vCPU to stop for `why`: records the reason (unless one that
   // takes precedence is there already), sets immediate_exit, kicks the
-  // vCPU's thread. Async-signal-safe: lock-free atomics and pthread_kill()
-  // only, so a signal handler may call it.
+  // vCPU's thread. Async-signal-safe, so a signal handler may call it:
+  // lock-free atomics, and pthread_kill() (on signal-safety(7)'s list).
   void request(StopReason why) noexcept {
     StopReason now = reason_.load();
     while (now < why && !reason_.compare_exchange_weak(now, why)) {
     }
     immediate_exit().store(1);
-    // Before the handler is installed no vCPU has run: immediate_exit will stop its first KVM_RUN.
+    // No kick before its handler is installed (SIGUSR1's default ends the program): run_guest()
+    // installs it before its first KVM_RUN, and immediate_exit stops that one.
     if (detail::kick_handler_installed.load()) ::pthread_kill(thread_, KVM_HELLO_KICK_SIGNAL);
   }
 

@@ -904,6 +904,46 @@ PipedOutcome run_into_unread_pipe(std::vector<std::string> args, std::chrono::mi
 
 }  // namespace
 
+TEST_CASE("KVM_RUN returns EINTR for a signal whose handler has SA_RESTART, as for one without") {
+  // A thread kicks the vCPU's (this one) with SIGUSR2 every 100 ms, no
+  // immediate_exit. Were KVM_RUN restarted after an SA_RESTART handler, no
+  // kick would end it: after 5 s the kicker sets immediate_exit, and the
+  // test fails rather than hangs.
+  for (const int flags : {SA_RESTART, 0}) {
+    INFO("sa_flags " << flags);
+    kh::Machine m = build_machine(image(spin_bin, spin_bin_len));
+    struct sigaction action {}, before {};
+    action.sa_handler = [](int) {};
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = flags;
+    REQUIRE(sigaction(SIGUSR2, &action, &before) == 0);
+    const pthread_t vcpu_thread = pthread_self();
+    std::atomic<bool> returned{false}, needed_immediate_exit{false};
+    std::thread kicker([&] {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (!returned && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (!returned) pthread_kill(vcpu_thread, SIGUSR2);
+      }
+      if (returned) return;
+      needed_immediate_exit = true;
+      std::atomic_ref<std::uint8_t>(m.vcpu.run().immediate_exit).store(1);
+      while (!returned) {
+        pthread_kill(vcpu_thread, SIGUSR2);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+    const auto entered = run_once(m);
+    returned = true;
+    kicker.join();
+    sigaction(SIGUSR2, &before, nullptr);
+    REQUIRE_FALSE(entered);
+    CHECK(entered.error().err == EINTR);
+    CHECK(m.vcpu.run().exit_reason == KVM_EXIT_INTR);  // kvm_handle_signal_exit(), as for any pending signal
+    CHECK_FALSE(needed_immediate_exit);
+  }
+}
+
 TEST_CASE("a program of its own: two VMs on two threads, each stopped by its own deadline; its own alarm() comes") {
   const std::string program = program_path.substr(0, program_path.rfind('/') + 1) + "two-vms-two-threads";
   REQUIRE_MESSAGE(access(program.c_str(), X_OK) == 0, program << " is missing");
