@@ -1008,6 +1008,26 @@ class VcpuStopper {
   std::atomic<std::chrono::milliseconds::rep> time_limit_ms_{0};
 };
 
+namespace detail {
+// Blocks every signal in the calling thread while it lives: a thread started
+// meanwhile begins with all of them blocked. (pthread_sigmask fails only for
+// a bad first argument.)
+class AllSignalsBlocked {
+ public:
+  AllSignalsBlocked() noexcept {
+    sigset_t all{};
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, &before_);
+  }
+  AllSignalsBlocked(const AllSignalsBlocked&) = delete;
+  AllSignalsBlocked& operator=(const AllSignalsBlocked&) = delete;
+  ~AllSignalsBlocked() { ::pthread_sigmask(SIG_SETMASK, &before_, nullptr); }
+
+ private:
+  sigset_t before_{};
+};
+}  // namespace detail
+
 // A deadline for one vCPU: `limit` after it is made (or restarted), it
 // asks the stopper to stop (StopReason::deadline), from a thread of its own
 // that waits on a condition variable. Destroying it first ends and joins
@@ -1018,11 +1038,8 @@ class Deadline {
  public:
   Deadline(VcpuStopper& stopper, std::chrono::milliseconds limit) : stopper_(stopper) {
     restart(limit);
-    sigset_t all{}, before{};
-    sigfillset(&all);
-    ::pthread_sigmask(SIG_BLOCK, &all, &before);  // the new thread inherits this mask
+    const detail::AllSignalsBlocked blocked;  // the new thread inherits this mask
     thread_ = std::jthread([this](std::stop_token ended) { watch(ended); });
-    ::pthread_sigmask(SIG_SETMASK, &before, nullptr);  // (it fails only for a bad first argument)
   }
   Deadline(const Deadline&) = delete;
   Deadline& operator=(const Deadline&) = delete;

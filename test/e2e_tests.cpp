@@ -944,6 +944,28 @@ TEST_CASE("KVM_RUN returns EINTR for a signal whose handler has SA_RESTART, as f
   }
 }
 
+TEST_CASE("a Deadline's thread blocks every signal: the program's SIGALRM or SIGINT never lands there") {
+  kvm_run run{};
+  kh::VcpuStopper stopper(run);
+  const kh::Deadline deadline(stopper, std::chrono::seconds(60));
+  const std::string self = std::to_string(gettid());
+  int others = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    if (task.path().filename() == self) continue;
+    ++others;
+    std::istringstream status(read_file(task.path() / "status"));
+    for (std::string line; std::getline(status, line);) {
+      if (!line.starts_with("SigBlk:")) continue;
+      INFO(line);
+      const unsigned long long blocked = std::stoull(line.substr(7), nullptr, 16);
+      for (const int signal : {SIGINT, SIGALRM, SIGTERM, SIGUSR1, SIGUSR2, SIGCHLD}) {
+        CHECK(((blocked >> (signal - 1)) & 1) == 1);
+      }
+    }
+  }
+  CHECK(others == 1);  // the Deadline's
+}
+
 TEST_CASE("a program of its own: two VMs on two threads, each stopped by its own deadline; its own alarm() comes") {
   const std::string program = program_path.substr(0, program_path.rfind('/') + 1) + "two-vms-two-threads";
   REQUIRE_MESSAGE(access(program.c_str(), X_OK) == 0, program << " is missing");
