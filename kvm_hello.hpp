@@ -111,6 +111,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -1039,10 +1040,23 @@ class Deadline {
   Deadline(VcpuStopper& stopper, std::chrono::milliseconds limit) : stopper_(stopper) {
     restart(limit);
     const detail::AllSignalsBlocked blocked;  // the new thread inherits this mask
-    thread_ = std::jthread([this](std::stop_token ended) { watch(ended); });
+    try {
+      thread_ = std::jthread([this](std::stop_token ended) { watch(ended); });
+    } catch (const std::system_error& error) {
+      failed_with_ = error.code().value();  // pthread_create's errno: EAGAIN, no memory for its stack
+    }
   }
   Deadline(const Deadline&) = delete;
   Deadline& operator=(const Deadline&) = delete;
+
+  // Whether its thread started: if not, nothing stops the vCPU at the
+  // limit, so do not run it. Error: pthread_create's errno.
+  Result<void> status() const {
+    if (failed_with_ != 0) {
+      return std::unexpected(Error{Step::run_guest, Problem::call_failed, "pthread_create", failed_with_});
+    }
+    return {};
+  }
 
   // Starts the time again: the stop is asked `limit` from now, and a stop
   // this deadline asked for before is taken back (VcpuStopper::withdraw).
@@ -1077,6 +1091,7 @@ class Deadline {
   std::condition_variable_any changed_;
   std::chrono::steady_clock::time_point due_;
   bool armed_ = false;
+  int failed_with_ = 0;
   std::jthread thread_;  // last: it ends, and is joined, before the members it uses go
 };
 
@@ -1178,6 +1193,7 @@ Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds
                            CallObserver observe = {}) {
   VcpuStopper stopper(vcpu.run());
   const Deadline deadline(stopper, limit);  // after the stopper: joined before it goes
+  if (const auto started = deadline.status(); !started) return std::unexpected(started.error());
   return run_guest(vcpu, stopper, device, std::forward<OnExit>(on_exit), observe);
 }
 

@@ -148,15 +148,17 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
     if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) return stepper.stopped(*debug);
     reporter.report(exit);
   };
-  // Two things stop the guest, each by asking the stopper: the time limit
-  // (--timeout) and Ctrl-C. Both end before the stopper does.
+  // Two things stop the guest, each by asking the stopper: Ctrl-C and the
+  // time limit (--timeout). Both end with the block, before the stopper.
   kh::VcpuStopper stopper(vcpu->run());
-  const auto stats = [&]() -> kh::Result<kh::RunStats> {
+  kh::Result<kh::RunStats> stats;
+  {
     const CtrlCStops ctrl_c(stopper);
-    if (const auto on = ctrl_c.status(); !on) return std::unexpected(on.error());
+    if (const auto on = ctrl_c.status(); !on) return failed(on.error());
     const kh::Deadline deadline(stopper, options.time_limit);
-    return kh::run_guest(*vcpu, stopper, hello, on_exit, trace);
-  }();
+    if (const auto started = deadline.status(); !started) return failed(started.error());
+    stats = kh::run_guest(*vcpu, stopper, hello, on_exit, trace);
+  }
   stepper.finish();
   if (!stats) return stuck(stats.error());
   if (stepper.failure()) return stuck(*stepper.failure());

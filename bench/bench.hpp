@@ -78,6 +78,7 @@ inline kh::Result<void> raw_run_loop(kh::Vcpu& vcpu, BenchDevice& device, std::c
   if (const auto kick = kh::install_kick_handler(); !kick) return std::unexpected(kick.error());
   kh::VcpuStopper stopper(*run);
   const kh::Deadline deadline(stopper, limit);
+  if (const auto started = deadline.status(); !started) return std::unexpected(started.error());
   for (;;) {
     // 0UL, not 0: a variadic int is 32 bits, the kernel reads 64, and KVM_RUN fails (EINVAL) unless all are 0.
     if (::ioctl(fd, KVM_RUN, 0UL) < 0) {

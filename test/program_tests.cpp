@@ -61,6 +61,8 @@ TEST_CASE("every kind of failure has its own exit status") {
   CHECK(status_for({Step::check_capabilities, Problem::missing_capability}) == Status::missing_capability);
   CHECK(status_for({Step::create_vm, Problem::ipa_too_small}) == Status::ipa_size);
   CHECK(status_for({Step::create_vm, Problem::call_failed, "KVM_CREATE_VM", ENOMEM}) == Status::out_of_memory);
+  CHECK(status_for({Step::run_guest, Problem::call_failed, "pthread_create", EAGAIN}) == Status::out_of_memory);
+  CHECK(status_for({Step::run_guest, Problem::call_failed, "KVM_RUN", EAGAIN}) == Status::run_failed);
   CHECK(status_for({Step::init_vcpu, Problem::call_failed, "KVM_ARM_VCPU_INIT", EINVAL}) == Status::setup_failed);
   CHECK(status_for({Step::run_guest, Problem::call_failed, "KVM_RUN", ENOSYS}) == Status::run_failed);
   CHECK(status_for({Step::run_guest, Problem::watchdog_expired}) == Status::watchdog);
