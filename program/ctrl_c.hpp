@@ -58,7 +58,7 @@ class CtrlCStops {
   }
 
   // The Error when the handler could not be installed (sigaction's errno).
-  kh::Result<void> status() const {
+  [[nodiscard]] kh::Result<void> status() const {
     if (failed_with_ != 0) {
       return std::unexpected(kh::Error{kh::Step::run_guest, kh::Problem::call_failed, "sigaction", failed_with_});
     }

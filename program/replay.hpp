@@ -67,7 +67,7 @@ inline Stepped step_one(kh::Vcpu& vcpu, const kh::VcpuStopper& stopper, kh::Dead
   kvm_run& run = vcpu.run();
   deadline.restart(patience);
   for (;;) {
-    const auto entered = kh::call(kh::Step::run_guest, vcpu.fd.get(), kh::request::run);
+    const auto entered = kh::call(kh::Step::run_guest, vcpu.fd, kh::request::run);
     if (!entered) {
       if (entered.error().err != EINTR) {
         return {Stepped::Kind::failed, failure_for(entered.error(), kvm_device).message};
@@ -112,8 +112,8 @@ inline Replay replay_guest(std::span<const std::uint8_t> image, std::string_view
   };
   auto machine = kh::build_machine(image, std::string(kvm_device).c_str());
   if (!machine) return failed(machine.error());
-  const int vcpu = machine->vcpu.fd.get();
-  if (const auto on = kh::enable_single_step(machine->kvm.get(), vcpu); !on) return failed(on.error());
+  const kh::VcpuFd& vcpu = machine->vcpu.fd;
+  if (const auto on = kh::enable_single_step(machine->kvm, vcpu); !on) return failed(on.error());
   // What stops a step: its patience running out (a Deadline, started again
   // at each step), and Ctrl-C.
   if (const auto kick = kh::install_kick_handler(); !kick) return failed(kick.error());
