@@ -623,9 +623,10 @@ constexpr Result<std::span<const std::uint8_t>> check_guest_image(std::span<cons
 // page instead, and drops it when a store to those bytes is seen; but the
 // stores of DC ZVA (how the kernel zeroes a new page) and of SVE (glibc's
 // memcpy, on a CPU with SVE such as QEMU's max) are seen as their first byte
-// only (probe_access() in its accel/tcg/cputlb.c). So when this process's
-// RAM for a VM reuses a page an earlier VM of it ran code from (as Linux 6.12
-// hands back the page just freed), the new guest could run the old guest's
+// only (its accel/tcg/cputlb.c: probe_access() and probe_access_flags() pass
+// notdirty_write() a size of 1). So when a VM's RAM reuses a page where an
+// earlier VM of this process ran code (under Linux 6.12 it did, each time
+// tested; under 7.2 not), the new guest could run the old guest's
 // instructions. Ordinary stores of every word are all seen.
 inline void write_guest_ram(std::span<std::uint8_t> ram, std::span<const std::uint8_t> image) {
   volatile auto* words = reinterpret_cast<volatile std::uint64_t*>(ram.data());  // volatile: stores as written
