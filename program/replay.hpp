@@ -25,9 +25,11 @@
 // is not enough: a branch can go there too (`br x0` with x0 = 0, when
 // VBAR_EL1 is 0), and ELR_EL1 then still reads 0, its value from INIT, which
 // is in those vectors. What only an exception does is write ESR_EL1 (every
-// synchronous exception and SError taken to EL1 does, and this guest gets no
-// interrupts): PC in the vectors with ESR_EL1 changed, that instruction took
-// the first exception. (An MSR may write VBAR_EL1 or ESR_EL1 itself: both
+// synchronous exception and SError taken to EL1 does, and so does KVM as it
+// injects one: inject_abt64() and inject_undef64() in
+// arch/arm64/kvm/inject_fault.c, 6.1 to 7.2; this guest gets no interrupts):
+// PC in the vectors with ESR_EL1 changed, that instruction took the first
+// exception. (An MSR may write VBAR_EL1 or ESR_EL1 itself: both
 // are read again after each system register access.)
 #pragma once
 
