@@ -1018,6 +1018,18 @@ TEST_CASE("guest RAM: each VM runs its own image, even from a page an earlier VM
   }
 }
 
+TEST_CASE("at -q a stuck guest's error line stands alone: no registers above it, and it points to none") {
+  const Outcome spin = run_program({"-q", "--guest", guest_binaries + "/spin.bin", "--timeout", "1"});
+  INFO("stderr: " << spin.err);
+  CHECK(spin.status == 24);
+  CHECK(count(spin.err, "\n") == 1);
+  CHECK(spin.err.ends_with("a guest that runs longer needs --timeout (without -q, its registers say where it was)\n"));
+  const Outcome udf = run_program({"-q", "--guest", guest_binaries + "/undefined.bin", "--timeout", "1"});
+  INFO("stderr: " << udf.err);
+  CHECK(count(udf.err, "\n") == 1);
+  CHECK(udf.err.ends_with("would not help: run without -q to see the instruction to fix\n"));
+}
+
 TEST_CASE("run again, the guest goes the same way: the registers it ends with are the first run's") {
   kh::Machine m = build_machine(image(undefined_bin, undefined_bin_len));
   kh::HelloDevice device;
