@@ -200,6 +200,7 @@ test: $(UNIT_SUITES) $(E2E_NEEDS) | kvm-usable
 	@$(SUITE) $(UNIT_NAME)-sanitized $(UNIT_SANITIZED)
 	$(if $(CROSS),@$(SUITE) unit-arm64-user-mode qemu-aarch64-static $(UNIT_ARM64))
 	@ARM64_CXX=$(ARM64_CXX) $(SUITE) makefile test/make-tests.sh
+	@ARM64_CXX=$(ARM64_CXX) $(SUITE) compile-fail test/compile-fail-tests.sh
 	@$(SUITE) terminal test/terminal-test.sh
 	$(run-e2e-suites)
 	@test/summarize.sh $(TEST_LOGS)
@@ -383,14 +384,18 @@ $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 	done
 	@touch $@
 
-# One binary from four sources: doctest's main, and the tests of the steps
-# (kvm_hello.hpp), of the program (program/, bench/) and of the docs. Each is
+# One binary from five sources: doctest's main, and the tests of the steps
+# (kvm_hello.hpp), of the program (program/, bench/), of the docs, and of a
+# program's own names beside the header's (own_names_tests.cpp). Each is
 # built three ways: for the build machine, under the sanitizers, and (off
 # arm64) by the cross compiler, run under qemu-aarch64-static. The docs tests
 # read README.md and docs/ from here.
-UNIT_TESTS   := unit_main steps_tests program_tests docs_tests
-UNIT_FLAGS   := $(CXXSTD) $(WARNINGS) -I. -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
+UNIT_TESTS   := unit_main steps_tests program_tests docs_tests own_names_tests
+UNIT_FLAGS   := $(CXXSTD) $(WARNINGS) -I. -I$(BUILD) -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
 UNIT_DEPENDS := $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
+# steps_tests.cpp checks the assembled guests against the memory map.
+$(foreach way,host sanitized arm64,$(BUILD)/unit/$(way)/steps_tests.o): \
+  $(BUILD)/guest_image.h $(BUILD)/bench_guest_image.h $(BUILD)/guest_lines.h
 
 $(BUILD)/unit/host/%.o: test/%.cpp $(UNIT_DEPENDS)
 	@mkdir -p $(@D)

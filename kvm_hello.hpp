@@ -10,10 +10,10 @@
  *   docs/ has one chapter per step, with the same numbers.
  *
  * STEP BY STEP (the numbers main.cpp prints and docs/ uses)
- *   1  open_kvm            open("/dev/kvm")                      -> Fd
+ *   1  open_kvm            open("/dev/kvm")                      -> KvmFd
  *   2  check_api_version   KVM_GET_API_VERSION                   -> 12
  *   3  check_capabilities  KVM_CHECK_EXTENSION                   -> Capabilities
- *   4  create_vm           KVM_CREATE_VM                         -> Fd (the VM)
+ *   4  create_vm           KVM_CREATE_VM                         -> VmFd
  *   5  setup_guest_memory  mmap + KVM_SET_USER_MEMORY_REGION     -> GuestMemory
  *   6  create_vcpu         KVM_CREATE_VCPU, KVM_GET_VCPU_MMAP_SIZE, mmap -> Vcpu
  *   7  init_vcpu           KVM_ARM_PREFERRED_TARGET, KVM_ARM_VCPU_INIT   -> kvm_vcpu_init
@@ -22,10 +22,11 @@
  *
  * CONTENTS (the banners below, in order)
  *   The guest's memory map          shared with guest.S
+ *   The memory map as a table       its regions; alignment, overlap and memslots proven
  *   Constants                       each derived from the kernel's headers or the map
  *   Steps and errors                the step table; Error, Result
- *   Owners                          Fd and Mapping: each fd and mapping closed once
- *   Typed ioctl requests            Request, call(), and watching the calls
+ *   Owners                          Fd, KvmFd, VmFd, VcpuFd and Mapping: each closed once
+ *   Typed ioctl requests            Request (its number, argument and fd), call(), watching the calls
  *   Step 1 ... Step 9               each step's function, its helpers just above it
  *   Steps 1 to 8 in one call        build_machine(), for programs that do not narrate
  *   Appendix: seeing inside         reading registers, single-stepping, breakpoints, the vCPU's statistics
@@ -40,7 +41,8 @@
  *
  * DOES NOT DO
  *   Interrupts, more than one vCPU, an MMU in the guest, or any device other
- *   than the three MMIO registers of the memory map below.
+ *   than the three MMIO registers of the memory map below (which only keeps
+ *   a place for an interrupt controller).
  *
  * NEEDS
  *   Linux on arm64 with KVM (or the emulated machine `make run` builds on
@@ -55,14 +57,35 @@
 
 /* ==== The guest's memory map (shared with guest.S) =========================
  *
- *   0x00000 +---------------------------+
- *           |  (nothing: no memslot)    |  0x1100 OUT    write 1 byte: the host prints it
- *           |  accesses here are MMIO:  |  0x1108 ANSWER read 4 bytes: the host answers
- *           |  each one exits to us     |  0x1110 ECHO   write 4 bytes: the host checks them
- *   0x10000 +---------------------------+
- *           |  guest RAM, 64 KiB        |  the guest image is copied to its start;
- *           |  (memslot 0, our mmap)    |  PC starts at 0x10000, the stack at the top
- *   0x20000 +---------------------------+
+ * Guest-physical addresses (the guest's MMU is off, so they are the ones it
+ * uses); not to scale. Everything that is not RAM has no memslot: a load or
+ * store there leaves the guest (an MMIO exit, or the in-kernel GIC).
+ *
+ *   0x00000000 +--------------------------+
+ *              |  no memslot: MMIO        |  0x1100 OUT    write 1 byte: the host prints it
+ *              |                          |  0x1108 ANSWER read 4 bytes: the host answers
+ *              |                          |  0x1110 ECHO   write 4 bytes: the host checks them
+ *              |                          |  0x1118 SINK, 0x1120 RESULT: the benchmark's (--bench)
+ *   0x00010000 +--------------------------+
+ *              |  guest RAM, 64 KiB       |  the guest image is copied to its start;
+ *              |  (memslot 0, our mmap)   |  PC starts at 0x10000, the stack at the top
+ *   0x00020000 +--------------------------+
+ *              |  no memslot              |
+ *   0x08000000 +--------------------------+  reserved for the in-kernel GIC (interrupts,
+ *              |  GICD: distributor       |  not used yet): QEMU's virt board puts its
+ *   0x08010000 +--------------------------+  own GIC at the same addresses
+ *              |  GICC: CPU interface     |  a GICv2's only (a GICv3's is system registers)
+ *   0x08020000 +--------------------------+
+ *              |  no memslot              |
+ *   0x080a0000 +--------------------------+
+ *              |  GICR: redistributors    |  a GICv3's: 128 KiB per vCPU, vCPU n's
+ *              |  for max_vcpus (8)       |  at 0x080a0000 + n * 0x20000
+ *   0x081a0000 +--------------------------+
+ *              |  no memslot              |
+ *  0x100000000 +--------------------------+  2^guest_ipa_bits: the VM's address space ends
+ *
+ * The numbers are here, as macros, for the assembler; the C++ table
+ * memory_map below names each region and proves the map sound.
  */
 #define KVM_HELLO_RAM_BASE 0x10000
 #define KVM_HELLO_RAM_SIZE 0x10000
@@ -74,6 +97,10 @@
 /* Two more for the benchmark guest (kvm-hello --bench, bench/bench-guest.S): */
 #define KVM_HELLO_MMIO_SINK 0x1118   /* write: an exit that the host ignores */
 #define KVM_HELLO_MMIO_RESULT 0x1120 /* write 8 bytes: one measurement for the host */
+/* Where the in-kernel GIC's frames go (reserved: nothing creates a GIC yet). */
+#define KVM_HELLO_GIC_DIST 0x08000000   /* GICD, the distributor */
+#define KVM_HELLO_GIC_CPU 0x08010000    /* GICC, a GICv2's CPU interface */
+#define KVM_HELLO_GIC_REDIST 0x080a0000 /* GICR, the first vCPU's redistributor */
 
 #ifndef __ASSEMBLER__
 
@@ -111,24 +138,172 @@
 
 namespace kvm_hello {
 
+// ==== The memory map as a table, proven while compiling =====================
+//
+// The map above, one row per region: its name, where it starts, how many
+// bytes it covers, and what answers an access there. The addresses are the
+// macros above (the assembler sees only those); the names, sizes and kinds
+// are here. The lesson takes every address from this table, and the
+// static_asserts below it prove the rules KVM relies on but checks only in
+// part, or not at all, before the guest runs.
+
+// What answers a guest's load or store in a region.
+enum class RegionKind {
+  memslot,             // guest RAM, KVM_SET_USER_MEMORY_REGION (step 5): no exit
+  hello_register,      // a register of HelloDevice: an MMIO exit to us (step 9)
+  bench_register,      // a register of the benchmark's device (bench/bench.hpp)
+  gic_distributor,     // the in-kernel GIC's distributor (KVM_DEV_ARM_VGIC_GRP_ADDR)
+  gic_cpu_interface,   // a GICv2's CPU interface (a GICv3 uses system registers)
+  gic_redistributors,  // a GICv3's redistributors, one after another, vCPU 0 first
+};
+
+struct Region {
+  std::string_view name;
+  std::uint64_t base;  // guest-physical
+  std::uint64_t size;  // bytes
+  RegionKind kind;
+};
+
+// A register's region is the widest access one load or store makes (8
+// bytes): then no access to one register reaches the next.
+inline constexpr std::uint64_t register_bytes = 8;
+// KVM_SET_USER_MEMORY_REGION wants addresses and sizes aligned to the host's
+// page size (__kvm_set_memory_region, virt/kvm/kvm_main.c): 4, 16 or 64 KiB
+// on arm64, so 64 KiB suits them all.
+inline constexpr std::uint64_t largest_page_size = 0x10000;
+// The GIC's frames: KVM wants a GICv3's 64 KiB aligned, base and size
+// (kvm_vgic_addr and vgic_check_iorange, arch/arm64/kvm/vgic/vgic-kvm-device.c).
+// A GICv2 asks only 4 KiB, but KVM maps its CPU interface into the guest a
+// host page at a time (kvm_phys_addr_ioremap, arch/arm64/kvm/mmu.c), so its
+// frames get 64 KiB too. The distributor is one frame (KVM_VGIC_V3_DIST_SIZE),
+// each vCPU's redistributor two (KVM_VGIC_V3_REDIST_SIZE, <asm/kvm.h>:
+// RD_base, then SGI_base).
+inline constexpr std::uint64_t gic_frame_size = 0x10000;
+inline constexpr std::uint64_t gic_redistributor_size = 2 * gic_frame_size;
+// The most vCPUs the map has room for: a GICv2 serves at most 8
+// (VGIC_V2_MAX_CPUS, include/kvm/arm_vgic.h), so either GIC can serve them all.
+inline constexpr std::uint64_t max_vcpus = 8;
+// The guest-physical address size we ask KVM_CREATE_VM for (step 4): the
+// smallest KVM accepts, 4 GiB, far more than the map needs.
+inline constexpr int guest_ipa_bits = 32;
+
+inline constexpr std::array memory_map{
+    Region{"OUT", KVM_HELLO_MMIO_OUT, register_bytes, RegionKind::hello_register},
+    Region{"ANSWER", KVM_HELLO_MMIO_ANSWER, register_bytes, RegionKind::hello_register},
+    Region{"ECHO", KVM_HELLO_MMIO_ECHO, register_bytes, RegionKind::hello_register},
+    Region{"SINK", KVM_HELLO_MMIO_SINK, register_bytes, RegionKind::bench_register},
+    Region{"RESULT", KVM_HELLO_MMIO_RESULT, register_bytes, RegionKind::bench_register},
+    Region{"RAM", KVM_HELLO_RAM_BASE, KVM_HELLO_RAM_SIZE, RegionKind::memslot},
+    Region{"GICD", KVM_HELLO_GIC_DIST, gic_frame_size, RegionKind::gic_distributor},
+    Region{"GICC", KVM_HELLO_GIC_CPU, gic_frame_size, RegionKind::gic_cpu_interface},
+    Region{"GICR", KVM_HELLO_GIC_REDIST, max_vcpus * gic_redistributor_size, RegionKind::gic_redistributors},
+};
+
+// The alignment a region's base and size need, by what answers there.
+constexpr std::uint64_t alignment_for(RegionKind kind) {
+  switch (kind) {
+    case RegionKind::memslot: return largest_page_size;
+    case RegionKind::hello_register:
+    case RegionKind::bench_register: return register_bytes;  // an 8-byte access must be aligned: Device memory
+    case RegionKind::gic_distributor:
+    case RegionKind::gic_cpu_interface:
+    case RegionKind::gic_redistributors: return gic_frame_size;
+  }
+  std::unreachable();
+}
+
+// The fewest bytes a region of this kind can have.
+constexpr std::uint64_t smallest_size_for(RegionKind kind) {
+  switch (kind) {
+    case RegionKind::memslot: return largest_page_size;
+    case RegionKind::hello_register:
+    case RegionKind::bench_register: return register_bytes;
+    case RegionKind::gic_distributor:
+    case RegionKind::gic_cpu_interface: return gic_frame_size;
+    case RegionKind::gic_redistributors: return max_vcpus * gic_redistributor_size;  // one per vCPU
+  }
+  std::unreachable();
+}
+
+constexpr bool overlap(const Region& a, const Region& b) { return a.base < b.base + b.size && b.base < a.base + a.size; }
+
+// The region ends at or below 2^ipa_bits (written so that nothing overflows).
+constexpr bool fits_below(const Region& region, int ipa_bits) {
+  const std::uint64_t limit = std::uint64_t{1} << ipa_bits;
+  return region.size <= limit && region.base <= limit - region.size;
+}
+
+// The rules a memory map must keep, each a reason a guest or KVM would fail.
+enum class MapFault {
+  none,
+  misaligned,       // base or size not a multiple of alignment_for(kind): KVM refuses a memslot or
+                    // GIC frame (EINVAL); an 8-byte access to an unaligned register faults in the guest
+  too_small,        // smaller than smallest_size_for(kind): e.g. no redistributor for a vCPU
+  beyond_ipa_size,  // past 2^ipa_bits: the guest cannot reach it, KVM refuses a GIC there (E2BIG)
+  mmio_in_memslot,  // a register or GIC frame inside RAM: the guest's accesses would land in RAM, silently
+  overlapping,      // two registers, two GIC frames or two memslots share an address
+};
+
+// The first rule `map` breaks, checked in the order above; MapFault::none if
+// it keeps them all. constexpr: the static_asserts below run it on memory_map
+// while compiling, test/steps_tests.cpp on broken maps.
+constexpr MapFault find_map_fault(std::span<const Region> map, int ipa_bits = guest_ipa_bits) {
+  for (const Region& r : map) {
+    const std::uint64_t alignment = alignment_for(r.kind);
+    if (r.base % alignment != 0 || r.size % alignment != 0) return MapFault::misaligned;
+  }
+  for (const Region& r : map) {
+    if (r.size < smallest_size_for(r.kind)) return MapFault::too_small;
+  }
+  for (const Region& r : map) {
+    if (!fits_below(r, ipa_bits)) return MapFault::beyond_ipa_size;
+  }
+  for (std::size_t i = 0; i < map.size(); ++i) {  // every pair, once; no sum overflows now
+    for (std::size_t j = i + 1; j < map.size(); ++j) {
+      if (!overlap(map[i], map[j])) continue;
+      const bool one_is_ram = (map[i].kind == RegionKind::memslot) != (map[j].kind == RegionKind::memslot);
+      return one_is_ram ? MapFault::mmio_in_memslot : MapFault::overlapping;
+    }
+  }
+  return MapFault::none;
+}
+
+static_assert(find_map_fault(memory_map) != MapFault::misaligned, "memory_map: every base and size is aligned");
+static_assert(find_map_fault(memory_map) != MapFault::too_small, "memory_map: every region is big enough");
+static_assert(find_map_fault(memory_map) != MapFault::beyond_ipa_size, "memory_map: everything below 2^guest_ipa_bits");
+static_assert(find_map_fault(memory_map) != MapFault::mmio_in_memslot,
+              "memory_map: no register or GIC frame inside guest RAM (MMIO happens only outside every memslot)");
+static_assert(find_map_fault(memory_map) != MapFault::overlapping, "memory_map: no two regions overlap");
+
+// A row of memory_map by its name, while compiling: a name not in the table
+// does not compile.
+consteval const Region& region_named(std::string_view name) {
+  for (const Region& r : memory_map) {
+    if (r.name == name) return r;
+  }
+  throw "memory_map has no region of that name";
+}
+
+// The register (HelloDevice's or the benchmark's) at exactly this address,
+// or nullptr.
+constexpr const Region* register_at(std::uint64_t address) {
+  for (const Region& r : memory_map) {
+    const bool is_register = r.kind == RegionKind::hello_register || r.kind == RegionKind::bench_register;
+    if (is_register && r.base == address) return &r;
+  }
+  return nullptr;
+}
+
 // ==== Constants, each derived from the kernel's headers or the map above ====
 
-inline constexpr std::uint64_t ram_base = KVM_HELLO_RAM_BASE;
-inline constexpr std::uint64_t ram_size = KVM_HELLO_RAM_SIZE;
-inline constexpr std::uint64_t mmio_out = KVM_HELLO_MMIO_OUT;
-inline constexpr std::uint64_t mmio_answer = KVM_HELLO_MMIO_ANSWER;
-inline constexpr std::uint64_t mmio_echo = KVM_HELLO_MMIO_ECHO;
-inline constexpr std::uint64_t mmio_sink = KVM_HELLO_MMIO_SINK;
-inline constexpr std::uint64_t mmio_result = KVM_HELLO_MMIO_RESULT;
+inline constexpr std::uint64_t ram_base = region_named("RAM").base;
+inline constexpr std::uint64_t ram_size = region_named("RAM").size;
+inline constexpr std::uint64_t mmio_out = region_named("OUT").base;
+inline constexpr std::uint64_t mmio_answer = region_named("ANSWER").base;
+inline constexpr std::uint64_t mmio_echo = region_named("ECHO").base;
+inline constexpr std::uint64_t mmio_sink = region_named("SINK").base;
+inline constexpr std::uint64_t mmio_result = region_named("RESULT").base;
 inline constexpr std::uint32_t host_answer = KVM_HELLO_HOST_ANSWER;
-
-// MMIO only happens for addresses that no memslot covers: the device
-// registers must lie outside guest RAM, or the guest's stores would land in
-// RAM silently.
-static_assert(mmio_result + 8 <= ram_base, "MMIO registers must be outside guest RAM");
-// KVM_SET_USER_MEMORY_REGION wants page-aligned addresses and sizes; 64 KiB
-// is a multiple of every arm64 page size (4K, 16K and 64K).
-static_assert(ram_base % 0x10000 == 0 && ram_size % 0x10000 == 0);
 
 inline constexpr const char* default_kvm_path = "/dev/kvm";
 
@@ -215,13 +390,22 @@ struct Error {
   std::string_view call = {};  // e.g. "KVM_CREATE_VM"; empty when no call failed
   int err = 0;                 // errno of the failed call, 0 otherwise
   std::uint64_t value = 0;     // the detail the Problem's comment names
+  std::optional<std::uint32_t> vcpu = {};  // the vCPU's id, when a program of several says which (on_vcpu)
 };
+
+// The same error, naming the vCPU it happened on: for a program that runs
+// several vCPUs, so that its message can say which. (One vCPU needs no name:
+// the steps leave it unset.)
+[[nodiscard]] constexpr Error on_vcpu(Error error, std::uint32_t id) {
+  error.vcpu = id;
+  return error;
+}
 
 template <class T>
 using Result = std::expected<T, Error>;
 
 // The error for a call that just returned -1: reads errno, so call it first.
-inline std::unexpected<Error> failed(Step step, std::string_view call) {
+[[nodiscard]] inline std::unexpected<Error> failed(Step step, std::string_view call) {
   return std::unexpected(Error{step, Problem::call_failed, call, errno, 0});
 }
 
@@ -255,6 +439,27 @@ class Fd {
 
  private:
   int fd_ = -1;
+};
+
+// The three kinds of fd KVM hands out, each its own type. KVM's API
+// documentation (Documentation/virt/kvm/api.rst) gives every ioctl a "Type":
+// a system ioctl is made on /dev/kvm, a vm ioctl on the fd KVM_CREATE_VM
+// returns, a vcpu ioctl on the fd KVM_CREATE_VCPU returns. Each request below
+// names the kind it belongs to, and call() takes only an fd of that kind, so
+// KVM_RUN on /dev/kvm, or create_vcpu() with its fds swapped, does not
+// compile. Each owns its fd as Fd does (closed once, move-only); get() is
+// the number, to print or to pass to an ioctl of your own.
+class KvmFd : private Fd {  // /dev/kvm: system ioctls (open_kvm)
+ public:
+  using Fd::Fd, Fd::get;
+};
+class VmFd : private Fd {  // one VM: vm ioctls (create_vm)
+ public:
+  using Fd::Fd, Fd::get;
+};
+class VcpuFd : private Fd {  // one vCPU: vcpu ioctls (create_vcpu)
+ public:
+  using Fd::Fd, Fd::get;
 };
 
 // Owns one mmap(2) region. Move-only; unmapping keeps errno.
@@ -294,7 +499,7 @@ class Mapping {
 
 // The one way this header maps memory. mmap reports failure as MAP_FAILED,
 // not as a null pointer.
-inline Result<Mapping> map_memory(Step step, std::size_t size, int protection, int flags, int fd) {
+[[nodiscard]] inline Result<Mapping> map_memory(Step step, std::size_t size, int protection, int flags, int fd) {
   void* address = ::mmap(nullptr, size, protection, flags, fd, 0);
   if (address == MAP_FAILED) return failed(step, "mmap");
   return Mapping{address, size};
@@ -312,9 +517,10 @@ inline Result<Mapping> map_memory(Step step, std::size_t size, int protection, i
 //   fills it), or both. size: sizeof the struct passed by pointer. type: 0xAE
 //   (KVMIO) for every KVM request.
 //
-// A Request couples the kernel's number with the argument type, and the
-// static_asserts prove the two agree: a struct of the wrong size, or a value
-// where a pointer is due, does not compile.
+// A Request couples the kernel's number with the argument type and the kind
+// of fd it is made on, and the static_asserts prove number and argument
+// agree: a struct of the wrong size, or a value where a pointer is due, does
+// not compile.
 
 // Whether Arg is what a request with this number takes: for _IO, nothing or
 // a value; for the others, a struct of exactly the size encoded in the number.
@@ -329,10 +535,11 @@ constexpr bool argument_fits() {
   }
 }
 
-template <unsigned long Number, class Arg>
+template <unsigned long Number, class Arg, class OnFd>
 struct Request {
   static constexpr unsigned long number = Number;
   using Argument = Arg;
+  using FdType = OnFd;  // KvmFd, VmFd or VcpuFd: the only fd it may be made on
   std::string_view name;
 
   static_assert(_IOC_TYPE(Number) == KVMIO, "every KVM request has type KVMIO (0xAE)");
@@ -340,27 +547,31 @@ struct Request {
                 "_IO requests take a value or nothing; the others a struct of exactly _IOC_SIZE bytes");
 };
 
-// One line per request: the kernel's macro, its argument type, and its name
-// as the kernel spells it (made from the macro, so the two cannot differ).
+// One line per request: the kernel's macro, its argument type, the fd it is
+// made on (api.rst's "Type:" of each: system ioctl KvmFd, vm ioctl VmFd,
+// vcpu ioctl VcpuFd), and its name as the kernel spells it (made from the
+// macro, so the two cannot differ). Two may be made on a second kind too,
+// which this program does not need: KVM_CHECK_EXTENSION on a VM,
+// KVM_GET_STATS_FD on a VM.
 // clang-format off
-#define KVM_HELLO_REQUEST(MACRO, ARG) Request<MACRO, ARG>{#MACRO}
+#define KVM_HELLO_REQUEST(MACRO, ARG, FD) Request<MACRO, ARG, FD>{#MACRO}
 // clang-format on
 
 namespace request {
-inline constexpr auto get_api_version = KVM_HELLO_REQUEST(KVM_GET_API_VERSION, void);
-inline constexpr auto check_extension = KVM_HELLO_REQUEST(KVM_CHECK_EXTENSION, unsigned long);
-inline constexpr auto create_vm = KVM_HELLO_REQUEST(KVM_CREATE_VM, unsigned long);
-inline constexpr auto get_vcpu_mmap_size = KVM_HELLO_REQUEST(KVM_GET_VCPU_MMAP_SIZE, void);
+inline constexpr auto get_api_version = KVM_HELLO_REQUEST(KVM_GET_API_VERSION, void, KvmFd);
+inline constexpr auto check_extension = KVM_HELLO_REQUEST(KVM_CHECK_EXTENSION, unsigned long, KvmFd);
+inline constexpr auto create_vm = KVM_HELLO_REQUEST(KVM_CREATE_VM, unsigned long, KvmFd);
+inline constexpr auto get_vcpu_mmap_size = KVM_HELLO_REQUEST(KVM_GET_VCPU_MMAP_SIZE, void, KvmFd);
 inline constexpr auto set_user_memory_region =
-    KVM_HELLO_REQUEST(KVM_SET_USER_MEMORY_REGION, kvm_userspace_memory_region);
-inline constexpr auto create_vcpu = KVM_HELLO_REQUEST(KVM_CREATE_VCPU, unsigned long);
-inline constexpr auto arm_preferred_target = KVM_HELLO_REQUEST(KVM_ARM_PREFERRED_TARGET, kvm_vcpu_init);
-inline constexpr auto arm_vcpu_init = KVM_HELLO_REQUEST(KVM_ARM_VCPU_INIT, kvm_vcpu_init);
-inline constexpr auto set_one_reg = KVM_HELLO_REQUEST(KVM_SET_ONE_REG, kvm_one_reg);
-inline constexpr auto get_one_reg = KVM_HELLO_REQUEST(KVM_GET_ONE_REG, kvm_one_reg);  // _IOW: see get_register
-inline constexpr auto run = KVM_HELLO_REQUEST(KVM_RUN, void);
-inline constexpr auto set_guest_debug = KVM_HELLO_REQUEST(KVM_SET_GUEST_DEBUG, kvm_guest_debug);
-inline constexpr auto get_stats_fd = KVM_HELLO_REQUEST(KVM_GET_STATS_FD, void);
+    KVM_HELLO_REQUEST(KVM_SET_USER_MEMORY_REGION, kvm_userspace_memory_region, VmFd);
+inline constexpr auto create_vcpu = KVM_HELLO_REQUEST(KVM_CREATE_VCPU, unsigned long, VmFd);
+inline constexpr auto arm_preferred_target = KVM_HELLO_REQUEST(KVM_ARM_PREFERRED_TARGET, kvm_vcpu_init, VmFd);
+inline constexpr auto arm_vcpu_init = KVM_HELLO_REQUEST(KVM_ARM_VCPU_INIT, kvm_vcpu_init, VcpuFd);
+inline constexpr auto set_one_reg = KVM_HELLO_REQUEST(KVM_SET_ONE_REG, kvm_one_reg, VcpuFd);
+inline constexpr auto get_one_reg = KVM_HELLO_REQUEST(KVM_GET_ONE_REG, kvm_one_reg, VcpuFd);  // _IOW: see get_register
+inline constexpr auto run = KVM_HELLO_REQUEST(KVM_RUN, void, VcpuFd);
+inline constexpr auto set_guest_debug = KVM_HELLO_REQUEST(KVM_SET_GUEST_DEBUG, kvm_guest_debug, VcpuFd);
+inline constexpr auto get_stats_fd = KVM_HELLO_REQUEST(KVM_GET_STATS_FD, void, VcpuFd);
 }  // namespace request
 
 #undef KVM_HELLO_REQUEST
@@ -397,7 +608,8 @@ namespace detail {
 // ioctl(fd, N, raw); reported to the observer when there is one. errno is
 // kept across the observer, so failed() still sees the ioctl's.
 template <unsigned long N, class Raw>
-Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, CallArgument shown, CallObserver observe) {
+[[nodiscard]] Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, CallArgument shown,
+                                        CallObserver observe) {
   if (observe.see == nullptr) {
     const int result = ::ioctl(fd, N, raw);
     if (result < 0) return failed(step, name);
@@ -415,36 +627,55 @@ Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, Cal
 }  // namespace detail
 
 // The calls: the only places where this header calls ioctl(2). They return
-// the ioctl's non-negative result, or the Error for `step`.
+// the ioctl's non-negative result, or the Error for `step`. Each takes only
+// the kind of fd its request belongs to (MadeOn, below).
 //
 // ioctl(2) is variadic: called with no third argument it still hands the
 // kernel whatever the argument register holds. Some requests check that it is
 // 0 (KVM_RUN fails with EINVAL otherwise), so requests without an argument
 // pass 0 explicitly.
-template <unsigned long N>
-Result<int> call(Step step, int fd, Request<N, void> request, CallObserver observe = {}) {
-  return detail::checked_ioctl<N>(step, fd, request.name, 0UL, std::monostate{}, observe);
-}
+//
+// Inside this header, every call of call() (and of the other functions that
+// take a kernel struct) is written kvm_hello::call(...). Unqualified, C++
+// would also look for the name where the argument's type was declared
+// (argument-dependent lookup): for a Request naming kvm_one_reg, or a
+// kvm_run, that is the global namespace, and a program's own function of the
+// same name there would make the header's call ambiguous.
 
-template <unsigned long N, std::integral Arg>
-Result<int> call(Step step, int fd, Request<N, Arg> request, std::type_identity_t<Arg> value,
-                 CallObserver observe = {}) {
-  return detail::checked_ioctl<N>(step, fd, request.name, value, static_cast<unsigned long>(value), observe);
-}
+// Whether request R may be made on an fd of type F: only on the kind of fd
+// it belongs to, R::FdType. KVM_RUN on a VcpuFd compiles; on /dev/kvm's
+// KvmFd it does not, and the compiler's message names MadeOn.
+template <class R, class F>
+concept MadeOn = std::is_same_v<typename R::FdType, F>;
 
 // clang-format off  (clang-format 14 cannot lay out requires-clauses)
+template <unsigned long N, class On, class F>
+requires MadeOn<Request<N, void, On>, F>
+[[nodiscard]] Result<int> call(Step step, const F& fd, Request<N, void, On> request, CallObserver observe = {}) {
+  return detail::checked_ioctl<N>(step, fd.get(), request.name, 0UL, std::monostate{}, observe);
+}
+
+template <unsigned long N, std::integral Arg, class On, class F>
+requires MadeOn<Request<N, Arg, On>, F>
+[[nodiscard]] Result<int> call(Step step, const F& fd, Request<N, Arg, On> request, std::type_identity_t<Arg> value,
+                               CallObserver observe = {}) {
+  return detail::checked_ioctl<N>(step, fd.get(), request.name, value, static_cast<unsigned long>(value), observe);
+}
+
 // _IOW: the kernel only reads the struct, so a const one will do.
-template <unsigned long N, class Arg>
-requires(_IOC_DIR(N) == _IOC_WRITE) Result<int> call(Step step, int fd, Request<N, Arg> request, const Arg* arg,
-                                                     CallObserver observe = {}) {
-  return detail::checked_ioctl<N>(step, fd, request.name, arg, arg, observe);
+template <unsigned long N, class Arg, class On, class F>
+requires MadeOn<Request<N, Arg, On>, F> && (_IOC_DIR(N) == _IOC_WRITE)
+[[nodiscard]] Result<int> call(Step step, const F& fd, Request<N, Arg, On> request, const Arg* arg,
+                               CallObserver observe = {}) {
+  return detail::checked_ioctl<N>(step, fd.get(), request.name, arg, arg, observe);
 }
 
 // _IOR and _IOWR: the kernel writes into the struct.
-template <unsigned long N, class Arg>
-requires((_IOC_DIR(N) & _IOC_READ) != 0) Result<int> call(Step step, int fd, Request<N, Arg> request, Arg* arg,
-                                                          CallObserver observe = {}) {
-  return detail::checked_ioctl<N>(step, fd, request.name, arg, static_cast<const Arg*>(arg), observe);
+template <unsigned long N, class Arg, class On, class F>
+requires MadeOn<Request<N, Arg, On>, F> && ((_IOC_DIR(N) & _IOC_READ) != 0)
+[[nodiscard]] Result<int> call(Step step, const F& fd, Request<N, Arg, On> request, Arg* arg,
+                               CallObserver observe = {}) {
+  return detail::checked_ioctl<N>(step, fd.get(), request.name, arg, static_cast<const Arg*>(arg), observe);
 }
 // clang-format on
 
@@ -455,16 +686,16 @@ requires((_IOC_DIR(N) & _IOC_READ) != 0) Result<int> call(Step step, int fd, Req
 // ENOENT: this kernel has no KVM device (or this is not an arm64 host);
 // EACCES: this user may not use KVM (usually: join the `kvm` group).
 // Why: /dev/kvm is the only door into KVM; everything else comes from it.
-inline Result<Fd> open_kvm(const char* path = default_kvm_path) {
+[[nodiscard]] inline Result<KvmFd> open_kvm(const char* path = default_kvm_path) {
   const int fd = ::open(path, O_RDWR | O_CLOEXEC);
   if (fd < 0) return failed(Step::open_kvm, "open");
-  return Fd{fd};
+  return KvmFd{fd};
 }
 
 // ==== Step 2: the API version ================================================
 
 // The check itself, apart from the ioctl: returns the version if it is 12.
-constexpr Result<int> verify_api_version(int reported) {
+[[nodiscard]] constexpr Result<int> verify_api_version(int reported) {
   if (reported != expected_api_version) {
     return std::unexpected(Error{Step::check_api_version, Problem::wrong_api_version, "KVM_GET_API_VERSION", 0,
                                  static_cast<std::uint64_t>(reported)});
@@ -476,8 +707,8 @@ constexpr Result<int> verify_api_version(int reported) {
 // ENOTTY: the file opened in step 1 is not a KVM device. Another version: the
 // API this program was written for is not there, so refuse to go on.
 // Why: the documentation makes this check the first thing a program does.
-inline Result<int> check_api_version(int kvm_fd, CallObserver observe = {}) {
-  const auto reported = call(Step::check_api_version, kvm_fd, request::get_api_version, observe);
+[[nodiscard]] inline Result<int> check_api_version(const KvmFd& kvm, CallObserver observe = {}) {
+  const auto reported = kvm_hello::call(Step::check_api_version, kvm, request::get_api_version, observe);
   if (!reported) return reported;
   return verify_api_version(*reported);
 }
@@ -527,7 +758,7 @@ struct Capabilities {
 // The check itself, apart from the ioctl: `ask(id)` returns the capability's
 // value (or an Error). Returns every answer, or the first required one missing.
 template <class Ask>
-Result<Capabilities> query_capabilities(Ask&& ask) {
+[[nodiscard]] Result<Capabilities> query_capabilities(Ask&& ask) {
   Capabilities found;
   for (std::size_t i = 0; i < required_capabilities.size(); ++i) {
     const Result<int> value = ask(required_capabilities[i].id);
@@ -551,25 +782,21 @@ Result<Capabilities> query_capabilities(Ask&& ask) {
 // decides how step 4 creates the VM.
 // Why: a missing feature should stop us here with its name, not later with a
 // puzzling errno from an ioctl that depends on it.
-inline Result<Capabilities> check_capabilities(int kvm_fd, CallObserver observe = {}) {
-  return query_capabilities([kvm_fd, observe](int id) {
-    return call(Step::check_capabilities, kvm_fd, request::check_extension, static_cast<unsigned long>(id), observe);
+[[nodiscard]] inline Result<Capabilities> check_capabilities(const KvmFd& kvm, CallObserver observe = {}) {
+  return query_capabilities([&kvm, observe](int id) {
+    return kvm_hello::call(Step::check_capabilities, kvm, request::check_extension, static_cast<unsigned long>(id),
+                           observe);
   });
 }
 
 // ==== Step 4: the VM =========================================================
-
-// The guest-physical address size we ask for: the smallest KVM accepts. The
-// guest's whole world (MMIO and RAM) ends at 0x20000, far below 4 GiB.
-inline constexpr int guest_ipa_bits = 32;
-static_assert((std::uint64_t{1} << guest_ipa_bits) >= ram_base + ram_size);
 
 // The KVM_CREATE_VM argument ("machine type"). On arm64 its low 8 bits are
 // the IPA size in bits; 0 means the historical default of 40 bits, which
 // fails on hosts that cannot do 40 (some have 36). So: when the host reports
 // its limit, ask for guest_ipa_bits explicitly; when it does not (older
 // kernels), 0 is the only type it knows.
-constexpr Result<unsigned long> vm_type_for(int host_ipa_limit) {
+[[nodiscard]] constexpr Result<unsigned long> vm_type_for(int host_ipa_limit) {
   if (host_ipa_limit == 0) return 0UL;
   if (host_ipa_limit < guest_ipa_bits) {
     return std::unexpected(
@@ -582,10 +809,10 @@ constexpr Result<unsigned long> vm_type_for(int host_ipa_limit) {
 // new VM's fd: memory and vCPUs are added through it. EINVAL: the type (IPA
 // size) is one this host cannot do; ENOMEM: out of memory.
 // Why: a VM is the container for guest memory and vCPUs.
-inline Result<Fd> create_vm(int kvm_fd, unsigned long type, CallObserver observe = {}) {
-  const auto fd = call(Step::create_vm, kvm_fd, request::create_vm, type, observe);
+[[nodiscard]] inline Result<VmFd> create_vm(const KvmFd& kvm, unsigned long type, CallObserver observe = {}) {
+  const auto fd = kvm_hello::call(Step::create_vm, kvm, request::create_vm, type, observe);
   if (!fd) return std::unexpected(fd.error());
-  return Fd{*fd};
+  return VmFd{*fd};
 }
 
 // ==== Step 5: guest RAM ======================================================
@@ -608,7 +835,7 @@ inline kvm_userspace_memory_region memory_region_for(const void* host) {
 }
 
 // The guest image must be non-empty and fit in guest RAM.
-constexpr Result<std::span<const std::uint8_t>> check_guest_image(std::span<const std::uint8_t> image) {
+[[nodiscard]] constexpr Result<std::span<const std::uint8_t>> check_guest_image(std::span<const std::uint8_t> image) {
   if (image.empty() || image.size() > ram_size) {
     return std::unexpected(Error{Step::setup_guest_memory, Problem::bad_guest_image, {}, 0, image.size()});
   }
@@ -645,8 +872,8 @@ inline void write_guest_ram(std::span<std::uint8_t> ram, std::span<const std::ui
 // Why: guest RAM is ordinary memory of this process; the guest sees it at
 // ram_base. A guest load or store outside every slot becomes an MMIO exit
 // (step 9); docs/12-one-mmio-exit.md says what other accesses there do.
-inline Result<GuestMemory> setup_guest_memory(int vm_fd, std::span<const std::uint8_t> image,
-                                              CallObserver observe = {}) {
+[[nodiscard]] inline Result<GuestMemory> setup_guest_memory(const VmFd& vm, std::span<const std::uint8_t> image,
+                                                            CallObserver observe = {}) {
   const auto checked = check_guest_image(image);
   if (!checked) return std::unexpected(checked.error());
   auto ram = map_memory(Step::setup_guest_memory, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
@@ -656,7 +883,7 @@ inline Result<GuestMemory> setup_guest_memory(int vm_fd, std::span<const std::ui
   GuestMemory memory{std::move(*ram), {}};
   memory.region = memory_region_for(memory.host.get());
   const auto registered =
-      call(Step::setup_guest_memory, vm_fd, request::set_user_memory_region, &memory.region, observe);
+      kvm_hello::call(Step::setup_guest_memory, vm, request::set_user_memory_region, &memory.region, observe);
   if (!registered) return std::unexpected(registered.error());
   return memory;
 }
@@ -664,22 +891,28 @@ inline Result<GuestMemory> setup_guest_memory(int vm_fd, std::span<const std::ui
 // ==== Step 6: the vCPU =======================================================
 
 struct Vcpu {
-  Fd fd;
-  Mapping shared;  // struct kvm_run, then (on arm64) the coalesced-MMIO ring page
+  VcpuFd fd;
+  Mapping shared;        // struct kvm_run, then (on arm64) the coalesced-MMIO ring page
+  std::uint32_t id = 0;  // what KVM_CREATE_VCPU was given: 0 for the first
   kvm_run& run() const { return *static_cast<kvm_run*>(shared.get()); }
 };
 
-// Step 6. KVM_CREATE_VCPU(0) on the VM fd gives the vCPU fd;
+// Step 6. KVM_CREATE_VCPU(id) on the VM fd gives the vCPU fd; the id is the
+// vCPU's number in the VM, 0 for the first (on arm64 KVM makes the vCPU's
+// MPIDR_EL1, its CPU number for the guest, from it: reset_mpidr() in
+// arch/arm64/kvm/sys_regs.c).
 // KVM_GET_VCPU_MMAP_SIZE on the /dev/kvm fd says how much to mmap of it
 // (on arm64 two pages); mmap(MAP_SHARED) of the vCPU fd gives struct kvm_run,
 // the page KVM_RUN uses to tell us why the guest stopped. Returns both owners.
-// EEXIST: vCPU 0 exists already; EINVAL: an id beyond the host's limit.
+// EEXIST: a vCPU with this id exists already; EINVAL: an id beyond the host's
+// limit (KVM_CAP_MAX_VCPU_ID).
 // Why: a vCPU is what runs guest code; kvm_run is how each exit is explained.
-inline Result<Vcpu> create_vcpu(int kvm_fd, int vm_fd, CallObserver observe = {}) {
-  auto fd = call(Step::create_vcpu, vm_fd, request::create_vcpu, 0UL, observe);
+[[nodiscard]] inline Result<Vcpu> create_vcpu(const KvmFd& kvm, const VmFd& vm, std::uint32_t id,
+                                              CallObserver observe = {}) {
+  auto fd = kvm_hello::call(Step::create_vcpu, vm, request::create_vcpu, id, observe);
   if (!fd) return std::unexpected(fd.error());
-  Vcpu vcpu{Fd{*fd}, {}};
-  const auto size = call(Step::create_vcpu, kvm_fd, request::get_vcpu_mmap_size, observe);
+  Vcpu vcpu{VcpuFd{*fd}, {}, id};
+  const auto size = kvm_hello::call(Step::create_vcpu, kvm, request::get_vcpu_mmap_size, observe);
   if (!size) return std::unexpected(size.error());
   auto shared =
       map_memory(Step::create_vcpu, static_cast<std::size_t>(*size), PROT_READ | PROT_WRITE, MAP_SHARED, vcpu.fd.get());
@@ -693,26 +926,51 @@ inline Result<Vcpu> create_vcpu(int kvm_fd, int vm_fd, CallObserver observe = {}
 // Our features on top of the kernel's preferred target: PSCI 0.2, so that the
 // guest can power off with SYSTEM_OFF. The preferred target comes back with
 // no features set; adding ours after reading it keeps both.
-constexpr kvm_vcpu_init with_psci_0_2(kvm_vcpu_init preferred) {
+[[nodiscard]] constexpr kvm_vcpu_init with_psci_0_2(kvm_vcpu_init preferred) {
   preferred.features[0] |= 1u << KVM_ARM_VCPU_PSCI_0_2;
   return preferred;
 }
+static_assert(with_psci_0_2({}).features[0] == 1u << KVM_ARM_VCPU_PSCI_0_2);
+
+// The features one vCPU asks KVM_ARM_VCPU_INIT for (api.rst, 4.82
+// KVM_ARM_VCPU_INIT). The first vCPU of a machine boots as it is: the
+// default. Every other starts powered off, until the first starts it with
+// PSCI CPU_ON (how an arm64 operating system brings up its other CPUs).
+struct VcpuFeatures {
+  bool psci_0_2 = true;    // KVM_ARM_VCPU_PSCI_0_2: PSCI 0.2, so the guest can SYSTEM_OFF
+  bool power_off = false;  // KVM_ARM_VCPU_POWER_OFF: starts powered off, until PSCI CPU_ON
+};
+inline constexpr VcpuFeatures first_vcpu_features{};
+inline constexpr VcpuFeatures other_vcpu_features{.psci_0_2 = true, .power_off = true};
+
+// The preferred target with `features` added.
+[[nodiscard]] constexpr kvm_vcpu_init with_features(kvm_vcpu_init preferred, VcpuFeatures features) {
+  if (features.psci_0_2) preferred = kvm_hello::with_psci_0_2(preferred);
+  if (features.power_off) preferred.features[0] |= 1u << KVM_ARM_VCPU_POWER_OFF;
+  return preferred;
+}
+static_assert(with_features({}, first_vcpu_features).features[0] == with_psci_0_2({}).features[0]);
+static_assert(with_features({}, other_vcpu_features).features[0] ==
+              ((1u << KVM_ARM_VCPU_PSCI_0_2) | (1u << KVM_ARM_VCPU_POWER_OFF)));
 
 // Step 7. KVM_ARM_PREFERRED_TARGET (struct kvm_vcpu_init, filled by the
-// kernel) on the VM fd, then KVM_ARM_VCPU_INIT with that target plus the
-// PSCI 0.2 feature on the vCPU fd. Returns what was passed to INIT.
+// kernel) on the VM fd, then KVM_ARM_VCPU_INIT with that target plus
+// `features` (PSCI 0.2 for the first vCPU) on the vCPU fd. Returns what was
+// passed to INIT.
 // ENOENT: a feature bit this kernel does not know; EINVAL: a target it does
 // not accept, or a known feature this host cannot give (kvm_vcpu_set_target
 // in Linux 6.1's arch/arm64/kvm/arm.c, kvm_vcpu_init_check_features in 6.12
 // and 7.2).
 // Why: an arm64 vCPU must be initialised before anything else: INIT resets
 // its registers, and until then every register access fails with ENOEXEC.
-inline Result<kvm_vcpu_init> init_vcpu(int vm_fd, int vcpu_fd, CallObserver observe = {}) {
+[[nodiscard]] inline Result<kvm_vcpu_init> init_vcpu(const VmFd& vm, const VcpuFd& vcpu,
+                                                     VcpuFeatures features = first_vcpu_features,
+                                                     CallObserver observe = {}) {
   kvm_vcpu_init preferred{};
-  const auto target = call(Step::init_vcpu, vm_fd, request::arm_preferred_target, &preferred, observe);
+  const auto target = kvm_hello::call(Step::init_vcpu, vm, request::arm_preferred_target, &preferred, observe);
   if (!target) return std::unexpected(target.error());
-  const kvm_vcpu_init init = with_psci_0_2(preferred);
-  const auto done = call(Step::init_vcpu, vcpu_fd, request::arm_vcpu_init, &init, observe);
+  const kvm_vcpu_init init = kvm_hello::with_features(preferred, features);
+  const auto done = kvm_hello::call(Step::init_vcpu, vcpu, request::arm_vcpu_init, &init, observe);
   if (!done) return std::unexpected(done.error());
   return init;
 }
@@ -768,10 +1026,10 @@ static_assert(reg::esr_el1 == 0x603000000013c290);
 static_assert(reg::psci_version == 0x6030000000140000);
 
 // KVM_SET_ONE_REG: struct kvm_one_reg holds the id and the *address* of the value.
-inline Result<void> set_register(Step step, int vcpu_fd, std::uint64_t id, std::uint64_t value,
-                                 CallObserver observe = {}) {
+[[nodiscard]] inline Result<void> set_register(Step step, const VcpuFd& vcpu, std::uint64_t id, std::uint64_t value,
+                                               CallObserver observe = {}) {
   const kvm_one_reg one{.id = id, .addr = reinterpret_cast<std::uintptr_t>(&value)};
-  const auto done = call(step, vcpu_fd, request::set_one_reg, &one, observe);
+  const auto done = kvm_hello::call(step, vcpu, request::set_one_reg, &one, observe);
   if (!done) return std::unexpected(done.error());
   return {};
 }
@@ -787,10 +1045,11 @@ inline constexpr BootRegisters boot_registers{ram_base, ram_base + ram_size};
 // Why: INIT left PC at 0 and the stack pointer at 0; the guest starts at PC in
 // EL1 (PSTATE after INIT: EL1h with D, A, I and F masked), where the stack
 // pointer is SP_EL1, not the `sp` of struct user_pt_regs (that one is SP_EL0).
-inline Result<void> set_boot_registers(int vcpu_fd, BootRegisters boot = boot_registers, CallObserver observe = {}) {
-  const auto pc = set_register(Step::set_boot_registers, vcpu_fd, reg::pc, boot.pc, observe);
+[[nodiscard]] inline Result<void> set_boot_registers(const VcpuFd& vcpu, BootRegisters boot = boot_registers,
+                                                     CallObserver observe = {}) {
+  const auto pc = set_register(Step::set_boot_registers, vcpu, reg::pc, boot.pc, observe);
   if (!pc) return pc;
-  return set_register(Step::set_boot_registers, vcpu_fd, reg::sp_el1, boot.sp_el1, observe);
+  return set_register(Step::set_boot_registers, vcpu, reg::sp_el1, boot.sp_el1, observe);
 }
 
 // ==== Step 9: running the guest ==============================================
@@ -817,7 +1076,7 @@ using Exit = std::variant<MmioAccess, SystemEvent, DebugExit, OtherExit>;
 
 // Reads what KVM_RUN left in kvm_run. Only the fields of the reason's union
 // member are meaningful; mmio.len is clamped to the 8 bytes of mmio.data.
-inline Exit decode_exit(const kvm_run& run) {
+[[nodiscard]] inline Exit decode_exit(const kvm_run& run) {
   switch (run.exit_reason) {
     case KVM_EXIT_MMIO: {
       MmioAccess access{run.mmio.phys_addr, std::min<std::uint32_t>(run.mmio.len, 8), run.mmio.is_write != 0, {}};
@@ -858,7 +1117,8 @@ class HelloDevice {
 
   static constexpr std::uint64_t unmapped_read_value = 0;
   static constexpr bool has_register(std::uint64_t address) {
-    return address == mmio_out || address == mmio_answer || address == mmio_echo;
+    const Region* found = register_at(address);
+    return found != nullptr && found->kind == RegionKind::hello_register;
   }
 
   // Fills in the data of a read, records a write: the device's side of one MMIO exit.
@@ -882,6 +1142,13 @@ class HelloDevice {
   std::uint32_t echoed_ = 0;
   bool has_echo_ = false;
 };
+
+// What run_guest() asks of a device: handle(MmioAccess&), which records a
+// write and fills in the data of a read. HelloDevice is one; a device of your
+// own needs only this member.
+template <class D>
+concept MmioDevice = requires(D& device, MmioAccess& access) { device.handle(access); };
+static_assert(MmioDevice<HelloDevice>);
 
 // ---- The watchdog: a guest that never powers off must not hang us ----------
 //
@@ -957,7 +1224,7 @@ struct RunStats {
 // would sleep until a signal. A program that wants the guest back makes it
 // runnable: KVM_SET_MP_STATE (RUNNABLE) resumes it after its hvc with x0 = -6,
 // a new KVM_ARM_VCPU_INIT resets it. This one stops here.
-inline std::expected<bool, Error> keep_running(const Exit& exit) {
+[[nodiscard]] inline std::expected<bool, Error> keep_running(const Exit& exit) {
   if (std::holds_alternative<MmioAccess>(exit) || std::holds_alternative<DebugExit>(exit)) return true;
   if (const auto* event = std::get_if<SystemEvent>(&exit)) {
     switch (event->type) {
@@ -970,9 +1237,14 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
   return std::unexpected(Error{Step::run_guest, Problem::unexpected_exit, {}, 0, std::get<OtherExit>(exit).reason});
 }
 
+// What run_guest() calls after each exit: anything callable with the
+// decoded exit, a const Exit& (its result is not used).
+template <class F>
+concept ExitCallback = std::invocable<F&, const Exit&>;
+
 // Step 9. KVM_RUN on the vCPU fd, again and again: each return is an exit,
-// explained in kvm_run. MMIO goes to `device` (a HelloDevice, or any type with
-// handle(MmioAccess&)): it takes writes, and fills in reads, whose answer is
+// explained in kvm_run. MMIO goes to `device` (a HelloDevice, or any
+// MmioDevice: a type with handle(MmioAccess&)): it takes writes, and fills in reads, whose answer is
 // put in kvm_run.mmio.data for the next KVM_RUN to hand to the guest (a read
 // or a write completes only when we re-enter). A SYSTEM_EVENT of type
 // SHUTDOWN (the guest's PSCI SYSTEM_OFF) ends the run: returns the counts and
@@ -989,9 +1261,9 @@ inline std::expected<bool, Error> keep_running(const Exit& exit) {
 // exit reason or system event: Problem::unexpected_exit, guest_reset or
 // guest_crash.
 // Why: this loop is the whole life of a VM: the guest runs until it needs us.
-template <class Device, class OnExit>
-Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds limit, OnExit&& on_exit,
-                           CallObserver observe = {}) {
+template <MmioDevice Device, ExitCallback OnExit>
+[[nodiscard]] Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds limit,
+                                         OnExit&& on_exit, CallObserver observe = {}) {
   kvm_run& run = vcpu.run();
   const Watchdog watchdog(run, limit);
   RunStats stats;
@@ -999,7 +1271,7 @@ Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds
   for (;;) {
     ++stats.kvm_run_calls;
     const auto entering = std::chrono::steady_clock::now();
-    const auto entered = call(Step::run_guest, vcpu.fd.get(), request::run, observe);
+    const auto entered = kvm_hello::call(Step::run_guest, vcpu.fd, request::run, observe);
     const auto returned = std::chrono::steady_clock::now();
     stats.in_kvm_run += returned - entering;
     stats.total = returned - started;
@@ -1015,7 +1287,7 @@ Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds
     }
     ++stats.exits;
     ++stats.exits_by_reason[std::min<std::size_t>(run.exit_reason, stats.exits_by_reason.size() - 1)];
-    Exit exit = decode_exit(run);
+    Exit exit = kvm_hello::decode_exit(run);
     if (auto* access = std::get_if<MmioAccess>(&exit)) {
       device.handle(*access);
       if (!access->is_write) std::memcpy(run.mmio.data, access->data.data(), access->length);
@@ -1034,50 +1306,59 @@ Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds
 // spells the steps out instead, one by one, on purpose.
 
 struct Machine {
-  Fd kvm, vm;
+  KvmFd kvm;
+  VmFd vm;
   GuestMemory memory;
   Vcpu vcpu;
 };
 
-// Steps 1 to 8 for `image`, in order; `after(Step)` is called as each step
-// ends (the benchmark times them). Returns the machine, or the first Error.
-template <class AfterStep>
-Result<Machine> build_machine(std::span<const std::uint8_t> image, const char* device, AfterStep&& after,
-                              CallObserver observe = {}) {
+// What build_machine() calls as each step ends: anything callable with the
+// Step (its result is not used).
+template <class F>
+concept StepCallback = std::invocable<F&, Step>;
+
+// Steps 1 to 8 for `image`, in order, with one vCPU (id 0); `after(Step)` is
+// called as each step ends (the benchmark times them). Returns the machine,
+// or the first Error.
+template <StepCallback AfterStep>
+[[nodiscard]] Result<Machine> build_machine(std::span<const std::uint8_t> image, const char* device, AfterStep&& after,
+                                            CallObserver observe = {}) {
   Machine m;
   auto kvm = open_kvm(device);
   if (!kvm) return std::unexpected(kvm.error());
   m.kvm = std::move(*kvm);
   after(Step::open_kvm);
-  if (const auto v = check_api_version(m.kvm.get(), observe); !v) return std::unexpected(v.error());
+  if (const auto v = check_api_version(m.kvm, observe); !v) return std::unexpected(v.error());
   after(Step::check_api_version);
-  const auto caps = check_capabilities(m.kvm.get(), observe);
+  const auto caps = check_capabilities(m.kvm, observe);
   if (!caps) return std::unexpected(caps.error());
   after(Step::check_capabilities);
   const auto type = vm_type_for(caps->ipa_limit);
   if (!type) return std::unexpected(type.error());
-  auto vm = create_vm(m.kvm.get(), *type, observe);
+  auto vm = create_vm(m.kvm, *type, observe);
   if (!vm) return std::unexpected(vm.error());
   m.vm = std::move(*vm);
   after(Step::create_vm);
-  auto memory = setup_guest_memory(m.vm.get(), image, observe);
+  auto memory = setup_guest_memory(m.vm, image, observe);
   if (!memory) return std::unexpected(memory.error());
   m.memory = std::move(*memory);
   after(Step::setup_guest_memory);
-  auto vcpu = create_vcpu(m.kvm.get(), m.vm.get(), observe);
+  auto vcpu = create_vcpu(m.kvm, m.vm, 0, observe);
   if (!vcpu) return std::unexpected(vcpu.error());
   m.vcpu = std::move(*vcpu);
   after(Step::create_vcpu);
-  if (const auto init = init_vcpu(m.vm.get(), m.vcpu.fd.get(), observe); !init) return std::unexpected(init.error());
+  const auto init = init_vcpu(m.vm, m.vcpu.fd, first_vcpu_features, observe);
+  if (!init) return std::unexpected(init.error());
   after(Step::init_vcpu);
-  if (const auto set = set_boot_registers(m.vcpu.fd.get(), boot_registers, observe); !set) {
+  if (const auto set = set_boot_registers(m.vcpu.fd, boot_registers, observe); !set) {
     return std::unexpected(set.error());
   }
   after(Step::set_boot_registers);
   return m;
 }
 
-inline Result<Machine> build_machine(std::span<const std::uint8_t> image, const char* device = default_kvm_path) {
+[[nodiscard]] inline Result<Machine> build_machine(std::span<const std::uint8_t> image,
+                                                   const char* device = default_kvm_path) {
   return build_machine(image, device, [](Step) {});
 }
 
@@ -1090,10 +1371,11 @@ inline Result<Machine> build_machine(std::span<const std::uint8_t> image, const 
 
 // KVM_GET_ONE_REG is also _IOW: the struct goes in, and the kernel writes the
 // value through the address inside it.
-inline Result<std::uint64_t> get_register(Step step, int vcpu_fd, std::uint64_t id, CallObserver observe = {}) {
+[[nodiscard]] inline Result<std::uint64_t> get_register(Step step, const VcpuFd& vcpu, std::uint64_t id,
+                                                        CallObserver observe = {}) {
   std::uint64_t value = 0;
   const kvm_one_reg one{.id = id, .addr = reinterpret_cast<std::uintptr_t>(&value)};
-  const auto done = call(step, vcpu_fd, request::get_one_reg, &one, observe);
+  const auto done = kvm_hello::call(step, vcpu, request::get_one_reg, &one, observe);
   if (!done) return std::unexpected(done.error());
   return value;
 }
@@ -1121,16 +1403,17 @@ inline constexpr RegisterInfo named_registers[] = {
 };
 
 // Every register of Registers, read with KVM_GET_ONE_REG one by one.
-inline Result<Registers> read_registers(int vcpu_fd, Step step = Step::run_guest, CallObserver observe = {}) {
+[[nodiscard]] inline Result<Registers> read_registers(const VcpuFd& vcpu, Step step = Step::run_guest,
+                                                      CallObserver observe = {}) {
   Registers regs;
   for (int n = 0; n <= 30; ++n) {
-    const auto value = get_register(step, vcpu_fd, reg::x(n), observe);
+    const auto value = get_register(step, vcpu, reg::x(n), observe);
     if (!value) return std::unexpected(value.error());
     regs.x[static_cast<std::size_t>(n)] = *value;
   }
   for (const RegisterInfo& info : named_registers) {
     if (info.field == nullptr) continue;
-    const auto value = get_register(step, vcpu_fd, info.id, observe);
+    const auto value = get_register(step, vcpu, info.id, observe);
     if (!value) return std::unexpected(value.error());
     regs.*info.field = *value;
   }
@@ -1179,7 +1462,8 @@ inline constexpr std::uint64_t breakpoint_control = (0b1111 << 5) | (0b01 << 1) 
 // into the CPU's at each entry into the guest (__debug_switch_to_guest_common()
 // in arch/arm64/kvm/hyp/include/hyp/debug-sr.h). EINVAL: a control bit the
 // host does not support.
-inline Result<void> set_guest_debug(int vcpu_fd, const GuestDebug& what, CallObserver observe = {}) {
+[[nodiscard]] inline Result<void> set_guest_debug(const VcpuFd& vcpu, const GuestDebug& what,
+                                                  CallObserver observe = {}) {
   kvm_guest_debug debug{};
   if (what.single_step) debug.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
   if (what.breakpoint) {
@@ -1187,16 +1471,17 @@ inline Result<void> set_guest_debug(int vcpu_fd, const GuestDebug& what, CallObs
     debug.arch.dbg_bvr[0] = *what.breakpoint;
     debug.arch.dbg_bcr[0] = breakpoint_control;
   }
-  const auto done = call(Step::run_guest, vcpu_fd, request::set_guest_debug, &debug, observe);
+  const auto done = kvm_hello::call(Step::run_guest, vcpu, request::set_guest_debug, &debug, observe);
   if (!done) return std::unexpected(done.error());
   return {};
 }
 
 namespace detail {
 // KVM_CHECK_EXTENSION on the /dev/kvm fd; Problem::missing_capability when it says 0.
-inline Result<void> require_capability(int kvm_fd, const Capability& capability, CallObserver observe) {
-  const auto value =
-      call(Step::run_guest, kvm_fd, request::check_extension, static_cast<unsigned long>(capability.id), observe);
+[[nodiscard]] inline Result<void> require_capability(const KvmFd& kvm, const Capability& capability,
+                                                     CallObserver observe) {
+  const auto value = kvm_hello::call(Step::run_guest, kvm, request::check_extension,
+                                     static_cast<unsigned long>(capability.id), observe);
   if (!value) return std::unexpected(value.error());
   if (*value <= 0) {
     return std::unexpected(Error{Step::run_guest, Problem::missing_capability, "KVM_CHECK_EXTENSION", 0,
@@ -1211,11 +1496,11 @@ inline Result<void> require_capability(int kvm_fd, const Capability& capability,
 // the guest leaves with KVM_EXIT_DEBUG after every instruction, its ESR (EC
 // 0x32, software step) in kvm_run.debug.arch.hsr.
 // Why: watching a guest one instruction at a time is how you learn what it does.
-inline Result<void> enable_single_step(int kvm_fd, int vcpu_fd, CallObserver observe = {}) {
-  if (const auto supported = detail::require_capability(kvm_fd, single_step_capability, observe); !supported) {
+[[nodiscard]] inline Result<void> enable_single_step(const KvmFd& kvm, const VcpuFd& vcpu, CallObserver observe = {}) {
+  if (const auto supported = detail::require_capability(kvm, single_step_capability, observe); !supported) {
     return supported;
   }
-  return set_guest_debug(vcpu_fd, {.single_step = true, .breakpoint = std::nullopt}, observe);
+  return set_guest_debug(vcpu, {.single_step = true, .breakpoint = std::nullopt}, observe);
 }
 
 // A hardware breakpoint at `address`: checks KVM_CAP_GUEST_DEBUG_HW_BPS on
@@ -1228,11 +1513,12 @@ inline Result<void> enable_single_step(int kvm_fd, int vcpu_fd, CallObserver obs
 // (set_guest_debug() with single_step only, one KVM_RUN, then the breakpoint
 // again), as debuggers do.
 // Why: a breakpoint costs nothing until the guest gets there.
-inline Result<void> set_hardware_breakpoint(int kvm_fd, int vcpu_fd, std::uint64_t address, CallObserver observe = {}) {
-  if (const auto supported = detail::require_capability(kvm_fd, hardware_breakpoints_capability, observe); !supported) {
+[[nodiscard]] inline Result<void> set_hardware_breakpoint(const KvmFd& kvm, const VcpuFd& vcpu, std::uint64_t address,
+                                                          CallObserver observe = {}) {
+  if (const auto supported = detail::require_capability(kvm, hardware_breakpoints_capability, observe); !supported) {
     return supported;
   }
-  return set_guest_debug(vcpu_fd, {.single_step = false, .breakpoint = address}, observe);
+  return set_guest_debug(vcpu, {.single_step = false, .breakpoint = address}, observe);
 }
 
 // ---- The exits we never see: the vCPU's statistics -------------------------
@@ -1280,7 +1566,7 @@ inline bool read_at(int fd, void* into, std::size_t size, std::uint64_t offset) 
 // The statistics in an fd laid out as KVM_GET_STATS_FD's (above): every
 // descriptor, with its value. Errors: EIO for a short read (a layout other
 // than the header says), or pread's errno.
-inline Result<std::vector<VcpuStatistic>> read_statistics(int stats_fd) {
+[[nodiscard]] inline Result<std::vector<VcpuStatistic>> read_statistics(int stats_fd) {
   kvm_stats_header header{};
   if (!detail::read_at(stats_fd, &header, sizeof header, 0)) return failed(Step::run_guest, "pread");
   std::vector<VcpuStatistic> found;
@@ -1302,8 +1588,9 @@ inline Result<std::vector<VcpuStatistic>> read_statistics(int stats_fd) {
 
 // KVM_GET_STATS_FD on the vCPU fd, then the statistics read from the fd it
 // returns (closed again here). ENOTTY: a kernel without binary statistics.
-inline Result<std::vector<VcpuStatistic>> read_vcpu_statistics(int vcpu_fd, CallObserver observe = {}) {
-  const auto opened = call(Step::run_guest, vcpu_fd, request::get_stats_fd, observe);
+[[nodiscard]] inline Result<std::vector<VcpuStatistic>> read_vcpu_statistics(const VcpuFd& vcpu,
+                                                                            CallObserver observe = {}) {
+  const auto opened = kvm_hello::call(Step::run_guest, vcpu, request::get_stats_fd, observe);
   if (!opened) return std::unexpected(opened.error());
   const Fd stats(*opened);
   return read_statistics(stats.get());

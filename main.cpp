@@ -61,13 +61,13 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
   pause_after(kh::Step::open_kvm, options.pause);
 
   out.announce(kh::Step::check_api_version);
-  const auto version = kh::check_api_version(kvm->get(), trace);
+  const auto version = kh::check_api_version(*kvm, trace);
   if (!version) return failed(version.error());
   out.say(Verbosity::normal, "API version %d", *version);
   pause_after(kh::Step::check_api_version, options.pause);
 
   out.announce(kh::Step::check_capabilities);
-  const auto caps = kh::check_capabilities(kvm->get(), trace);
+  const auto caps = kh::check_capabilities(*kvm, trace);
   if (!caps) return failed(caps.error());
   for (std::size_t i = 0; i < kh::required_capabilities.size(); ++i) {
     const kh::Capability& cap = kh::required_capabilities[i];
@@ -81,14 +81,14 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
   out.announce(kh::Step::create_vm);
   const auto type = kh::vm_type_for(caps->ipa_limit);
   if (!type) return failed(type.error());
-  auto vm = kh::create_vm(kvm->get(), *type, trace);
+  auto vm = kh::create_vm(*kvm, *type, trace);
   if (!vm) return failed(vm.error());
   out.say(Verbosity::normal, "type %s (IPA size %d bits): VM is fd %d", hex(*type).c_str(),
           *type == 0 ? 40 : kh::guest_ipa_bits, vm->get());
   pause_after(kh::Step::create_vm, options.pause);
 
   out.announce(kh::Step::setup_guest_memory);
-  auto memory = kh::setup_guest_memory(vm->get(), guest.image, trace);
+  auto memory = kh::setup_guest_memory(*vm, guest.image, trace);
   if (!memory) return failed(memory.error());
   const GuestView view{memory->host.bytes(), guest.source, guest.image};
   out.say(Verbosity::normal, "%zu bytes of guest code copied to the start of %s bytes mapped at %p", guest.image.size(),
@@ -99,24 +99,24 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
   pause_after(kh::Step::setup_guest_memory, options.pause);
 
   out.announce(kh::Step::create_vcpu);
-  auto vcpu = kh::create_vcpu(kvm->get(), vm->get(), trace);
+  auto vcpu = kh::create_vcpu(*kvm, *vm, /*id=*/0, trace);
   if (!vcpu) return failed(vcpu.error());
-  out.say(Verbosity::normal, "vCPU 0 is fd %d; its struct kvm_run is the first of %zu bytes mapped at %p",
+  out.say(Verbosity::normal, "vCPU %u is fd %d; its struct kvm_run is the first of %zu bytes mapped at %p", vcpu->id,
           vcpu->fd.get(), vcpu->shared.size(), vcpu->shared.get());
   pause_after(kh::Step::create_vcpu, options.pause);
 
   out.announce(kh::Step::init_vcpu);
-  const auto init = kh::init_vcpu(vm->get(), vcpu->fd.get(), trace);
+  const auto init = kh::init_vcpu(*vm, vcpu->fd, kh::first_vcpu_features, trace);
   if (!init) return failed(init.error());
   out.say(Verbosity::normal, "target %s, features[0] = %s (PSCI 0.2)", describe_target(init->target).c_str(),
           hex(init->features[0]).c_str());
-  const auto psci = kh::get_register(kh::Step::init_vcpu, vcpu->fd.get(), kh::reg::psci_version, trace);
+  const auto psci = kh::get_register(kh::Step::init_vcpu, vcpu->fd, kh::reg::psci_version, trace);
   if (!psci) return failed(psci.error());
   out.say(Verbosity::normal, "%s", describe_psci(*psci, running_kernel()).c_str());
   pause_after(kh::Step::init_vcpu, options.pause);
 
   out.announce(kh::Step::set_boot_registers);
-  const auto set = kh::set_boot_registers(vcpu->fd.get(), kh::boot_registers, trace);
+  const auto set = kh::set_boot_registers(vcpu->fd, kh::boot_registers, trace);
   if (!set) return failed(set.error());
   out.say(Verbosity::normal, "PC = %s, SP_EL1 = %s", hex(kh::boot_registers.pc).c_str(),
           hex(kh::boot_registers.sp_el1).c_str());
@@ -124,15 +124,15 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
 
   out.announce(kh::Step::run_guest);
   const auto stuck = [&](const kh::Error& error) { return fail(error, out, device, &*vcpu, view); };
-  GuestStepper stepper(vcpu->fd.get(), view, out, {options.step_guest, options.step_limit, breakpoint}, trace);
+  GuestStepper stepper(vcpu->fd, view, out, {options.step_guest, options.step_limit, breakpoint}, trace);
   if (options.step_guest) {
-    if (const auto on = kh::enable_single_step(kvm->get(), vcpu->fd.get(), trace); !on) return stuck(on.error());
+    if (const auto on = kh::enable_single_step(*kvm, vcpu->fd, trace); !on) return stuck(on.error());
     out.say(Verbosity::normal,
             "single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP); each instruction, then "
             "the registers it changed");
     if (const auto started = stepper.start(); !started) return stuck(started.error());
   } else if (breakpoint) {
-    const auto set = kh::set_hardware_breakpoint(kvm->get(), vcpu->fd.get(), *breakpoint, trace);
+    const auto set = kh::set_hardware_breakpoint(*kvm, vcpu->fd, *breakpoint, trace);
     if (!set) return stuck(set.error());
     out.say(Verbosity::normal,
             "hardware breakpoint at %s: KVM_SET_GUEST_DEBUG(ENABLE | USE_HW); the guest runs at full "
@@ -167,7 +167,7 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
     std::printf("summary: %s\n", describe_stats(*stats).c_str());
   }
   if (out.shows(Verbosity::verbose)) {  // the exits KVM handled itself, which we never saw
-    const auto counted = kh::read_vcpu_statistics(vcpu->fd.get(), trace);
+    const auto counted = kh::read_vcpu_statistics(vcpu->fd, trace);
     if (counted) {
       for (const std::string& line : describe_statistics(*counted, stats->exits))
         out.say(Verbosity::verbose, "%s", line.c_str());

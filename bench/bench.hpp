@@ -72,7 +72,8 @@ class BenchDevice {
 
 // Step 9 again, with bare ioctl(2) and kvm_run: no Request, no Result, no
 // decode_exit. Same watchdog, same device.
-inline kh::Result<void> raw_run_loop(kh::Vcpu& vcpu, BenchDevice& device, std::chrono::milliseconds limit) {
+[[nodiscard]] inline kh::Result<void> raw_run_loop(kh::Vcpu& vcpu, BenchDevice& device,
+                                                  std::chrono::milliseconds limit) {
   kvm_run* run = &vcpu.run();
   const int fd = vcpu.fd.get();
   const kh::Watchdog watchdog(*run, limit);
@@ -102,8 +103,8 @@ struct BenchRun {
 // Steps 1 to 9 for the benchmark guest, each timed; `loop` is step 9.
 // `kinds`: which to measure, one bit per BenchKind.
 template <class Loop>
-kh::Result<BenchRun> bench_vm(const char* device, std::span<const std::uint8_t> guest, BenchSettings settings,
-                              unsigned kinds, Loop&& loop) {
+[[nodiscard]] kh::Result<BenchRun> bench_vm(const char* device, std::span<const std::uint8_t> guest,
+                                            BenchSettings settings, unsigned kinds, Loop&& loop) {
   BenchRun result;
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
@@ -117,7 +118,7 @@ kh::Result<BenchRun> bench_vm(const char* device, std::span<const std::uint8_t> 
   if (!machine) return std::unexpected(machine.error());
   // x0, x1 and x2 tell the guest what to measure (step 8 set PC and SP_EL1).
   for (const auto& [n, value] : {std::pair{0, settings.iterations}, {1, settings.repeats}, {2, std::uint64_t{kinds}}}) {
-    const auto set = kh::set_register(kh::Step::set_boot_registers, machine->vcpu.fd.get(), kh::reg::x(n), value);
+    const auto set = kh::set_register(kh::Step::set_boot_registers, machine->vcpu.fd, kh::reg::x(n), value);
     if (!set) return std::unexpected(set.error());
   }
   if (const auto ran = loop(machine->vcpu, result.device); !ran) return std::unexpected(ran.error());

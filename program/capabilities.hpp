@@ -49,10 +49,10 @@ inline constexpr KnownCapability known_capabilities[] = {
 #undef KVM_HELLO_KNOWN
 
 // The table: capability, the value KVM_CHECK_EXTENSION gives on /dev/kvm, and our use of it.
-inline void print_capability_table(int kvm_fd) {
+inline void print_capability_table(const kh::KvmFd& kvm) {
   std::printf("%-28s %6s  %s\n", "capability", "value", "kvm-hello");
   for (const KnownCapability& cap : known_capabilities) {
-    const auto value = kh::call(kh::Step::check_capabilities, kvm_fd, kh::request::check_extension,
+    const auto value = kh::call(kh::Step::check_capabilities, kvm, kh::request::check_extension,
                                 static_cast<unsigned long>(cap.id));
     std::string use = cap.use;
     for (const kh::Capability& required : kh::required_capabilities) {
@@ -73,11 +73,11 @@ inline int show_capabilities(const char* device, const Output& out) {
   if (!kvm) return fail(kvm.error(), out, device);
   out.say(Verbosity::normal, "%s is fd %d", device, kvm->get());
   out.announce(kh::Step::check_api_version);
-  const auto version = kh::check_api_version(kvm->get());
+  const auto version = kh::check_api_version(*kvm);
   if (!version) return fail(version.error(), out, device);
   out.say(Verbosity::normal, "API version %d", *version);
   out.announce(kh::Step::check_capabilities);
-  const auto required = kh::check_capabilities(kvm->get());
-  print_capability_table(kvm->get());
+  const auto required = kh::check_capabilities(*kvm);
+  print_capability_table(*kvm);
   return required ? 0 : fail(required.error(), out, device);
 }

@@ -63,15 +63,11 @@ inline std::string counted(std::uint64_t n, std::string_view thing) {
   return std::to_string(n) + " " + std::string(thing) + (n == 1 ? "" : "s");
 }
 
-// The name of the device register at an address (the memory map of
-// kvm_hello.hpp); "" where there is none.
+// The name of HelloDevice's register at an address (kvm_hello.hpp's
+// memory_map); "" where there is none.
 constexpr std::string_view device_register_name(std::uint64_t address) {
-  switch (address) {
-    case kh::mmio_out: return "OUT";
-    case kh::mmio_answer: return "ANSWER";
-    case kh::mmio_echo: return "ECHO";
-    default: return "";
-  }
+  const kh::Region* found = kh::register_at(address);
+  return found != nullptr && found->kind == kh::RegionKind::hello_register ? found->name : "";
 }
 
 // What the data of a read is: ANSWER's is the host's answer; OUT and ECHO are
@@ -297,6 +293,8 @@ constexpr MmioInstruction classify_mmio_instruction(std::uint32_t encoding) {
   if (!unsigned_offset && bit21 && form == 0b00) return MmioInstruction::atomic;
   return MmioInstruction::plain;
 }
+static_assert(classify_mmio_instruction(0xa9000c22) == MmioInstruction::pair);  // stp x2, x3, [x1]: ENOSYS
+static_assert(classify_mmio_instruction(0x39000020) == MmioInstruction::plain);  // strb w0, [x1]: guest.S's
 
 inline std::string_view describe_mmio_instruction(MmioInstruction kind) {
   switch (kind) {
@@ -320,6 +318,8 @@ constexpr unsigned call_immediate(std::uint32_t encoding) { return (encoding >> 
 constexpr bool is_wfi(std::uint32_t encoding) { return encoding == 0xd503207f; }
 constexpr bool is_wfe(std::uint32_t encoding) { return encoding == 0xd503205f; }
 constexpr bool is_branch_to_self(std::uint32_t encoding) { return encoding == 0x14000000; }
+static_assert(is_hvc(0xd4000002) && is_smc(0xd4000003) && !is_hvc(0xd4000003));  // hvc #0, smc #0
+static_assert(is_smc(0xd4000023) && call_immediate(0xd4000023) == 1);            // smc #1
 
 // ---- Instructions that take an exception at EL1 ------------------------------
 //

@@ -218,10 +218,12 @@ struct Failure {
   std::string message;  // "step 1 (open_kvm): open failed with ENOENT ...", without the program's name
 };
 
+// "step 9 (run_guest)", and ", vCPU 1" after it when the error names its vCPU.
 inline Failure failure_for(const kh::Error& error, std::string_view device, StuckGuest stuck = StuckGuest::running,
                            Above above = Above::registers) {
   const Status status = status_for(error);
   const kh::StepInfo& step = kh::step_info(error.step);
-  return {status, "step " + std::to_string(static_cast<int>(error.step)) + " (" + std::string(step.name) +
-                      "): " + explain(error, status, device, stuck, above)};
+  const std::string vcpu = error.vcpu ? ", vCPU " + std::to_string(*error.vcpu) : "";
+  return {status, "step " + std::to_string(static_cast<int>(error.step)) + " (" + std::string(step.name) + ")" + vcpu +
+                      ": " + explain(error, status, device, stuck, above)};
 }

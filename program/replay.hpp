@@ -72,7 +72,7 @@ inline Stepped step_one(kh::Vcpu& vcpu, kh::HelloDevice& device, std::chrono::mi
   kvm_run& run = vcpu.run();
   const kh::Watchdog watchdog(run, patience);
   for (;;) {
-    const auto entered = kh::call(kh::Step::run_guest, vcpu.fd.get(), kh::request::run);
+    const auto entered = kh::call(kh::Step::run_guest, vcpu.fd, kh::request::run);
     if (!entered) {
       if (entered.error().err != EINTR) {
         return {Stepped::Kind::failed, failure_for(entered.error(), kvm_device).message};
@@ -114,8 +114,8 @@ inline Replay replay_guest(std::span<const std::uint8_t> image, std::string_view
   };
   auto machine = kh::build_machine(image, std::string(kvm_device).c_str());
   if (!machine) return failed(machine.error());
-  const int vcpu = machine->vcpu.fd.get();
-  if (const auto on = kh::enable_single_step(machine->kvm.get(), vcpu); !on) return failed(on.error());
+  const kh::VcpuFd& vcpu = machine->vcpu.fd;
+  if (const auto on = kh::enable_single_step(machine->kvm, vcpu); !on) return failed(on.error());
   const GuestView ram{machine->memory.host.bytes()};  // the re-run's RAM, as it is now
   kh::HelloDevice device;
   std::uint64_t pc = kh::boot_registers.pc;                // the instruction about to run

@@ -71,7 +71,7 @@ inline void print_registers(const kh::Registers& regs, FILE* to) {
   std::fprintf(to, "registers (read with KVM_GET_ONE_REG, not traced):\n%s", format_registers(regs).c_str());
 }
 inline std::optional<kh::Registers> dump_registers(const kh::Vcpu& vcpu, FILE* to) {
-  const auto regs = kh::read_registers(vcpu.fd.get());
+  const auto regs = kh::read_registers(vcpu.fd);
   if (!regs) return std::nullopt;
   print_registers(*regs, to);
   return *regs;
@@ -85,7 +85,7 @@ inline int fail(const kh::Error& error, const Output& out, std::string_view devi
   std::fflush(stdout);
   std::optional<kh::Registers> regs;
   if (vcpu != nullptr) {
-    if (const auto read = kh::read_registers(vcpu->fd.get())) regs = *read;
+    if (const auto read = kh::read_registers(vcpu->fd)) regs = *read;
   }
   const bool shown = regs && out.shows(Verbosity::normal);
   if (shown) {

@@ -136,12 +136,12 @@ struct Watch {
 // breakpoint again) so that the guest goes on.
 class GuestStepper {
  public:
-  GuestStepper(int vcpu_fd, GuestView guest, const Output& out, Watch watch, kh::CallObserver observe = {})
-      : vcpu_fd_(vcpu_fd), guest_(guest), out_(out), watch_(watch), observe_(observe) {}
+  GuestStepper(const kh::VcpuFd& vcpu, GuestView guest, const Output& out, Watch watch, kh::CallObserver observe = {})
+      : vcpu_(vcpu), guest_(guest), out_(out), watch_(watch), observe_(observe) {}
 
   // Single-stepping, before the first KVM_RUN: the first instruction.
-  kh::Result<void> start() {
-    auto regs = kh::read_registers(vcpu_fd_);
+  [[nodiscard]] kh::Result<void> start() {
+    auto regs = kh::read_registers(vcpu_);
     if (!regs) return std::unexpected(regs.error());
     before_ = *regs;
     reached(before_);
@@ -189,7 +189,7 @@ class GuestStepper {
   void unshown_instruction_done() {
     ++unshown_;
     if (!watch_.breakpoint || hits_ == breakpoint_hits_shown) return;
-    const auto pc = kh::get_register(kh::Step::run_guest, vcpu_fd_, kh::reg::pc);
+    const auto pc = kh::get_register(kh::Step::run_guest, vcpu_, kh::reg::pc);
     if (!pc) return fail(pc.error());
     if (*pc != *watch_.breakpoint) return;
     if (const auto regs = read_registers()) show_hit(*regs);
@@ -215,7 +215,7 @@ class GuestStepper {
     if (!regs) return;
     show_hit(*regs);
     const bool removed = hits_ == breakpoint_hits_shown;
-    if (const auto set = kh::set_guest_debug(vcpu_fd_, {.single_step = !removed, .breakpoint = std::nullopt}, observe_);
+    if (const auto set = kh::set_guest_debug(vcpu_, {.single_step = !removed, .breakpoint = std::nullopt}, observe_);
         !set) {
       return fail(set.error());
     }
@@ -226,7 +226,7 @@ class GuestStepper {
   void set_breakpoint_again() {
     stepping_over_ = false;
     if (const auto set =
-            kh::set_guest_debug(vcpu_fd_, {.single_step = false, .breakpoint = watch_.breakpoint}, observe_);
+            kh::set_guest_debug(vcpu_, {.single_step = false, .breakpoint = watch_.breakpoint}, observe_);
         !set) {
       fail(set.error());
     }
@@ -262,7 +262,7 @@ class GuestStepper {
   }
 
   std::optional<kh::Registers> read_registers() {
-    auto regs = kh::read_registers(vcpu_fd_);
+    auto regs = kh::read_registers(vcpu_);
     if (!regs) return fail(regs.error()), std::nullopt;
     return *regs;
   }
@@ -270,7 +270,7 @@ class GuestStepper {
     if (!failure_) failure_ = error;
   }
 
-  int vcpu_fd_;
+  const kh::VcpuFd& vcpu_;
   GuestView guest_;
   const Output& out_;
   Watch watch_;

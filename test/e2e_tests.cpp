@@ -273,7 +273,7 @@ TEST_CASE("the steps in-process: the guest says its message and powers off") {
     REQUIRE(exits.size() == expected);
     CHECK(std::get<kh::SystemEvent>(exits.back()).type == KVM_SYSTEM_EVENT_SHUTDOWN);
     // After SYSTEM_OFF the vCPU is off: the guest stopped at the hvc.
-    const auto pc = kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pc);
+    const auto pc = kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::pc);
     REQUIRE(pc);
     CHECK(*pc > kh::ram_base);
     CHECK(*pc < kh::ram_base + guest_bin_len);
@@ -283,14 +283,14 @@ TEST_CASE("the steps in-process: the guest says its message and powers off") {
 
 TEST_CASE("after INIT, PSTATE is EL1h with D, A, I and F masked, and PC is where step 8 put it") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
-  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pstate).value() == 0x3c5);
-  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pc).value() == kh::ram_base);
-  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::sp_el1).value() == kh::ram_base + kh::ram_size);
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::pstate).value() == 0x3c5);
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::pc).value() == kh::ram_base);
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::sp_el1).value() == kh::ram_base + kh::ram_size);
 }
 
 TEST_CASE("after INIT, system registers the architecture leaves UNKNOWN hold KVM's marker") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
-  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::esr_el1).value() == unknown_register_value);
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::esr_el1).value() == unknown_register_value);
 }
 
 TEST_CASE("the call observer sees every ioctl of the steps, in order, with results") {
@@ -333,7 +333,7 @@ TEST_CASE("the call observer sees every ioctl of the steps, in order, with resul
 
 TEST_CASE("single-stepping: one KVM_EXIT_DEBUG per instruction, software step in the ESR") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
-  REQUIRE(kh::enable_single_step(m.kvm.get(), m.vcpu.fd.get()));
+  REQUIRE(kh::enable_single_step(m.kvm, m.vcpu.fd));
   kh::HelloDevice device;
   unsigned steps = 0, other = 0;
   const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(20), [&](const kh::Exit& exit) {
@@ -355,26 +355,26 @@ TEST_CASE(
     "a hardware breakpoint: KVM_EXIT_DEBUG with EC 0x30 before the instruction runs; stepped over, the guest goes on") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   constexpr std::uint64_t strb = 0x10010;  // guest.S:28, strb w0, [x1]: one byte of output
-  REQUIRE(kh::set_hardware_breakpoint(m.kvm.get(), m.vcpu.fd.get(), strb));
+  REQUIRE(kh::set_hardware_breakpoint(m.kvm, m.vcpu.fd, strb));
   kh::HelloDevice device;
   unsigned hits = 0, steps = 0;
   std::string seen_before_each_hit;
   const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(20), [&](const kh::Exit& exit) {
     const auto* debug = std::get_if<kh::DebugExit>(&exit);
     if (debug == nullptr) return;
-    const auto pc = kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pc);
+    const auto pc = kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::pc);
     REQUIRE(pc);
     if (exception_class_of(debug->esr) == exception_class::breakpoint) {
       ++hits;
       CHECK(*pc == strb);                         // stopped at the instruction...
       CHECK(device.output().size() == hits - 1);  // ...before it ran: this hit's byte is not out yet
       seen_before_each_hit += std::string(device.output().substr(device.output().size() - (hits > 1)));
-      REQUIRE(kh::set_guest_debug(m.vcpu.fd.get(), {.single_step = true, .breakpoint = std::nullopt}));
+      REQUIRE(kh::set_guest_debug(m.vcpu.fd, {.single_step = true, .breakpoint = std::nullopt}));
     } else {
       CHECK(exception_class_of(debug->esr) == exception_class::software_step);
       CHECK(*pc == strb + 4);  // the step over it: it has run
       ++steps;
-      REQUIRE(kh::set_guest_debug(m.vcpu.fd.get(), {.single_step = false, .breakpoint = strb}));
+      REQUIRE(kh::set_guest_debug(m.vcpu.fd, {.single_step = false, .breakpoint = strb}));
     }
   });
   REQUIRE(stats);
@@ -388,7 +388,7 @@ TEST_CASE(
 
 TEST_CASE("a hardware breakpoint the guest never gets to costs no exit") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
-  REQUIRE(kh::set_hardware_breakpoint(m.kvm.get(), m.vcpu.fd.get(), 0x10034));  // guest.S:41, after the hvc
+  REQUIRE(kh::set_hardware_breakpoint(m.kvm, m.vcpu.fd, 0x10034));  // guest.S:41, after the hvc
   kh::HelloDevice device;
   const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(20), [](const kh::Exit&) {});
   REQUIRE(stats);
@@ -400,11 +400,11 @@ TEST_CASE("a hardware breakpoint the guest never gets to costs no exit") {
 TEST_CASE("trap: a register before KVM_ARM_VCPU_INIT fails with ENOEXEC") {
   auto kvm = kh::open_kvm();
   REQUIRE(kvm);
-  auto vm = kh::create_vm(kvm->get(), kh::vm_type_for(kh::check_capabilities(kvm->get())->ipa_limit).value());
+  auto vm = kh::create_vm(*kvm, kh::vm_type_for(kh::check_capabilities(*kvm)->ipa_limit).value());
   REQUIRE(vm);
-  auto vcpu = kh::create_vcpu(kvm->get(), vm->get());
+  auto vcpu = kh::create_vcpu(*kvm, *vm, 0);
   REQUIRE(vcpu);
-  const auto set = kh::set_boot_registers(vcpu->fd.get());
+  const auto set = kh::set_boot_registers(vcpu->fd);
   REQUIRE_FALSE(set);
   CHECK(set.error().err == ENOEXEC);
   CHECK(set.error().call == "KVM_SET_ONE_REG");
@@ -414,7 +414,7 @@ TEST_CASE("trap: a second memory region over the first fails with EEXIST") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   kvm_userspace_memory_region overlap = m.memory.region;
   overlap.slot = 1;
-  const auto again = kh::call(kh::Step::setup_guest_memory, m.vm.get(), kh::request::set_user_memory_region, &overlap);
+  const auto again = kh::call(kh::Step::setup_guest_memory, m.vm, kh::request::set_user_memory_region, &overlap);
   REQUIRE_FALSE(again);
   CHECK(again.error().err == EEXIST);
 }
@@ -429,7 +429,7 @@ TEST_CASE("a guest that never powers off is stopped by the watchdog") {
   CHECK(stats.error().problem == kh::Problem::watchdog_expired);
   CHECK(stats.error().err == EINTR);
   CHECK(took < std::chrono::seconds(5));
-  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), kh::reg::pc).value() == kh::ram_base);
+  CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::pc).value() == kh::ram_base);
 }
 
 TEST_CASE("a guest that asks for a reset ends the run with Problem::guest_reset") {
@@ -454,10 +454,10 @@ TEST_CASE("trap: a store pair to MMIO makes KVM_RUN fail with ENOSYS") {
 namespace {
 
 // One KVM_RUN, with no watchdog and no signal handler: its result, and kvm_run.
-kh::Result<int> run_once(kh::Machine& m) { return kh::call(kh::Step::run_guest, m.vcpu.fd.get(), kh::request::run); }
+kh::Result<int> run_once(kh::Machine& m) { return kh::call(kh::Step::run_guest, m.vcpu.fd, kh::request::run); }
 
 std::uint64_t register_value(kh::Machine& m, std::uint64_t id) {
-  return kh::get_register(kh::Step::run_guest, m.vcpu.fd.get(), id).value();
+  return kh::get_register(kh::Step::run_guest, m.vcpu.fd, id).value();
 }
 
 }  // namespace
@@ -479,7 +479,7 @@ TEST_CASE("SYSTEM_OFF stops the vCPU: KVM_RUN sleeps; KVM_SET_MP_STATE(RUNNABLE)
   // Runnable again, registers kept: one step runs the instruction after the hvc (guest.S: b power_off), with x0 = -6.
   state.mp_state = KVM_MP_STATE_RUNNABLE;
   REQUIRE(ioctl(m.vcpu.fd.get(), KVM_SET_MP_STATE, &state) == 0);
-  REQUIRE(kh::enable_single_step(m.kvm.get(), m.vcpu.fd.get()));
+  REQUIRE(kh::enable_single_step(m.kvm, m.vcpu.fd));
   REQUIRE(run_once(m));
   REQUIRE(m.vcpu.run().exit_reason == KVM_EXIT_DEBUG);
   CHECK(register_value(m, kh::reg::x(0)) == static_cast<std::uint64_t>(PSCI_RET_INTERNAL_FAILURE));
@@ -501,7 +501,7 @@ TEST_CASE("wfi traps into KVM even for a lone vCPU, on every kernel (TWI stays s
   REQUIRE_FALSE(stats);
   CHECK(stats.error().problem == kh::Problem::watchdog_expired);
   // Trapped once, then asleep in KVM (kvm_vcpu_wfi) until the signal; KVM stepped PC past the wfi first.
-  const auto counted = kh::read_vcpu_statistics(m.vcpu.fd.get());
+  const auto counted = kh::read_vcpu_statistics(m.vcpu.fd);
   REQUIRE(counted);
   const auto wfi = std::find_if(counted->begin(), counted->end(),
                                 [](const kh::VcpuStatistic& stat) { return stat.name == "wfi_exit_stat"; });
@@ -554,15 +554,15 @@ TEST_CASE("KVM_EXIT_ARM_NISV: only CM, WnR and FSC of the syndrome, the IPA, and
 TEST_CASE("trap: KVM_ARM_VCPU_INIT with a feature bit the kernel does not know fails with ENOENT") {
   auto kvm = kh::open_kvm();
   REQUIRE(kvm);
-  auto vm = kh::create_vm(kvm->get(), kh::vm_type_for(kh::check_capabilities(kvm->get())->ipa_limit).value());
+  auto vm = kh::create_vm(*kvm, kh::vm_type_for(kh::check_capabilities(*kvm)->ipa_limit).value());
   REQUIRE(vm);
-  auto vcpu = kh::create_vcpu(kvm->get(), vm->get());
+  auto vcpu = kh::create_vcpu(*kvm, *vm, 0);
   REQUIRE(vcpu);
   kvm_vcpu_init init{};
-  REQUIRE(kh::call(kh::Step::init_vcpu, vm->get(), kh::request::arm_preferred_target, &init));
+  REQUIRE(kh::call(kh::Step::init_vcpu, *vm, kh::request::arm_preferred_target, &init));
   init = kh::with_psci_0_2(init);
   init.features[1] = 1;  // feature 32: no kernel has one there
-  const auto done = kh::call(kh::Step::init_vcpu, vcpu->fd.get(), kh::request::arm_vcpu_init, &init);
+  const auto done = kh::call(kh::Step::init_vcpu, vcpu->fd, kh::request::arm_vcpu_init, &init);
   REQUIRE_FALSE(done);
   CHECK(done.error().err == ENOENT);
 }
@@ -846,14 +846,14 @@ TEST_CASE("no fd and no mapping is left open after a run, or after any error") {
   };
   const auto unused_vcpu = [] {  // ENOEXEC: registers before INIT
     auto kvm = kh::open_kvm();
-    auto vm = kh::create_vm(kvm->get(), kh::vm_type_for(kh::check_capabilities(kvm->get())->ipa_limit).value());
-    auto vcpu = kh::create_vcpu(kvm->get(), vm->get());
-    return kh::set_boot_registers(vcpu->fd.get()).has_value();
+    auto vm = kh::create_vm(*kvm, kh::vm_type_for(kh::check_capabilities(*kvm)->ipa_limit).value());
+    auto vcpu = kh::create_vcpu(*kvm, *vm, 0);
+    return kh::set_boot_registers(vcpu->fd).has_value();
   };
   const auto empty_image = [] {
     auto kvm = kh::open_kvm();
-    auto vm = kh::create_vm(kvm->get(), kh::vm_type_for(kh::check_capabilities(kvm->get())->ipa_limit).value());
-    return kh::setup_guest_memory(vm->get(), {}).has_value();
+    auto vm = kh::create_vm(*kvm, kh::vm_type_for(kh::check_capabilities(*kvm)->ipa_limit).value());
+    return kh::setup_guest_memory(*vm, {}).has_value();
   };
   const auto all_paths = [&] {
     CHECK(run_once(image(guest_bin, guest_bin_len), std::chrono::seconds(10)));
@@ -938,7 +938,7 @@ TEST_CASE("--bench: the table's structure, and every figure sane (no timing is a
 TEST_CASE("the run loop allocates nothing when tracing is off (the benchmark guest, thousands of exits)") {
   kh::Machine m = build_machine(image(bench_guest_bin, bench_guest_bin_len));
   for (const auto& [n, value] : {std::pair{0, 512}, {1, 2}, {2, 7}}) {  // iterations, repeats, all three kinds
-    REQUIRE(kh::set_register(kh::Step::set_boot_registers, m.vcpu.fd.get(), kh::reg::x(n), value));
+    REQUIRE(kh::set_register(kh::Step::set_boot_registers, m.vcpu.fd, kh::reg::x(n), value));
   }
   kh::HelloDevice device;  // SINK and RESULT have no register here: nothing is kept
   const std::size_t before = allocations.load();
@@ -1035,7 +1035,7 @@ TEST_CASE("run again, the guest goes the same way: the registers it ends with ar
   kh::HelloDevice device;
   const auto first = kh::run_guest(m.vcpu, device, std::chrono::milliseconds(300), [](const kh::Exit&) {});
   REQUIRE_FALSE(first);
-  const auto regs = kh::read_registers(m.vcpu.fd.get());
+  const auto regs = kh::read_registers(m.vcpu.fd);
   REQUIRE(regs);
   const Replay again = run_again(image(undefined_bin, undefined_bin_len));
   REQUIRE(again.last);
@@ -1259,7 +1259,7 @@ TEST_CASE("-v: the vCPU's statistics add up: KVM counted the MMIO exits we saw a
 TEST_CASE("the preferred target is this kernel's: GENERIC_V8 from Linux 6.6, before it the host CPU's own type") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   kvm_vcpu_init preferred{};
-  REQUIRE(kh::call(kh::Step::init_vcpu, m.vm.get(), kh::request::arm_preferred_target, &preferred));
+  REQUIRE(kh::call(kh::Step::init_vcpu, m.vm, kh::request::arm_preferred_target, &preferred));
   // Before 6.6: Cortex-A57 (part 0xd07) and A53 (0xd03) had types of their own (so did the AEM, Foundation
   // and X-Gene, which QEMU does not emulate: kvm_target_cpu in 6.1's arch/arm64/kvm/guest.c).
   const std::string cpuinfo = read_file("/proc/cpuinfo");
@@ -1277,7 +1277,7 @@ TEST_CASE("PSCI for the guest: version 1.1 before Linux 6.13, 1.3 from it; smc a
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   const KernelVersion linux_version = running_kernel();
   const std::uint64_t expected = linux_version.at_least(6, 13) ? PSCI_VERSION(1, 3) : PSCI_VERSION(1, 1);
-  CHECK(kh::get_register(kh::Step::init_vcpu, m.vcpu.fd.get(), kh::reg::psci_version).value() == expected);
+  CHECK(kh::get_register(kh::Step::init_vcpu, m.vcpu.fd, kh::reg::psci_version).value() == expected);
   const Outcome run = run_program({});
   const std::string line =
       std::string("PSCI for the guest: version ") + (linux_version.at_least(6, 13) ? "1.3" : "1.1") +

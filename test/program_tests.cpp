@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <random>
 #include <set>
 
@@ -94,6 +95,12 @@ TEST_CASE("an error message names the step, the call, the errno and what to do")
 
   const std::string pair = message_for({Step::run_guest, Problem::call_failed, "KVM_RUN", ENOSYS}, "/dev/kvm");
   CHECK(pair.find("load/store pair") != std::string::npos);
+
+  // A program of several vCPUs names the one that failed; lesson 1's one vCPU is not named.
+  const kh::Error watchdog{Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR, 300};
+  CHECK(message_for(watchdog, "/dev/kvm").starts_with("step 9 (run_guest): the guest did not power off within 300 ms"));
+  CHECK(message_for(kh::on_vcpu(watchdog, 1), "/dev/kvm")
+            .starts_with("step 9 (run_guest), vCPU 1: the guest did not power off within 300 ms"));
 }
 
 TEST_CASE("bytes are shown as hex and character, control characters escaped") {
@@ -243,8 +250,8 @@ TEST_CASE("--break-at: a line of the guest's source, or an address, found in its
 
 TEST_CASE("the stepper keeps the first call that failed while the guest ran, and then watches no more") {
   // An fd that is no vCPU: every KVM_GET_ONE_REG fails.
-  const int not_a_vcpu = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  REQUIRE(not_a_vcpu >= 0);
+  const kh::VcpuFd not_a_vcpu(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  REQUIRE(not_a_vcpu.get() >= 0);
   const std::array<std::uint8_t, 8> ram{};
   const Output out{Verbosity::quiet, false};
   GuestStepper stepper(not_a_vcpu, GuestView{ram, nullptr}, out, {false, default_step_limit, 0x10010});
@@ -257,7 +264,6 @@ TEST_CASE("the stepper keeps the first call that failed while the guest ran, and
   CHECK((stepper.failure()->err == ENOTTY || stepper.failure()->err == ENOSYS));
   stepper.stopped(kh::DebugExit{exception_class::breakpoint << 26, 0});
   CHECK(stepper.breakpoint_hits() == 0);
-  ::close(not_a_vcpu);
 }
 
 TEST_CASE("the kernel's version from its release string") {
@@ -398,6 +404,9 @@ Replay found_exception(unsigned instructions, std::uint64_t pc, std::optional<st
   return replay;
 }
 }  // namespace
+
+static_assert(is_udf(0x00000000) && !is_udf(0xd503201f));  // udf #0; nop
+static_assert(is_system_register_access(0xd53c1100) && system_register_op1(0xd53c1100) == 4);  // mrs x0, hcr_el2
 
 TEST_CASE("an instruction that takes an exception at EL1 is named from its encoding") {
   CHECK(is_udf(0x00000000));
@@ -743,16 +752,32 @@ TEST_CASE("the exception vector entries by offset") {
   CHECK(vector_entry_name(0x800) == "outside the table");
 }
 
+// One table, proven while compiling and checked again at run time (where a
+// failure names the instruction).
+struct MmioInstructionCase {
+  std::uint32_t encoding;
+  MmioInstruction kind;
+  const char* assembly;
+};
+constexpr MmioInstructionCase mmio_instruction_cases[] = {
+    {0x39000020, MmioInstruction::plain, "strb w0, [x1]"},
+    {0xb9400064, MmioInstruction::plain, "ldr w4, [x3]"},
+    {0xf8226820, MmioInstruction::plain, "str x0, [x1, x2]"},
+    {0xa9000c22, MmioInstruction::pair, "stp x2, x3, [x1]"},
+    {0x38001420, MmioInstruction::writeback, "strb w0, [x1], #1"},
+    {0xf8008c20, MmioInstruction::writeback, "str x0, [x1, #8]!"},
+    {0x3d800020, MmioInstruction::simd, "str q0, [x1]"},
+    {0xc85f7c20, MmioInstruction::atomic, "ldxr x0, [x1]"},
+    {0xd4000002, MmioInstruction::not_load_store, "hvc #0"},
+};
+static_assert(std::ranges::all_of(mmio_instruction_cases, [](const MmioInstructionCase& c) {
+  return classify_mmio_instruction(c.encoding) == c.kind;
+}));
+
 TEST_CASE("MMIO instructions KVM cannot decode are told apart") {
-  CHECK(classify_mmio_instruction(0x39000020) == MmioInstruction::plain);           // strb w0, [x1]
-  CHECK(classify_mmio_instruction(0xb9400064) == MmioInstruction::plain);           // ldr w4, [x3]
-  CHECK(classify_mmio_instruction(0xf8226820) == MmioInstruction::plain);           // str x0, [x1, x2]
-  CHECK(classify_mmio_instruction(0xa9000c22) == MmioInstruction::pair);            // stp x2, x3, [x1]
-  CHECK(classify_mmio_instruction(0x38001420) == MmioInstruction::writeback);       // strb w0, [x1], #1
-  CHECK(classify_mmio_instruction(0xf8008c20) == MmioInstruction::writeback);       // str x0, [x1, #8]!
-  CHECK(classify_mmio_instruction(0x3d800020) == MmioInstruction::simd);            // str q0, [x1]
-  CHECK(classify_mmio_instruction(0xc85f7c20) == MmioInstruction::atomic);          // ldxr x0, [x1]
-  CHECK(classify_mmio_instruction(0xd4000002) == MmioInstruction::not_load_store);  // hvc #0
+  for (const MmioInstructionCase& c : mmio_instruction_cases) {
+    CHECK_MESSAGE(classify_mmio_instruction(c.encoding) == c.kind, c.assembly);
+  }
 }
 
 // ==== The fuzz target, on a fixed-seed sample (make fuzz runs it for real) ====

@@ -6,15 +6,29 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <linux/psci.h>
 #include <signal.h>
 #include <time.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
+#include <ios>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kvm_hello.hpp"
+#include "bench_guest_image.h"  // bench_guest_bin[]: bench/bench-guest.S, assembled
+#include "guest_image.h"        // guest_bin[]: guest.S, assembled
+#include "guest_lines.h"        // guest_lines[]: guest.S's line table, its addresses where it was linked
 
 namespace kh = kvm_hello;
+
+// The same numbers proven while compiling, as rust-vmm's kvm-ioctls pins them.
+static_assert(kh::request::get_api_version.number == 0xAE00 && kh::request::create_vm.number == 0xAE01);
+static_assert(kh::request::run.number == 0xAE80 && kh::request::set_one_reg.number == 0x4010AEAC);
+static_assert(kh::request::arm_preferred_target.number == 0x8020AEAF);
 
 TEST_CASE("ioctl request numbers are the kernel's published values") {
   // The values as rust-vmm's kvm-ioctls pins them, and as strace prints them.
@@ -42,6 +56,9 @@ TEST_CASE("core register ids come from offsetof(struct kvm_regs, ...)") {
   // SP_EL0 (regs.sp) is a different register from SP_EL1: the classic trap.
   CHECK(kh::core_register_id(offsetof(kvm_regs, regs.sp)) != kh::reg::sp_el1);
 }
+
+static_assert(kh::verify_api_version(12).value() == 12);
+static_assert(kh::verify_api_version(11).error().problem == kh::Problem::wrong_api_version);
 
 TEST_CASE("the API version must be exactly 12") {
   CHECK(kh::verify_api_version(12).value() == 12);
@@ -77,6 +94,9 @@ TEST_CASE("capabilities: all present, one missing, or the question fails") {
   }
 }
 
+static_assert(kh::vm_type_for(0).value() == 0 && kh::vm_type_for(40).value() == 32 && kh::vm_type_for(32).value() == 32);
+static_assert(kh::vm_type_for(31).error().problem == kh::Problem::ipa_too_small);
+
 TEST_CASE("the VM type carries the IPA size the guest needs") {
   CHECK(kh::vm_type_for(0).value() == 0);  // no capability: the default 40 bits
   CHECK(kh::vm_type_for(40).value() == 32);
@@ -87,6 +107,15 @@ TEST_CASE("the VM type carries the IPA size the guest needs") {
   CHECK(small.error().problem == kh::Problem::ipa_too_small);
 }
 
+static_assert([] {
+  kvm_vcpu_init preferred{};
+  preferred.target = KVM_ARM_TARGET_GENERIC_V8;
+  preferred.features[0] = 1u << KVM_ARM_VCPU_PMU_V3;
+  const kvm_vcpu_init init = kh::with_psci_0_2(preferred);
+  return init.target == KVM_ARM_TARGET_GENERIC_V8 &&
+         init.features[0] == ((1u << KVM_ARM_VCPU_PMU_V3) | (1u << KVM_ARM_VCPU_PSCI_0_2));
+}());
+
 TEST_CASE("PSCI 0.2 is added to the preferred target, keeping what was there") {
   kvm_vcpu_init preferred{};
   preferred.target = KVM_ARM_TARGET_GENERIC_V8;
@@ -95,6 +124,12 @@ TEST_CASE("PSCI 0.2 is added to the preferred target, keeping what was there") {
   CHECK(init.target == KVM_ARM_TARGET_GENERIC_V8);
   CHECK(init.features[0] == ((1u << KVM_ARM_VCPU_PMU_V3) | (1u << KVM_ARM_VCPU_PSCI_0_2)));
 }
+
+static_assert([] {
+  constexpr std::array<std::uint8_t, 4> image{};
+  return !kh::check_guest_image({}) && kh::check_guest_image(image).value().size() == 4 &&
+         kh::check_guest_image({}).error().problem == kh::Problem::bad_guest_image;
+}());
 
 TEST_CASE("guest memory: the region KVM is told about, and the image check") {
   alignas(4096) static std::uint8_t backing[16];
@@ -120,6 +155,124 @@ static kvm_run mmio_run(std::uint64_t address, std::uint32_t length, bool is_wri
   run.mmio.is_write = is_write;
   std::copy(data.begin(), data.end(), run.mmio.data);
   return run;
+}
+
+TEST_CASE("memory map: the table holds the header's macros, under the names the lesson uses") {
+  CHECK(kh::ram_base == KVM_HELLO_RAM_BASE);
+  CHECK(kh::ram_size == KVM_HELLO_RAM_SIZE);
+  CHECK(kh::mmio_out == KVM_HELLO_MMIO_OUT);
+  CHECK(kh::mmio_answer == KVM_HELLO_MMIO_ANSWER);
+  CHECK(kh::mmio_echo == KVM_HELLO_MMIO_ECHO);
+  CHECK(kh::mmio_sink == KVM_HELLO_MMIO_SINK);
+  CHECK(kh::mmio_result == KVM_HELLO_MMIO_RESULT);
+  constexpr const kh::Region& gicd = kh::region_named("GICD");
+  constexpr const kh::Region& gicc = kh::region_named("GICC");
+  constexpr const kh::Region& gicr = kh::region_named("GICR");
+  CHECK(gicd.base == KVM_HELLO_GIC_DIST);
+  CHECK(gicc.base == KVM_HELLO_GIC_CPU);
+  CHECK(gicr.base == KVM_HELLO_GIC_REDIST);
+  CHECK(gicr.size == kh::max_vcpus * 0x20000);  // 128 KiB per vCPU
+  // The device answers at exactly its registers' addresses, and names them from the table.
+  CHECK(kh::HelloDevice::has_register(kh::mmio_out));
+  CHECK(kh::HelloDevice::has_register(kh::mmio_echo));
+  CHECK_FALSE(kh::HelloDevice::has_register(kh::mmio_out + 1));
+  CHECK_FALSE(kh::HelloDevice::has_register(kh::mmio_sink));  // the benchmark's, not HelloDevice's
+  CHECK(kh::register_at(kh::mmio_answer)->name == "ANSWER");
+  CHECK(kh::register_at(kh::mmio_result)->kind == kh::RegionKind::bench_register);
+  CHECK(kh::register_at(kh::ram_base) == nullptr);
+}
+
+namespace {
+
+// memory_map with one row replaced: a map broken in one place.
+constexpr auto map_with(std::string_view name, kh::Region row) {
+  auto map = kh::memory_map;
+  for (kh::Region& r : map) {
+    if (r.name == name) r = row;
+  }
+  return map;
+}
+using kh::RegionKind, kh::MapFault;
+constexpr auto ram_misaligned = map_with("RAM", {"RAM", 0x10800, 0x10000, RegionKind::memslot});
+constexpr auto register_misaligned = map_with("ECHO", {"ECHO", 0x1114, 8, RegionKind::hello_register});
+constexpr auto gic_misaligned = map_with("GICD", {"GICD", 0x08008000, 0x10000, RegionKind::gic_distributor});
+constexpr auto redistributors_for_7 =
+    map_with("GICR", {"GICR", KVM_HELLO_GIC_REDIST, 7 * 0x20000, RegionKind::gic_redistributors});
+constexpr auto register_in_ram = map_with("OUT", {"OUT", KVM_HELLO_RAM_BASE + 0x100, 8, RegionKind::hello_register});
+constexpr auto gic_over_ram = map_with("GICC", {"GICC", KVM_HELLO_RAM_BASE, 0x10000, RegionKind::gic_cpu_interface});
+constexpr auto two_registers_at_once =
+    map_with("ANSWER", {"ANSWER", KVM_HELLO_MMIO_OUT, 8, RegionKind::hello_register});
+constexpr auto gic_past_4_gib =
+    map_with("GICR", {"GICR", 0xfff80000, 8 * 0x20000, RegionKind::gic_redistributors});
+
+// Proven while compiling, as the header proves memory_map; the CHECKs below say it again at run time.
+static_assert(kh::find_map_fault(kh::memory_map) == MapFault::none);
+static_assert(kh::find_map_fault(ram_misaligned) == MapFault::misaligned);
+static_assert(kh::find_map_fault(register_misaligned) == MapFault::misaligned);
+static_assert(kh::find_map_fault(gic_misaligned) == MapFault::misaligned);
+static_assert(kh::find_map_fault(redistributors_for_7) == MapFault::too_small);
+static_assert(kh::find_map_fault(register_in_ram) == MapFault::mmio_in_memslot);
+static_assert(kh::find_map_fault(gic_over_ram) == MapFault::mmio_in_memslot);
+static_assert(kh::find_map_fault(two_registers_at_once) == MapFault::overlapping);
+static_assert(kh::find_map_fault(gic_past_4_gib) == MapFault::beyond_ipa_size);
+static_assert(kh::find_map_fault(kh::memory_map, 16) == MapFault::beyond_ipa_size);
+
+// The 64-bit constants a guest loads with `ldr xN, =VALUE`: each such
+// instruction is an LDR (literal), 0x58000000 | imm19 << 5 | Rt, which loads
+// the 8 bytes at its own address + imm19 * 4 (the assembler's literal pool).
+std::vector<std::uint64_t> constants_loaded(std::span<const std::uint8_t> image) {
+  std::vector<std::uint64_t> values;
+  for (std::size_t at = 0; at + 4 <= image.size(); at += 4) {
+    std::uint32_t instruction = 0;
+    std::memcpy(&instruction, image.data() + at, 4);
+    if ((instruction & 0xff000000u) != 0x58000000u) continue;
+    const std::int64_t offset = std::int64_t{static_cast<std::int32_t>(instruction << 8) >> 13} * 4;
+    const std::int64_t literal = static_cast<std::int64_t>(at) + offset;
+    if (literal < 0 || static_cast<std::size_t>(literal) + 8 > image.size()) continue;
+    std::uint64_t value = 0;
+    std::memcpy(&value, image.data() + literal, 8);
+    values.push_back(value);
+  }
+  return values;
+}
+
+// Each value is one of the map's registers or a PSCI function id, and every
+// register in `expected` is among them.
+void check_loads_only_registers(const std::vector<std::uint64_t>& loaded, std::initializer_list<std::uint64_t> expected) {
+  for (const std::uint64_t value : loaded) {
+    const bool psci = value == PSCI_0_2_FN_SYSTEM_OFF || value == PSCI_0_2_FN_PSCI_VERSION;
+    CHECK_MESSAGE((kh::register_at(value) != nullptr || psci), "a constant not in memory_map: 0x" << std::hex << value);
+  }
+  for (const std::uint64_t address : expected) {
+    CHECK_MESSAGE(std::ranges::count(loaded, address) > 0, "never loaded: " << kh::register_at(address)->name);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("memory map: a map broken in one place is rejected, naming the rule it breaks") {
+  CHECK(kh::find_map_fault(kh::memory_map) == MapFault::none);
+  CHECK(kh::find_map_fault(ram_misaligned) == MapFault::misaligned);
+  CHECK(kh::find_map_fault(register_misaligned) == MapFault::misaligned);
+  CHECK(kh::find_map_fault(gic_misaligned) == MapFault::misaligned);
+  CHECK(kh::find_map_fault(redistributors_for_7) == MapFault::too_small);
+  CHECK(kh::find_map_fault(register_in_ram) == MapFault::mmio_in_memslot);
+  CHECK(kh::find_map_fault(gic_over_ram) == MapFault::mmio_in_memslot);
+  CHECK(kh::find_map_fault(two_registers_at_once) == MapFault::overlapping);
+  CHECK(kh::find_map_fault(gic_past_4_gib) == MapFault::beyond_ipa_size);
+  CHECK(kh::find_map_fault(kh::memory_map, 16) == MapFault::beyond_ipa_size);  // RAM ends past 64 KiB
+}
+
+TEST_CASE("memory map: the assembled guests load the table's addresses, and are linked at ram_base") {
+  check_loads_only_registers(constants_loaded(std::span(guest_bin, guest_bin_len)),
+                             {kh::mmio_out, kh::mmio_answer, kh::mmio_echo});
+  check_loads_only_registers(constants_loaded(std::span(bench_guest_bin, bench_guest_bin_len)),
+                             {kh::mmio_result, kh::mmio_sink, kh::mmio_answer});
+  // guest.lines: "guest.S", then "ADDRESS LINE TEXT" per instruction, the first at the address
+  // the Makefile linked it at (read from KVM_HELLO_RAM_BASE).
+  const std::string lines(reinterpret_cast<const char*>(guest_lines), guest_lines_len);
+  const std::size_t first = lines.find('\n') + 1;
+  CHECK(std::stoull(lines.substr(first, lines.find(' ', first) - first), nullptr, 16) == kh::ram_base);
 }
 
 TEST_CASE("exits decode into typed values") {
@@ -298,6 +451,8 @@ TEST_CASE("statistics are read in the kernel's layout: each name right after 16 
   CHECK(short_read.error().call == "pread");
 }
 
+static_assert(kh::breakpoint_control == 0x1e3);
+
 TEST_CASE("a hardware breakpoint's control register: enabled, at EL1, on an A64 instruction's 4 bytes") {
   // DBGBCR<n>_EL1's fields (Arm Architecture Reference Manual), read back by position.
   const auto field = [](unsigned low, unsigned bits) { return (kh::breakpoint_control >> low) & ((1U << bits) - 1); };
@@ -313,3 +468,129 @@ TEST_CASE("a hardware breakpoint's control register: enabled, at EL1, on an A64 
   // KVM takes it in struct kvm_guest_debug_arch, which has room for 16 pairs.
   CHECK(KVM_ARM_MAX_DBG_REGS == 16);
 }
+
+// ==== Typed fds: each request is made on the fd it belongs to ================
+
+// Whether call() accepts an fd of type F for `request` with these arguments:
+// asked of the compiler, so a mistake is seen here as a false, not as a build
+// that breaks (test/compile-fail-tests.sh shows the compiler's message).
+template <class F, const auto& request, class... Args>
+constexpr bool can_call = requires(const F& fd, Args... args) { kh::call(kh::Step::run_guest, fd, request, args...); };
+
+// KVM_RUN is a vcpu ioctl: only a VcpuFd takes it, never /dev/kvm's KvmFd, a VmFd or a bare int.
+static_assert(can_call<kh::VcpuFd, kh::request::run>);
+static_assert(!can_call<kh::KvmFd, kh::request::run>);
+static_assert(!can_call<kh::VmFd, kh::request::run>);
+static_assert(!can_call<int, kh::request::run>);
+// The system, vm and vcpu ioctls with an argument: the right fd compiles, another does not.
+static_assert(can_call<kh::KvmFd, kh::request::create_vm, unsigned long>);
+static_assert(!can_call<kh::VmFd, kh::request::create_vm, unsigned long>);
+static_assert(can_call<kh::VmFd, kh::request::create_vcpu, unsigned long>);
+static_assert(!can_call<kh::KvmFd, kh::request::create_vcpu, unsigned long>);
+static_assert(can_call<kh::VmFd, kh::request::arm_preferred_target, kvm_vcpu_init*>);
+static_assert(!can_call<kh::VcpuFd, kh::request::arm_preferred_target, kvm_vcpu_init*>);
+static_assert(can_call<kh::VcpuFd, kh::request::set_one_reg, const kvm_one_reg*>);
+static_assert(!can_call<kh::VmFd, kh::request::set_one_reg, const kvm_one_reg*>);
+// The argument is still checked too: a kvm_one_reg where a kvm_vcpu_init is due does not compile.
+static_assert(!can_call<kh::VcpuFd, kh::request::arm_vcpu_init, const kvm_one_reg*>);
+
+// create_vcpu(kvm, vm, id): with its fds swapped it does not compile.
+template <class First, class Second>
+constexpr bool can_create_vcpu = requires(const First& a, const Second& b) { kh::create_vcpu(a, b, 0); };
+static_assert(can_create_vcpu<kh::KvmFd, kh::VmFd>);
+static_assert(!can_create_vcpu<kh::VmFd, kh::KvmFd>);
+
+// Owners like Fd: move-only, made from an int only on purpose, and no kind becomes another.
+template <class F>
+constexpr bool owns_like_fd = !std::is_copy_constructible_v<F> && !std::is_copy_assignable_v<F> &&
+                              std::is_nothrow_move_constructible_v<F> && std::is_nothrow_move_assignable_v<F> &&
+                              std::is_constructible_v<F, int> && !std::is_convertible_v<int, F>;
+static_assert(owns_like_fd<kh::KvmFd> && owns_like_fd<kh::VmFd> && owns_like_fd<kh::VcpuFd>);
+static_assert(!std::is_constructible_v<kh::VmFd, kh::KvmFd> && !std::is_constructible_v<kh::VcpuFd, kh::VmFd>);
+static_assert(!std::is_convertible_v<kh::VcpuFd&, kh::Fd&>);  // not an Fd to reset() or release() behind its back
+
+TEST_CASE("each request names the fd api.rst gives it: system ioctl KvmFd, vm ioctl VmFd, vcpu ioctl VcpuFd") {
+  using kh::KvmFd, kh::VmFd, kh::VcpuFd;
+  namespace r = kh::request;
+  // Documentation/virt/kvm/api.rst, each request's ":Type:" line (the same in Linux 6.1, 6.12 and 7.2).
+  CHECK(std::is_same_v<decltype(r::get_api_version)::FdType, KvmFd>);     // system ioctl
+  CHECK(std::is_same_v<decltype(r::check_extension)::FdType, KvmFd>);     // system ioctl, vm ioctl
+  CHECK(std::is_same_v<decltype(r::create_vm)::FdType, KvmFd>);           // system ioctl
+  CHECK(std::is_same_v<decltype(r::get_vcpu_mmap_size)::FdType, KvmFd>);  // system ioctl
+  CHECK(std::is_same_v<decltype(r::set_user_memory_region)::FdType, VmFd>);
+  CHECK(std::is_same_v<decltype(r::create_vcpu)::FdType, VmFd>);
+  CHECK(std::is_same_v<decltype(r::arm_preferred_target)::FdType, VmFd>);
+  CHECK(std::is_same_v<decltype(r::arm_vcpu_init)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::set_one_reg)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::get_one_reg)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::run)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::set_guest_debug)::FdType, VcpuFd>);
+  CHECK(std::is_same_v<decltype(r::get_stats_fd)::FdType, VcpuFd>);  // vm ioctl, vcpu ioctl
+}
+
+TEST_CASE("a VcpuFd closes once, and a moved-from one closes nothing, as Fd does") {
+  int ends[2];
+  REQUIRE(::pipe2(ends, O_CLOEXEC) == 0);
+  const kh::Fd writer(ends[1]);
+  const int read_end = ends[0];
+  {
+    kh::VcpuFd reader(read_end);
+    kh::VcpuFd moved(std::move(reader));
+    CHECK(reader.get() == -1);
+    CHECK(moved.get() == read_end);
+    kh::VcpuFd assigned;
+    assigned = std::move(moved);
+    CHECK(moved.get() == -1);
+    CHECK(::fcntl(read_end, F_GETFD) >= 0);
+  }
+  CHECK(::fcntl(read_end, F_GETFD) == -1);
+  CHECK(errno == EBADF);
+}
+
+// ==== vCPU identity ==========================================================
+
+static_assert(kh::with_features({}, kh::first_vcpu_features).features[0] == 1u << KVM_ARM_VCPU_PSCI_0_2);
+static_assert(kh::with_features({}, kh::other_vcpu_features).features[0] ==
+              ((1u << KVM_ARM_VCPU_PSCI_0_2) | (1u << KVM_ARM_VCPU_POWER_OFF)));
+static_assert(kh::with_features({}, {.psci_0_2 = false, .power_off = false}).features[0] == 0);
+
+TEST_CASE("the first vCPU boots with PSCI 0.2; the others start powered off; the target is kept") {
+  kvm_vcpu_init preferred{};
+  preferred.target = KVM_ARM_TARGET_GENERIC_V8;
+  CHECK(kh::with_features(preferred, kh::first_vcpu_features).target == KVM_ARM_TARGET_GENERIC_V8);
+  CHECK(kh::with_features(preferred, kh::first_vcpu_features).features[0] == (1u << KVM_ARM_VCPU_PSCI_0_2));
+  CHECK(kh::with_features(preferred, kh::other_vcpu_features).features[0] ==
+        ((1u << KVM_ARM_VCPU_PSCI_0_2) | (1u << KVM_ARM_VCPU_POWER_OFF)));
+}
+
+TEST_CASE("an Error names its vCPU only when a program says which") {
+  const kh::Error error{kh::Step::run_guest, kh::Problem::call_failed, "KVM_RUN", EFAULT, 0};
+  CHECK_FALSE(error.vcpu.has_value());
+  CHECK(kh::on_vcpu(error, 3).vcpu == 3);
+  CHECK(kh::on_vcpu(error, 3).err == EFAULT);
+}
+
+// ==== The extension points, as concepts ======================================
+
+struct NotADevice {
+  void handle(int) {}
+};
+static_assert(kh::MmioDevice<kh::HelloDevice>);
+static_assert(!kh::MmioDevice<NotADevice>);  // handle() must take an MmioAccess&
+static_assert(kh::ExitCallback<decltype([](const kh::Exit&) {})>);
+static_assert(!kh::ExitCallback<decltype([](int) {})>);
+static_assert(kh::StepCallback<decltype([](kh::Step) {})>);
+static_assert(!kh::StepCallback<decltype([] {})>);
+
+template <class Device, class OnExit>
+constexpr bool can_run = requires(kh::Vcpu& vcpu, Device& device, OnExit on_exit) {
+  kh::run_guest(vcpu, device, kh::default_time_limit, on_exit);
+};
+static_assert(can_run<kh::HelloDevice, decltype([](const kh::Exit&) {})>);
+static_assert(!can_run<NotADevice, decltype([](const kh::Exit&) {})>);
+static_assert(!can_run<kh::HelloDevice, decltype([](kh::Step) {})>);
+
+template <class AfterStep>
+constexpr bool can_build = requires(AfterStep after) { kh::build_machine({}, "/dev/kvm", after); };
+static_assert(can_build<decltype([](kh::Step) {})>);
+static_assert(!can_build<decltype([](const kh::Exit&) {})>);
