@@ -357,7 +357,14 @@ inline constexpr std::array<StepInfo, step_count> steps{{
      "the loop: run, decode the exit, answer, run again"},
 }};
 
-constexpr const StepInfo& step_info(Step step) { return steps[static_cast<std::size_t>(step) - 1]; }
+// The row for a step not in the table (an Error built with a number of its own).
+inline constexpr StepInfo unknown_step_info{Step{}, "unknown", "an unknown step", "", ""};
+
+// The table's row for `step`; unknown_step_info for a value outside 1..step_count.
+constexpr const StepInfo& step_info(Step step) {
+  const auto n = static_cast<std::size_t>(step);
+  return n >= 1 && n <= steps.size() ? steps[n - 1] : unknown_step_info;
+}
 static_assert(
     [] {
       for (std::size_t i = 0; i < steps.size(); ++i) {
@@ -379,6 +386,8 @@ enum class Problem {
   unexpected_exit,     // value: a KVM_EXIT_* reason this program has no handler for
   watchdog_expired,    // value: the time limit in milliseconds
   interrupted,         // Ctrl-C (SIGINT) stopped the guest
+  bad_register_size,   // value: a ONE_REG id whose KVM_REG_SIZE is not the size of the value type asked for
+  bad_statistics,      // value: the size of KVM_GET_STATS_FD's file; its header says more than it holds
 };
 
 // An error, as a value: which step, what kind of problem, which call failed
@@ -470,6 +479,7 @@ class Mapping {
   Mapping(Mapping&& other) noexcept
       : address_(std::exchange(other.address_, nullptr)), size_(std::exchange(other.size_, 0)) {}
   Mapping& operator=(Mapping&& other) noexcept {
+    if (this == &other) return *this;  // moved into itself: keep the memory
     reset();
     address_ = std::exchange(other.address_, nullptr);
     size_ = std::exchange(other.size_, 0);
@@ -818,8 +828,8 @@ template <class Ask>
 // ==== Step 5: guest RAM ======================================================
 
 struct GuestMemory {
-  Mapping host;                        // where the guest's RAM is in our address space
-  kvm_userspace_memory_region region;  // what KVM was told
+  Mapping host;                          // where the guest's RAM is in our address space
+  kvm_userspace_memory_region region{};  // what KVM was told
 };
 
 // The region KVM is told about: slot 0, guest-physical ram_base, ram_size
@@ -983,52 +993,130 @@ static_assert(with_features({}, other_vcpu_features).features[0] ==
 //   +-------+------+-------------+------------+-----------------------+
 //   | arch  | size |      0      |  coproc    |        index          |
 //   +-------+------+-------------+------------+-----------------------+
-//   arch: KVM_REG_ARM64; size: KVM_REG_SIZE_U64; coproc: KVM_REG_ARM_CORE for
-//   the registers in struct kvm_regs, where index = offsetof / 4.
+//   arch: KVM_REG_ARM64; size: the value's, log2 of its bytes (KVM_REG_SIZE_U64:
+//   3, 8 bytes); coproc: KVM_REG_ARM_CORE for the registers in struct
+//   kvm_regs, where index = offsetof / 4.
 //
 //   struct kvm_regs {                     (<asm/kvm.h>)
 //     struct user_pt_regs regs;  // x0..x30, sp (= SP_EL0!), pc, pstate
 //     __u64 sp_el1;              // the stack pointer an EL1 guest uses
 //     __u64 elr_el1; ...
+//     struct user_fpsimd_state fp_regs;  // v0..v31 (128 bits each), fpsr, fpcr (32 bits)
 //   };
+//
+// The kernel copies exactly KVM_REG_SIZE(id) bytes to or from the address in
+// struct kvm_one_reg (get_core_reg() and set_core_reg() in
+// arch/arm64/kvm/guest.c, Linux 6.1 to 7.2): v0 is 16 bytes, whatever the
+// caller's variable holds. So an id here carries the type of its value.
 
-// The ONE_REG id of a 64-bit core register, from its offset in struct kvm_regs.
-constexpr std::uint64_t core_register_id(std::size_t offset) {
-  return KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | (offset / sizeof(std::uint32_t));
+// The size of a register's value in bytes, from its id: KVM_REG_SIZE(id).
+constexpr std::size_t register_size(std::uint64_t id) {
+  return std::size_t{1} << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT);
+}
+
+// A 128-bit register's value (v0..v31): the low 64 bits first, as arm64 keeps
+// them in memory (little-endian).
+struct Uint128 {
+  std::uint64_t low = 0, high = 0;
+  friend constexpr bool operator==(const Uint128&, const Uint128&) = default;
+};
+static_assert(sizeof(Uint128) == 16);
+
+// The value types a register can have here, one per KVM_REG_SIZE used.
+template <class T>
+concept RegisterValue = std::same_as<T, std::uint32_t> || std::same_as<T, std::uint64_t> || std::same_as<T, Uint128>;
+
+// A ONE_REG id and the type of its value, which agree: KVM_REG_SIZE(id) ==
+// sizeof(T). A constant id is checked while compiling: the constructor is
+// consteval, so RegisterId<std::uint64_t>{v0's id} does not compile. An id
+// known only at run time goes through checked(), which returns an Error
+// (Problem::bad_register_size) instead.
+template <RegisterValue T>
+class RegisterId {
+ public:
+  consteval explicit RegisterId(std::uint64_t id) : id_(id) {
+    if (register_size(id) != sizeof(T)) throw "RegisterId<T>: this id's KVM_REG_SIZE is not sizeof(T)";
+  }
+  [[nodiscard]] static constexpr Result<RegisterId> checked(Step step, std::uint64_t id) {
+    if (register_size(id) != sizeof(T)) return std::unexpected(Error{step, Problem::bad_register_size, {}, 0, id});
+    return RegisterId(id, Checked{});
+  }
+  constexpr std::uint64_t raw() const { return id_; }  // the ONE_REG id itself
+  friend constexpr bool operator==(RegisterId, RegisterId) = default;
+
+ private:
+  struct Checked {};
+  constexpr RegisterId(std::uint64_t id, Checked) : id_(id) {}
+  std::uint64_t id_;
+};
+
+// The ONE_REG id of a core register, from its offset in struct kvm_regs and
+// its size (KVM_REG_SIZE_U32, _U64 or _U128).
+constexpr std::uint64_t core_register_id(std::size_t offset, std::uint64_t size = KVM_REG_SIZE_U64) {
+  return KVM_REG_ARM64 | size | KVM_REG_ARM_CORE | (offset / sizeof(std::uint32_t));
 }
 
 namespace reg {
-inline constexpr std::uint64_t pc = core_register_id(offsetof(kvm_regs, regs.pc));
-inline constexpr std::uint64_t pstate = core_register_id(offsetof(kvm_regs, regs.pstate));
-inline constexpr std::uint64_t sp_el1 = core_register_id(offsetof(kvm_regs, sp_el1));
-inline constexpr std::uint64_t elr_el1 = core_register_id(offsetof(kvm_regs, elr_el1));
-inline constexpr std::uint64_t sp_el0 = core_register_id(offsetof(kvm_regs, regs.sp));  // `sp` in user_pt_regs
-constexpr std::uint64_t x(int n) { return core_register_id(offsetof(kvm_regs, regs.regs) + 8 * std::size_t(n)); }
+using U64 = RegisterId<std::uint64_t>;
+inline constexpr U64 pc{core_register_id(offsetof(kvm_regs, regs.pc))};
+inline constexpr U64 pstate{core_register_id(offsetof(kvm_regs, regs.pstate))};
+inline constexpr U64 sp_el1{core_register_id(offsetof(kvm_regs, sp_el1))};
+inline constexpr U64 elr_el1{core_register_id(offsetof(kvm_regs, elr_el1))};
+inline constexpr U64 sp_el0{core_register_id(offsetof(kvm_regs, regs.sp))};  // `sp` in user_pt_regs
+
+// x0 to x30, for a constant n: x(31) does not compile (no x31 in struct
+// user_pt_regs: its slot is sp, and x(32) would be pc).
+inline constexpr int x_count = 31;
+consteval U64 x(int n) {
+  if (n < 0 || n >= x_count) throw "reg::x(n): n is 0 to 30";
+  return U64{core_register_id(offsetof(kvm_regs, regs.regs) + 8 * std::size_t(n))};
+}
+// The same ids in a table, for an n known only at run time: x_registers[n].
+inline constexpr auto x_registers = []<std::size_t... n>(std::index_sequence<n...>) {
+  return std::array{x(static_cast<int>(n))...};
+}
+(std::make_index_sequence<x_count>{});
+
+// The FP/SIMD registers: v0 to v31, 128 bits each, and the 32-bit FPSR.
+inline constexpr int v_count = 32;
+consteval RegisterId<Uint128> v(int n) {
+  if (n < 0 || n >= v_count) throw "reg::v(n): n is 0 to 31";
+  return RegisterId<Uint128>{
+      core_register_id(offsetof(kvm_regs, fp_regs.vregs) + sizeof(Uint128) * std::size_t(n), KVM_REG_SIZE_U128)};
+}
+inline constexpr RegisterId<std::uint32_t> fpsr{core_register_id(offsetof(kvm_regs, fp_regs.fpsr), KVM_REG_SIZE_U32)};
 
 // System registers: coproc KVM_REG_ARM64_SYSREG and the (op0, op1, CRn, CRm,
 // op2) the Arm architecture gives each, packed by the kernel's ARM64_SYS_REG.
-inline constexpr std::uint64_t esr_el1 = ARM64_SYS_REG(3, 0, 5, 2, 0);    // why the last exception was taken
-inline constexpr std::uint64_t far_el1 = ARM64_SYS_REG(3, 0, 6, 0, 0);    // the address that faulted
-inline constexpr std::uint64_t vbar_el1 = ARM64_SYS_REG(3, 0, 12, 0, 0);  // where the exception vectors are
+inline constexpr U64 esr_el1{ARM64_SYS_REG(3, 0, 5, 2, 0)};    // why the last exception was taken
+inline constexpr U64 far_el1{ARM64_SYS_REG(3, 0, 6, 0, 0)};    // the address that faulted
+inline constexpr U64 vbar_el1{ARM64_SYS_REG(3, 0, 12, 0, 0)};  // where the exception vectors are
 
 // A firmware pseudo-register: the PSCI version KVM answers the guest's
 // PSCI_VERSION call with (major << 16 | minor), after KVM_ARM_VCPU_INIT.
-inline constexpr std::uint64_t psci_version = KVM_REG_ARM_PSCI_VERSION;
+inline constexpr U64 psci_version{KVM_REG_ARM_PSCI_VERSION};
 }  // namespace reg
 
 // The ids the kernel's own macro gives, and the values its documentation lists.
-static_assert(reg::pc == (KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | KVM_REG_ARM_CORE_REG(regs.pc)));
-static_assert(reg::pc == 0x6030000000100040);
-static_assert(reg::pstate == 0x6030000000100042);
-static_assert(reg::sp_el1 == 0x6030000000100044);
-static_assert(reg::x(0) == 0x6030000000100000 && reg::x(30) == 0x603000000010003c);
-static_assert(reg::esr_el1 == 0x603000000013c290);
-static_assert(reg::psci_version == 0x6030000000140000);
+static_assert(reg::pc.raw() == (KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | KVM_REG_ARM_CORE_REG(regs.pc)));
+static_assert(reg::pc.raw() == 0x6030000000100040);
+static_assert(reg::pstate.raw() == 0x6030000000100042);
+static_assert(reg::sp_el1.raw() == 0x6030000000100044);
+static_assert(reg::x(0).raw() == 0x6030000000100000 && reg::x(30).raw() == 0x603000000010003c);
+static_assert(reg::x_registers[30] == reg::x(30));
+static_assert(reg::v(0).raw() ==
+              (KVM_REG_ARM64 | KVM_REG_SIZE_U128 | KVM_REG_ARM_CORE | KVM_REG_ARM_CORE_REG(fp_regs.vregs[0])));
+static_assert(reg::v(0).raw() == 0x6040000000100054 && reg::v(31).raw() == 0x60400000001000d0);
+static_assert(reg::fpsr.raw() == 0x60200000001000d4);
+static_assert(reg::esr_el1.raw() == 0x603000000013c290);
+static_assert(reg::psci_version.raw() == 0x6030000000140000);
 
-// KVM_SET_ONE_REG: struct kvm_one_reg holds the id and the *address* of the value.
-[[nodiscard]] inline Result<void> set_register(Step step, const VcpuFd& vcpu, std::uint64_t id, std::uint64_t value,
-                                               CallObserver observe = {}) {
-  const kvm_one_reg one{.id = id, .addr = reinterpret_cast<std::uintptr_t>(&value)};
+// KVM_SET_ONE_REG: struct kvm_one_reg holds the id and the *address* of the
+// value, sizeof(T) bytes, which the kernel reads.
+template <RegisterValue T>
+[[nodiscard]] Result<void> set_register(Step step, const VcpuFd& vcpu, RegisterId<T> id, std::type_identity_t<T> value,
+                                        CallObserver observe = {}) {
+  const kvm_one_reg one{.id = id.raw(), .addr = reinterpret_cast<std::uintptr_t>(&value)};
   const auto done = kvm_hello::call(step, vcpu, request::set_one_reg, &one, observe);
   if (!done) return std::unexpected(done.error());
   return {};
@@ -1054,10 +1142,35 @@ inline constexpr BootRegisters boot_registers{ram_base, ram_base + ram_size};
 
 // ==== Step 9: running the guest ==============================================
 
+// How many bytes one MMIO access moves: 1, 2, 4 or 8, and nothing else. An
+// arm64 load or store that exits as MMIO moves 1 << ESR_EL2.SAS bytes
+// (io_mem_abort() in arch/arm64/kvm/mmio.c, through kvm_vcpu_dabt_get_as(),
+// Linux 6.1 to 7.2), at most the 8 of kvm_run.mmio.data. A constant is checked
+// while compiling (the constructor is consteval: an access of 16 bytes does
+// not compile); a length known only at run time goes through checked().
+// Reads as its number of bytes.
+class AccessLength {
+ public:
+  consteval AccessLength(std::uint32_t bytes) : bytes_(bytes) {
+    if (!valid(bytes)) throw "an MMIO access is 1, 2, 4 or 8 bytes";
+  }
+  static constexpr std::optional<AccessLength> checked(std::uint32_t bytes) {
+    if (!valid(bytes)) return std::nullopt;
+    return AccessLength(bytes, Checked{});
+  }
+  constexpr operator std::uint32_t() const { return bytes_; }
+
+ private:
+  struct Checked {};
+  constexpr AccessLength(std::uint32_t bytes, Checked) : bytes_(bytes) {}
+  static constexpr bool valid(std::uint32_t bytes) { return bytes == 1 || bytes == 2 || bytes == 4 || bytes == 8; }
+  std::uint32_t bytes_;
+};
+
 // Exits, decoded from struct kvm_run into typed values.
 struct MmioAccess {
   std::uint64_t address;
-  std::uint32_t length;  // 1, 2, 4 or 8
+  AccessLength length;  // never more than data holds
   bool is_write;
   std::array<std::uint8_t, 8> data;  // writes: what the guest wrote; reads: what we answered
 };
@@ -1075,11 +1188,14 @@ struct OtherExit {
 using Exit = std::variant<MmioAccess, SystemEvent, DebugExit, OtherExit>;
 
 // Reads what KVM_RUN left in kvm_run. Only the fields of the reason's union
-// member are meaningful; mmio.len is clamped to the 8 bytes of mmio.data.
+// member are meaningful. An MMIO exit whose mmio.len is not 1, 2, 4 or 8 (no
+// kernel gives one) is no MmioAccess: an OtherExit, its detail that length.
 [[nodiscard]] inline Exit decode_exit(const kvm_run& run) {
   switch (run.exit_reason) {
     case KVM_EXIT_MMIO: {
-      MmioAccess access{run.mmio.phys_addr, std::min<std::uint32_t>(run.mmio.len, 8), run.mmio.is_write != 0, {}};
+      const auto length = AccessLength::checked(run.mmio.len);
+      if (!length) return OtherExit{run.exit_reason, run.mmio.len};
+      MmioAccess access{run.mmio.phys_addr, *length, run.mmio.is_write != 0, {}};
       if (access.is_write) std::memcpy(access.data.data(), run.mmio.data, access.length);
       return access;
     }
@@ -1096,9 +1212,11 @@ class HelloDevice {
  public:
   static constexpr std::size_t output_limit = 4096;  // bytes kept of what the guest prints
 
-  // A guest write. OUT: its low byte is output; ECHO: remembered. Others are ignored.
+  // A guest write. OUT: its low byte is output; ECHO: remembered (its first
+  // 4 bytes; fewer read as 0 above them). Others, and no bytes, are ignored.
   void write(std::uint64_t address, std::span<const std::uint8_t> bytes) {
-    if (address == mmio_out && !bytes.empty()) {
+    if (bytes.empty()) return;
+    if (address == mmio_out) {
       if (output_.size() < output_limit) {
         output_.push_back(static_cast<char>(bytes[0]));
       } else {
@@ -1370,11 +1488,11 @@ template <StepCallback AfterStep>
 // and reading what KVM counted while it ran.
 
 // KVM_GET_ONE_REG is also _IOW: the struct goes in, and the kernel writes the
-// value through the address inside it.
-[[nodiscard]] inline Result<std::uint64_t> get_register(Step step, const VcpuFd& vcpu, std::uint64_t id,
-                                                        CallObserver observe = {}) {
-  std::uint64_t value = 0;
-  const kvm_one_reg one{.id = id, .addr = reinterpret_cast<std::uintptr_t>(&value)};
+// value, sizeof(T) bytes (RegisterId proves it), through the address inside it.
+template <RegisterValue T>
+[[nodiscard]] Result<T> get_register(Step step, const VcpuFd& vcpu, RegisterId<T> id, CallObserver observe = {}) {
+  T value{};
+  const kvm_one_reg one{.id = id.raw(), .addr = reinterpret_cast<std::uintptr_t>(&value)};
   const auto done = kvm_hello::call(step, vcpu, request::get_one_reg, &one, observe);
   if (!done) return std::unexpected(done.error());
   return value;
@@ -1382,16 +1500,17 @@ template <StepCallback AfterStep>
 
 // The registers a dump shows: x0-x30, and those that say where the guest is.
 struct Registers {
-  std::array<std::uint64_t, 31> x{};
+  std::array<std::uint64_t, reg::x_count> x{};
   std::uint64_t pc = 0, pstate = 0, sp_el1 = 0, sp_el0 = 0, elr_el1 = 0, esr_el1 = 0, far_el1 = 0, vbar_el1 = 0;
 };
 
 // The register table: each register this program names, its ONE_REG id, and
 // where Registers keeps it (none for the firmware register). The dump, the
-// stepper's changes and the -v trace all read it; x0-x30 are reg::x(n).
+// stepper's changes and the -v trace all read it; x0-x30 are reg::x(n), or
+// reg::x_registers[n] for an n known at run time.
 struct RegisterInfo {
   std::string_view name;
-  std::uint64_t id;
+  reg::U64 id;
   std::uint64_t Registers::*field;
 };
 inline constexpr RegisterInfo named_registers[] = {
@@ -1406,10 +1525,10 @@ inline constexpr RegisterInfo named_registers[] = {
 [[nodiscard]] inline Result<Registers> read_registers(const VcpuFd& vcpu, Step step = Step::run_guest,
                                                       CallObserver observe = {}) {
   Registers regs;
-  for (int n = 0; n <= 30; ++n) {
-    const auto value = get_register(step, vcpu, reg::x(n), observe);
+  for (std::size_t n = 0; n < regs.x.size(); ++n) {
+    const auto value = get_register(step, vcpu, reg::x_registers[n], observe);
     if (!value) return std::unexpected(value.error());
-    regs.x[static_cast<std::size_t>(n)] = *value;
+    regs.x[n] = *value;
   }
   for (const RegisterInfo& info : named_registers) {
     if (info.field == nullptr) continue;
@@ -1554,36 +1673,68 @@ inline constexpr std::size_t stats_desc_fixed_size =
     offsetof(kvm_stats_desc, bucket_size) + sizeof(kvm_stats_desc::bucket_size);
 static_assert(stats_desc_fixed_size == 16, "flags, exponent, size, offset, bucket_size: 4 + 2 + 2 + 4 + 4 bytes");
 
+// The most of a statistics file read: a vCPU's is a few KiB (arm64's about
+// twenty descriptors of 64 bytes, their values, the header).
+inline constexpr std::size_t stats_file_limit = std::size_t{1} << 20;
+
 namespace detail {
-// Reads `size` bytes at `offset` of the statistics fd; errno, and EIO for a short read.
-inline bool read_at(int fd, void* into, std::size_t size, std::uint64_t offset) {
-  const ssize_t got = ::pread(fd, into, size, static_cast<off_t>(offset));
-  if (got >= 0 && static_cast<std::size_t>(got) != size) errno = EIO;
-  return got >= 0 && static_cast<std::size_t>(got) == size;
+// The whole statistics file, read with pread(2) until it returns 0 (the kernel's
+// kvm_stats_read() in virt/kvm/binary_stats.c returns 0 past the end). EFBIG:
+// more than stats_file_limit bytes.
+[[nodiscard]] inline Result<std::vector<std::uint8_t>> read_stats_file(int fd) {
+  std::vector<std::uint8_t> file;
+  std::array<std::uint8_t, 4096> chunk;
+  for (;;) {
+    const ssize_t got = ::pread(fd, chunk.data(), chunk.size(), static_cast<off_t>(file.size()));
+    if (got < 0) return failed(Step::run_guest, "pread");
+    if (got == 0) return file;
+    if (file.size() + static_cast<std::size_t>(got) > stats_file_limit) {
+      errno = EFBIG;
+      return failed(Step::run_guest, "pread");
+    }
+    file.insert(file.end(), chunk.begin(), chunk.begin() + got);
+  }
 }
 }  // namespace detail
 
-// The statistics in an fd laid out as KVM_GET_STATS_FD's (above): every
-// descriptor, with its value. Errors: EIO for a short read (a layout other
-// than the header says), or pread's errno.
-[[nodiscard]] inline Result<std::vector<VcpuStatistic>> read_statistics(int stats_fd) {
+// The statistics in a file laid out as KVM_GET_STATS_FD's (above): every
+// descriptor, with its value. Nothing is read that the file does not hold:
+// a header or descriptor that points past its end (num_desc, name_size,
+// desc_offset, data_offset, a value's offset) is Problem::bad_statistics.
+[[nodiscard]] inline Result<std::vector<VcpuStatistic>> parse_statistics(std::span<const std::uint8_t> file) {
+  const auto bad = std::unexpected(Error{Step::run_guest, Problem::bad_statistics, {}, 0, file.size()});
+  const auto holds = [&file](std::uint64_t at, std::uint64_t size) {
+    return at <= file.size() && size <= file.size() - at;
+  };
   kvm_stats_header header{};
-  if (!detail::read_at(stats_fd, &header, sizeof header, 0)) return failed(Step::run_guest, "pread");
+  if (!holds(0, sizeof header)) return bad;
+  std::memcpy(&header, file.data(), sizeof header);
+  const std::uint64_t descriptor = stats_desc_fixed_size + std::uint64_t{header.name_size};
+  if (header.desc_offset > file.size() || header.num_desc > (file.size() - header.desc_offset) / descriptor) {
+    return bad;
+  }
   std::vector<VcpuStatistic> found;
-  std::vector<char> descriptor(stats_desc_fixed_size + header.name_size);
   for (std::uint32_t i = 0; i < header.num_desc; ++i) {
-    const std::uint64_t at = header.desc_offset + std::uint64_t{i} * descriptor.size();
-    if (!detail::read_at(stats_fd, descriptor.data(), descriptor.size(), at)) return failed(Step::run_guest, "pread");
+    const std::size_t at = header.desc_offset + i * descriptor;
     kvm_stats_desc desc{};
-    std::memcpy(&desc, descriptor.data(), stats_desc_fixed_size);
+    std::memcpy(&desc, file.data() + at, stats_desc_fixed_size);
+    const std::uint64_t value_at = std::uint64_t{header.data_offset} + desc.offset;
     std::uint64_t value = 0;
-    if (!detail::read_at(stats_fd, &value, sizeof value, header.data_offset + desc.offset)) {
-      return failed(Step::run_guest, "pread");
-    }
-    const char* name = descriptor.data() + stats_desc_fixed_size;
+    if (!holds(value_at, sizeof value)) return bad;
+    std::memcpy(&value, file.data() + value_at, sizeof value);
+    const char* name = reinterpret_cast<const char*>(file.data() + at + stats_desc_fixed_size);
     found.push_back({std::string(name, ::strnlen(name, header.name_size)), value, desc.flags});
   }
   return found;
+}
+
+// The statistics in an fd laid out as KVM_GET_STATS_FD's: the whole file
+// read, then parse_statistics(). Errors: pread's errno, EFBIG for a file
+// past stats_file_limit, Problem::bad_statistics.
+[[nodiscard]] inline Result<std::vector<VcpuStatistic>> read_statistics(int stats_fd) {
+  const auto file = detail::read_stats_file(stats_fd);
+  if (!file) return std::unexpected(file.error());
+  return parse_statistics(*file);
 }
 
 // KVM_GET_STATS_FD on the vCPU fd, then the statistics read from the fd it

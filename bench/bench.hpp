@@ -117,8 +117,10 @@ template <class Loop>
   auto machine = kh::build_machine(guest, device, lap);
   if (!machine) return std::unexpected(machine.error());
   // x0, x1 and x2 tell the guest what to measure (step 8 set PC and SP_EL1).
-  for (const auto& [n, value] : {std::pair{0, settings.iterations}, {1, settings.repeats}, {2, std::uint64_t{kinds}}}) {
-    const auto set = kh::set_register(kh::Step::set_boot_registers, machine->vcpu.fd, kh::reg::x(n), value);
+  for (const auto& [x, value] : {std::pair{kh::reg::x(0), settings.iterations},
+                                 {kh::reg::x(1), settings.repeats},
+                                 {kh::reg::x(2), std::uint64_t{kinds}}}) {
+    const auto set = kh::set_register(kh::Step::set_boot_registers, machine->vcpu.fd, x, value);
     if (!set) return std::unexpected(set.error());
   }
   if (const auto ran = loop(machine->vcpu, result.device); !ran) return std::unexpected(ran.error());

@@ -183,6 +183,7 @@ inline std::string describe_exit(const kh::Exit& exit) {
     return "KVM_EXIT_DEBUG esr=" + describe_esr(debug->esr) + " far=" + hex(debug->far);
   }
   const auto& other = std::get<kh::OtherExit>(exit);
+  if (other.reason == KVM_EXIT_MMIO) return "KVM_EXIT_MMIO len=" + std::to_string(other.detail) + ": not 1, 2, 4 or 8";
   std::string name(exit_reason_name(other.reason));
   return (name.empty() ? "exit reason " + std::to_string(other.reason) : name) + " detail=" + hex(other.detail);
 }

@@ -15,12 +15,14 @@ struct KernelVersion {
   }
 };
 
-// "6.12.117+deb13-arm64" -> 6.12; {0, 0} when the release does not start with a version.
+// "6.12.117+deb13-arm64" -> 6.12; {0, 0} when the release does not start
+// with a version (or with a number of more than four digits: no kernel's).
 constexpr KernelVersion parse_kernel_release(std::string_view release) {
   KernelVersion version;
   int* field = &version.major;
   for (const char c : release) {
     if (c >= '0' && c <= '9') {
+      if (*field >= 1000) return {};
       *field = *field * 10 + (c - '0');
     } else if (c == '.' && field == &version.major) {
       field = &version.minor;

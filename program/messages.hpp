@@ -83,7 +83,9 @@ constexpr Status status_for(const kh::Error& error) {
     case Problem::unexpected_exit: return Status::unexpected_exit;
     case Problem::watchdog_expired: return Status::watchdog;
     case Problem::interrupted: return Status::interrupted;
-    case Problem::call_failed: break;
+    case Problem::call_failed:
+    case Problem::bad_register_size:
+    case Problem::bad_statistics: break;
   }
   if (error.err == ENOMEM) return Status::out_of_memory;
   if (error.step == kh::Step::open_kvm) {
@@ -147,6 +149,9 @@ inline std::string explain_unexpected_exit(std::uint32_t reason) {
     case KVM_EXIT_INTERNAL_ERROR:
       return "KVM_RUN returned KVM_EXIT_INTERNAL_ERROR: KVM met a situation it cannot handle "
              "(kvm_run.internal.suberror says which); run with -vv to see it";
+    case KVM_EXIT_MMIO:
+      return "KVM_RUN returned a KVM_EXIT_MMIO whose kvm_run.mmio.len is not 1, 2, 4 or 8 bytes: no arm64 load or "
+             "store moves that, so this kernel's kvm_run is not laid out as this program's <linux/kvm.h> says";
     case KVM_EXIT_SYSTEM_EVENT:
       return "KVM_RUN returned a KVM_EXIT_SYSTEM_EVENT of a type this program does not handle (only SHUTDOWN, "
              "RESET and CRASH are); run with -vv to see it";
@@ -208,6 +213,15 @@ inline std::string explain(const kh::Error& error, Status status, std::string_vi
     case Problem::interrupted:
       return std::string("Ctrl-C stopped the guest (KVM_RUN returned EINTR): ") +
              (shown ? "the registers above say where it was" : "without -q, its registers say where it was");
+    case Problem::bad_register_size:
+      return "the register id " + hex(error.value) + " names a register of " +
+             std::to_string(kh::register_size(error.value)) +
+             " bytes (its KVM_REG_SIZE), not the size of the value asked for: read or write it as a " +
+             "RegisterId of that size, so that KVM copies no more than the value holds";
+    case Problem::bad_statistics:
+      return "the " + std::to_string(error.value) +
+             "-byte file of KVM_GET_STATS_FD is not laid out as its header says (a count, size or offset past its "
+             "end): nothing was read from it";
   }
   return "unknown problem";
 }

@@ -41,11 +41,11 @@ constexpr RegisterIdFields decode_register_id(std::uint64_t id) {
 
 // The name of a register id this program uses ("pc", "x3", "esr_el1"), or "".
 inline std::string register_name(std::uint64_t id) {
-  for (int n = 0; n <= 30; ++n) {
-    if (id == kh::reg::x(n)) return "x" + std::to_string(n);
+  for (std::size_t n = 0; n < kh::reg::x_registers.size(); ++n) {
+    if (id == kh::reg::x_registers[n].raw()) return "x" + std::to_string(n);
   }
   for (const kh::RegisterInfo& info : kh::named_registers) {
-    if (info.id == id) return std::string(info.name);
+    if (info.id.raw() == id) return std::string(info.name);
   }
   return "";
 }
@@ -61,6 +61,25 @@ inline std::string describe_register_id(std::uint64_t id) {
   return hex(id) + " (" + (fields.arch == KVM_REG_ARM64 ? "arm64" : "arch " + hex(fields.arch)) + " u" +
          std::to_string(fields.size_bytes * 8) + " " + kind + " " + hex(fields.index) +
          (name.empty() ? "" : ": " + name) + ")";
+}
+
+// The value at a kvm_one_reg's address: KVM_REG_SIZE(id) bytes of it, never
+// more (a 32-bit register's variable has 4). "0x10000"; a 128-bit one (v0)
+// "{low 0x1, high 0x2}"; a larger one (SVE) only its size.
+inline std::string describe_register_value(const kvm_one_reg& one) {
+  const std::size_t size = kh::register_size(one.id);
+  const void* at = reinterpret_cast<const void*>(static_cast<std::uintptr_t>(one.addr));
+  if (size <= sizeof(std::uint64_t)) {
+    std::uint64_t value = 0;  // little-endian: the register's bytes are the low ones
+    std::memcpy(&value, at, size);
+    return hex(value);
+  }
+  if (size == sizeof(kh::Uint128)) {
+    kh::Uint128 value;
+    std::memcpy(&value, at, size);
+    return "{low " + hex(value.low) + ", high " + hex(value.high) + "}";
+  }
+  return "(" + std::to_string(size) + " bytes)";
 }
 
 // The request number's four fields: "0x4020ae46 = _IOW(0xae, 0x46, 32 bytes)".
@@ -117,9 +136,7 @@ inline std::string describe_argument(std::string_view request, const kh::CallArg
       return ", {target " + std::to_string(init->target) + ", features[0] " + hex(init->features[0]) + "}";
     }
     std::string operator()(const kvm_one_reg* one) const {
-      std::uint64_t value = 0;
-      std::memcpy(&value, reinterpret_cast<const void*>(static_cast<std::uintptr_t>(one->addr)), sizeof value);
-      return ", {id " + describe_register_id(one->id) + ", value " + hex(value) + "}";
+      return ", {id " + describe_register_id(one->id) + ", value " + describe_register_value(*one) + "}";
     }
     std::string operator()(const kvm_guest_debug* debug) const { return ", " + describe_guest_debug(*debug); }
   };

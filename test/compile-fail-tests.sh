@@ -3,7 +3,9 @@
 # errors, and what the compiler says about each. Every case is a line that
 # must not compile, with -Wall -Wextra -Werror as the project builds, and a
 # pattern its message must hold: the contract not satisfied (MadeOn,
-# MmioDevice, ExitCallback, StepCallback), the type expected, or nodiscard. The same
+# MmioDevice, ExitCallback, StepCallback), the type expected, nodiscard, or
+# the check of a consteval constructor (a register's size, reg::x's bound,
+# an MMIO access's length). The same
 # lines written right compile first, so a failure here is the mistake's and
 # not a typo's. Compiled by $ARM64_CXX (the compiler of arm64's KVM headers;
 # default aarch64-linux-gnu-g++). Prints "N passed, M failed".
@@ -69,6 +71,18 @@ cases=(
   "build_machine with a step callback that does not take a Step" "satisfaction of .StepCallback<AfterStep>"
   "(void)kh::build_machine({}, \"/dev/kvm\", [](kh::Step) {});"
   "(void)kh::build_machine({}, \"/dev/kvm\", [](const kh::Exit&) {});"
+
+  "v0 (128 bits) as a register of 8 bytes" "this id's KVM_REG_SIZE is not sizeof\\(T\\)"
+  "(void)kh::RegisterId<kh::Uint128>{kh::core_register_id(offsetof(kvm_regs, fp_regs.vregs), KVM_REG_SIZE_U128)};"
+  "(void)kh::RegisterId<std::uint64_t>{kh::core_register_id(offsetof(kvm_regs, fp_regs.vregs), KVM_REG_SIZE_U128)};"
+
+  "reg::x(32), which would be pc" "reg::x\\(n\\): n is 0 to 30"
+  "(void)kh::reg::x(30);"
+  "(void)kh::reg::x(32);"
+
+  "an MMIO access of 16 bytes" "an MMIO access is 1, 2, 4 or 8 bytes"
+  "kh::MmioAccess wide{kh::mmio_answer, 8, false, {}}; device.handle(wide);"
+  "kh::MmioAccess wide{kh::mmio_answer, 16, false, {}}; device.handle(wide);"
 )
 
 # Every right line in one translation unit: they compile, with no warning.

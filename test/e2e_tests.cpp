@@ -293,6 +293,33 @@ TEST_CASE("after INIT, system registers the architecture leaves UNKNOWN hold KVM
   CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::esr_el1).value() == unknown_register_value);
 }
 
+TEST_CASE("v0 is 128 bits: get_register and set_register move its 16 bytes; fpsr's 4; a wrong size is an Error") {
+  kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
+  const kh::VcpuFd& vcpu = m.vcpu.fd;
+  const kh::Uint128 pattern{.low = 0x1111111111111111, .high = 0x2222222222222222};
+  REQUIRE(kh::set_register(kh::Step::run_guest, vcpu, kh::reg::v(0), pattern));
+  // What KVM wrote at the address get_register gave it: all of v0, into a
+  // value of 16 bytes (before: a value of 8, and KVM's other 8 landed past it).
+  kh::Uint128 at_addr{};
+  const kh::CallObserver observe{[](void* watcher, const kh::CallRecord& call) {
+                                   const auto* one = std::get<const kvm_one_reg*>(call.argument);
+                                   REQUIRE(kh::register_size(one->id) == sizeof(kh::Uint128));
+                                   std::memcpy(watcher, reinterpret_cast<const void*>(one->addr), sizeof(kh::Uint128));
+                                 },
+                                 &at_addr};
+  const auto v0 = kh::get_register(kh::Step::run_guest, vcpu, kh::reg::v(0), observe);
+  REQUIRE(v0);
+  CHECK(*v0 == pattern);
+  CHECK(at_addr == pattern);
+
+  REQUIRE(kh::set_register(kh::Step::run_guest, vcpu, kh::reg::fpsr, 0x8000000));  // QC, the saturation flag
+  CHECK(kh::get_register(kh::Step::run_guest, vcpu, kh::reg::fpsr).value() == 0x8000000);
+
+  const auto raw = kh::RegisterId<std::uint64_t>::checked(kh::Step::run_guest, kh::reg::v(0).raw());
+  REQUIRE_FALSE(raw);
+  CHECK(raw.error().problem == kh::Problem::bad_register_size);
+}
+
 TEST_CASE("the call observer sees every ioctl of the steps, in order, with results") {
   std::vector<std::string> seen;
   std::string message;  // what the guest wrote: one KVM_RUN per exit
@@ -456,7 +483,7 @@ namespace {
 // One KVM_RUN, with no watchdog and no signal handler: its result, and kvm_run.
 kh::Result<int> run_once(kh::Machine& m) { return kh::call(kh::Step::run_guest, m.vcpu.fd, kh::request::run); }
 
-std::uint64_t register_value(kh::Machine& m, std::uint64_t id) {
+std::uint64_t register_value(kh::Machine& m, kh::reg::U64 id) {
   return kh::get_register(kh::Step::run_guest, m.vcpu.fd, id).value();
 }
 
@@ -937,8 +964,9 @@ TEST_CASE("--bench: the table's structure, and every figure sane (no timing is a
 
 TEST_CASE("the run loop allocates nothing when tracing is off (the benchmark guest, thousands of exits)") {
   kh::Machine m = build_machine(image(bench_guest_bin, bench_guest_bin_len));
-  for (const auto& [n, value] : {std::pair{0, 512}, {1, 2}, {2, 7}}) {  // iterations, repeats, all three kinds
-    REQUIRE(kh::set_register(kh::Step::set_boot_registers, m.vcpu.fd, kh::reg::x(n), value));
+  for (const auto& [x, value] : {std::pair{kh::reg::x(0), 512}, {kh::reg::x(1), 2}, {kh::reg::x(2), 7}}) {
+    // iterations, repeats, all three kinds
+    REQUIRE(kh::set_register(kh::Step::set_boot_registers, m.vcpu.fd, x, value));
   }
   kh::HelloDevice device;  // SINK and RESULT have no register here: nothing is kept
   const std::size_t before = allocations.load();

@@ -621,9 +621,10 @@ TEST_CASE("PSTATE and ESR decode into the architecture's names") {
 }
 
 TEST_CASE("a register id decodes into arch, size, kind, index and name") {
-  CHECK(describe_register_id(kh::reg::pc) == "0x6030000000100040 (arm64 u64 core 0x40: pc)");
-  CHECK(describe_register_id(kh::reg::esr_el1) == "0x603000000013c290 (arm64 u64 sysreg 0xc290: esr_el1)");
-  CHECK(register_name(kh::reg::x(17)) == "x17");
+  CHECK(describe_register_id(kh::reg::pc.raw()) == "0x6030000000100040 (arm64 u64 core 0x40: pc)");
+  CHECK(describe_register_id(kh::reg::esr_el1.raw()) == "0x603000000013c290 (arm64 u64 sysreg 0xc290: esr_el1)");
+  CHECK(describe_register_id(kh::reg::v(0).raw()) == "0x6040000000100054 (arm64 u128 core 0x54)");
+  CHECK(register_name(kh::reg::x(17).raw()) == "x17");
   CHECK(register_name(0x6030000000100099) == "");
 }
 
@@ -636,7 +637,7 @@ TEST_CASE("a request number is shown as the macro that made it") {
 
 TEST_CASE("-v describes a call: fd, request, arguments that matter, result or errno, time") {
   std::uint64_t value = 0x10000;
-  const kvm_one_reg one{.id = kh::reg::pc, .addr = reinterpret_cast<std::uintptr_t>(&value)};
+  const kvm_one_reg one{.id = kh::reg::pc.raw(), .addr = reinterpret_cast<std::uintptr_t>(&value)};
   const kh::CallRecord set{
       kh::Step::set_boot_registers, "KVM_SET_ONE_REG", kh::request::set_one_reg.number, 5, &one, 0, 0,
       std::chrono::microseconds(12)};
@@ -661,6 +662,15 @@ TEST_CASE("-v describes a call: fd, request, arguments that matter, result or er
                            ENOTTY,
                            std::chrono::nanoseconds(0)};
   CHECK(describe_call(bad).starts_with("ioctl(3, KVM_GET_API_VERSION) = -1 ENOTTY (Inappropriate ioctl for device)"));
+}
+
+TEST_CASE("-v shows a register's value as KVM_REG_SIZE bytes: 4 read of a 32-bit one, both halves of v0") {
+  const std::uint32_t fpsr = 0x8000010;  // AddressSanitizer: 8 bytes read here would be past the variable
+  const kvm_one_reg small{.id = kh::reg::fpsr.raw(), .addr = reinterpret_cast<std::uintptr_t>(&fpsr)};
+  CHECK(describe_register_value(small) == "0x8000010");
+  const kh::Uint128 v0{.low = 0x1111, .high = 0x2222};
+  const kvm_one_reg wide{.id = kh::reg::v(0).raw(), .addr = reinterpret_cast<std::uintptr_t>(&v0)};
+  CHECK(describe_register_value(wide) == "{low 0x1111, high 0x2222}");
 }
 
 TEST_CASE("-v shows what KVM_SET_GUEST_DEBUG asks for: single steps, a hardware breakpoint, or nothing") {
@@ -903,4 +913,40 @@ TEST_CASE("the register dump shows ESR_EL1 once an exception was taken, even aft
   CHECK(dump.find("elr_el1 0x1000c (the instruction it happened at)  far_el1 not written (no abort)") !=
         std::string::npos);
   CHECK(dump.find("(PC is outside them: a handler went on)") != std::string::npos);
+}
+
+TEST_CASE("a kernel release with a number too large for a version is no version (no signed overflow)") {
+  CHECK(parse_kernel_release("99999999999.1").major == 0);  // UBSan: before, major * 10 overflowed an int
+  CHECK(parse_kernel_release("6.99999999999").minor == 0);
+  CHECK(parse_kernel_release("9999.1").major == 9999);
+}
+
+TEST_CASE("an MMIO access of the widest length is described and kept in full, never more") {
+  const kh::MmioAccess wide{kh::mmio_result, 8, true, {1, 2, 3, 4, 5, 6, 7, 8}};
+  CHECK(describe_mmio(wide).find("len=8 data=0x807060504030201") != std::string::npos);
+  BenchDevice device;
+  kh::MmioAccess again = wide;
+  device.handle(again);
+  REQUIRE(device.results().size() == 1);
+  CHECK(device.results()[0] == 0x0807060504030201);
+}
+
+TEST_CASE("an MMIO exit with an impossible length is explained, and -vv names the length") {
+  const kh::Exit exit = kh::OtherExit{KVM_EXIT_MMIO, 16};
+  CHECK(describe_exit(exit) == "KVM_EXIT_MMIO len=16: not 1, 2, 4 or 8");
+  const Failure failure = failure_for(kh::keep_running(exit).error(), "/dev/kvm");
+  CHECK(failure.status == Status::unexpected_exit);
+  CHECK(failure.message.find("mmio.len is not 1, 2, 4 or 8") != std::string::npos);
+}
+
+TEST_CASE("a register of the wrong size and inconsistent statistics: each a message, a status") {
+  const kh::Error wrong{kh::Step::run_guest, kh::Problem::bad_register_size, {}, 0, kh::reg::v(0).raw()};
+  const Failure size = failure_for(wrong, "/dev/kvm");
+  CHECK(size.status == Status::run_failed);
+  CHECK(size.message.find("names a register of 16 bytes") != std::string::npos);
+  const Failure stats = failure_for(kh::Error{kh::Step::run_guest, kh::Problem::bad_statistics, {}, 0, 56}, "/dev/kvm");
+  CHECK(stats.status == Status::run_failed);
+  CHECK(stats.message.find("56-byte file of KVM_GET_STATS_FD") != std::string::npos);
+  const Failure unknown = failure_for(kh::Error{static_cast<kh::Step>(42)}, "/dev/kvm");
+  CHECK(unknown.message.starts_with("step 42 (unknown): "));
 }

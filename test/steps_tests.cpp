@@ -14,6 +14,7 @@
 #include <array>
 #include <cstring>
 #include <ios>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -48,13 +49,58 @@ TEST_CASE("ioctl request numbers are the kernel's published values") {
 }
 
 TEST_CASE("core register ids come from offsetof(struct kvm_regs, ...)") {
-  CHECK(kh::reg::pc == 0x6030000000100040ULL);
-  CHECK(kh::reg::pstate == 0x6030000000100042ULL);
-  CHECK(kh::reg::sp_el1 == 0x6030000000100044ULL);
-  CHECK(kh::reg::elr_el1 == 0x6030000000100046ULL);
-  CHECK(kh::reg::x(1) == 0x6030000000100002ULL);
+  CHECK(kh::reg::pc.raw() == 0x6030000000100040ULL);
+  CHECK(kh::reg::pstate.raw() == 0x6030000000100042ULL);
+  CHECK(kh::reg::sp_el1.raw() == 0x6030000000100044ULL);
+  CHECK(kh::reg::elr_el1.raw() == 0x6030000000100046ULL);
+  CHECK(kh::reg::x(1).raw() == 0x6030000000100002ULL);
   // SP_EL0 (regs.sp) is a different register from SP_EL1: the classic trap.
-  CHECK(kh::core_register_id(offsetof(kvm_regs, regs.sp)) != kh::reg::sp_el1);
+  CHECK(kh::core_register_id(offsetof(kvm_regs, regs.sp)) != kh::reg::sp_el1.raw());
+}
+
+// Whether an expression is a constant, tried while compiling: RegisterId's,
+// reg::x's and AccessLength's constructors are consteval, so a wrong size,
+// register number or length is no constant, and does not compile.
+template <class T, std::uint64_t id>
+constexpr bool register_id_compiles = requires {
+  typename std::integral_constant<std::uint64_t, kh::RegisterId<T>{id}.raw()>;
+};
+template <int n>
+constexpr bool x_compiles = requires {
+  typename std::integral_constant<std::uint64_t, kh::reg::x(n).raw()>;
+};
+template <std::uint32_t bytes>
+constexpr bool access_length_compiles = requires {
+  typename std::integral_constant<std::uint32_t, kh::AccessLength{bytes}>;
+};
+
+constexpr std::uint64_t v0_id =
+    KVM_REG_ARM64 | KVM_REG_SIZE_U128 | KVM_REG_ARM_CORE | KVM_REG_ARM_CORE_REG(fp_regs.vregs[0]);
+static_assert(register_id_compiles<kh::Uint128, v0_id>);
+static_assert(!register_id_compiles<std::uint64_t, v0_id>, "v0 is 16 bytes: an 8-byte value for it does not compile");
+static_assert(!register_id_compiles<std::uint32_t, kh::reg::pc.raw()>);
+static_assert(register_id_compiles<std::uint32_t, kh::reg::fpsr.raw()>);
+static_assert(x_compiles<0> && x_compiles<30>);
+static_assert(!x_compiles<31> && !x_compiles<32> && !x_compiles<-1>, "x(32) would be pc");
+static_assert(access_length_compiles<1> && access_length_compiles<2> && access_length_compiles<4> &&
+              access_length_compiles<8>);
+static_assert(!access_length_compiles<0> && !access_length_compiles<3> && !access_length_compiles<16>);
+
+TEST_CASE("register ids carry their value's size: v0 is 16 bytes, fpsr 4; a size known at run time is checked") {
+  CHECK(kh::register_size(kh::reg::pc.raw()) == 8);
+  CHECK(kh::register_size(kh::reg::v(0).raw()) == 16);
+  CHECK(kh::reg::v(0).raw() == v0_id);
+  CHECK(kh::register_size(kh::reg::fpsr.raw()) == 4);
+  CHECK(kh::reg::x_registers.size() == 31);
+  CHECK(kh::reg::x_registers[17] == kh::reg::x(17));
+
+  const auto fits = kh::RegisterId<kh::Uint128>::checked(kh::Step::run_guest, v0_id);
+  REQUIRE(fits);
+  CHECK(*fits == kh::reg::v(0));
+  const auto wrong = kh::RegisterId<std::uint64_t>::checked(kh::Step::run_guest, v0_id);
+  REQUIRE_FALSE(wrong);
+  CHECK(wrong.error().problem == kh::Problem::bad_register_size);
+  CHECK(wrong.error().value == v0_id);
 }
 
 static_assert(kh::verify_api_version(12).value() == 12);
@@ -290,9 +336,15 @@ TEST_CASE("exits decode into typed values") {
     CHECK_FALSE(access.is_write);
     CHECK(access.data == std::array<std::uint8_t, 8>{});
   }
-  SUBCASE("a length beyond mmio.data is clamped") {
-    const auto exit = kh::decode_exit(mmio_run(0x1100, 200, true, {}));
-    CHECK(std::get<kh::MmioAccess>(exit).length == 8);
+  SUBCASE("a length other than 1, 2, 4 or 8 is no MmioAccess, and keeps its value as the detail") {
+    for (const std::uint32_t length : {0u, 3u, 16u, 200u}) {
+      const auto exit = kh::decode_exit(mmio_run(0x1100, length, true, {}));
+      REQUIRE(std::holds_alternative<kh::OtherExit>(exit));
+      CHECK(std::get<kh::OtherExit>(exit).reason == KVM_EXIT_MMIO);
+      CHECK(std::get<kh::OtherExit>(exit).detail == length);
+      CHECK(kh::keep_running(exit).error().problem == kh::Problem::unexpected_exit);
+    }
+    CHECK(std::get<kh::MmioAccess>(kh::decode_exit(mmio_run(0x1100, 8, true, {}))).length == 8);
   }
   SUBCASE("system events, entry failures, internal errors and the unknown") {
     kvm_run run{};
@@ -443,12 +495,12 @@ TEST_CASE("statistics are read in the kernel's layout: each name right after 16 
   CHECK((*read)[1].value == 8);
   CHECK((*read)[1].flags == 0x20);
 
-  file.resize(data_offset + 8);  // the second value missing: a short read is EIO
+  file.resize(data_offset + 8);  // the second value missing: the file does not hold what its header says
   REQUIRE(::ftruncate(stats.get(), static_cast<off_t>(file.size())) == 0);
   const auto short_read = kh::read_statistics(stats.get());
   REQUIRE_FALSE(short_read);
-  CHECK(short_read.error().err == EIO);
-  CHECK(short_read.error().call == "pread");
+  CHECK(short_read.error().problem == kh::Problem::bad_statistics);
+  CHECK(short_read.error().value == file.size());
 }
 
 static_assert(kh::breakpoint_control == 0x1e3);
@@ -467,6 +519,93 @@ TEST_CASE("a hardware breakpoint's control register: enabled, at EL1, on an A64 
   CHECK(kh::breakpoint_control == 0x1e3);
   // KVM takes it in struct kvm_guest_debug_arch, which has room for 16 pairs.
   CHECK(KVM_ARM_MAX_DBG_REGS == 16);
+}
+
+TEST_CASE("the device: an empty write changes nothing, a short ECHO is its low bytes") {
+  kh::HelloDevice device;
+  device.write(kh::mmio_echo, {});  // no bytes: not even memcpy's pointer is touched (UBSan: null to memcpy)
+  device.write(kh::mmio_out, {});
+  CHECK(device.echoed() == 0);
+  CHECK(device.output().empty());
+  const std::uint8_t low[] = {static_cast<std::uint8_t>(kh::host_answer)};
+  device.write(kh::mmio_echo, low);
+  CHECK(device.answer_came_back());
+}
+
+TEST_CASE("an MMIO access holds at most its 8 bytes: a run-time length is checked, 16 is refused") {
+  CHECK(kh::AccessLength::checked(8));
+  CHECK_FALSE(kh::AccessLength::checked(16));
+  CHECK_FALSE(kh::AccessLength::checked(0));
+  kh::HelloDevice device;
+  kh::MmioAccess widest{kh::mmio_answer, *kh::AccessLength::checked(8), false, {}};
+  device.handle(widest);  // AddressSanitizer: before, a 16 here read past the device's 8-byte answer
+  CHECK(widest.data[0] == kh::host_answer);
+}
+
+TEST_CASE("a Mapping moved into itself keeps its memory") {
+  auto mapping =
+      kh::map_memory(kh::Step::setup_guest_memory, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+  REQUIRE(mapping);
+  void* address = mapping->get();
+  kh::Mapping& same = *mapping;  // a reference, as a self-move happens in real code (a swap, a sort)
+  *mapping = std::move(same);
+  CHECK(mapping->get() == address);
+  CHECK(mapping->size() == 4096);
+  CHECK(::msync(address, 4096, MS_ASYNC) == 0);  // still mapped
+}
+
+TEST_CASE("step_info of a step not in the table is a row of its own, not a read past the table") {
+  CHECK(kh::step_info(kh::Step::run_guest).name == "run_guest");
+  CHECK(&kh::step_info(static_cast<kh::Step>(kh::step_count + 1)) == &kh::unknown_step_info);
+  CHECK(&kh::step_info(static_cast<kh::Step>(0)) == &kh::unknown_step_info);
+  CHECK(&kh::step_info(static_cast<kh::Step>(-1)) == &kh::unknown_step_info);
+}
+
+TEST_CASE("GuestMemory starts with a zero region, whatever its memory held") {
+  alignas(kh::GuestMemory) unsigned char storage[sizeof(kh::GuestMemory)];
+  std::memset(storage, 0xff, sizeof storage);
+  auto* memory = new (storage) kh::GuestMemory;  // default-initialised, as in `Machine m;`
+  CHECK(memory->region.slot == 0);
+  CHECK(memory->region.memory_size == 0);
+  CHECK(memory->region.userspace_addr == 0);
+  memory->~GuestMemory();
+}
+
+// A statistics file of one descriptor, whose header fields `change` then sets.
+static std::vector<std::uint8_t> statistics_file(std::uint32_t name_size, std::uint32_t num_desc,
+                                                 std::uint32_t desc_offset, std::uint32_t data_offset,
+                                                 std::uint32_t value_offset) {
+  std::vector<std::uint8_t> file(24 + 16 + 8 + 8);
+  const auto put = [&](std::size_t at, std::uint32_t value) { std::memcpy(file.data() + at, &value, sizeof value); };
+  put(4, name_size);
+  put(8, num_desc);
+  put(16, desc_offset);
+  put(20, data_offset);
+  put(24 + 8, value_offset);  // the descriptor's offset field
+  return file;
+}
+
+TEST_CASE("statistics: a header or descriptor that points past the file is an Error, and nothing is read past it") {
+  // Consistent: name_size 8, one descriptor at 24, its value at 48.
+  const auto good = kh::parse_statistics(statistics_file(8, 1, 24, 48, 0));
+  REQUIRE(good);
+  CHECK(good->size() == 1);
+  for (const auto& file : {statistics_file(0xffffffff, 1, 24, 48, 0),  // name_size past the end (was: 4 GiB asked for)
+                           statistics_file(8, 2, 24, 48, 0),           // a second descriptor past the end
+                           statistics_file(8, 0xffffffff, 24, 48, 0),  // num_desc
+                           statistics_file(8, 1, 0xfffffff0, 48, 0),   // desc_offset
+                           statistics_file(8, 1, 24, 0xfffffff8, 0),   // data_offset
+                           statistics_file(8, 1, 24, 48, 8)}) {        // the value's offset
+    const auto parsed = kh::parse_statistics(file);
+    REQUIRE_FALSE(parsed);
+    CHECK(parsed.error().problem == kh::Problem::bad_statistics);
+  }
+  CHECK_FALSE(kh::parse_statistics(std::vector<std::uint8_t>(23)));  // not even a header
+
+  const kh::Fd stats(::memfd_create("stats", MFD_CLOEXEC));  // the same, read from an fd
+  const auto bad = statistics_file(0xffffffff, 1, 24, 48, 0);
+  REQUIRE(::write(stats.get(), bad.data(), bad.size()) == static_cast<ssize_t>(bad.size()));
+  CHECK(kh::read_statistics(stats.get()).error().problem == kh::Problem::bad_statistics);
 }
 
 // ==== Typed fds: each request is made on the fd it belongs to ================
