@@ -53,6 +53,7 @@ UNIT_HOST         := $(BUILD)/unit-tests
 UNIT_SANITIZED    := $(BUILD)/unit-tests-sanitized
 UNIT_ARM64        := $(BUILD)/unit-tests-arm64
 E2E               := $(BUILD)/e2e-tests
+LIBRARY_USER      := $(BUILD)/two-vms-two-threads
 FUZZER            := $(BUILD)/fuzz-exits
 PACKAGES_OK       := $(BUILD)/.packages-ok
 TEST_LOGS         := $(BUILD)/test-logs
@@ -119,7 +120,7 @@ ifeq ($(KVM_HELLO_MACHINE),native)
   GDB_STARTS        := run
   RUN_NEEDS         := $(PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
   GDB_NEEDS         := $(DEBUG_PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
-  E2E_NEEDS         := $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM)
+  E2E_NEEDS         := $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM) $(LIBRARY_USER)
   SUITE_WHERE       :=
 else
   # The programs the emulated machine runs are linked statically: its
@@ -432,6 +433,11 @@ $(E2E): $(EXERCISES) test/e2e_tests.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUIL
 	ln -sfn test/exercises $(BUILD)/exercises
 	ln -sfn ../test/exercises $(BUILD)/exercise-sources
 
+# A program of its own that uses kvm_hello.hpp as a library (two VMs on two
+# threads, its own SIGALRM): e2e_tests.cpp runs it, from beside itself.
+$(LIBRARY_USER): test/two_vms_two_threads.cpp $(HEADERS) $(BUILD)/test_guests.h
+	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ $<
+
 # ==== The emulated machine's initramfs: /init and the programs it runs ======
 # Stripped copies: the initramfs is smaller and boots faster; build/ keeps the
 # binaries with their debug information.
@@ -464,7 +470,7 @@ $(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
 	$(call make-initramfs,$(DEBUG_PROGRAM))
 
-$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(GOLDEN) $(TEST_GUESTS) $(EXERCISES) \
-  $(TEST_GUESTS:.bin=.lines) $(if $(CROSS),$(SANITIZER_RUNTIME)/.done)
-	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM),test/golden:golden $(BUILD)/test/guests:guests \
+$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(LIBRARY_USER) $(GOLDEN) $(TEST_GUESTS) \
+  $(EXERCISES) $(TEST_GUESTS:.bin=.lines) $(if $(CROSS),$(SANITIZER_RUNTIME)/.done)
+	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(LIBRARY_USER),test/golden:golden $(BUILD)/test/guests:guests \
 	  test/guests:guest-sources $(BUILD)/test/exercises:exercises test/exercises:exercise-sources,$(ARM64_LIBS))

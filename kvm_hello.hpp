@@ -39,6 +39,15 @@
  *   default none. Nothing here prints: the caller decides how to report
  *   (main.cpp and program/ do it for this program).
  *
+ * THREADS AND SIGNALS
+ *   A vCPU runs on the thread that calls run_guest(); vCPUs of several VMs
+ *   may run at once, each on its own thread. Another thread stops one
+ *   through its VcpuStopper (a Deadline does it when time runs out): see
+ *   "Stopping a vCPU" in Step 9. The one process-wide thing the header
+ *   takes is a do-nothing handler for the kick signal, KVM_HELLO_KICK_SIGNAL
+ *   (SIGUSR1; define it before the #include to pick another); it leaves
+ *   SIGALRM, SIGINT and every timer to the program.
+ *
  * DOES NOT DO
  *   Interrupts, more than one vCPU, an MMU in the guest, or any device other
  *   than the three MMIO registers of the memory map below (which only keeps
@@ -106,10 +115,10 @@
 
 #include <fcntl.h>
 #include <linux/kvm.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -118,15 +127,19 @@
 #include <cerrno>
 #include <chrono>
 #include <concepts>
+#include <condition_variable>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <expected>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -608,7 +621,9 @@ struct CallRecord {
 };
 
 // Who sees each call: a function, and the object it belongs to. The default
-// sees nothing.
+// sees nothing. It is called on the thread that made the call, before the
+// call returns: with a vCPU per thread, from several threads at once, so a
+// watcher shared by them must be safe for that (lock, or one per vCPU).
 struct CallObserver {
   void (*see)(void* watcher, const CallRecord& call) = nullptr;
   void* watcher = nullptr;
@@ -1268,63 +1283,223 @@ template <class D>
 concept MmioDevice = requires(D& device, MmioAccess& access) { device.handle(access); };
 static_assert(MmioDevice<HelloDevice>);
 
-// ---- The watchdog: a guest that never powers off must not hang us ----------
+// ---- Stopping a vCPU: a request, then a kick --------------------------------
 //
 // A guest stuck in a loop (or faulting over and over inside the kernel) never
-// leaves KVM_RUN. A signal interrupts it: KVM_RUN returns -1 with errno EINTR
-// whenever a signal is pending (and, with no interrupt controller in the
-// kernel, also when the guest's timer output changes: KVM_EXIT_INTR, no
-// signal at all). The handler also sets kvm_run.immediate_exit,
-// for a signal that comes just before the call: then the next KVM_RUN
-// returns EINTR at once instead of entering the guest. Two signals stop the
-// guest this way: SIGALRM from the watchdog's timer, and SIGINT from Ctrl-C.
+// leaves KVM_RUN by itself. Another thread stops it (a deadline's, a Ctrl-C
+// handler's, or, from lesson 3 on, the vCPU that powered the machine off), and
+// it takes two things, because either alone can miss:
+//
+//   1. kvm_run.immediate_exit = 1: a KVM_RUN that starts after this returns -1
+//      with EINTR at once, without entering the guest (kvm_vcpu_ioctl() in
+//      virt/kvm/kvm_main.c reads it into vcpu->wants_to_run, and
+//      kvm_arch_vcpu_ioctl_run() in arch/arm64/kvm/arm.c returns -EINTR when
+//      that is false). Alone, it does nothing to a KVM_RUN already running.
+//   2. a signal to the thread inside KVM_RUN, the "kick": before each entry
+//      into the guest, kvm_arch_vcpu_ioctl_run() handles pending work, and a
+//      pending signal ends the call with -EINTR (xfer_to_guest_mode_work(),
+//      kernel/entry/kvm.c in Linux 6.1 and 6.12, kernel/entry/virt.c in 7.2).
+//      A vCPU asleep wakes for it too: in WFI (kvm_vcpu_check_block() in
+//      virt/kvm/kvm_main.c), or stopped after SYSTEM_OFF (kvm_vcpu_sleep()
+//      in arch/arm64/kvm/arm.c, an interruptible wait). Alone, the kick can
+//      come just before KVM_RUN starts, and be missed.
+//
+// EINTR comes back whether the kick's handler was installed with SA_RESTART
+// or not: the kernel restarts only a call that returned one of its
+// -ERESTART* codes (do_signal() in arch/arm64/kernel/signal.c), never one
+// that returned -EINTR (test/e2e_tests.cpp tries both). So the handler has
+// SA_RESTART, and a write(2) that a kick interrupts elsewhere (printf into a
+// full pipe) is restarted, not lost.
+// KVM_RUN also returns EINTR for signals no one meant as a stop (Ctrl-Z then
+// fg, a debugger, the program's own timers) and, with no interrupt controller
+// in the kernel, when the guest's timer output changes (exit_reason
+// KVM_EXIT_INTR, no signal at all: kvm_vcpu_exit_request() in
+// arch/arm64/kvm/arm.c). So after an EINTR, run_guest() asks the request
+// why; with no request it enters the guest again.
+//
+// The kick is KVM_HELLO_KICK_SIGNAL: SIGUSR1 unless the program defines it
+// before including this header (e.g. `#define KVM_HELLO_KICK_SIGNAL SIGUSR2`,
+// or `(SIGRTMIN + 1)`), for a program that uses SIGUSR1 itself. Its handler
+// does nothing, and is the one process-wide thing this header takes: it is
+// installed the first time a vCPU runs, and stays.
+#ifndef KVM_HELLO_KICK_SIGNAL
+#define KVM_HELLO_KICK_SIGNAL SIGUSR1
+#endif
+
+// Why a vCPU was asked to stop, in order of precedence: a later request
+// replaces an earlier one only when it comes later in this list (Ctrl-C
+// after the deadline is Ctrl-C).
+enum class StopReason : std::uint8_t {
+  none,
+  deadline,     // the time limit passed (Problem::watchdog_expired)
+  interrupted,  // Ctrl-C (Problem::interrupted)
+  powered_off,  // another vCPU powered the machine off: a clean end
+};
 
 namespace detail {
-inline std::atomic<kvm_run*> watched_run{nullptr};
-inline volatile std::sig_atomic_t stopped_by = 0;  // the signal that stopped the guest, 0 if none
-static_assert(std::atomic<kvm_run*>::is_always_lock_free, "the signal handler needs a lock-free pointer");
-
-inline void on_stop_signal(int signal) {
-  if (kvm_run* run = watched_run.load()) run->immediate_exit = 1;
-  stopped_by = signal;
-}
+inline void on_kick(int) {}  // nothing to do: arriving was the point
+inline std::atomic<bool> kick_handler_installed{false};
 }  // namespace detail
 
-// While it lives: a one-shot SIGALRM after `limit`, and SIGINT, both stop
-// KVM_RUN. The destructor disarms the timer and restores the previous
-// handlers. One at a time per process.
-class Watchdog {
- public:
-  Watchdog(kvm_run& run, std::chrono::milliseconds limit) {
-    detail::stopped_by = 0;
-    detail::watched_run.store(&run);
+// Installs the kick's do-nothing handler (SA_RESTART), once per process;
+// later calls return what the first one did. run_guest() calls it before
+// its first KVM_RUN. Error: sigaction's errno (EINVAL: KVM_HELLO_KICK_SIGNAL
+// is no signal a handler can be given).
+[[nodiscard]] inline Result<void> install_kick_handler() {
+  static const int failed_with = [] {
     struct sigaction action {};
-    action.sa_handler = detail::on_stop_signal;
+    action.sa_handler = detail::on_kick;
     sigemptyset(&action.sa_mask);
-    action.sa_flags = 0;  // no SA_RESTART: KVM_RUN must come back with EINTR
-    ::sigaction(SIGALRM, &action, &previous_alarm_);
-    ::sigaction(SIGINT, &action, &previous_interrupt_);
-    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(limit).count();
-    itimerval timer{};
-    timer.it_value.tv_sec = static_cast<time_t>(us / 1'000'000);
-    timer.it_value.tv_usec = static_cast<suseconds_t>(us % 1'000'000);
-    ::setitimer(ITIMER_REAL, &timer, nullptr);
+    action.sa_flags = SA_RESTART;
+    if (::sigaction(KVM_HELLO_KICK_SIGNAL, &action, nullptr) != 0) return errno;
+    detail::kick_handler_installed.store(true);
+    return 0;
+  }();
+  if (failed_with != 0) return std::unexpected(Error{Step::run_guest, Problem::call_failed, "sigaction", failed_with});
+  return {};
+}
+
+// One vCPU's stop request. Made on the thread that runs the vCPU, which its
+// kicks go to; any thread, or a signal handler, may then call request().
+// The vCPU's kvm_run and thread must outlive it, and it must outlive every
+// thread that may still call request(): join those first (a Deadline is
+// joined when it is destroyed, so declare it after the stopper).
+class VcpuStopper {
+ public:
+  explicit VcpuStopper(kvm_run& run) noexcept : run_(run), thread_(::pthread_self()) {}
+  VcpuStopper(const VcpuStopper&) = delete;
+  VcpuStopper& operator=(const VcpuStopper&) = delete;
+  // Leaves kvm_run as it found it: the vCPU can run again with a new one.
+  ~VcpuStopper() { immediate_exit().store(0); }
+
+  // Asks the vCPU to stop for `why`: records the reason (unless one that
+  // takes precedence is there already), sets immediate_exit, kicks the
+  // vCPU's thread. Async-signal-safe, so a signal handler may call it:
+  // lock-free atomics, and pthread_kill() (on signal-safety(7)'s list).
+  void request(StopReason why) noexcept {
+    StopReason now = reason_.load();
+    while (now < why && !reason_.compare_exchange_weak(now, why)) {
+    }
+    immediate_exit().store(1);
+    // No kick before its handler is installed (SIGUSR1's default ends the program): run_guest()
+    // installs it before its first KVM_RUN, and immediate_exit stops that one.
+    if (detail::kick_handler_installed.load()) ::pthread_kill(thread_, KVM_HELLO_KICK_SIGNAL);
   }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-  ~Watchdog() {
-    const itimerval off{};
-    ::setitimer(ITIMER_REAL, &off, nullptr);
-    ::sigaction(SIGALRM, &previous_alarm_, nullptr);
-    ::sigaction(SIGINT, &previous_interrupt_, nullptr);
-    if (kvm_run* run = detail::watched_run.exchange(nullptr)) run->immediate_exit = 0;
+
+  // Why it was asked to stop; StopReason::none when it was not.
+  StopReason reason() const noexcept { return reason_.load(); }
+
+  // Takes back a request for `why` that was answered, so that the vCPU can
+  // run on (a deadline started again); a request for another reason stays.
+  // Only on the vCPU's own thread, between two KVM_RUN calls.
+  void withdraw(StopReason why) noexcept {
+    StopReason expected = why;
+    if (!reason_.compare_exchange_strong(expected, StopReason::none)) return;
+    immediate_exit().store(0);
+    if (reason_.load() != StopReason::none) immediate_exit().store(1);  // a request came meanwhile
   }
-  bool fired() const { return detail::stopped_by == SIGALRM; }
-  bool interrupted() const { return detail::stopped_by == SIGINT; }
+
+  // The time limit of the Deadline watching it, for the Error's value.
+  std::chrono::milliseconds time_limit() const noexcept { return std::chrono::milliseconds(time_limit_ms_.load()); }
+  void set_time_limit(std::chrono::milliseconds limit) noexcept { time_limit_ms_.store(limit.count()); }
 
  private:
-  struct sigaction previous_alarm_ {};
-  struct sigaction previous_interrupt_ {};
+  // The kernel reads immediate_exit when KVM_RUN starts, on the vCPU's
+  // thread; other threads write it: an atomic byte, through std::atomic_ref.
+  std::atomic_ref<std::uint8_t> immediate_exit() const noexcept { return std::atomic_ref(run_.immediate_exit); }
+  static_assert(std::atomic_ref<std::uint8_t>::is_always_lock_free, "request() must be async-signal-safe");
+  static_assert(std::atomic<StopReason>::is_always_lock_free, "request() must be async-signal-safe");
+
+  kvm_run& run_;
+  pthread_t thread_;
+  std::atomic<StopReason> reason_{StopReason::none};
+  std::atomic<std::chrono::milliseconds::rep> time_limit_ms_{0};
+};
+
+namespace detail {
+// Blocks every signal in the calling thread while it lives: a thread started
+// meanwhile begins with all of them blocked. (pthread_sigmask fails only for
+// a bad first argument.)
+class AllSignalsBlocked {
+ public:
+  AllSignalsBlocked() noexcept {
+    sigset_t all{};
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, &before_);
+  }
+  AllSignalsBlocked(const AllSignalsBlocked&) = delete;
+  AllSignalsBlocked& operator=(const AllSignalsBlocked&) = delete;
+  ~AllSignalsBlocked() { ::pthread_sigmask(SIG_SETMASK, &before_, nullptr); }
+
+ private:
+  sigset_t before_{};
+};
+}  // namespace detail
+
+// A deadline for one vCPU: `limit` after it is made (or restarted), it
+// asks the stopper to stop (StopReason::deadline), from a thread of its own
+// that waits on a condition variable. Destroying it first ends and joins
+// that thread, so no request comes after. A limit of 0 asks at once: 0 is
+// never "no limit". Its thread blocks every signal: a signal meant for the
+// program (its SIGALRM, Ctrl-C) goes to the program's own threads, not here.
+class Deadline {
+ public:
+  Deadline(VcpuStopper& stopper, std::chrono::milliseconds limit) : stopper_(stopper) {
+    restart(limit);
+    const detail::AllSignalsBlocked blocked;  // the new thread inherits this mask
+    try {
+      thread_ = std::jthread([this](std::stop_token ended) { watch(ended); });
+    } catch (const std::system_error& error) {
+      failed_with_ = error.code().value();  // pthread_create's errno: EAGAIN, no memory for its stack
+    }
+  }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+
+  // Whether its thread started: if not, nothing stops the vCPU at the
+  // limit, so do not run it. Error: pthread_create's errno.
+  [[nodiscard]] Result<void> status() const {
+    if (failed_with_ != 0) {
+      return std::unexpected(Error{Step::run_guest, Problem::call_failed, "pthread_create", failed_with_});
+    }
+    return {};
+  }
+
+  // Starts the time again: the stop is asked `limit` from now, and a stop
+  // this deadline asked for before is taken back (VcpuStopper::withdraw).
+  // Only on the vCPU's own thread, between two KVM_RUN calls.
+  void restart(std::chrono::milliseconds limit) {
+    const std::scoped_lock lock(mutex_);
+    stopper_.withdraw(StopReason::deadline);
+    stopper_.set_time_limit(limit);
+    due_ = std::chrono::steady_clock::now() + limit;
+    armed_ = true;
+    changed_.notify_one();
+  }
+
+ private:
+  void watch(std::stop_token ended) {
+    std::unique_lock lock(mutex_);
+    while (!ended.stop_requested()) {
+      if (!armed_) {
+        changed_.wait(lock, ended, [this] { return armed_; });
+        continue;
+      }
+      const auto due = due_;
+      const bool moved = changed_.wait_until(lock, ended, due, [this, due] { return due_ != due; });
+      if (moved || ended.stop_requested()) continue;
+      stopper_.request(StopReason::deadline);
+      armed_ = false;
+    }
+  }
+
+  VcpuStopper& stopper_;
+  std::mutex mutex_;
+  std::condition_variable_any changed_;
+  std::chrono::steady_clock::time_point due_;
+  bool armed_ = false;
+  int failed_with_ = 0;
+  std::jthread thread_;  // last: it ends, and is joined, before the members it uses go
 };
 
 inline constexpr std::chrono::milliseconds default_time_limit{5000};
@@ -1367,23 +1542,25 @@ concept ExitCallback = std::invocable<F&, const Exit&>;
 // or a write completes only when we re-enter). A SYSTEM_EVENT of type
 // SHUTDOWN (the guest's PSCI SYSTEM_OFF) ends the run: returns the counts and
 // times. `on_exit(const Exit&)` sees each exit after the device handled it
-// (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on.
-// Errors: EINTR when the watchdog stopped the guest after `limit`
-// (Problem::watchdog_expired) or Ctrl-C did (Problem::interrupted); any other
-// EINTR is no error, and the guest is simply entered again: KVM_RUN returns
-// it whenever a signal is pending, and, in a VM like this one with no
-// interrupt controller in the kernel, when the guest's timer output changes
-// (exit_reason KVM_EXIT_INTR: the program could deliver the interrupt);
-// ENOSYS for an MMIO
-// instruction KVM cannot decode (load/store pair, writeback, SIMD); another
-// exit reason or system event: Problem::unexpected_exit, guest_reset or
-// guest_crash.
+// (for tracing). KVM_EXIT_DEBUG (single-stepping) goes on. Runs on the
+// calling thread, the one `stopper` was made on; `stopper` stops it.
+// Errors: EINTR after a stop request (see "Stopping a vCPU" above): for the
+// deadline, Problem::watchdog_expired (its value: the stopper's time limit);
+// for Ctrl-C, Problem::interrupted; another vCPU powering the machine off is
+// a clean end. Any other EINTR is no error, and the guest is simply entered
+// again: a signal no one meant as a stop, or, in a VM like this one with no
+// interrupt controller in the kernel, the guest's timer output changing
+// (exit_reason KVM_EXIT_INTR: the program could deliver the interrupt).
+// sigaction's errno, when the kick's handler cannot be installed; ENOSYS for
+// an MMIO instruction KVM cannot decode (load/store pair, writeback, SIMD);
+// another exit reason or system event: Problem::unexpected_exit, guest_reset
+// or guest_crash.
 // Why: this loop is the whole life of a VM: the guest runs until it needs us.
 template <MmioDevice Device, ExitCallback OnExit>
-[[nodiscard]] Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds limit,
-                                         OnExit&& on_exit, CallObserver observe = {}) {
+[[nodiscard]] Result<RunStats> run_guest(Vcpu& vcpu, const VcpuStopper& stopper, Device& device, OnExit&& on_exit,
+                                         CallObserver observe = {}) {
+  if (const auto kick = kvm_hello::install_kick_handler(); !kick) return std::unexpected(kick.error());
   kvm_run& run = vcpu.run();
-  const Watchdog watchdog(run, limit);
   RunStats stats;
   const auto started = std::chrono::steady_clock::now();
   for (;;) {
@@ -1395,13 +1572,15 @@ template <MmioDevice Device, ExitCallback OnExit>
     stats.total = returned - started;
     if (!entered) {
       if (entered.error().err != EINTR) return std::unexpected(entered.error());
-      if (watchdog.fired()) {
-        return std::unexpected(Error{Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR,
-                                     static_cast<std::uint64_t>(limit.count())});
+      switch (stopper.reason()) {
+        case StopReason::none: continue;  // a signal meant for no stop, or the guest's timer: go back in
+        case StopReason::deadline:
+          return std::unexpected(Error{Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR,
+                                       static_cast<std::uint64_t>(stopper.time_limit().count())});
+        case StopReason::interrupted:
+          return std::unexpected(Error{Step::run_guest, Problem::interrupted, "KVM_RUN", EINTR});
+        case StopReason::powered_off: return stats;
       }
-      if (watchdog.interrupted())
-        return std::unexpected(Error{Step::run_guest, Problem::interrupted, "KVM_RUN", EINTR});
-      continue;  // another signal (Ctrl-Z then fg, a debugger), or the guest's timer: go back in
     }
     ++stats.exits;
     ++stats.exits_by_reason[std::min<std::size_t>(run.exit_reason, stats.exits_by_reason.size() - 1)];
@@ -1415,6 +1594,19 @@ template <MmioDevice Device, ExitCallback OnExit>
     if (!more) return std::unexpected(more.error());
     if (!*more) return stats;
   }
+}
+
+// Step 9 with a time limit and nothing else that stops it: a VcpuStopper
+// for this thread and a Deadline of `limit` (a guest still running then ends
+// with Problem::watchdog_expired), both gone when it returns. Any number of
+// vCPUs may run this way at once, each on its own thread.
+template <MmioDevice Device, ExitCallback OnExit>
+[[nodiscard]] Result<RunStats> run_guest(Vcpu& vcpu, Device& device, std::chrono::milliseconds limit, OnExit&& on_exit,
+                                         CallObserver observe = {}) {
+  VcpuStopper stopper(vcpu.run());
+  const Deadline deadline(stopper, limit);  // after the stopper: joined before it goes
+  if (const auto started = deadline.status(); !started) return std::unexpected(started.error());
+  return kvm_hello::run_guest(vcpu, stopper, device, std::forward<OnExit>(on_exit), observe);
 }
 
 // ==== Steps 1 to 8 in one call ===============================================

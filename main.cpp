@@ -21,6 +21,7 @@
 #include "kvm_hello.hpp"
 #include "program/capabilities.hpp"
 #include "program/command_line.hpp"
+#include "program/ctrl_c.hpp"
 #include "program/describe.hpp"
 #include "program/guest_file.hpp"
 #include "program/inspect.hpp"
@@ -142,14 +143,22 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
   kh::HelloDevice hello;
   ExitReporter reporter(out);
   const kvm_run& run = vcpu->run();
-  const auto stats = kh::run_guest(
-      *vcpu, hello, options.time_limit,
-      [&](const kh::Exit& exit) {
-        out.say(Verbosity::very_verbose, "%s", describe_run_fields(run).c_str());
-        if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) return stepper.stopped(*debug);
-        reporter.report(exit);
-      },
-      trace);
+  const auto on_exit = [&](const kh::Exit& exit) {
+    out.say(Verbosity::very_verbose, "%s", describe_run_fields(run).c_str());
+    if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) return stepper.stopped(*debug);
+    reporter.report(exit);
+  };
+  // Two things stop the guest, each by asking the stopper: Ctrl-C and the
+  // time limit (--timeout). Both end with the block, before the stopper.
+  kh::VcpuStopper stopper(vcpu->run());
+  kh::Result<kh::RunStats> stats;
+  {
+    const CtrlCStops ctrl_c(stopper);
+    if (const auto on = ctrl_c.status(); !on) return failed(on.error());
+    const kh::Deadline deadline(stopper, options.time_limit);
+    if (const auto started = deadline.status(); !started) return failed(started.error());
+    stats = kh::run_guest(*vcpu, stopper, hello, on_exit, trace);
+  }
   stepper.finish();
   if (!stats) return stuck(stats.error());
   if (stepper.failure()) return stuck(*stepper.failure());

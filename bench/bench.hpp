@@ -71,14 +71,23 @@ class BenchDevice {
 };
 
 // Step 9 again, with bare ioctl(2) and kvm_run: no Request, no Result, no
-// decode_exit. Same watchdog, same device.
+// decode_exit. The same stop at `limit` (a Deadline), the same device.
 [[nodiscard]] inline kh::Result<void> raw_run_loop(kh::Vcpu& vcpu, BenchDevice& device,
                                                   std::chrono::milliseconds limit) {
   kvm_run* run = &vcpu.run();
   const int fd = vcpu.fd.get();
-  const kh::Watchdog watchdog(*run, limit);
+  if (const auto kick = kh::install_kick_handler(); !kick) return std::unexpected(kick.error());
+  kh::VcpuStopper stopper(*run);
+  const kh::Deadline deadline(stopper, limit);
+  if (const auto started = deadline.status(); !started) return std::unexpected(started.error());
   for (;;) {
-    if (::ioctl(fd, KVM_RUN, 0) < 0) return kh::failed(kh::Step::run_guest, "KVM_RUN");
+    // 0UL, not 0: a variadic int is 32 bits, the kernel reads 64, and KVM_RUN fails (EINVAL) unless all are 0.
+    if (::ioctl(fd, KVM_RUN, 0UL) < 0) {
+      if (errno != EINTR) return kh::failed(kh::Step::run_guest, "KVM_RUN");
+      if (stopper.reason() == kh::StopReason::none) continue;  // a signal that asked for no stop: go back in
+      return std::unexpected(kh::Error{kh::Step::run_guest, kh::Problem::watchdog_expired, "KVM_RUN", EINTR,
+                                       static_cast<std::uint64_t>(limit.count())});
+    }
     if (run->exit_reason == KVM_EXIT_MMIO && run->mmio.is_write) {
       std::uint64_t value = 0;
       std::memcpy(&value, run->mmio.data, std::min<std::uint32_t>(run->mmio.len, 8));

@@ -108,7 +108,8 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       if (!number(*given, amount) || !(amount > 0 && amount <= 3600)) {
         return std::unexpected("--timeout wants seconds, more than 0 and at most 3600: " + std::string(*given));
       }
-      options.time_limit = std::chrono::milliseconds(static_cast<long>(amount * 1000));
+      // Rounded up to whole milliseconds: 0.0004 is 1 ms, never 0 (a deadline's 0 is "at once" anyway).
+      options.time_limit = std::chrono::ceil<std::chrono::milliseconds>(std::chrono::duration<double>(amount));
       options.time_limit_given = true;
     } else {
       const bool repeats = arg == "--bench-repeats";

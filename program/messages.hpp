@@ -87,7 +87,8 @@ constexpr Status status_for(const kh::Error& error) {
     case Problem::bad_register_size:
     case Problem::bad_statistics: break;
   }
-  if (error.err == ENOMEM) return Status::out_of_memory;
+  // pthread_create says EAGAIN when there is no memory for a thread's stack (a Deadline's).
+  if (error.err == ENOMEM || (error.call == "pthread_create" && error.err == EAGAIN)) return Status::out_of_memory;
   if (error.step == kh::Step::open_kvm) {
     if (is_missing_device(error.err)) return Status::no_kvm;
     if (error.err == EACCES || error.err == EPERM) return Status::kvm_permission;

@@ -21,16 +21,17 @@
 // handler faulted, KVM injected that fault, then reported the step); or
 // never, when fetching the handler faults over and over inside the kernel.
 // The emulated CPU of `make run` shows the last two, run to run. So after a
-// while (`patience`) without an exit PC is read. Either way PC in the vectors
-// is not enough: a branch can go there too (`br x0` with x0 = 0, when
-// VBAR_EL1 is 0), and ELR_EL1 then still reads 0, its value from INIT, which
-// is in those vectors. What only an exception does is write ESR_EL1 (every
-// synchronous exception and SError taken to EL1 does, and so does KVM as it
-// injects one: inject_abt64() and inject_undef64() in
-// arch/arm64/kvm/inject_fault.c, 6.1 to 7.2; this guest gets no interrupts):
-// PC in the vectors with ESR_EL1 changed, that instruction took the first
-// exception. (An MSR may write VBAR_EL1 or ESR_EL1 itself: both
-// are read again after each system register access.)
+// while (`patience`, a kvm_hello::Deadline started again at each step)
+// without an exit PC is read. Either way PC in the vectors is not enough: a
+// branch can go there too (`br x0` with x0 = 0, when VBAR_EL1 is 0), and
+// ELR_EL1 then still reads 0, its value from INIT, which is in those
+// vectors. What only an exception does is write ESR_EL1 (every synchronous
+// exception and SError taken to EL1 does, and so does KVM as it injects one:
+// inject_abt64() and inject_undef64() in arch/arm64/kvm/inject_fault.c, 6.1
+// to 7.2; this guest gets no interrupts): PC in the vectors with ESR_EL1
+// changed, that instruction took the first exception. (An MSR may write
+// VBAR_EL1 or ESR_EL1 itself: both are read again after each system register
+// access.)
 #pragma once
 
 #include <chrono>
@@ -40,6 +41,7 @@
 #include <string>
 
 #include "kvm_hello.hpp"
+#include "program/ctrl_c.hpp"
 #include "program/describe.hpp"
 #include "program/inspect.hpp"
 #include "program/messages.hpp"
@@ -66,20 +68,24 @@ struct Stepped {
 };
 
 // KVM_RUN until the next KVM_EXIT_DEBUG, HelloDevice answering any MMIO on
-// the way as run_guest() does; no_exit after `patience` without one.
-inline Stepped step_one(kh::Vcpu& vcpu, kh::HelloDevice& device, std::chrono::milliseconds patience,
-                        std::string_view kvm_device) {
+// the way as run_guest() does; no_exit when `deadline`, started again here
+// with `patience`, asked `stopper` to stop first.
+inline Stepped step_one(kh::Vcpu& vcpu, const kh::VcpuStopper& stopper, kh::Deadline& deadline,
+                        kh::HelloDevice& device, std::chrono::milliseconds patience, std::string_view kvm_device) {
   kvm_run& run = vcpu.run();
-  const kh::Watchdog watchdog(run, patience);
+  deadline.restart(patience);
   for (;;) {
     const auto entered = kh::call(kh::Step::run_guest, vcpu.fd, kh::request::run);
     if (!entered) {
       if (entered.error().err != EINTR) {
         return {Stepped::Kind::failed, failure_for(entered.error(), kvm_device).message};
       }
-      if (watchdog.fired()) return {Stepped::Kind::no_exit};
-      if (watchdog.interrupted()) return {Stepped::Kind::interrupted};
-      continue;  // another signal: go back in
+      switch (stopper.reason()) {
+        case kh::StopReason::none: continue;  // another signal: go back in
+        case kh::StopReason::deadline: return {Stepped::Kind::no_exit};
+        case kh::StopReason::interrupted: return {Stepped::Kind::interrupted};
+        case kh::StopReason::powered_off: return {Stepped::Kind::powered_off};
+      }
     }
     kh::Exit exit = kh::decode_exit(run);
     if (auto* access = std::get_if<kh::MmioAccess>(&exit)) {
@@ -116,6 +122,14 @@ inline Replay replay_guest(std::span<const std::uint8_t> image, std::string_view
   if (!machine) return failed(machine.error());
   const kh::VcpuFd& vcpu = machine->vcpu.fd;
   if (const auto on = kh::enable_single_step(machine->kvm, vcpu); !on) return failed(on.error());
+  // What stops a step: its patience running out (a Deadline, started again
+  // at each step), and Ctrl-C.
+  if (const auto kick = kh::install_kick_handler(); !kick) return failed(kick.error());
+  kh::VcpuStopper stopper(machine->vcpu.run());
+  const CtrlCStops ctrl_c(stopper);
+  if (const auto on = ctrl_c.status(); !on) return failed(on.error());
+  kh::Deadline deadline(stopper, bounds.patience);
+  if (const auto started = deadline.status(); !started) return failed(started.error());
   const GuestView ram{machine->memory.host.bytes()};  // the re-run's RAM, as it is now
   kh::HelloDevice device;
   std::uint64_t pc = kh::boot_registers.pc;                // the instruction about to run
@@ -149,7 +163,8 @@ inline Replay replay_guest(std::span<const std::uint8_t> image, std::string_view
       function_id = *x0;
     }
     const auto patience = std::min(bounds.patience, std::chrono::ceil<std::chrono::milliseconds>(left));
-    const replay_detail::Stepped stepped = replay_detail::step_one(machine->vcpu, device, patience, kvm_device);
+    const replay_detail::Stepped stepped =
+        replay_detail::step_one(machine->vcpu, stopper, deadline, device, patience, kvm_device);
     const auto now = kh::get_register(kh::Step::run_guest, vcpu, kh::reg::pc);
     if (!now) return failed(now.error());
     switch (stepped.kind) {

@@ -232,18 +232,23 @@ class GuestStepper {
     }
   }
 
-  // All the registers, as the guest is about to run the instruction at the breakpoint.
+  // All the registers, as the guest is about to run the instruction at the
+  // breakpoint: one record, written at once.
   void show_hit(const kh::Registers& regs) {
     ++hits_;
     const bool hardware = !watch_.single_step;
-    out_.say(Verbosity::quiet, "breakpoint at %s, hit %u%s: the registers before it runs",
-             address_and_line(guest_, regs.pc).c_str(), hits_, hardware ? " (KVM_EXIT_DEBUG, EC 0x30)" : "");
-    if (hardware || unshown_ > 0) out_.say(Verbosity::quiet, "%s", instruction_line(regs.pc).c_str());  // not shown yet
-    std::printf("%s", format_registers(regs).c_str());
-    if (hits_ == breakpoint_hits_shown) {
-      out_.say(Verbosity::quiet, "(breakpoint hit %u times, as many as are shown: the guest runs on without it)",
-               hits_);
+    std::string record =
+        out_.line(Verbosity::quiet, "breakpoint at %s, hit %u%s: the registers before it runs",
+                  address_and_line(guest_, regs.pc).c_str(), hits_, hardware ? " (KVM_EXIT_DEBUG, EC 0x30)" : "");
+    if (hardware || unshown_ > 0) {  // its line is not shown yet
+      record += out_.line(Verbosity::quiet, "%s", instruction_line(regs.pc).c_str());
     }
+    record += format_registers(regs);
+    if (hits_ == breakpoint_hits_shown) {
+      record += out_.line(Verbosity::quiet,
+                          "(breakpoint hit %u times, as many as are shown: the guest runs on without it)", hits_);
+    }
+    out_.record(record);
   }
 
   // "guest 0x10000  58000201  guest.S:22  ldr     x1, =KVM_HELLO_MMIO_OUT ..."

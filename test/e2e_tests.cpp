@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench.hpp"
 #include "bench_guest_image.h"  // bench_guest_bin[]: the benchmark guest
 #include "guest_image.h"        // guest_bin[]: the guest kvm-hello embeds
 #include "kvm_hello.hpp"
@@ -865,6 +866,186 @@ TEST_CASE("stopped and continued (Ctrl-Z then fg, a debugger): KVM_RUN returns E
   CHECK(std::stoi(summary[1]) > 1);
 }
 
+// ==== Stopping a vCPU: threads, deadlines, the program's own signals ========
+
+namespace {
+
+// A `meanwhile` for run_program: kills the program if it has not ended after
+// `limit`, so that one that hangs fails its test (status 137) and the suite
+// goes on. (waitid with WNOWAIT looks without reaping: run_program reaps.)
+std::function<void(pid_t, const std::string&)> kill_after(std::chrono::seconds limit) {
+  return [limit](pid_t pid, const std::string&) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+      siginfo_t info{};
+      if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    kill(pid, SIGKILL);
+  };
+}
+
+// Runs kvm-hello with `args`, its standard output a pipe of one page that
+// nobody reads for `unread` (as `kvm-hello -v | less` before the pager
+// reads), then read to its end. Returns the status, what came through the
+// pipe (as out), stderr, and the pipe's size.
+struct PipedOutcome {
+  Outcome outcome;
+  std::size_t pipe_size = 0;
+};
+PipedOutcome run_into_unread_pipe(std::vector<std::string> args, std::chrono::milliseconds unread) {
+  int ends[2];
+  REQUIRE(pipe2(ends, O_CLOEXEC) == 0);
+  PipedOutcome piped;
+  const int size = fcntl(ends[1], F_SETPIPE_SZ, 4096);  // the smallest: one page (4 KiB, or 16 KiB or 64 KiB)
+  REQUIRE(size > 0);
+  piped.pipe_size = static_cast<std::size_t>(size);
+  const pid_t child = fork();
+  if (child == 0) {
+    const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (in < 0 || err < 0 || dup2(in, 0) < 0 || dup2(ends[1], 1) < 0 || dup2(err, 2) < 0) _exit(126);
+    std::string program = program_path;
+    std::vector<char*> argv{program.data()};
+    for (auto& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(ends[1]);
+  std::this_thread::sleep_for(unread);
+  char buffer[65536];
+  for (;;) {
+    const ssize_t got = read(ends[0], buffer, sizeof buffer);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    piped.outcome.out.append(buffer, static_cast<std::size_t>(got));
+  }
+  close(ends[0]);
+  int wait_status = 0;
+  waitpid(child, &wait_status, 0);
+  piped.outcome.status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 128 + WTERMSIG(wait_status);
+  piped.outcome.err = read_file(err_path);
+  return piped;
+}
+
+}  // namespace
+
+TEST_CASE("KVM_RUN returns EINTR for a signal whose handler has SA_RESTART, as for one without") {
+  // A thread kicks the vCPU's (this one) with SIGUSR2 every 100 ms, no
+  // immediate_exit. Were KVM_RUN restarted after an SA_RESTART handler, no
+  // kick would end it: after 5 s the kicker sets immediate_exit, and the
+  // test fails rather than hangs.
+  for (const int flags : {SA_RESTART, 0}) {
+    INFO("sa_flags " << flags);
+    kh::Machine m = build_machine(image(spin_bin, spin_bin_len));
+    struct sigaction action {}, before {};
+    action.sa_handler = [](int) {};
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = flags;
+    REQUIRE(sigaction(SIGUSR2, &action, &before) == 0);
+    const pthread_t vcpu_thread = pthread_self();
+    std::atomic<bool> returned{false}, needed_immediate_exit{false};
+    std::thread kicker([&] {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (!returned && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (!returned) pthread_kill(vcpu_thread, SIGUSR2);
+      }
+      if (returned) return;
+      needed_immediate_exit = true;
+      std::atomic_ref<std::uint8_t>(m.vcpu.run().immediate_exit).store(1);
+      while (!returned) {
+        pthread_kill(vcpu_thread, SIGUSR2);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+    const auto entered = run_once(m);
+    returned = true;
+    kicker.join();
+    sigaction(SIGUSR2, &before, nullptr);
+    REQUIRE_FALSE(entered);
+    CHECK(entered.error().err == EINTR);
+    CHECK(m.vcpu.run().exit_reason == KVM_EXIT_INTR);  // kvm_handle_signal_exit(), as for any pending signal
+    CHECK_FALSE(needed_immediate_exit);
+  }
+}
+
+TEST_CASE("a Deadline's thread blocks every signal: the program's SIGALRM or SIGINT never lands there") {
+  kvm_run run{};
+  kh::VcpuStopper stopper(run);
+  const kh::Deadline deadline(stopper, std::chrono::seconds(60));
+  const std::string self = std::to_string(gettid());
+  int others = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    if (task.path().filename() == self) continue;
+    ++others;
+    std::istringstream status(read_file(task.path() / "status"));
+    for (std::string line; std::getline(status, line);) {
+      if (!line.starts_with("SigBlk:")) continue;
+      INFO(line);
+      const unsigned long long blocked = std::stoull(line.substr(7), nullptr, 16);
+      for (const int signal : {SIGINT, SIGALRM, SIGTERM, SIGUSR1, SIGUSR2, SIGCHLD}) {
+        CHECK(((blocked >> (signal - 1)) & 1) == 1);
+      }
+    }
+  }
+  CHECK(others == 1);  // the Deadline's
+}
+
+TEST_CASE("a program of its own: two VMs on two threads, each stopped by its own deadline; its own alarm() comes") {
+  const std::string program = program_path.substr(0, program_path.rfind('/') + 1) + "two-vms-two-threads";
+  REQUIRE_MESSAGE(access(program.c_str(), X_OK) == 0, program << " is missing");
+  const Outcome run = run_program({}, How{.program = program, .meanwhile = kill_after(std::chrono::seconds(60))});
+  INFO("status " << run.status << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 0);
+  CHECK(run.out.find("all checks hold\n") != std::string::npos);
+  CHECK(run.out.find("FAILED") == std::string::npos);
+}
+
+TEST_CASE("--timeout below a millisecond is one millisecond, never \"no deadline\": the spin guest is stopped") {
+  const Outcome run = run_program({"--guest", guest_binaries + "/spin.bin", "--timeout", "0.0004"},
+                                  How{.meanwhile = kill_after(std::chrono::seconds(60))});
+  INFO("stderr:\n" << run.err);
+  CHECK(run.status == 24);
+  CHECK(run.err.find("did not power off within 1 ms, so the watchdog stopped it") != std::string::npos);
+}
+
+TEST_CASE("kvm-hello -v into a pipe nobody reads yet (a pager): the deadline's signal loses no line") {
+  // Single-stepped with every call traced, each instruction is the same
+  // lines: KVM_RUN, the register reads, the instruction. The pipe fills,
+  // kvm-hello waits in write(2), the deadline comes while it waits; then the
+  // pipe is read. A write the signal failed with EINTR would lose its line.
+  const PipedOutcome piped = run_into_unread_pipe(
+      {"-v", "--step-guest", "--step-limit", "0", "--guest", guest_binaries + "/spin.bin", "--timeout", "3"},
+      std::chrono::milliseconds(6000));
+  const Outcome& run = piped.outcome;
+  INFO("stderr:\n" << run.err);
+  CHECK(run.status == 24);
+  CHECK(run.out.size() > piped.pipe_size);  // it did fill the pipe, and wait
+  std::vector<std::size_t> runs;  // the line numbers of the KVM_RUN calls
+  std::istringstream lines(run.out);
+  std::size_t number = 0;
+  for (std::string line; std::getline(lines, line); ++number) {
+    if (line.find("ioctl(") != std::string::npos && line.find(", KVM_RUN)") != std::string::npos) runs.push_back(number);
+  }
+  INFO("stdout:\n" << run.out);
+  REQUIRE(runs.size() >= 3);  // the pipe holds about a step: the deadline comes while the second or third waits
+  for (std::size_t i = 2; i < runs.size(); ++i) {
+    INFO("KVM_RUN calls " << i << " and " << i + 1 << ": lines " << runs[i - 1] << " and " << runs[i]);
+    CHECK(runs[i] - runs[i - 1] == runs[1] - runs[0]);
+  }
+}
+
+TEST_CASE("the bench's bare loop: a guest stopped at its deadline is the watchdog's stop (status 24)") {
+  kh::Machine m = build_machine(image(spin_bin, spin_bin_len));
+  BenchDevice sink;
+  const auto ran = raw_run_loop(m.vcpu, sink, std::chrono::milliseconds(300));
+  REQUIRE_FALSE(ran);
+  CHECK(ran.error().problem == kh::Problem::watchdog_expired);
+  CHECK(status_for(ran.error()) == Status::watchdog);
+}
+
 TEST_CASE("no fd and no mapping is left open after a run, or after any error") {
   const auto run_once = [](std::span<const std::uint8_t> guest, std::chrono::milliseconds limit) {
     kh::Machine m = build_machine(guest);
@@ -969,8 +1150,12 @@ TEST_CASE("the run loop allocates nothing when tracing is off (the benchmark gue
     REQUIRE(kh::set_register(kh::Step::set_boot_registers, m.vcpu.fd, x, value));
   }
   kh::HelloDevice device;  // SINK and RESULT have no register here: nothing is kept
+  // The Deadline's thread is made (and allocated) once, before the loop: what is counted is the loop.
+  kh::VcpuStopper stopper(m.vcpu.run());
+  const kh::Deadline deadline(stopper, std::chrono::seconds(60));
+  REQUIRE(deadline.status());
   const std::size_t before = allocations.load();
-  const auto stats = kh::run_guest(m.vcpu, device, std::chrono::seconds(60), [](const kh::Exit&) {});
+  const auto stats = kh::run_guest(m.vcpu, stopper, device, [](const kh::Exit&) {});
   const std::size_t during = allocations.load() - before;
   REQUIRE(stats);
   CHECK(stats->exits > 2 * 2 * 512);  // MMIO writes and reads exit; the hvc calls do not

@@ -62,6 +62,8 @@ TEST_CASE("every kind of failure has its own exit status") {
   CHECK(status_for({Step::check_capabilities, Problem::missing_capability}) == Status::missing_capability);
   CHECK(status_for({Step::create_vm, Problem::ipa_too_small}) == Status::ipa_size);
   CHECK(status_for({Step::create_vm, Problem::call_failed, "KVM_CREATE_VM", ENOMEM}) == Status::out_of_memory);
+  CHECK(status_for({Step::run_guest, Problem::call_failed, "pthread_create", EAGAIN}) == Status::out_of_memory);
+  CHECK(status_for({Step::run_guest, Problem::call_failed, "KVM_RUN", EAGAIN}) == Status::run_failed);
   CHECK(status_for({Step::init_vcpu, Problem::call_failed, "KVM_ARM_VCPU_INIT", EINVAL}) == Status::setup_failed);
   CHECK(status_for({Step::run_guest, Problem::call_failed, "KVM_RUN", ENOSYS}) == Status::run_failed);
   CHECK(status_for({Step::run_guest, Problem::watchdog_expired}) == Status::watchdog);
@@ -135,6 +137,18 @@ TEST_CASE("the command line") {
   }
   SUBCASE("a timeout of zero") {
     char* argv[] = {prog.data(), timeout.data(), never.data()};
+    CHECK_FALSE(parse_options(3, argv));
+  }
+  SUBCASE("a timeout below a millisecond is one millisecond, never 0; a fraction of one is rounded up") {
+    for (const auto& [seconds, ms] : {std::pair{"0.0004", 1}, {"0.000001", 1}, {"0.0015", 2}, {"3600", 3'600'000}}) {
+      std::string given = seconds;
+      char* argv[] = {prog.data(), timeout.data(), given.data()};
+      const auto options = parse_options(3, argv);
+      REQUIRE(options);
+      CHECK(options->time_limit == std::chrono::milliseconds(ms));
+    }
+    std::string too_long = "3600.001";
+    char* argv[] = {prog.data(), timeout.data(), too_long.data()};
     CHECK_FALSE(parse_options(3, argv));
   }
   SUBCASE("a value missing") {
@@ -743,6 +757,17 @@ TEST_CASE("colour: never when NO_COLOR is set, never off a terminal") {
   ::close(ends[1]);
   CHECK(Output{Verbosity::normal, false}.paint(colour::error, "x") == "x");
   CHECK(Output{Verbosity::normal, true}.paint(colour::error, "x") == "\033[31mx\033[0m");
+}
+
+TEST_CASE("output for several vCPUs: a record of lines, each line able to carry its vCPU") {
+  const Output one{Verbosity::normal, false};
+  CHECK(one.tagged("a\n  b\n") == "a\n  b\n");  // lesson 1: as ever
+  CHECK(one.line(Verbosity::normal, "x %d", 1) == "      x 1\n");
+  CHECK(one.line(Verbosity::verbose, "x").empty());  // below the level: nothing
+  const Output second{Verbosity::normal, false, "vCPU 1"};
+  CHECK(second.tagged("a\n  b\n") == "vCPU 1 a\nvCPU 1   b\n");
+  CHECK(second.tagged("no newline") == "vCPU 1 no newline");
+  CHECK(second.tagged("").empty());
 }
 
 TEST_CASE("the trace levels from the command line") {

@@ -1,21 +1,25 @@
 // SPDX-License-Identifier: MIT
 // steps_tests.cpp: the lesson, kvm_hello.hpp, without KVM: request numbers
 // and register ids against the kernel's, each step's checks apart from its
-// ioctl, exit decoding, the device, the owners and the watchdog. Everything
-// that needs a real /dev/kvm is in e2e_tests.cpp.
+// ioctl, exit decoding, the device, the owners and the stop (VcpuStopper,
+// Deadline). Everything that needs a real /dev/kvm is in e2e_tests.cpp.
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
 #include <linux/psci.h>
+#include <pthread.h>
 #include <signal.h>
 #include <time.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <ios>
 #include <new>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -439,23 +443,96 @@ TEST_CASE("a failed mmap is an Error, not a null pointer") {
   CHECK(mapping.error().err == EBADF);
 }
 
-TEST_CASE("the watchdog sets immediate_exit when time is up, and the destructor clears it") {
+TEST_CASE("a stop request sets immediate_exit; the reason that takes precedence stays; the stopper's end clears it") {
   kvm_run run{};
   {
-    // SIGALRM is held back until sigsuspend() waits for it, so it cannot come
-    // too early, however slowly a busy machine gets there.
-    sigset_t alarm_only{}, before{};
-    sigemptyset(&alarm_only);
-    sigaddset(&alarm_only, SIGALRM);
-    REQUIRE(::sigprocmask(SIG_BLOCK, &alarm_only, &before) == 0);
-    const kh::Watchdog watchdog(run, std::chrono::milliseconds(20));
-    const int waited = ::sigsuspend(&before);  // returns once the handler has run
-    ::sigprocmask(SIG_SETMASK, &before, nullptr);
-    CHECK(waited == -1);
-    CHECK(errno == EINTR);
-    CHECK(watchdog.fired());
+    kh::VcpuStopper stopper(run);
+    CHECK(stopper.reason() == kh::StopReason::none);
+    CHECK(run.immediate_exit == 0);
+    stopper.request(kh::StopReason::deadline);
+    CHECK(stopper.reason() == kh::StopReason::deadline);
+    CHECK(run.immediate_exit == 1);
+    stopper.request(kh::StopReason::interrupted);  // Ctrl-C after the deadline is Ctrl-C
+    CHECK(stopper.reason() == kh::StopReason::interrupted);
+    stopper.request(kh::StopReason::deadline);  // and stays so
+    CHECK(stopper.reason() == kh::StopReason::interrupted);
+    stopper.withdraw(kh::StopReason::deadline);  // takes back only a deadline's
+    CHECK(stopper.reason() == kh::StopReason::interrupted);
     CHECK(run.immediate_exit == 1);
   }
+  CHECK(run.immediate_exit == 0);
+}
+
+TEST_CASE("a stop request kicks the thread the stopper was made on, with KVM_HELLO_KICK_SIGNAL, and no other") {
+  REQUIRE(kh::install_kick_handler());
+  sigset_t kick{};
+  sigemptyset(&kick);
+  sigaddset(&kick, KVM_HELLO_KICK_SIGNAL);
+  kvm_run run{};
+  std::atomic<kh::VcpuStopper*> made{nullptr};
+  std::atomic<bool> requested{false};
+  bool kicked = false;
+  std::thread vcpu_thread([&] {
+    ::pthread_sigmask(SIG_BLOCK, &kick, nullptr);  // held back, so that it can be seen pending
+    kh::VcpuStopper stopper(run);
+    made = &stopper;
+    while (!requested) std::this_thread::yield();
+    sigset_t pending{};
+    ::sigpending(&pending);
+    kicked = sigismember(&pending, KVM_HELLO_KICK_SIGNAL) == 1;
+    int taken = 0;
+    if (kicked) ::sigwait(&kick, &taken);
+  });
+  while (made == nullptr) std::this_thread::yield();
+  made.load()->request(kh::StopReason::interrupted);
+  requested = true;
+  vcpu_thread.join();
+  CHECK(kicked);
+  sigset_t pending{};
+  ::sigpending(&pending);
+  CHECK(sigismember(&pending, KVM_HELLO_KICK_SIGNAL) == 0);  // not this thread
+}
+
+namespace {
+// Waits until `stopper` was asked to stop, or 10 s; the time it waited.
+std::chrono::steady_clock::duration until_asked(const kh::VcpuStopper& stopper) {
+  const auto start = std::chrono::steady_clock::now();
+  while (stopper.reason() == kh::StopReason::none && std::chrono::steady_clock::now() - start < std::chrono::seconds(10))
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return std::chrono::steady_clock::now() - start;
+}
+}  // namespace
+
+TEST_CASE("a Deadline asks for the stop after its limit, never before; a limit of 0 at once; destroyed first, never") {
+  kvm_run run{};
+  kh::VcpuStopper stopper(run);
+  {
+    const auto start = std::chrono::steady_clock::now();
+    const kh::Deadline deadline(stopper, std::chrono::milliseconds(50));
+    CHECK(deadline.status());
+    until_asked(stopper);
+    CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(50));
+    CHECK(stopper.reason() == kh::StopReason::deadline);
+    CHECK(stopper.time_limit() == std::chrono::milliseconds(50));
+    CHECK(run.immediate_exit == 1);
+  }
+  stopper.withdraw(kh::StopReason::deadline);
+  CHECK(stopper.reason() == kh::StopReason::none);
+  CHECK(run.immediate_exit == 0);
+  {
+    const kh::Deadline at_once(stopper, std::chrono::milliseconds(0));  // 0 is "now", not "no limit"
+    CHECK(until_asked(stopper) < std::chrono::seconds(10));
+    CHECK(stopper.reason() == kh::StopReason::deadline);
+  }
+  stopper.withdraw(kh::StopReason::deadline);
+  { const kh::Deadline never(stopper, std::chrono::seconds(60)); }  // joined at once, asking nothing
+  CHECK(stopper.reason() == kh::StopReason::none);
+  kh::Deadline again(stopper, std::chrono::seconds(60));
+  again.restart(std::chrono::milliseconds(20));  // sooner
+  CHECK(until_asked(stopper) < std::chrono::seconds(10));
+  CHECK(stopper.reason() == kh::StopReason::deadline);
+  again.restart(std::chrono::seconds(60));  // takes its stop back, and waits again
+  CHECK(stopper.reason() == kh::StopReason::none);
   CHECK(run.immediate_exit == 0);
 }
 
