@@ -867,8 +867,30 @@ inline kvm_userspace_memory_region memory_region_for(const void* host) {
   return image;
 }
 
-// Step 5. mmap(2) ram_size bytes of anonymous memory, copy the guest image to
-// its start, then KVM_SET_USER_MEMORY_REGION (struct kvm_userspace_memory_region)
+// Writes guest RAM whole: the image, then zeros, one ordinary 8-byte store a
+// word. On a real CPU a memcpy would do: KVM makes the guest's instruction
+// fetches see it when it maps each page for the guest (the cache maintenance
+// of stage2_map_walker_try_leaf() in arch/arm64/kvm/hyp/pgtable.c). QEMU's
+// emulated CPU (7.2, Debian 12's) keeps the code it translated per physical
+// page instead, and drops it when a store to those bytes is seen; but the
+// stores of DC ZVA (how the kernel zeroes a new page) and of SVE (glibc's
+// memcpy, on a CPU with SVE such as QEMU's max) are seen as their first byte
+// only (its accel/tcg/cputlb.c: probe_access() and probe_access_flags() pass
+// notdirty_write() a size of 1). So when a VM's RAM reuses a page where an
+// earlier VM of this process ran code (under Linux 6.12 it did, each time
+// tested; under 7.2 not), the new guest could run the old guest's
+// instructions. Ordinary stores of every word are all seen.
+inline void write_guest_ram(std::span<std::uint8_t> ram, std::span<const std::uint8_t> image) {
+  volatile auto* words = reinterpret_cast<volatile std::uint64_t*>(ram.data());  // volatile: stores as written
+  for (std::size_t at = 0; at < ram.size(); at += sizeof(std::uint64_t)) {
+    std::uint64_t word = 0;
+    if (at < image.size()) std::memcpy(&word, image.data() + at, std::min(sizeof word, image.size() - at));
+    words[at / sizeof word] = word;
+  }
+}
+
+// Step 5. mmap(2) ram_size bytes of anonymous memory, write the guest image to
+// its start (write_guest_ram()), then KVM_SET_USER_MEMORY_REGION (struct kvm_userspace_memory_region)
 // on the VM fd. Returns the mapping and the region. EINVAL: an address or
 // size not page aligned; EEXIST: the region overlaps a slot with another id
 // (the same id would change that slot instead).
@@ -881,7 +903,7 @@ inline kvm_userspace_memory_region memory_region_for(const void* host) {
   if (!checked) return std::unexpected(checked.error());
   auto ram = map_memory(Step::setup_guest_memory, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
   if (!ram) return std::unexpected(ram.error());
-  std::memcpy(ram->get(), image.data(), image.size());
+  write_guest_ram(ram->bytes(), image);
 
   GuestMemory memory{std::move(*ram), {}};
   memory.region = memory_region_for(memory.host.get());

@@ -170,9 +170,14 @@ inline std::string explain_unexpected_exit(std::uint32_t reason) {
 // more time does not end.
 enum class StuckGuest { running, faulting_forever };
 
+// Whether the guest's registers (and what they say) were printed before the
+// error line: not at -q, and then the line says how to see them.
+enum class Above { registers, nothing };
+
 // What is wrong, in words, for one status.
 inline std::string explain(const kh::Error& error, Status status, std::string_view device,
-                           StuckGuest stuck = StuckGuest::running) {
+                           StuckGuest stuck = StuckGuest::running, Above above = Above::registers) {
+  const bool shown = above == Above::registers;
   using kh::Problem;
   switch (error.problem) {
     case Problem::call_failed:
@@ -199,13 +204,16 @@ inline std::string explain(const kh::Error& error, Status status, std::string_vi
     case Problem::unexpected_exit: return explain_unexpected_exit(static_cast<std::uint32_t>(error.value));
     case Problem::watchdog_expired:
       return "the guest did not power off within " + std::to_string(error.value) +
-             " ms, so the watchdog stopped it (KVM_RUN returned EINTR): the lines above say where it was; " +
+             " ms, so the watchdog stopped it (KVM_RUN returned EINTR): " +
+             (shown ? "the lines above say where it was; " : "") +
              (stuck == StuckGuest::faulting_forever
-                  ? "it faults again and again, so more time (--timeout) would not help: fix the instruction named "
-                    "above"
-                  : "a guest that runs longer needs --timeout");
+                  ? std::string("it faults again and again, so more time (--timeout) would not help: ") +
+                        (shown ? "fix the instruction named above" : "run without -q to see the instruction to fix")
+                  : std::string("a guest that runs longer needs --timeout") +
+                        (shown ? "" : " (without -q, its registers say where it was)"));
     case Problem::interrupted:
-      return "Ctrl-C stopped the guest (KVM_RUN returned EINTR): the registers above say where it was";
+      return std::string("Ctrl-C stopped the guest (KVM_RUN returned EINTR): ") +
+             (shown ? "the registers above say where it was" : "without -q, its registers say where it was");
     case Problem::bad_register_size:
       return "the register id " + hex(error.value) + " names a register of " +
              std::to_string(kh::register_size(error.value)) +
@@ -226,10 +234,11 @@ struct Failure {
 };
 
 // "step 9 (run_guest)", and ", vCPU 1" after it when the error names its vCPU.
-inline Failure failure_for(const kh::Error& error, std::string_view device, StuckGuest stuck = StuckGuest::running) {
+inline Failure failure_for(const kh::Error& error, std::string_view device, StuckGuest stuck = StuckGuest::running,
+                           Above above = Above::registers) {
   const Status status = status_for(error);
   const kh::StepInfo& step = kh::step_info(error.step);
   const std::string vcpu = error.vcpu ? ", vCPU " + std::to_string(*error.vcpu) : "";
   return {status, "step " + std::to_string(static_cast<int>(error.step)) + " (" + std::string(step.name) + ")" + vcpu +
-                      ": " + explain(error, status, device, stuck)};
+                      ": " + explain(error, status, device, stuck, above)};
 }

@@ -12,18 +12,26 @@
 // itself, its counter (CNTVCT_EL0) say: the registers the re-run ends with
 // are compared with the first run's (same_way() in inspect.hpp).
 //
-// How it sees the first exception: before each instruction, PC is known. An
-// instruction that completes ends in KVM_EXIT_DEBUG (a software step). One
-// that takes an exception shows up one of three ways: at the next
-// KVM_EXIT_DEBUG with PC in the vectors and ELR_EL1 pointing at it (the CPU
-// stepped into the handler: ESR_EL1 is its own syndrome); at the next
-// KVM_EXIT_DEBUG with PC and ELR_EL1 both in the vectors (fetching the
+// How it sees the first exception: before each instruction, PC and ESR_EL1
+// are known. An instruction that completes ends in KVM_EXIT_DEBUG (a
+// software step). One that takes an exception shows up one of three ways: at
+// the next KVM_EXIT_DEBUG with PC in the vectors and ELR_EL1 pointing at it
+// (the CPU stepped into the handler: ESR_EL1 is its own syndrome); at the
+// next KVM_EXIT_DEBUG with PC and ELR_EL1 both in the vectors (fetching the
 // handler faulted, KVM injected that fault, then reported the step); or
 // never, when fetching the handler faults over and over inside the kernel.
 // The emulated CPU of `make run` shows the last two, run to run. So after a
 // while (`patience`, a kvm_hello::Deadline started again at each step)
-// without an exit PC is read: in the vectors, that instruction took the
-// first exception.
+// without an exit PC is read. Either way PC in the vectors is not enough: a
+// branch can go there too (`br x0` with x0 = 0, when VBAR_EL1 is 0), and
+// ELR_EL1 then still reads 0, its value from INIT, which is in those
+// vectors. What only an exception does is write ESR_EL1 (every synchronous
+// exception and SError taken to EL1 does, and so does KVM as it injects one:
+// inject_abt64() and inject_undef64() in arch/arm64/kvm/inject_fault.c, 6.1
+// to 7.2; this guest gets no interrupts): PC in the vectors with ESR_EL1
+// changed, that instruction took the first exception. (An MSR may write
+// VBAR_EL1 or ESR_EL1 itself: both are read again after each system register
+// access.)
 #pragma once
 
 #include <chrono>
@@ -128,6 +136,12 @@ inline Replay replay_guest(std::span<const std::uint8_t> image, std::string_view
   std::optional<std::uint64_t> previous, before_previous;  // the last two it completed
   auto vbar = kh::get_register(kh::Step::run_guest, vcpu, kh::reg::vbar_el1);
   if (!vbar) return failed(vbar.error());
+  auto esr = kh::get_register(kh::Step::run_guest, vcpu, kh::reg::esr_el1);  // as no exception left it
+  if (!esr) return failed(esr.error());
+  // Whether an exception was taken since `esr` was read: PC is in the vectors, and ESR_EL1 changed.
+  const auto took_exception = [&](std::uint64_t now_pc, std::uint64_t now_esr) {
+    return in_vector_table(now_pc, *vbar) && now_esr != *esr;
+  };
   const auto finish = [&](End end) {
     replay.end = end;
     replay.pc = pc;
@@ -155,11 +169,14 @@ inline Replay replay_guest(std::span<const std::uint8_t> image, std::string_view
     if (!now) return failed(now.error());
     switch (stepped.kind) {
       case Kind::done: break;
-      case Kind::no_exit:
-        // In the vectors without a step: the instruction took an exception whose handler faults forever.
-        if (in_vector_table(*now, *vbar) && !in_vector_table(pc, *vbar)) return finish(End::exception);
+      case Kind::no_exit: {
+        // An exception without a step: the instruction took one whose handler faults forever.
+        const auto now_esr = kh::get_register(kh::Step::run_guest, vcpu, kh::reg::esr_el1);
+        if (!now_esr) return failed(now_esr.error());
+        if (took_exception(*now, *now_esr)) return finish(End::exception);
         pc = *now;  // (unchanged: it was slow, or waits in WFI)
         continue;
+      }
       case Kind::interrupted: return finish(End::interrupted);
       case Kind::powered_off: return finish(End::powered_off);
       case Kind::stopped: replay.why = stepped.why; return finish(End::stopped_otherwise);
@@ -179,24 +196,25 @@ inline Replay replay_guest(std::span<const std::uint8_t> image, std::string_view
         }
       }
     }
-    if (encoding && is_system_register_access(*encoding)) {  // an MSR may have moved the vectors
-      vbar = kh::get_register(kh::Step::run_guest, vcpu, kh::reg::vbar_el1);
-      if (!vbar) return failed(vbar.error());
-    }
-    if (in_vector_table(pc, *vbar) && !in_vector_table(*previous, *vbar)) {
+    if (in_vector_table(pc, *vbar)) {
       const auto regs = kh::read_registers(vcpu);
       if (!regs) return failed(regs.error());
-      // The instruction took an exception (it did not branch into the vectors) when ELR_EL1 points at it (or
-      // after it, for an SVC): then ESR_EL1 is that exception's; or when ELR_EL1 is in the vectors already:
-      // a fault there, in the same step, overwrote it (KVM reports the step after injecting that fault).
-      const bool own = regs->elr_el1 == *previous || regs->elr_el1 == *previous + 4;
-      if (own || in_vector_table(regs->elr_el1, *vbar)) {
-        if (own) replay.entry = *regs;
+      if (took_exception(pc, regs->esr_el1)) {
+        // ESR_EL1 is that exception's own when ELR_EL1 points at the instruction (or after it, for an SVC);
+        // when ELR_EL1 is in the vectors already, a fault there, in the same step, overwrote it (KVM
+        // reports the step after injecting that fault).
+        if (regs->elr_el1 == *previous || regs->elr_el1 == *previous + 4) replay.entry = *regs;
         --replay.instructions;
         pc = *previous;
         previous = before_previous;
         return finish(End::exception);
       }
+    }
+    if (encoding && is_system_register_access(*encoding)) {  // an MSR may have written VBAR_EL1 or ESR_EL1
+      vbar = kh::get_register(kh::Step::run_guest, vcpu, kh::reg::vbar_el1);
+      if (!vbar) return failed(vbar.error());
+      esr = kh::get_register(kh::Step::run_guest, vcpu, kh::reg::esr_el1);
+      if (!esr) return failed(esr.error());
     }
   }
 }

@@ -87,7 +87,8 @@ inline int fail(const kh::Error& error, const Output& out, std::string_view devi
   if (vcpu != nullptr) {
     if (const auto read = kh::read_registers(vcpu->fd)) regs = *read;
   }
-  if (regs && out.shows(Verbosity::normal)) {
+  const bool shown = regs && out.shows(Verbosity::normal);
+  if (shown) {
     print_registers(*regs, stderr);
     std::optional<Replay> replay;
     if (const auto goal = replay_goal_for(error, *regs, guest)) replay = replay_guest(guest.image, device, *goal);
@@ -96,7 +97,8 @@ inline int fail(const kh::Error& error, const Output& out, std::string_view devi
     }
   }
   const bool forever = regs && faults_forever(*regs, guest);
-  const Failure failure = failure_for(error, device, forever ? StuckGuest::faulting_forever : StuckGuest::running);
+  const Failure failure = failure_for(error, device, forever ? StuckGuest::faulting_forever : StuckGuest::running,
+                                      shown ? Above::registers : Above::nothing);
   const std::string message = "kvm-hello: " + failure.message;
   const bool colour = out.colour && wants_colour(STDERR_FILENO);
   std::fprintf(stderr, "%s\n", colour ? out.paint(colour::error, message).c_str() : message.c_str());

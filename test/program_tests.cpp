@@ -565,6 +565,21 @@ TEST_CASE("the watchdog's advice: --timeout for a guest still running, not for o
                                "instruction named above"));
 }
 
+TEST_CASE("at -q no registers come before the error line, and it points to none above") {
+  const std::string running = failure_for(watchdog, "/dev/kvm", StuckGuest::running, Above::nothing).message;
+  CHECK(running.ends_with("(KVM_RUN returned EINTR): a guest that runs longer needs --timeout (without -q, its "
+                          "registers say where it was)"));
+  const std::string forever = failure_for(watchdog, "/dev/kvm", StuckGuest::faulting_forever, Above::nothing).message;
+  CHECK(forever.ends_with("(KVM_RUN returned EINTR): it faults again and again, so more time (--timeout) would not "
+                          "help: run without -q to see the instruction to fix"));
+  const kh::Error ctrl_c{kh::Step::run_guest, kh::Problem::interrupted, "KVM_RUN", EINTR};
+  CHECK(failure_for(ctrl_c, "/dev/kvm").message.ends_with("the registers above say where it was"));
+  CHECK(failure_for(ctrl_c, "/dev/kvm", StuckGuest::running, Above::nothing)
+            .message.ends_with("Ctrl-C stopped the guest (KVM_RUN returned EINTR): without -q, its registers say "
+                               "where it was"));
+  for (const std::string& line : {running, forever}) CHECK(line.find("above") == std::string::npos);
+}
+
 TEST_CASE("after SYSTEM_OFF: x0's -6 explained in full, and an hvc with an immediate named") {
   const Ram ram{0x58000040, 0xd4000022, 0x14000000};  // ldr x0, =...; hvc #1; b .
   kh::Registers regs;
