@@ -129,7 +129,7 @@ inline Replay replay_guest(std::span<const std::uint8_t> image, std::string_view
   const CtrlCStops ctrl_c(stopper);
   if (const auto on = ctrl_c.status(); !on) return failed(on.error());
   kh::Deadline deadline(stopper, bounds.patience);
-  if (const auto started = deadline.status(); !started) return failed(started.error());
+  if (const auto watching = deadline.status(); !watching) return failed(watching.error());
   const GuestView ram{machine->memory.host.bytes()};  // the re-run's RAM, as it is now
   kh::HelloDevice device;
   std::uint64_t pc = kh::boot_registers.pc;                // the instruction about to run
