@@ -122,7 +122,7 @@ TEST_CASE("docs: a link's chapter number is its target's, and the path of docs/R
     const std::string name = entry.path().filename().string();
     if (name.size() < 3 || !std::isdigit(static_cast<unsigned char>(name[0])) || name[2] != '-') continue;
     const int chapter = std::stoi(name.substr(0, 2));
-    if (chapter >= 1 && chapter <= kh::step_count) continue;
+    if (chapter >= 1 && chapter <= kh::lesson1_step_count) continue;
     CHECK_MESSAGE(in_path.count(chapter) == 1, "docs/README.md's path lacks chapter " << chapter << ", " << name);
   }
 }
@@ -185,11 +185,11 @@ TEST_CASE("docs: every excerpt marked <!-- output: NAME --> is from test/golden/
       ++excerpts;
     }
   }
-  CHECK(excerpts >= kh::step_count);
+  CHECK(excerpts >= kh::lesson1_step_count);
 }
 
-TEST_CASE("docs: one chapter per step, numbered as main.cpp numbers them, titled with its function") {
-  for (int n = 1; n <= kh::step_count; ++n) {
+TEST_CASE("docs: one chapter per step of lesson 1, numbered as main.cpp numbers them, titled with its function") {
+  for (int n = 1; n <= kh::lesson1_step_count; ++n) {
     const std::string name(kh::step_info(static_cast<kh::Step>(n)).name);
     std::string file_name = name;
     std::replace(file_name.begin(), file_name.end(), '_', '-');
@@ -253,8 +253,11 @@ TEST_CASE("kvm_hello.hpp: its table of contents names its banners, in order") {
   for (; std::getline(lines, line); ++entries) {
     // " *   Step 1 ... Step 9      each step's ..." : the entry is what comes before the run of spaces.
     std::string entry = line.substr(5, line.find("  ", 5) - 5);
-    if (entry == "Step 1 ... Step 9") {
-      for (int n = 1; n <= kh::step_count; ++n) {
+    // "Step 1 ... Step 9", "Step 10 ... Step 15": a banner for each step of the range, in order.
+    int first = 0, last = 0;
+    if (std::sscanf(entry.c_str(), "Step %d ... Step %d", &first, &last) == 2) {
+      CHECK(last <= kh::step_count);
+      for (int n = first; n <= last; ++n) {
         const std::size_t at = header.find("==== Step " + std::to_string(n) + ":", previous);
         CHECK_MESSAGE(at != std::string::npos, "no banner for step " << n << " after the one before");
         previous = at;
@@ -318,7 +321,7 @@ TEST_CASE("docs: the diagrams (mermaid) name only what the code has, and there a
       }
     }
   }
-  CHECK(diagrams >= 9);  // the overview's three, and six on the mechanism
+  CHECK(diagrams >= 12);  // the overview's three, six on lesson 1's mechanism, three on lesson 2's
 }
 
 TEST_CASE("docs: the host's answer is KVM_HELLO_HOST_ANSWER wherever they give its value") {
@@ -331,4 +334,83 @@ TEST_CASE("docs: the host's answer is KVM_HELLO_HOST_ANSWER wherever they give i
     }
   }
   CHECK(mentions >= 1);
+}
+
+// ==== Lesson 2 ================================================================
+
+namespace {
+
+// GitHub's anchor for a heading: lower case, only letters, digits, '_', '-'
+// and spaces kept, each space a '-'.
+std::string heading_anchor(const std::string& heading) {
+  std::string anchor;
+  for (const char c : heading) {
+    const auto u = static_cast<unsigned char>(c);
+    if (std::isalnum(u) || c == '_' || c == '-') anchor += static_cast<char>(std::tolower(u));
+    if (c == ' ') anchor += '-';
+  }
+  return anchor;
+}
+
+}  // namespace
+
+TEST_CASE("docs: each step of lesson 2 has its section, titled as the step table titles it, where the table links") {
+  const std::string tutorial = read_source("docs/README.md");
+  for (int n = kh::lesson1_step_count + 1; n <= kh::step_count; ++n) {
+    const kh::StepInfo& step = kh::step_info(static_cast<kh::Step>(n));
+    INFO("step " << n << ", " << step.name);
+    const std::string row = "| " + std::to_string(n) + " | `" + std::string(step.name) + "()` |";
+    const std::size_t at = tutorial.find(row);
+    REQUIRE_MESSAGE(at != std::string::npos, "docs/README.md has no row " << row);
+    const std::string line = tutorial.substr(at, tutorial.find('\n', at) - at);
+    std::smatch link;
+    REQUIRE_MESSAGE(std::regex_search(line, link, std::regex(R"(\]\(([0-9]+-[a-z0-9-]+\.md)#([a-z0-9_-]+)\) \|$)")),
+                    "the row of step " << n << " links no chapter's section: " << line);
+    const std::string heading =
+        "## Step " + std::to_string(n) + ": " + std::string(step.title) + ": `" + std::string(step.name) + "()`";
+    const std::string chapter = read_source("docs/" + std::string(link[1]));
+    CHECK_MESSAGE(chapter.find("\n" + heading + "\n") != std::string::npos,
+                  "docs/" << link[1] << " has no heading " << heading);
+    CHECK_MESSAGE(link[2] == heading_anchor(heading.substr(3)),
+                  "the link's anchor is " << link[2] << ", the heading's " << heading_anchor(heading.substr(3)));
+  }
+}
+
+TEST_CASE("docs: every KVM_IRQ_LINE encoding they give is irq_line_spi()'s or irq_line_ppi()'s") {
+  const std::regex spi(R"(`irq_line_spi\(([0-9]+)\)` = (0x[0-9a-f]+))");
+  const std::regex ppi(R"(`irq_line_ppi\(([0-9]+), ([0-9]+)\)` = (0x[0-9a-f]+))");
+  int examples = 0;
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), spi), end; it != end; ++it, ++examples) {
+      CHECK_MESSAGE(std::stoul((*it)[2], nullptr, 16) == kh::irq_line_spi(std::stoul((*it)[1])),
+                    file << ": " << it->str());
+    }
+    for (std::sregex_iterator it(text.begin(), text.end(), ppi), end; it != end; ++it, ++examples) {
+      CHECK_MESSAGE(
+          std::stoul((*it)[3], nullptr, 16) == kh::irq_line_ppi(std::stoul((*it)[1]), std::stoul((*it)[2])),
+          file << ": " << it->str());
+    }
+  }
+  CHECK(examples >= 2);
+}
+
+TEST_CASE("docs: the order table gives the errnos the header's order rules give, and no other") {
+  const std::string header = read_source("kvm_hello.hpp");
+  const std::size_t part2 = header.find("The order rules");
+  REQUIRE(part2 != std::string::npos);
+  const std::string rules = header.substr(part2, header.find("\n\n", part2) - part2);
+  const std::string chapter = read_source("docs/25-the-order-of-the-ioctls.md");
+  const std::size_t start = chapter.find("| the rule |");
+  REQUIRE(start != std::string::npos);
+  const std::string table = chapter.substr(start, chapter.find("\n\n", start) - start);
+  const std::string part2_text = header.substr(header.find("==== Part II"));
+  const std::regex errno_name(R"(\b(EBUSY|EEXIST|EINVAL|E2BIG|ENXIO|EIO|EAGAIN|ENODEV|EFAULT|EPERM|ENOEXEC|ENOMEM)\b)");
+  std::set<std::string> in_rules, in_table;
+  for (std::sregex_iterator it(rules.begin(), rules.end(), errno_name), end; it != end; ++it) in_rules.insert((*it)[1]);
+  for (std::sregex_iterator it(table.begin(), table.end(), errno_name), end; it != end; ++it) in_table.insert((*it)[1]);
+  CHECK(in_rules.size() >= 4);
+  for (const auto& e : in_rules) CHECK_MESSAGE(in_table.count(e) == 1, "the order table lacks " << e);
+  // Every errno of the table is one the header's Part II says a step can get.
+  for (const auto& e : in_table) CHECK_MESSAGE(part2_text.find(e) != std::string::npos, "Part II never names " << e);
 }
