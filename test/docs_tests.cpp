@@ -377,19 +377,21 @@ TEST_CASE("docs: each step of lesson 2 has its section, titled as the step table
 }
 
 TEST_CASE("docs: every KVM_IRQ_LINE encoding they give is irq_line_spi()'s or irq_line_ppi()'s") {
+  const auto number = [](const std::string& text, int base = 10) {
+    return static_cast<std::uint32_t>(std::stoul(text, nullptr, base));
+  };
   const std::regex spi(R"(`irq_line_spi\(([0-9]+)\)` = (0x[0-9a-f]+))");
   const std::regex ppi(R"(`irq_line_ppi\(([0-9]+), ([0-9]+)\)` = (0x[0-9a-f]+))");
   int examples = 0;
   for (const auto& file : markdown_files()) {
     const std::string text = read_source(file);
     for (std::sregex_iterator it(text.begin(), text.end(), spi), end; it != end; ++it, ++examples) {
-      CHECK_MESSAGE(std::stoul((*it)[2], nullptr, 16) == kh::irq_line_spi(std::stoul((*it)[1])),
+      CHECK_MESSAGE(number((*it)[2], 16) == kh::irq_line_spi(number((*it)[1])),
                     file << ": " << it->str());
     }
     for (std::sregex_iterator it(text.begin(), text.end(), ppi), end; it != end; ++it, ++examples) {
-      CHECK_MESSAGE(
-          std::stoul((*it)[3], nullptr, 16) == kh::irq_line_ppi(std::stoul((*it)[1]), std::stoul((*it)[2])),
-          file << ": " << it->str());
+      CHECK_MESSAGE(number((*it)[3], 16) == kh::irq_line_ppi(number((*it)[1]), number((*it)[2])),
+                    file << ": " << it->str());
     }
   }
   CHECK(examples >= 2);
