@@ -1793,9 +1793,12 @@ template <StepCallback AfterStep>
 //                      fails with EBUSY (kvm_arch_vcpu_precreate, arm.c).
 //   init_vgic (12)     after every vCPU, before the first KVM_RUN. Forgotten,
 //                      the first KVM_RUN of a GICv3 fails with EBUSY, and the
-//                      VM is dead: every later KVM_RUN, and CTRL_INIT too,
-//                      fails with EIO (vgic_v3_map_resources, vgic-v3.c;
-//                      kvm_vgic_map_resources calls kvm_vm_dead). A GICv2
+//                      VM is dead: every later ioctl on it, its vCPUs or its
+//                      GIC, CTRL_INIT too, fails with EIO
+//                      (vgic_v3_map_resources, vgic-v3.c, says EBUSY;
+//                      kvm_vgic_map_resources then calls kvm_vm_dead;
+//                      kvm_vm_ioctl, kvm_vcpu_ioctl and kvm_device_ioctl in
+//                      virt/kvm/kvm_main.c answer EIO for a dead VM). A GICv2
 //                      initialises itself at its first use instead
 //                      (vgic_lazy_init, vgic-init.c).
 //   a frame not placed the first KVM_RUN fails with ENXIO, and the VM is dead
@@ -2017,9 +2020,10 @@ static_assert(map_holds(GicVersion::v3), "memory_map: GICD holds a GICv3's 64 Ki
 // KVM_DEV_ARM_VGIC_GRP_CTRL, attribute KVM_DEV_ARM_VGIC_CTRL_INIT. NR_IRQS:
 // EINVAL, a number KVM does not take; EBUSY, the number is fixed already
 // (set before, or the GIC initialised: vgic_set_common_attr,
-// vgic-kvm-device.c). CTRL_INIT: EBUSY, a vCPU is being created meanwhile;
-// EIO, the VM is dead (a KVM_RUN before this step failed) (vgic_init,
-// vgic-init.c). A second CTRL_INIT does nothing and returns 0.
+// vgic-kvm-device.c). CTRL_INIT: EBUSY, a vCPU is being created meanwhile
+// (vgic_init, vgic-init.c). Both: EIO, the VM is dead, because a KVM_RUN
+// before this step failed (kvm_device_ioctl, virt/kvm/kvm_main.c). A second
+// CTRL_INIT does nothing and returns 0.
 // Why: the GIC has state for every vCPU (its redistributor, its SGIs and
 // PPIs), so KVM sizes it once they all exist; from then on no vCPU can be
 // added (EBUSY), and the first KVM_RUN finds it ready.

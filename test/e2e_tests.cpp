@@ -1537,6 +1537,7 @@ std::string normalise(std::string text) {
       {R"((KVM_GET_STATS_FD\): exits )[0-9]+)", "$1<n>"},                 // -v: host interrupts vary; the test
       {R"((left for KVM )[0-9]+( times; 9 of them came on to us, and KVM handled the other )[0-9]+)", "$1<n>$2<n>"},
       {R"((?:^|\n)(KVM_CAP_[A-Z0-9_]+) +(-?[0-9]+|error)  )", "\n$1 <value>  "},  // --caps: the host's values
+      {R"((?:^|\n)(KVM_DEV_TYPE_ARM_VGIC_V[23]) +(yes|no|error)  )", "\n$1 <offered>  "},  // --caps: the host's GIC
   };
   for (const auto& [pattern, replacement] : rules) text = std::regex_replace(text, std::regex(pattern), replacement);
   return text;
@@ -1659,6 +1660,27 @@ TEST_CASE("--caps: each value is what this host's KVM_CHECK_EXTENSION says") {
     CHECK_MESSAGE(std::stoi((*it)[2]) == value, name << ": kvm-hello says " << (*it)[2] << ", KVM says " << value);
   }
   CHECK(rows == std::size(known_capabilities));
+}
+
+TEST_CASE("--caps: each vGIC model is offered as KVM_CREATE_DEVICE_TEST says on this host; KVM_CAP_IRQCHIP is 1") {
+  const Outcome run = run_program({"--caps"});
+  INFO("stdout:\n" << run.out);
+  REQUIRE(run.status == 0);
+  auto kvm = kh::open_kvm();
+  REQUIRE(kvm);
+  auto vm = kh::create_vm(*kvm, kh::vm_type_for(kh::check_capabilities(*kvm)->ipa_limit).value());
+  REQUIRE(vm);
+  const std::regex row(R"(\n(KVM_DEV_TYPE_ARM_VGIC_V([23])) +(yes|no)  )");
+  std::size_t rows = 0, offered = 0;
+  for (std::sregex_iterator it(run.out.begin(), run.out.end(), row), end; it != end; ++it, ++rows) {
+    const auto version = (*it)[2] == "3" ? kh::GicVersion::v3 : kh::GicVersion::v2;
+    const bool says = (*it)[3] == "yes";
+    CHECK_MESSAGE(kh::offers_device(*vm, kh::device_type_for(version)).value() == says, (*it)[1]);
+    offered += says;
+  }
+  CHECK(rows == 2);
+  CHECK(offered >= 1);  // the emulated machine's GIC, v3 or v2, has virtualization
+  CHECK(ioctl(kvm->get(), KVM_CHECK_EXTENSION, static_cast<unsigned long>(KVM_CAP_IRQCHIP)) == 1);
 }
 
 TEST_CASE("step 3's IPA limit is what this host's KVM says") {
