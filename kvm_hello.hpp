@@ -1827,8 +1827,8 @@ struct Vgic {
 };
 
 // An eventfd wired to an SPI with KVM_IRQFD (attach_irqfd): a write of 1 to
-// `event` raises SPI 32 + gsi (ring_irqfd). Closing it after the VM is gone
-// is enough: KVM lets go of an irqfd when its VM is destroyed.
+// `event` raises SPI 32 + gsi (ring_irqfd). Closing it unwires it (KVM sees
+// the eventfd close: irqfd_wakeup, virt/kvm/eventfd.c, on EPOLLHUP).
 struct Irqfd {
   Fd event;
   std::uint32_t gsi;  // the SPI's number counted from the first SPI: its INTID - 32
@@ -2069,7 +2069,7 @@ static_assert(map_holds(GicVersion::v3), "memory_map: GICD holds a GICv3's 64 Ki
 // already; EBADF, no eventfd.
 // Why: a device that runs on its own thread (a disk, a network card) can
 // interrupt the guest with one write(2), without an ioctl on the VM: KVM
-// raises the SPI when the eventfd is signalled, as an edge (1, then 0).
+// raises the SPI when the eventfd is signalled.
 [[nodiscard]] inline Result<Irqfd> attach_irqfd(const VmFd& vm, std::uint32_t spi_intid, CallObserver observe = {}) {
   if (!is_spi(spi_intid)) return std::unexpected(Error{Step::attach_irqfd, Problem::not_an_spi, {}, 0, spi_intid});
   const int event = ::eventfd(0, EFD_CLOEXEC);
@@ -2082,9 +2082,12 @@ static_assert(map_holds(GicVersion::v3), "memory_map: GICD holds a GICv3's 64 Ki
 }
 
 // Signals the irqfd: write(2) of the 8-byte count 1 to its eventfd. KVM
-// raises SPI 32 + gsi and lowers it again (irqfd_inject, eventfd.c), on a
-// kernel thread of its own: the interrupt reaches the guest shortly after
-// this returns. Error: write's errno, as step 14's.
+// raises SPI 32 + gsi inside this write: irqfd_wakeup (virt/kvm/eventfd.c)
+// calls kvm_arch_set_irq_inatomic, which on arm64 injects an SPI at once
+// once the GIC is initialised (vgic-irqfd.c, Linux 6.1 to 7.2); an edge SPI
+// is then pending. (irqfd_inject, a rise and a fall on a kernel worker, is
+// the way for what cannot be injected there.) Error: write's errno, as
+// step 14's.
 [[nodiscard]] inline Result<void> ring_irqfd(const Irqfd& irqfd) {
   const std::uint64_t one = 1;
   if (::write(irqfd.event.get(), &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {
