@@ -20,6 +20,16 @@
  *   8  set_boot_registers  KVM_SET_ONE_REG (PC, SP_EL1)
  *   9  run_guest           KVM_RUN, in a loop, until the guest powers off -> RunStats
  *
+ *   Part II, lesson 2: interrupts and time (the in-kernel GIC, the timer, injection)
+ *   10 probe_vgic          KVM_CHECK_EXTENSION(IRQCHIP), KVM_CREATE_DEVICE(TEST) -> GicVersion
+ *   11 create_vgic         KVM_CREATE_DEVICE, KVM_SET_DEVICE_ATTR(ADDR)  -> Vgic   (before any vCPU)
+ *   12 init_vgic           KVM_SET_DEVICE_ATTR(NR_IRQS, CTRL_INIT)  (after every vCPU, before KVM_RUN)
+ *   13 read_timer_irq      KVM_GET_DEVICE_ATTR(TIMER_CTRL) on a vCPU      -> 27
+ *   14 attach_irqfd        eventfd, KVM_IRQFD                            -> Irqfd  (after init_vgic)
+ *   15 inject_spi          KVM_IRQ_LINE, level 1 then 0                  (after init_vgic)
+ *   KVM wants them in this order, not by number: 1-5, 10, 11, 6-8, 12, 9;
+ *   13 once the vCPU exists, 14 and 15 after 12 (Part II's order rules).
+ *
  * CONTENTS (the banners below, in order)
  *   The guest's memory map          shared with guest.S
  *   The memory map as a table       its regions; alignment, overlap and memslots proven
@@ -29,6 +39,8 @@
  *   Typed ioctl requests            Request (its number, argument and fd), call(), watching the calls
  *   Step 1 ... Step 9               each step's function, its helpers just above it
  *   Steps 1 to 8 in one call        build_machine(), for programs that do not narrate
+ *   Part II: interrupts and time    the vGIC's order rules; Request numbers of its ioctls
+ *   Step 10 ... Step 15             each step's function, its helpers just above it
  *   Appendix: seeing inside         reading registers, single-stepping, breakpoints, the vCPU's statistics
  *
  * HOW TO USE
@@ -49,9 +61,12 @@
  *   SIGALRM, SIGINT and every timer to the program.
  *
  * DOES NOT DO
- *   Interrupts, more than one vCPU, an MMU in the guest, or any device other
- *   than the three MMIO registers of the memory map below (which only keeps
- *   a place for an interrupt controller).
+ *   Interrupts without KVM's in-kernel GIC (no userspace interrupt
+ *   controller, no KVM_CREATE_IRQCHIP), an ITS or MSIs, level-triggered
+ *   injection from the program (inject_spi() is an edge), GICv2 on a host
+ *   whose GIC cannot emulate one, more than one vCPU (until lesson 3), an
+ *   MMU in the guest, or any device other than the MMIO registers of the
+ *   memory map below and the GIC.
  *
  * NEEDS
  *   Linux on arm64 with KVM (or the emulated machine `make run` builds on
@@ -75,20 +90,24 @@
  *              |                          |  0x1108 ANSWER read 4 bytes: the host answers
  *              |                          |  0x1110 ECHO   write 4 bytes: the host checks them
  *              |                          |  0x1118 SINK, 0x1120 RESULT: the benchmark's (--bench)
+ *              |                          |  0x1128 IRQ      write 4 bytes: the INTID the guest took
+ *              |                          |  0x1130 DOORBELL write 4 bytes: the guest asks for an SPI
  *   0x00010000 +--------------------------+
  *              |  guest RAM, 64 KiB       |  the guest image is copied to its start;
  *              |  (memslot 0, our mmap)   |  PC starts at 0x10000, the stack at the top
  *   0x00020000 +--------------------------+
  *              |  no memslot              |
- *   0x08000000 +--------------------------+  reserved for the in-kernel GIC (interrupts,
- *              |  GICD: distributor       |  not used yet): QEMU's virt board puts its
- *   0x08010000 +--------------------------+  own GIC at the same addresses
- *              |  GICC: CPU interface     |  a GICv2's only (a GICv3's is system registers)
+ *   0x08000000 +--------------------------+  the in-kernel GIC (lesson 2, create_vgic()),
+ *              |  GICD: distributor       |  where QEMU's virt board puts its own:
+ *              |                          |  a GICv3's is 64 KiB, a GICv2's 4 KiB
+ *   0x08010000 +--------------------------+
+ *              |  GICC: CPU interface     |  a GICv2's only, 8 KiB (a GICv3's CPU
+ *              |                          |  interface is system registers)
  *   0x08020000 +--------------------------+
  *              |  no memslot              |
  *   0x080a0000 +--------------------------+
- *              |  GICR: redistributors    |  a GICv3's: 128 KiB per vCPU, vCPU n's
- *              |  for max_vcpus (8)       |  at 0x080a0000 + n * 0x20000
+ *              |  GICR: redistributors    |  a GICv3's only: 128 KiB per vCPU,
+ *              |  for max_vcpus (8)       |  vCPU n's at 0x080a0000 + n * 0x20000
  *   0x081a0000 +--------------------------+
  *              |  no memslot              |
  *  0x100000000 +--------------------------+  2^guest_ipa_bits: the VM's address space ends
@@ -106,7 +125,17 @@
 /* Two more for the benchmark guest (kvm-hello --bench, bench/bench-guest.S): */
 #define KVM_HELLO_MMIO_SINK 0x1118   /* write: an exit that the host ignores */
 #define KVM_HELLO_MMIO_RESULT 0x1120 /* write 8 bytes: one measurement for the host */
-/* Where the in-kernel GIC's frames go (reserved: nothing creates a GIC yet). */
+/* Lesson 2's device: the guest reports each interrupt it takes, and asks for one. */
+#define KVM_HELLO_MMIO_IRQ 0x1128      /* write 4 bytes: the INTID its handler just took */
+#define KVM_HELLO_MMIO_DOORBELL 0x1130 /* write 4 bytes: RING_LINE or RING_IRQFD */
+#define KVM_HELLO_RING_LINE 1          /* DOORBELL: inject SPI_LINE with KVM_IRQ_LINE */
+#define KVM_HELLO_RING_IRQFD 2         /* DOORBELL: signal the irqfd wired to SPI_IRQFD */
+/* The interrupts lesson 2's guest takes, by INTID (the number the GIC's
+   IAR gives the guest): two SPIs the program sends, the virtual timer's PPI. */
+#define KVM_HELLO_SPI_LINE 40
+#define KVM_HELLO_SPI_IRQFD 41
+#define KVM_HELLO_TIMER_INTID 27
+/* Where the in-kernel GIC's frames go (lesson 2's create_vgic() puts them there). */
 #define KVM_HELLO_GIC_DIST 0x08000000   /* GICD, the distributor */
 #define KVM_HELLO_GIC_CPU 0x08010000    /* GICC, a GICv2's CPU interface */
 #define KVM_HELLO_GIC_REDIST 0x080a0000 /* GICR, the first vCPU's redistributor */
@@ -117,6 +146,7 @@
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -165,6 +195,7 @@ enum class RegionKind {
   memslot,             // guest RAM, KVM_SET_USER_MEMORY_REGION (step 5): no exit
   hello_register,      // a register of HelloDevice: an MMIO exit to us (step 9)
   bench_register,      // a register of the benchmark's device (bench/bench.hpp)
+  interrupt_register,  // a register of lesson 2's device (the INTID report, the doorbell): an MMIO exit to us
   gic_distributor,     // the in-kernel GIC's distributor (KVM_DEV_ARM_VGIC_GRP_ADDR)
   gic_cpu_interface,   // a GICv2's CPU interface (a GICv3 uses system registers)
   gic_redistributors,  // a GICv3's redistributors, one after another, vCPU 0 first
@@ -206,6 +237,8 @@ inline constexpr std::array memory_map{
     Region{"ECHO", KVM_HELLO_MMIO_ECHO, register_bytes, RegionKind::hello_register},
     Region{"SINK", KVM_HELLO_MMIO_SINK, register_bytes, RegionKind::bench_register},
     Region{"RESULT", KVM_HELLO_MMIO_RESULT, register_bytes, RegionKind::bench_register},
+    Region{"IRQ", KVM_HELLO_MMIO_IRQ, register_bytes, RegionKind::interrupt_register},
+    Region{"DOORBELL", KVM_HELLO_MMIO_DOORBELL, register_bytes, RegionKind::interrupt_register},
     Region{"RAM", KVM_HELLO_RAM_BASE, KVM_HELLO_RAM_SIZE, RegionKind::memslot},
     Region{"GICD", KVM_HELLO_GIC_DIST, gic_frame_size, RegionKind::gic_distributor},
     Region{"GICC", KVM_HELLO_GIC_CPU, gic_frame_size, RegionKind::gic_cpu_interface},
@@ -217,7 +250,8 @@ constexpr std::uint64_t alignment_for(RegionKind kind) {
   switch (kind) {
     case RegionKind::memslot: return largest_page_size;
     case RegionKind::hello_register:
-    case RegionKind::bench_register: return register_bytes;  // an 8-byte access must be aligned: Device memory
+    case RegionKind::bench_register:
+    case RegionKind::interrupt_register: return register_bytes;  // an 8-byte access must be aligned: Device memory
     case RegionKind::gic_distributor:
     case RegionKind::gic_cpu_interface:
     case RegionKind::gic_redistributors: return gic_frame_size;
@@ -230,7 +264,8 @@ constexpr std::uint64_t smallest_size_for(RegionKind kind) {
   switch (kind) {
     case RegionKind::memslot: return largest_page_size;
     case RegionKind::hello_register:
-    case RegionKind::bench_register: return register_bytes;
+    case RegionKind::bench_register:
+    case RegionKind::interrupt_register: return register_bytes;
     case RegionKind::gic_distributor:
     case RegionKind::gic_cpu_interface: return gic_frame_size;
     case RegionKind::gic_redistributors: return max_vcpus * gic_redistributor_size;  // one per vCPU
@@ -297,11 +332,12 @@ consteval const Region& region_named(std::string_view name) {
   throw "memory_map has no region of that name";
 }
 
-// The register (HelloDevice's or the benchmark's) at exactly this address,
-// or nullptr.
+// The register (HelloDevice's, the benchmark's or lesson 2's) at exactly
+// this address, or nullptr.
 constexpr const Region* register_at(std::uint64_t address) {
   for (const Region& r : memory_map) {
-    const bool is_register = r.kind == RegionKind::hello_register || r.kind == RegionKind::bench_register;
+    const bool is_register = r.kind == RegionKind::hello_register || r.kind == RegionKind::bench_register ||
+                             r.kind == RegionKind::interrupt_register;
     if (is_register && r.base == address) return &r;
   }
   return nullptr;
@@ -316,6 +352,11 @@ inline constexpr std::uint64_t mmio_answer = region_named("ANSWER").base;
 inline constexpr std::uint64_t mmio_echo = region_named("ECHO").base;
 inline constexpr std::uint64_t mmio_sink = region_named("SINK").base;
 inline constexpr std::uint64_t mmio_result = region_named("RESULT").base;
+inline constexpr std::uint64_t mmio_irq = region_named("IRQ").base;
+inline constexpr std::uint64_t mmio_doorbell = region_named("DOORBELL").base;
+inline constexpr std::uint64_t gic_distributor_base = region_named("GICD").base;
+inline constexpr std::uint64_t gic_cpu_interface_base = region_named("GICC").base;
+inline constexpr std::uint64_t gic_redistributors_base = region_named("GICR").base;
 inline constexpr std::uint32_t host_answer = KVM_HELLO_HOST_ANSWER;
 
 inline constexpr const char* default_kvm_path = "/dev/kvm";
@@ -337,8 +378,18 @@ enum class Step : int {
   init_vcpu,
   set_boot_registers,
   run_guest,
+  // Part II, lesson 2: interrupts and time
+  probe_vgic,
+  create_vgic,
+  init_vgic,
+  read_timer_irq,
+  attach_irqfd,
+  inject_spi,
 };
-inline constexpr int step_count = 9;
+inline constexpr int step_count = 15;        // every step of the table below
+inline constexpr int lesson1_step_count = 9;  // Part I: lesson 1 walks through steps 1 to 9, in order
+static_assert(static_cast<int>(Step::run_guest) == lesson1_step_count);
+static_assert(static_cast<int>(Step::inject_spi) == step_count);
 
 // The step table: one row per step, in order. main.cpp announces each step
 // with it, docs/README.md's table and gdb/steps.gdb are tested against it.
@@ -368,6 +419,18 @@ inline constexpr std::array<StepInfo, step_count> steps{{
      "PC at the guest's first byte, SP_EL1 at the top of RAM"},
     {Step::run_guest, "run_guest", "run the guest until it powers off", "KVM_RUN",
      "the loop: run, decode the exit, answer, run again"},
+    {Step::probe_vgic, "probe_vgic", "ask which in-kernel GIC KVM can give",
+     "KVM_CHECK_EXTENSION, KVM_CREATE_DEVICE (TEST)", "a GICv3 where the host has one, else a GICv2"},
+    {Step::create_vgic, "create_vgic", "create the in-kernel GIC and place its frames",
+     "KVM_CREATE_DEVICE, KVM_SET_DEVICE_ATTR (ADDR)", "KVM emulates the interrupt controller; the map says where"},
+    {Step::init_vgic, "init_vgic", "initialise the GIC, every vCPU created",
+     "KVM_SET_DEVICE_ATTR (NR_IRQS, CTRL_INIT)", "the GIC's size is fixed once every vCPU exists"},
+    {Step::read_timer_irq, "read_timer_irq", "read the virtual timer's interrupt", "KVM_GET_DEVICE_ATTR (TIMER_CTRL)",
+     "the INTID the guest's timer raises: 27"},
+    {Step::attach_irqfd, "attach_irqfd", "wire an eventfd to an SPI", "eventfd, KVM_IRQFD",
+     "a write to an fd interrupts the guest, with no ioctl"},
+    {Step::inject_spi, "inject_spi", "send the guest an SPI", "KVM_IRQ_LINE",
+     "the program raises an interrupt line: 1, then 0"},
 }};
 
 // The row for a step not in the table (an Error built with a number of its own).
@@ -401,6 +464,8 @@ enum class Problem {
   interrupted,         // Ctrl-C (SIGINT) stopped the guest
   bad_register_size,   // value: a ONE_REG id whose KVM_REG_SIZE is not the size of the value type asked for
   bad_statistics,      // value: the size of KVM_GET_STATS_FD's file; its header says more than it holds
+  no_vgic,             // this host's KVM has no in-kernel GIC to give (step 10); value: KVM_CAP_IRQCHIP's answer
+  not_an_spi,          // value: an INTID that is no SPI (32 to 1019) where a step needs one (step 14)
 };
 
 // An error, as a value: which step, what kind of problem, which call failed
@@ -463,25 +528,35 @@ class Fd {
   int fd_ = -1;
 };
 
-// The three kinds of fd KVM hands out, each its own type. KVM's API
+// The four kinds of fd KVM hands out, each its own type. KVM's API
 // documentation (Documentation/virt/kvm/api.rst) gives every ioctl a "Type":
 // a system ioctl is made on /dev/kvm, a vm ioctl on the fd KVM_CREATE_VM
-// returns, a vcpu ioctl on the fd KVM_CREATE_VCPU returns. Each request below
+// returns, a vcpu ioctl on the fd KVM_CREATE_VCPU returns, a device ioctl on
+// the fd KVM_CREATE_DEVICE returns (lesson 2's GIC). Each request below
 // names the kind it belongs to, and call() takes only an fd of that kind, so
 // KVM_RUN on /dev/kvm, or create_vcpu() with its fds swapped, does not
 // compile. Each owns its fd as Fd does (closed once, move-only); get() is
 // the number, to print or to pass to an ioctl of your own.
+enum class FdKind { system, vm, vcpu, device };  // api.rst's four "Type"s of ioctl
 class KvmFd : private Fd {  // /dev/kvm: system ioctls (open_kvm)
  public:
   using Fd::Fd, Fd::get;
+  static constexpr FdKind kind = FdKind::system;
 };
 class VmFd : private Fd {  // one VM: vm ioctls (create_vm)
  public:
   using Fd::Fd, Fd::get;
+  static constexpr FdKind kind = FdKind::vm;
 };
 class VcpuFd : private Fd {  // one vCPU: vcpu ioctls (create_vcpu)
  public:
   using Fd::Fd, Fd::get;
+  static constexpr FdKind kind = FdKind::vcpu;
+};
+class DeviceFd : private Fd {  // one in-kernel device, here the GIC: device ioctls (create_vgic)
+ public:
+  using Fd::Fd, Fd::get;
+  static constexpr FdKind kind = FdKind::device;
 };
 
 // Owns one mmap(2) region. Move-only; unmapping keeps errno.
@@ -562,7 +637,7 @@ template <unsigned long Number, class Arg, class OnFd>
 struct Request {
   static constexpr unsigned long number = Number;
   using Argument = Arg;
-  using FdType = OnFd;  // KvmFd, VmFd or VcpuFd: the only fd it may be made on
+  using FdType = OnFd;  // KvmFd, VmFd, VcpuFd or DeviceFd: the only fd it may be made on
   std::string_view name;
 
   static_assert(_IOC_TYPE(Number) == KVMIO, "every KVM request has type KVMIO (0xAE)");
@@ -572,10 +647,13 @@ struct Request {
 
 // One line per request: the kernel's macro, its argument type, the fd it is
 // made on (api.rst's "Type:" of each: system ioctl KvmFd, vm ioctl VmFd,
-// vcpu ioctl VcpuFd), and its name as the kernel spells it (made from the
-// macro, so the two cannot differ). Two may be made on a second kind too,
-// which this program does not need: KVM_CHECK_EXTENSION on a VM,
-// KVM_GET_STATS_FD on a VM.
+// vcpu ioctl VcpuFd, device ioctl DeviceFd), and its name as the kernel
+// spells it (made from the macro, so the two cannot differ). A request made
+// on two kinds of fd has a line for each: KVM_CHECK_EXTENSION on /dev/kvm
+// and on a VM (whose answer may be the VM's own, as KVM_CAP_IRQCHIP's is on
+// arm64), KVM_GET_DEVICE_ATTR on a device and on a vCPU (api.rst: "vm ioctl,
+// vcpu ioctl, device ioctl"). KVM_GET_STATS_FD may be made on a VM too,
+// which this program does not need.
 // clang-format off
 #define KVM_HELLO_REQUEST(MACRO, ARG, FD) Request<MACRO, ARG, FD>{#MACRO}
 // clang-format on
@@ -595,6 +673,14 @@ inline constexpr auto get_one_reg = KVM_HELLO_REQUEST(KVM_GET_ONE_REG, kvm_one_r
 inline constexpr auto run = KVM_HELLO_REQUEST(KVM_RUN, void, VcpuFd);
 inline constexpr auto set_guest_debug = KVM_HELLO_REQUEST(KVM_SET_GUEST_DEBUG, kvm_guest_debug, VcpuFd);
 inline constexpr auto get_stats_fd = KVM_HELLO_REQUEST(KVM_GET_STATS_FD, void, VcpuFd);
+// Part II: the in-kernel GIC, the timer's interrupt, injection.
+inline constexpr auto check_vm_extension = KVM_HELLO_REQUEST(KVM_CHECK_EXTENSION, unsigned long, VmFd);
+inline constexpr auto create_device = KVM_HELLO_REQUEST(KVM_CREATE_DEVICE, kvm_create_device, VmFd);  // _IOWR: fd out
+inline constexpr auto set_device_attr = KVM_HELLO_REQUEST(KVM_SET_DEVICE_ATTR, kvm_device_attr, DeviceFd);
+inline constexpr auto get_device_attr = KVM_HELLO_REQUEST(KVM_GET_DEVICE_ATTR, kvm_device_attr, DeviceFd);
+inline constexpr auto get_vcpu_attr = KVM_HELLO_REQUEST(KVM_GET_DEVICE_ATTR, kvm_device_attr, VcpuFd);
+inline constexpr auto irq_line = KVM_HELLO_REQUEST(KVM_IRQ_LINE, kvm_irq_level, VmFd);
+inline constexpr auto irqfd = KVM_HELLO_REQUEST(KVM_IRQFD, kvm_irqfd, VmFd);
 }  // namespace request
 
 #undef KVM_HELLO_REQUEST
@@ -606,8 +692,10 @@ inline constexpr auto get_stats_fd = KVM_HELLO_REQUEST(KVM_GET_STATS_FD, void, V
 // costs one pointer test more than the bare ioctl.
 
 // The argument of a call as the kernel received it: a value, or a struct.
-using CallArgument = std::variant<std::monostate, unsigned long, const kvm_userspace_memory_region*,
-                                  const kvm_vcpu_init*, const kvm_one_reg*, const kvm_guest_debug*>;
+using CallArgument =
+    std::variant<std::monostate, unsigned long, const kvm_userspace_memory_region*, const kvm_vcpu_init*,
+                 const kvm_one_reg*, const kvm_guest_debug*, const kvm_create_device*, const kvm_device_attr*,
+                 const kvm_irq_level*, const kvm_irqfd*>;
 
 struct CallRecord {
   Step step;
@@ -618,6 +706,7 @@ struct CallRecord {
   int result;  // what ioctl returned: -1 on failure
   int err;     // errno when result is -1, else 0
   std::chrono::nanoseconds took;
+  FdKind made_on = FdKind::system;  // which kind of fd `fd` is: a device's and a vCPU's attributes differ
 };
 
 // Who sees each call: a function, and the object it belongs to. The default
@@ -633,8 +722,8 @@ namespace detail {
 // ioctl(fd, N, raw); reported to the observer when there is one. errno is
 // kept across the observer, so failed() still sees the ioctl's.
 template <unsigned long N, class Raw>
-[[nodiscard]] Result<int> checked_ioctl(Step step, int fd, std::string_view name, Raw raw, CallArgument shown,
-                                        CallObserver observe) {
+[[nodiscard]] Result<int> checked_ioctl(Step step, int fd, FdKind kind, std::string_view name, Raw raw,
+                                        CallArgument shown, CallObserver observe) {
   if (observe.see == nullptr) {
     const int result = ::ioctl(fd, N, raw);
     if (result < 0) return failed(step, name);
@@ -644,7 +733,7 @@ template <unsigned long N, class Raw>
   const int result = ::ioctl(fd, N, raw);
   const int err = result < 0 ? errno : 0;
   const auto took = std::chrono::steady_clock::now() - start;
-  observe.see(observe.watcher, CallRecord{step, name, N, fd, shown, result, err, took});
+  observe.see(observe.watcher, CallRecord{step, name, N, fd, shown, result, err, took, kind});
   errno = err;
   if (result < 0) return failed(step, name);
   return result;
@@ -677,14 +766,14 @@ concept MadeOn = std::is_same_v<typename R::FdType, F>;
 template <unsigned long N, class On, class F>
 requires MadeOn<Request<N, void, On>, F>
 [[nodiscard]] Result<int> call(Step step, const F& fd, Request<N, void, On> request, CallObserver observe = {}) {
-  return detail::checked_ioctl<N>(step, fd.get(), request.name, 0UL, std::monostate{}, observe);
+  return detail::checked_ioctl<N>(step, fd.get(), F::kind, request.name, 0UL, std::monostate{}, observe);
 }
 
 template <unsigned long N, std::integral Arg, class On, class F>
 requires MadeOn<Request<N, Arg, On>, F>
 [[nodiscard]] Result<int> call(Step step, const F& fd, Request<N, Arg, On> request, std::type_identity_t<Arg> value,
                                CallObserver observe = {}) {
-  return detail::checked_ioctl<N>(step, fd.get(), request.name, value, static_cast<unsigned long>(value), observe);
+  return detail::checked_ioctl<N>(step, fd.get(), F::kind, request.name, value, static_cast<unsigned long>(value), observe);
 }
 
 // _IOW: the kernel only reads the struct, so a const one will do.
@@ -692,7 +781,7 @@ template <unsigned long N, class Arg, class On, class F>
 requires MadeOn<Request<N, Arg, On>, F> && (_IOC_DIR(N) == _IOC_WRITE)
 [[nodiscard]] Result<int> call(Step step, const F& fd, Request<N, Arg, On> request, const Arg* arg,
                                CallObserver observe = {}) {
-  return detail::checked_ioctl<N>(step, fd.get(), request.name, arg, arg, observe);
+  return detail::checked_ioctl<N>(step, fd.get(), F::kind, request.name, arg, arg, observe);
 }
 
 // _IOR and _IOWR: the kernel writes into the struct.
@@ -700,7 +789,7 @@ template <unsigned long N, class Arg, class On, class F>
 requires MadeOn<Request<N, Arg, On>, F> && ((_IOC_DIR(N) & _IOC_READ) != 0)
 [[nodiscard]] Result<int> call(Step step, const F& fd, Request<N, Arg, On> request, Arg* arg,
                                CallObserver observe = {}) {
-  return detail::checked_ioctl<N>(step, fd.get(), request.name, arg, static_cast<const Arg*>(arg), observe);
+  return detail::checked_ioctl<N>(step, fd.get(), F::kind, request.name, arg, static_cast<const Arg*>(arg), observe);
 }
 // clang-format on
 
@@ -771,6 +860,15 @@ inline constexpr Capability single_step_capability =
 // appendix): its value is how many the CPU has, 0 for none.
 inline constexpr Capability hardware_breakpoints_capability =
     KVM_HELLO_CAPABILITY(KVM_CAP_GUEST_DEBUG_HW_BPS, "hardware breakpoints (--break-at)");
+
+// Needed only for lesson 2 (Part II). KVM_CAP_IRQCHIP: 1 when KVM can give
+// the VM an in-kernel GIC (step 10 asks it of the VM). KVM_CAP_IRQFD: 1 when
+// an eventfd can raise an interrupt (step 14; every kernel this program runs
+// on has it, kvm_vm_ioctl_check_extension_generic in virt/kvm/kvm_main.c).
+inline constexpr Capability irqchip_capability =
+    KVM_HELLO_CAPABILITY(KVM_CAP_IRQCHIP, "an in-kernel GIC, for lesson 2 (step 10)");
+inline constexpr Capability irqfd_capability =
+    KVM_HELLO_CAPABILITY(KVM_CAP_IRQFD, "an eventfd raises an interrupt, for lesson 2 (step 14)");
 
 #undef KVM_HELLO_CAPABILITY
 
@@ -1670,6 +1768,400 @@ template <StepCallback AfterStep>
 [[nodiscard]] inline Result<Machine> build_machine(std::span<const std::uint8_t> image,
                                                    const char* device = default_kvm_path) {
   return build_machine(image, device, [](Step) {});
+}
+
+// ==== Part II: interrupts and time ============================================
+//
+// Lesson 2 gives the VM an interrupt controller inside KVM: a GIC (Arm's
+// Generic Interrupt Controller), emulated by KVM with the CPU's help (the
+// "vGIC"). The guest programs it through the frames of the memory map
+// (GICD, and GICR or GICC) and system registers; KVM delivers to it the
+// virtual timer's interrupt (a PPI: private to one vCPU, INTID 16 to 31) and
+// the SPIs the program raises (shared, INTID 32 to 1019), and wakes a vCPU
+// asleep in WFI when one is due, without a single exit to the program.
+//
+// The order rules: KVM checks each at a different moment, so a mistake
+// shows up late, far from its cause. Each was tried on Linux 6.1, 6.12 and
+// 7.2 (test/e2e_tests.cpp, "order rule" tests):
+//
+//   create_vgic (11)   before any vCPU has run: EBUSY after (kvm_vgic_create,
+//                      arch/arm64/kvm/vgic/vgic-init.c). Lesson 2 creates it
+//                      before the vCPUs, as kvmtool and the kernel's
+//                      selftests do; every vCPU's redistributor is then
+//                      placed as the vCPU is created.
+//   create_vcpu (6)    every vCPU before init_vgic: after it, KVM_CREATE_VCPU
+//                      fails with EBUSY (kvm_arch_vcpu_precreate, arm.c).
+//   init_vgic (12)     after every vCPU, before the first KVM_RUN. Forgotten,
+//                      the first KVM_RUN of a GICv3 fails with EBUSY, and the
+//                      VM is dead: every later KVM_RUN, and CTRL_INIT too,
+//                      fails with EIO (vgic_v3_map_resources, vgic-v3.c;
+//                      kvm_vgic_map_resources calls kvm_vm_dead). A GICv2
+//                      initialises itself at its first use instead
+//                      (vgic_lazy_init, vgic-init.c).
+//   a frame not placed the first KVM_RUN fails with ENXIO, and the VM is dead
+//                      (vgic_v3_map_resources, vgic_v2_map_resources).
+//   attach_irqfd (14)  after init_vgic: EAGAIN before (kvm_irqfd_assign,
+//                      virt/kvm/eventfd.c, asks kvm_arch_intc_initialized).
+//   inject_spi (15)    after init_vgic: before it, a GICv3's KVM_IRQ_LINE
+//                      fails with EBUSY (vgic_lazy_init), in Linux 6.1 and
+//                      6.12 from kvm_vgic_inject_irq, in 7.2 from
+//                      kvm_vm_ioctl_irq_line.
+//
+// What the program may not do at all: KVM_IRQ_LINE with type CPU (0) is for
+// a VM without an in-kernel GIC, ENXIO with one; an SPI below INTID 32 is
+// EINVAL (kvm_vm_ioctl_irq_line, arm.c); and a PPI KVM drives itself, as the
+// timer's 27, is taken without error and ignored (vgic_validate_injection,
+// vgic.c: the interrupt's owner is the timer, not the caller).
+
+// The GIC architecture version of the in-kernel GIC.
+enum class GicVersion : std::uint32_t { v2 = 2, v3 = 3 };
+
+// The GIC KVM made for the VM (create_vgic): the device's fd, owned (closed
+// once), and which version it is, which says where its frames are.
+struct Vgic {
+  DeviceFd fd;
+  GicVersion version;
+};
+
+// An eventfd wired to an SPI with KVM_IRQFD (attach_irqfd): a write of 1 to
+// `event` raises SPI 32 + gsi (ring_irqfd). Closing it after the VM is gone
+// is enough: KVM lets go of an irqfd when its VM is destroyed.
+struct Irqfd {
+  Fd event;
+  std::uint32_t gsi;  // the SPI's number counted from the first SPI: its INTID - 32
+};
+
+// The INTIDs, by kind (GICv3 architecture, "INTIDs"; KVM's VGIC_NR_SGIS and
+// VGIC_NR_PRIVATE_IRQS in include/kvm/arm_vgic.h): SGIs 0-15 (one CPU to
+// another), PPIs 16-31 (one CPU's own), SPIs 32-1019 (shared, from devices).
+inline constexpr std::uint32_t first_ppi = 16;
+inline constexpr std::uint32_t first_spi = 32;
+inline constexpr std::uint32_t last_spi = 1019;
+constexpr bool is_spi(std::uint32_t intid) { return intid >= first_spi && intid <= last_spi; }
+constexpr bool is_ppi(std::uint32_t intid) { return intid >= first_ppi && intid < first_spi; }
+
+inline constexpr std::uint32_t spi_line = KVM_HELLO_SPI_LINE;    // lesson 2's SPI raised with KVM_IRQ_LINE
+inline constexpr std::uint32_t spi_irqfd = KVM_HELLO_SPI_IRQFD;  // lesson 2's SPI raised through an irqfd
+inline constexpr std::uint32_t timer_intid = KVM_HELLO_TIMER_INTID;
+static_assert(is_spi(spi_line) && is_spi(spi_irqfd) && spi_line != spi_irqfd);
+// 27 is the virtual timer's PPI in the Arm Base System Architecture, and KVM's
+// default (arch/arm64/kvm/arch_timer.c: default_vtimer_irq in Linux 6.1,
+// default_ppi[TIMER_VTIMER] in 6.12 and 7.2).
+static_assert(is_ppi(timer_intid) && timer_intid == 27);
+
+// How many interrupts the vGIC has (KVM_DEV_ARM_VGIC_GRP_NR_IRQS, init_vgic):
+// the 32 private ones (SGIs and PPIs) and the SPIs. KVM wants 64 to 1024, a
+// multiple of 32 (vgic_set_common_attr, vgic-kvm-device.c); without it, 256.
+// 64 gives SPIs 32 to 63: lesson 2's two fit.
+inline constexpr std::uint32_t vgic_nr_irqs = 64;
+static_assert(vgic_nr_irqs >= first_spi + 32 && vgic_nr_irqs <= 1024 && vgic_nr_irqs % 32 == 0);
+static_assert(spi_line < vgic_nr_irqs && spi_irqfd < vgic_nr_irqs);
+
+// ==== Step 10: which vGIC ====================================================
+
+// KVM_CREATE_DEVICE with KVM_CREATE_DEVICE_TEST on the VM fd: asks whether
+// KVM can make a device of `type`, without making one. True: it can; false:
+// ENODEV, it cannot (this kernel, or this host's GIC, has no such model:
+// kvm_ioctl_create_device, virt/kvm/kvm_main.c, finds no device ops for it,
+// since kvm_register_vgic_device registers only the models the host's GIC
+// can emulate: vgic_v2_probe and vgic_v3_probe, vgic-v2.c and vgic-v3.c).
+[[nodiscard]] inline Result<bool> offers_device(const VmFd& vm, std::uint32_t type, Step step = Step::probe_vgic,
+                                                CallObserver observe = {}) {
+  kvm_create_device probe{.type = type, .fd = 0, .flags = KVM_CREATE_DEVICE_TEST};
+  const auto done = kvm_hello::call(step, vm, request::create_device, &probe, observe);
+  if (done) return true;
+  if (done.error().err == ENODEV) return false;
+  return std::unexpected(done.error());
+}
+
+// The KVM device type of each GIC version (<linux/kvm.h>).
+constexpr std::uint32_t device_type_for(GicVersion version) {
+  return version == GicVersion::v3 ? KVM_DEV_TYPE_ARM_VGIC_V3 : KVM_DEV_TYPE_ARM_VGIC_V2;
+}
+static_assert(KVM_DEV_TYPE_ARM_VGIC_V2 == 5 && KVM_DEV_TYPE_ARM_VGIC_V3 == 7);
+
+// Step 10. KVM_CHECK_EXTENSION(KVM_CAP_IRQCHIP) on the VM fd: 1 when KVM
+// has an in-kernel GIC at all (vgic_present, kvm_vm_ioctl_check_extension in
+// arch/arm64/kvm/arm.c: 0 when KVM found no GIC it can use, e.g. a host GIC
+// without the maintenance interrupt). Then offers_device() for a GICv3, and
+// for a GICv2 when the GICv3 gives ENODEV. Returns the version to create.
+// Problem::no_vgic: no in-kernel GIC, or neither model (a GICv3 host whose
+// GIC has no GICv2 compatibility offers only v3; a GICv2 host only v2).
+// Why: the guest must be told which GIC it has: its registers differ
+// (a GICv3's CPU interface is system registers, a GICv2's is the GICC frame).
+[[nodiscard]] inline Result<GicVersion> probe_vgic(const VmFd& vm, CallObserver observe = {}) {
+  const auto irqchip = kvm_hello::call(Step::probe_vgic, vm, request::check_vm_extension,
+                                       static_cast<unsigned long>(irqchip_capability.id), observe);
+  if (!irqchip) return std::unexpected(irqchip.error());
+  if (*irqchip <= 0) return std::unexpected(Error{Step::probe_vgic, Problem::no_vgic, "KVM_CHECK_EXTENSION", 0, 0});
+  for (const GicVersion version : {GicVersion::v3, GicVersion::v2}) {
+    const auto offered = offers_device(vm, device_type_for(version), Step::probe_vgic, observe);
+    if (!offered) return std::unexpected(offered.error());
+    if (*offered) return version;
+  }
+  return std::unexpected(Error{Step::probe_vgic, Problem::no_vgic, "KVM_CREATE_DEVICE", ENODEV,
+                               static_cast<std::uint64_t>(*irqchip)});
+}
+
+// ==== Step 11: the vGIC, placed ==============================================
+
+// One frame of the GIC as KVM places it: the KVM_DEV_ARM_VGIC_GRP_ADDR
+// attribute that names it, the region of memory_map it goes in, and what
+// KVM asks of it: its size, and the alignment of its base (kvm_vgic_addr,
+// arch/arm64/kvm/vgic/vgic-kvm-device.c, checks with vgic_check_iorange:
+// EINVAL misaligned, E2BIG beyond the VM's IPA size, EEXIST placed already).
+struct GicFrame {
+  std::uint64_t attribute;  // KVM_VGIC_V2_ADDR_TYPE_* or KVM_VGIC_V3_ADDR_TYPE_*
+  std::string_view region;  // its row in memory_map
+  std::uint64_t size;       // bytes KVM emulates there (all vCPUs' for the redistributors)
+  std::uint64_t alignment;  // of its base
+};
+
+// A GICv2: a distributor of 4 KiB and a CPU interface of 8 KiB, both 4 KiB
+// aligned (KVM_VGIC_V2_DIST_SIZE, KVM_VGIC_V2_CPU_SIZE, <asm/kvm.h>).
+inline constexpr std::array gicv2_frames{
+    GicFrame{KVM_VGIC_V2_ADDR_TYPE_DIST, "GICD", KVM_VGIC_V2_DIST_SIZE, 0x1000},
+    GicFrame{KVM_VGIC_V2_ADDR_TYPE_CPU, "GICC", KVM_VGIC_V2_CPU_SIZE, 0x1000},
+};
+static_assert(KVM_VGIC_V2_DIST_SIZE == 0x1000 && KVM_VGIC_V2_CPU_SIZE == 0x2000);
+// A GICv3: a distributor of 64 KiB and, one after another from the base,
+// every vCPU's redistributor, 128 KiB each (RD_base, then SGI_base), all 64
+// KiB aligned (KVM_VGIC_V3_DIST_SIZE and KVM_VGIC_V3_REDIST_SIZE, which
+// <asm/kvm.h> spells with the kernel's SZ_64K, a macro userspace lacks: the
+// numbers are written out here). KVM_VGIC_V3_ADDR_TYPE_REDIST places one
+// region for every vCPU (vgic_v3_set_redist_base, vgic-mmio-v3.c).
+inline constexpr std::array gicv3_frames{
+    GicFrame{KVM_VGIC_V3_ADDR_TYPE_DIST, "GICD", 0x10000, 0x10000},
+    GicFrame{KVM_VGIC_V3_ADDR_TYPE_REDIST, "GICR", max_vcpus * 0x20000, 0x10000},
+};
+static_assert(gic_redistributor_size == 0x20000, "a GICv3's redistributor: two 64 KiB frames");
+
+constexpr std::span<const GicFrame> gic_frames(GicVersion version) {
+  if (version == GicVersion::v3) return gicv3_frames;
+  return gicv2_frames;
+}
+
+// The map keeps what KVM asks of each frame: its region is at least the
+// frame's size, and its base has the frame's alignment. (The map's own rules
+// above, 64 KiB frames without overlap, hold for both versions at once.)
+constexpr bool map_holds(const GicFrame& frame) {
+  for (const Region& r : memory_map) {
+    if (r.name == frame.region) return r.size >= frame.size && r.base % frame.alignment == 0;
+  }
+  return false;
+}
+constexpr bool map_holds(GicVersion version) {
+  return std::ranges::all_of(gic_frames(version), [](const GicFrame& f) { return map_holds(f); });
+}
+static_assert(map_holds(GicVersion::v2), "memory_map: GICD holds a GICv2's 4 KiB, GICC its 8 KiB, 4 KiB aligned");
+static_assert(map_holds(GicVersion::v3), "memory_map: GICD holds a GICv3's 64 KiB, GICR 128 KiB per vCPU, aligned");
+
+// KVM_SET_DEVICE_ATTR (struct kvm_device_attr) on the GIC's fd: group
+// KVM_DEV_ARM_VGIC_GRP_ADDR, attribute the frame's, addr the address of a
+// u64 holding its guest-physical base.
+[[nodiscard]] inline Result<void> place_gic_frame(const DeviceFd& gic, const GicFrame& frame,
+                                                  CallObserver observe = {}) {
+  std::uint64_t base = 0;
+  for (const Region& r : memory_map) {
+    if (r.name == frame.region) base = r.base;
+  }
+  const kvm_device_attr attr{.flags = 0,
+                             .group = KVM_DEV_ARM_VGIC_GRP_ADDR,
+                             .attr = frame.attribute,
+                             .addr = reinterpret_cast<std::uintptr_t>(&base)};
+  const auto done = kvm_hello::call(Step::create_vgic, gic, request::set_device_attr, &attr, observe);
+  if (!done) return std::unexpected(done.error());
+  return {};
+}
+
+// Step 11. KVM_CREATE_DEVICE (struct kvm_create_device: type in, fd out) on
+// the VM fd, then place_gic_frame() for each frame of `version`: GICD and
+// GICR for a GICv3, GICD and GICC for a GICv2, at the map's addresses.
+// Returns the GIC's owner. KVM_CREATE_DEVICE: ENODEV, no such model here
+// (step 10 asks first); EEXIST, the VM has a GIC already; EBUSY, a vCPU has
+// run already; E2BIG, more vCPUs than the model serves (a GICv2 8)
+// (kvm_vgic_create, arch/arm64/kvm/vgic/vgic-init.c). KVM_SET_DEVICE_ATTR:
+// ENXIO, a frame of the other version's; EINVAL, EEXIST, E2BIG as
+// GicFrame says. Call it before create_vcpu (any time before a vCPU runs
+// would do).
+// Why: without an interrupt controller in the kernel, the guest's timer can
+// only make KVM_RUN return to us (KVM_EXIT_INTR); with it, KVM delivers
+// interrupts to the guest itself, and the guest finds the GIC at the map's
+// addresses because this step put it there.
+[[nodiscard]] inline Result<Vgic> create_vgic(const VmFd& vm, GicVersion version, CallObserver observe = {}) {
+  kvm_create_device create{.type = device_type_for(version), .fd = 0, .flags = 0};
+  const auto done = kvm_hello::call(Step::create_vgic, vm, request::create_device, &create, observe);
+  if (!done) return std::unexpected(done.error());
+  Vgic vgic{DeviceFd{static_cast<int>(create.fd)}, version};
+  for (const GicFrame& frame : gic_frames(version)) {
+    if (const auto placed = place_gic_frame(vgic.fd, frame, observe); !placed) return std::unexpected(placed.error());
+  }
+  return vgic;
+}
+
+// ==== Step 12: the vGIC, initialised =========================================
+
+// KVM_SET_DEVICE_ATTR on the GIC's fd, group and attribute as given, addr
+// the address of `value` when there is one (0 when there is none).
+[[nodiscard]] inline Result<void> set_gic_attribute(const DeviceFd& gic, std::uint32_t group, std::uint64_t attribute,
+                                                    const std::uint32_t* value, CallObserver observe = {}) {
+  const kvm_device_attr attr{
+      .flags = 0, .group = group, .attr = attribute, .addr = reinterpret_cast<std::uintptr_t>(value)};
+  const auto done = kvm_hello::call(Step::init_vgic, gic, request::set_device_attr, &attr, observe);
+  if (!done) return std::unexpected(done.error());
+  return {};
+}
+
+// Step 12. KVM_SET_DEVICE_ATTR on the GIC's fd, twice: group
+// KVM_DEV_ARM_VGIC_GRP_NR_IRQS with a u32, vgic_nr_irqs; then group
+// KVM_DEV_ARM_VGIC_GRP_CTRL, attribute KVM_DEV_ARM_VGIC_CTRL_INIT. NR_IRQS:
+// EINVAL, a number KVM does not take; EBUSY, the number is fixed already
+// (set before, or the GIC initialised: vgic_set_common_attr,
+// vgic-kvm-device.c). CTRL_INIT: EBUSY, a vCPU is being created meanwhile;
+// EIO, the VM is dead (a KVM_RUN before this step failed) (vgic_init,
+// vgic-init.c). A second CTRL_INIT does nothing and returns 0.
+// Why: the GIC has state for every vCPU (its redistributor, its SGIs and
+// PPIs), so KVM sizes it once they all exist; from then on no vCPU can be
+// added (EBUSY), and the first KVM_RUN finds it ready.
+[[nodiscard]] inline Result<void> init_vgic(const Vgic& vgic, CallObserver observe = {}) {
+  const std::uint32_t nr_irqs = vgic_nr_irqs;
+  if (const auto sized = set_gic_attribute(vgic.fd, KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, &nr_irqs, observe); !sized) {
+    return sized;
+  }
+  return set_gic_attribute(vgic.fd, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT, nullptr, observe);
+}
+
+// ==== Step 13: the timer's interrupt =========================================
+
+// Step 13. KVM_GET_DEVICE_ATTR (struct kvm_device_attr) on the vCPU fd:
+// group KVM_ARM_VCPU_TIMER_CTRL, attribute KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
+// addr the address of an int that KVM fills (kvm_arm_timer_get_attr,
+// arch/arm64/kvm/arch_timer.c). Returns the INTID of the vCPU's virtual
+// timer: 27 unless the program set another (KVM_SET_DEVICE_ATTR, before the
+// first KVM_RUN). ENXIO: an attribute this kernel does not have.
+// Why: the guest must enable exactly this PPI in its redistributor (GICv3)
+// or distributor (GICv2); reading it is how a program knows it, as a
+// VMM reads it to describe the timer to an operating system.
+[[nodiscard]] inline Result<std::uint32_t> read_timer_irq(const VcpuFd& vcpu, CallObserver observe = {}) {
+  int intid = 0;
+  const kvm_device_attr attr{.flags = 0,
+                             .group = KVM_ARM_VCPU_TIMER_CTRL,
+                             .attr = KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
+                             .addr = reinterpret_cast<std::uintptr_t>(&intid)};
+  const auto done = kvm_hello::call(Step::read_timer_irq, vcpu, request::get_vcpu_attr, &attr, observe);
+  if (!done) return std::unexpected(done.error());
+  return static_cast<std::uint32_t>(intid);
+}
+
+// ==== Step 14: an irqfd ======================================================
+
+// Step 14. eventfd(0, EFD_CLOEXEC), then KVM_IRQFD (struct kvm_irqfd) on the
+// VM fd with that fd and gsi = spi_intid - 32: on arm64 KVM routes gsi n to
+// SPI 32 + n by default (kvm_vgic_setup_default_irq_routing,
+// vgic-irqfd.c). Returns the eventfd's owner and the gsi.
+// Problem::not_an_spi: spi_intid is no SPI (the gsi would be negative).
+// KVM_IRQFD: EAGAIN, the GIC is not initialised yet (step 12 comes first:
+// kvm_irqfd_assign, virt/kvm/eventfd.c); EBUSY, this eventfd is wired
+// already; EBADF, no eventfd.
+// Why: a device that runs on its own thread (a disk, a network card) can
+// interrupt the guest with one write(2), without an ioctl on the VM: KVM
+// raises the SPI when the eventfd is signalled, as an edge (1, then 0).
+[[nodiscard]] inline Result<Irqfd> attach_irqfd(const VmFd& vm, std::uint32_t spi_intid, CallObserver observe = {}) {
+  if (!is_spi(spi_intid)) return std::unexpected(Error{Step::attach_irqfd, Problem::not_an_spi, {}, 0, spi_intid});
+  const int event = ::eventfd(0, EFD_CLOEXEC);
+  if (event < 0) return failed(Step::attach_irqfd, "eventfd");
+  Irqfd irqfd{Fd{event}, spi_intid - first_spi};
+  const kvm_irqfd wire{.fd = static_cast<std::uint32_t>(event), .gsi = irqfd.gsi, .flags = 0, .resamplefd = 0, .pad = {}};
+  const auto done = kvm_hello::call(Step::attach_irqfd, vm, request::irqfd, &wire, observe);
+  if (!done) return std::unexpected(done.error());
+  return irqfd;
+}
+
+// Signals the irqfd: write(2) of the 8-byte count 1 to its eventfd. KVM
+// raises SPI 32 + gsi and lowers it again (irqfd_inject, eventfd.c), on a
+// kernel thread of its own: the interrupt reaches the guest shortly after
+// this returns. Error: write's errno, as step 14's.
+[[nodiscard]] inline Result<void> ring_irqfd(const Irqfd& irqfd) {
+  const std::uint64_t one = 1;
+  if (::write(irqfd.event.get(), &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {
+    return failed(Step::attach_irqfd, "write");
+  }
+  return {};
+}
+
+// ==== Step 15: an SPI from the program =======================================
+//
+// KVM_IRQ_LINE's struct kvm_irq_level holds `irq`, a number that packs the
+// interrupt's kind, the vCPU and the INTID, and `level` (api.rst, 4.25
+// KVM_IRQ_LINE; the fields' macros in <asm/kvm.h>):
+//
+//    31      28 27      24 23           16 15                            0
+//   +----------+----------+---------------+-------------------------------+
+//   | vcpu2_idx| irq_type |   vcpu_idx    |            irq_id             |
+//   +----------+----------+---------------+-------------------------------+
+//   irq_type: KVM_ARM_IRQ_TYPE_CPU (0), the vCPU's own IRQ/FIQ line, only
+//   without an in-kernel GIC; _SPI (1); _PPI (2). vcpu: the vCPU, for a PPI
+//   (vcpu2_idx * 256 + vcpu_idx; ignored for an SPI). irq_id: the INTID
+//   itself, 32 and up for an SPI, 16 to 31 for a PPI: not the SPI's number
+//   counted from 32, as the gsi of KVM_IRQFD is.
+
+// KVM_IRQ_LINE's irq for an SPI.
+constexpr std::uint32_t irq_line_spi(std::uint32_t intid) {
+  return (std::uint32_t{KVM_ARM_IRQ_TYPE_SPI} << KVM_ARM_IRQ_TYPE_SHIFT) | (intid & KVM_ARM_IRQ_NUM_MASK);
+}
+// KVM_IRQ_LINE's irq for a PPI of one vCPU (its id: Linux 6.1 reads the
+// field as the vCPU's index, kvm_get_vcpu(); 6.12 and 7.2 as its id,
+// kvm_get_vcpu_by_id(); the same when ids are 0, 1, 2, ...).
+constexpr std::uint32_t irq_line_ppi(std::uint32_t vcpu, std::uint32_t intid) {
+  return (((vcpu >> 8) & KVM_ARM_IRQ_VCPU2_MASK) << KVM_ARM_IRQ_VCPU2_SHIFT) |
+         (std::uint32_t{KVM_ARM_IRQ_TYPE_PPI} << KVM_ARM_IRQ_TYPE_SHIFT) |
+         ((vcpu & KVM_ARM_IRQ_VCPU_MASK) << KVM_ARM_IRQ_VCPU_SHIFT) | (intid & KVM_ARM_IRQ_NUM_MASK);
+}
+
+// The fields of a KVM_IRQ_LINE irq, taken apart (for the -v trace).
+struct IrqLineFields {
+  std::uint32_t type;   // KVM_ARM_IRQ_TYPE_*
+  std::uint32_t vcpu;   // vcpu2_idx * 256 + vcpu_idx
+  std::uint32_t intid;  // irq_id
+};
+constexpr IrqLineFields irq_line_fields(std::uint32_t irq) {
+  return {(irq >> KVM_ARM_IRQ_TYPE_SHIFT) & KVM_ARM_IRQ_TYPE_MASK,
+          ((irq >> KVM_ARM_IRQ_VCPU2_SHIFT) & KVM_ARM_IRQ_VCPU2_MASK) * (KVM_ARM_IRQ_VCPU_MASK + 1) +
+              ((irq >> KVM_ARM_IRQ_VCPU_SHIFT) & KVM_ARM_IRQ_VCPU_MASK),
+          (irq >> KVM_ARM_IRQ_NUM_SHIFT) & KVM_ARM_IRQ_NUM_MASK};
+}
+
+static_assert(KVM_ARM_IRQ_TYPE_CPU == 0 && KVM_ARM_IRQ_TYPE_SPI == 1 && KVM_ARM_IRQ_TYPE_PPI == 2);
+static_assert(irq_line_spi(40) == 0x01000028, "SPI, INTID 40 (0x28): the INTID itself, not 40 - 32");
+static_assert(irq_line_spi(32) == 0x01000020, "the first SPI is INTID 32");
+static_assert(irq_line_ppi(0, 27) == 0x0200001b, "PPI 27 (the virtual timer's) of vCPU 0");
+static_assert(irq_line_ppi(1, 27) == 0x0201001b, "vCPU 1: vcpu_idx 1");
+static_assert(irq_line_ppi(256, 20) == 0x12000014, "vCPU 256: vcpu2_idx 1, vcpu_idx 0");
+static_assert(irq_line_fields(irq_line_ppi(300, 27)).vcpu == 300 && irq_line_fields(irq_line_spi(41)).intid == 41);
+
+// KVM_IRQ_LINE (struct kvm_irq_level) on the VM fd, once.
+[[nodiscard]] inline Result<void> set_irq_line(const VmFd& vm, std::uint32_t irq, bool level,
+                                               CallObserver observe = {}) {
+  const kvm_irq_level line{.irq = irq, .level = level ? 1u : 0u};
+  const auto done = kvm_hello::call(Step::inject_spi, vm, request::irq_line, &line, observe);
+  if (!done) return std::unexpected(done.error());
+  return {};
+}
+
+// Step 15. KVM_IRQ_LINE on the VM fd with irq_line_spi(intid), level 1, then
+// level 0: an edge. An SPI starts edge-triggered (the guest may make it
+// level in GICD_ICFGR), and KVM latches an edge as pending at the rise
+// (vgic_validate_injection and kvm_vgic_inject_irq, vgic.c), so lowering the
+// line at once loses nothing. ENXIO: the VM has no in-kernel GIC (no step
+// 11); EINVAL: intid below 32 (an INTID counted from 32 is the mistake this
+// catches, for the first 32 SPIs) or beyond the GIC's vgic_nr_irqs; EBUSY:
+// a GICv3 not initialised yet (no step 12).
+// Why: this is how a device the program emulates (here, lesson 2's
+// doorbell) interrupts the guest: one ioctl, no exit, and KVM kicks the
+// vCPU out of WFI to take it.
+[[nodiscard]] inline Result<void> inject_spi(const VmFd& vm, std::uint32_t intid, CallObserver observe = {}) {
+  if (const auto raised = set_irq_line(vm, irq_line_spi(intid), true, observe); !raised) return raised;
+  return set_irq_line(vm, irq_line_spi(intid), false, observe);
 }
 
 // ==== Appendix: seeing inside ================================================

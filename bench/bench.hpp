@@ -105,7 +105,7 @@ class BenchDevice {
 }
 
 struct BenchRun {
-  std::array<std::chrono::nanoseconds, kh::step_count> step_time{};  // host clock, per step
+  std::array<std::chrono::nanoseconds, kh::lesson1_step_count> step_time{};  // host clock, per step
   std::chrono::nanoseconds lifetime{};                               // open to SYSTEM_OFF
   BenchDevice device;
 };
@@ -201,9 +201,9 @@ inline void print_bench_text(const BenchRun& wrapped, const BenchRun& raw, Bench
   std::printf("  wrappers: %+.0f ns per exit against the bare loop; %s\n", difference,
               wrapper_verdict(difference, noise));
   std::printf("host-timed (clock_gettime), the run with the wrappers:\n");
-  for (int n = 1; n <= kh::step_count; ++n) {
+  for (int n = 1; n <= kh::lesson1_step_count; ++n) {
     const std::string_view name = kh::step_info(static_cast<kh::Step>(n)).name;
-    std::printf("  [%d/%d] %-19.*s %12s\n", n, kh::step_count, static_cast<int>(name.size()), name.data(),
+    std::printf("  [%d/%d] %-19.*s %12s\n", n, kh::lesson1_step_count, static_cast<int>(name.size()), name.data(),
                 format_duration(wrapped.step_time[static_cast<std::size_t>(n) - 1]).c_str());
   }
   std::printf("  VM lifetime, open to SYSTEM_OFF: %s\n", format_duration(wrapped.lifetime).c_str());
@@ -226,7 +226,7 @@ inline void print_bench_json(const BenchRun& wrapped, const BenchRun& raw, Bench
               raw_write.median_ns, raw_write.min_ns, raw_write.spread);
   std::printf("  \"ratio_mmio_read_to_hvc\": %.3f,\n", all[mmio_read].median_ns / all[hvc_in_kernel].median_ns);
   std::printf("  \"step_ns\": [");
-  for (int n = 0; n < kh::step_count; ++n) {
+  for (int n = 0; n < kh::lesson1_step_count; ++n) {
     std::printf("%s%lld", n == 0 ? "" : ", ",
                 static_cast<long long>(wrapped.step_time[static_cast<std::size_t>(n)].count()));
   }

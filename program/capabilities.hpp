@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kvm_hello.hpp"
+#include "program/format.hpp"
 #include "program/output.hpp"
 #include "program/report.hpp"
 
@@ -29,6 +30,7 @@ inline constexpr KnownCapability known_capabilities[] = {
     KVM_HELLO_KNOWN(KVM_CAP_IMMEDIATE_EXIT, "needed"),
     KVM_HELLO_KNOWN(KVM_CAP_ARM_VM_IPA_SIZE, "used: step 4 picks the VM type with it"),
     KVM_HELLO_KNOWN(KVM_CAP_SET_GUEST_DEBUG, "used by --step-guest"),
+    KVM_HELLO_KNOWN(KVM_CAP_IRQCHIP, "lesson 2: step 10 asks it of the VM: an in-kernel GIC"),
     KVM_HELLO_KNOWN(KVM_CAP_ARM_PSCI, ""),
     KVM_HELLO_KNOWN(KVM_CAP_NR_VCPUS, ""),
     KVM_HELLO_KNOWN(KVM_CAP_MAX_VCPUS, ""),
@@ -36,7 +38,7 @@ inline constexpr KnownCapability known_capabilities[] = {
     KVM_HELLO_KNOWN(KVM_CAP_READONLY_MEM, ""),
     KVM_HELLO_KNOWN(KVM_CAP_COALESCED_MMIO, ""),
     KVM_HELLO_KNOWN(KVM_CAP_IOEVENTFD, ""),
-    KVM_HELLO_KNOWN(KVM_CAP_IRQFD, ""),
+    KVM_HELLO_KNOWN(KVM_CAP_IRQFD, "lesson 2: step 14 wires an eventfd to an SPI"),
     KVM_HELLO_KNOWN(KVM_CAP_ARM_EL1_32BIT, ""),
     KVM_HELLO_KNOWN(KVM_CAP_ARM_PMU_V3, ""),
     KVM_HELLO_KNOWN(KVM_CAP_ARM_SVE, ""),
@@ -63,6 +65,31 @@ inline void print_capability_table(const kh::KvmFd& kvm) {
   }
 }
 
+// The in-kernel GIC models, each asked of a scratch VM with
+// KVM_CREATE_DEVICE and KVM_CREATE_DEVICE_TEST (offers_device, step 10):
+// "yes", "no" (ENODEV), or "error" with the errno in words. A GICv3 host whose GIC
+// cannot emulate a GICv2 (QEMU's virt board with gic-version=3) says no to v2.
+inline void print_vgic_models(const kh::KvmFd& kvm) {
+  std::printf("%-28s %6s  %s\n", "vGIC model (a scratch VM)", "offers", "kvm-hello");
+  const auto ipa = kh::call(kh::Step::check_capabilities, kvm, kh::request::check_extension,
+                            static_cast<unsigned long>(kh::ipa_size_capability.id));
+  const auto type = kh::vm_type_for(ipa ? *ipa : 0);
+  auto vm = type ? kh::create_vm(kvm, *type) : std::unexpected(type.error());
+  struct Model {
+    kh::GicVersion version;
+    const char* name;
+    const char* use;
+  };
+  for (const Model& model :
+       {Model{kh::GicVersion::v3, "KVM_DEV_TYPE_ARM_VGIC_V3", "lesson 2: step 10 takes it first"},
+        Model{kh::GicVersion::v2, "KVM_DEV_TYPE_ARM_VGIC_V2", "lesson 2: step 10 takes it where a GICv3 is refused"}}) {
+    const auto offered = vm ? kh::offers_device(*vm, kh::device_type_for(model.version)) : std::unexpected(vm.error());
+    const char* answer = !offered ? "error" : *offered ? "yes" : "no";
+    const std::string use = offered ? model.use : errno_text(offered.error().err);
+    std::printf("%-28s %6s  %s\n", model.name, answer, use.c_str());
+  }
+}
+
 // kvm-hello --caps: steps 1 and 2 as the walk-through takes them, then step
 // 3's question asked of every capability in the table. Returns the exit
 // status: a required capability missing fails as step 3 would.
@@ -79,5 +106,6 @@ inline int show_capabilities(const char* device, const Output& out) {
   out.announce(kh::Step::check_capabilities);
   const auto required = kh::check_capabilities(*kvm);
   print_capability_table(*kvm);
+  print_vgic_models(*kvm);
   return required ? 0 : fail(required.error(), out, device);
 }

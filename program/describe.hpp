@@ -50,7 +50,8 @@ constexpr std::string_view capability_name(std::uint64_t id) {
     if (static_cast<std::uint64_t>(capability.id) == id) return capability.name;
   }
   for (const kh::Capability& other :
-       {kh::ipa_size_capability, kh::single_step_capability, kh::hardware_breakpoints_capability}) {
+       {kh::ipa_size_capability, kh::single_step_capability, kh::hardware_breakpoints_capability,
+        kh::irqchip_capability, kh::irqfd_capability}) {
     if (static_cast<std::uint64_t>(other.id) == id) return other.name;
   }
   return "";

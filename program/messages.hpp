@@ -35,6 +35,9 @@ enum class Status : int {
   guest_reset = 22,
   guest_crash = 23,
   watchdog = 24,
+  no_vgic = 25,
+  gic_setup = 26,
+  injection = 27,
   interrupted = 130,  // as a shell reports a program ended by Ctrl-C
 };
 
@@ -61,6 +64,9 @@ inline constexpr StatusInfo status_table[] = {
     {Status::guest_reset, "the guest asked for a reset"},
     {Status::guest_crash, "the guest reported a crash"},
     {Status::watchdog, "the watchdog stopped a guest that did not power off in time"},
+    {Status::no_vgic, "the host's KVM has no in-kernel GIC (lesson 2)"},
+    {Status::gic_setup, "setting up the in-kernel GIC, the timer's interrupt or an irqfd failed (steps 10-14)"},
+    {Status::injection, "sending the guest an interrupt failed (KVM_IRQ_LINE, or an irqfd's write)"},
     {Status::interrupted, "Ctrl-C stopped the guest"},
 };
 
@@ -83,6 +89,8 @@ constexpr Status status_for(const kh::Error& error) {
     case Problem::unexpected_exit: return Status::unexpected_exit;
     case Problem::watchdog_expired: return Status::watchdog;
     case Problem::interrupted: return Status::interrupted;
+    case Problem::no_vgic: return Status::no_vgic;
+    case Problem::not_an_spi: return Status::gic_setup;
     case Problem::call_failed:
     case Problem::bad_register_size:
     case Problem::bad_statistics: break;
@@ -96,6 +104,11 @@ constexpr Status status_for(const kh::Error& error) {
   if (error.step == kh::Step::check_api_version && (error.err == ENOTTY || error.err == EINVAL)) {
     return Status::not_kvm_device;
   }
+  // Ringing an irqfd (its write) is an injection, as KVM_IRQ_LINE is; the rest of Part II sets up.
+  if (error.step == kh::Step::inject_spi || (error.step == kh::Step::attach_irqfd && error.call == "write")) {
+    return Status::injection;
+  }
+  if (static_cast<int>(error.step) > kh::lesson1_step_count) return Status::gic_setup;
   return error.step == kh::Step::run_guest ? Status::run_failed : Status::setup_failed;
 }
 
@@ -114,6 +127,56 @@ inline std::string why_no_kvm() {
          "more)";
 }
 
+// What a failed call of lesson 2 means, by step and errno, and what to do
+// about it (kvm_hello.hpp's "Part II" says where KVM checks each); "" for
+// one without advice of its own.
+inline std::string advice_for_gic_call(const kh::Error& error) {
+  using kh::Step;
+  const int err = error.err;
+  switch (error.step) {
+    case Step::create_vgic:
+      if (err == EBUSY) return "a vCPU has run already: create the GIC before the first KVM_RUN (lesson 2 creates it "
+                               "before the vCPUs)";
+      if (err == EEXIST) return "this VM has its GIC already, or that frame is placed already: create and place once";
+      if (err == ENODEV) return "this host's KVM cannot emulate that GIC: ask probe_vgic (step 10) which one it can";
+      if (err == ENXIO) return "that frame is the other GIC version's: a GICv3 has GICD and GICR, a GICv2 GICD and GICC";
+      if (err == E2BIG) return "more vCPUs than this GIC serves (a GICv2: 8), or a frame beyond the VM's addresses";
+      break;
+    case Step::init_vgic:
+      if (err == EBUSY) return "the number of interrupts is fixed already (NR_IRQS set twice, or after CTRL_INIT), or a "
+                               "vCPU is being created meanwhile: call init_vgic once, after every vCPU exists";
+      if (err == EIO) return "the VM is dead: a KVM_RUN before the GIC was initialised failed, and KVM gave the VM up; "
+                             "build a new VM, with init_vgic before its first KVM_RUN";
+      break;
+    case Step::read_timer_irq:
+      if (err == ENXIO) return "this kernel's vCPUs have no such timer attribute";
+      break;
+    case Step::attach_irqfd:
+      if (err == EAGAIN) return "the GIC is not initialised yet: attach irqfds after init_vgic (step 12)";
+      if (err == EBUSY) return "this eventfd is wired to an interrupt already";
+      break;
+    case Step::inject_spi:
+      if (err == ENXIO) return "the VM has no in-kernel GIC, or KVM_IRQ_LINE's type was CPU (0), which is for a VM "
+                               "without one: create_vgic (step 11) first, and inject with type SPI";
+      if (err == EINVAL) return "no such SPI: give the INTID itself, 32 and up and below the GIC's " +
+                                std::to_string(kh::vgic_nr_irqs) + " interrupts, not the INTID minus 32";
+      if (err == EBUSY) return "the GIC is not initialised yet: init_vgic (step 12) before injecting";
+      break;
+    case Step::run_guest:
+      if (err == EBUSY) return "the in-kernel GIC was not initialised (init_vgic, step 12) before the first KVM_RUN, "
+                               "and KVM has marked the VM dead: every later call fails with EIO; call init_vgic after "
+                               "every vCPU is created and before KVM_RUN";
+      if (err == ENXIO) return "a GIC frame was never placed (a GICv3's distributor or redistributors, a GICv2's "
+                               "distributor or CPU interface), and KVM has marked the VM dead: place every frame "
+                               "(create_vgic, step 11) before the first KVM_RUN";
+      if (err == EIO) return "the VM is dead: an earlier call failed and KVM gave the VM up (kvm_vm_dead); build a new "
+                             "VM";
+      break;
+    default: break;
+  }
+  return "";
+}
+
 // What a failed call means at its step, and what to do about it.
 inline std::string advice_for_call(const kh::Error& error, Status status, std::string_view device) {
   const std::string dev(device);
@@ -125,6 +188,7 @@ inline std::string advice_for_call(const kh::Error& error, Status status, std::s
     case Status::out_of_memory: return std::string("out of memory, ") + out_of_memory_advice;
     default: break;
   }
+  if (std::string gic = advice_for_gic_call(error); !gic.empty()) return gic;
   switch (error.err) {
     case ENOSYS:
       if (error.step == kh::Step::run_guest) {
@@ -223,6 +287,15 @@ inline std::string explain(const kh::Error& error, Status status, std::string_vi
       return "the " + std::to_string(error.value) +
              "-byte file of KVM_GET_STATS_FD is not laid out as its header says (a count, size or offset past its "
              "end): nothing was read from it";
+    case Problem::no_vgic:
+      return std::string(error.call == "KVM_CHECK_EXTENSION"
+                             ? "KVM_CHECK_EXTENSION says this host's KVM has no in-kernel GIC (KVM_CAP_IRQCHIP is 0)"
+                             : "KVM_CREATE_DEVICE offers neither a GICv3 nor a GICv2 (ENODEV for both)") +
+             ": lesson 2 needs one (`dmesg | grep -i vgic` says why KVM found none; the emulated machine has one); "
+             "lesson 1 runs without";
+    case Problem::not_an_spi:
+      return "INTID " + std::to_string(error.value) + " is no SPI: an irqfd raises an SPI, INTID " +
+             std::to_string(kh::first_spi) + " to " + std::to_string(kh::last_spi);
   }
   return "unknown problem";
 }

@@ -13,8 +13,8 @@
 
 namespace kh = kvm_hello;
 
-// After each step, in step order (kvm_hello::steps).
-inline constexpr std::array<std::string_view, kh::step_count> narration{
+// After each of lesson 1's steps, in step order (kvm_hello::steps).
+inline constexpr std::array<std::string_view, kh::lesson1_step_count> narration{
     "We hold a file descriptor for /dev/kvm, the door into KVM. Next we ask which API version it speaks.",
     "It speaks version 12, the only stable KVM API. Next we check each capability we rely on, so that a missing one "
     "stops us here, by name.",
@@ -34,7 +34,7 @@ inline constexpr std::array<std::string_view, kh::step_count> narration{
 
 // After a step: tell it, then wait for Enter when a person is at the keyboard.
 inline void pause_after(kh::Step step, bool pausing) {
-  if (!pausing) return;
+  if (!pausing || static_cast<std::size_t>(step) > narration.size()) return;
   const std::string_view text = narration[static_cast<std::size_t>(step) - 1];
   std::printf("      -- %.*s\n", static_cast<int>(text.size()), text.data());
   if (::isatty(STDIN_FILENO) != 1) return;  // not a terminal: run straight through

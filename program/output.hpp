@@ -37,6 +37,9 @@ struct Output {
   // line written through this Output with "vCPU 1 ". Empty (lesson 1's one
   // vCPU): the lines are as they always were.
   std::string_view vcpu = {};
+  // How many steps the walk-through announces, the N of "[n/N]": lesson 1's
+  // nine unless a walk-through of more sets it.
+  int steps_in_walk = kvm_hello::lesson1_step_count;
 
   bool shows(Verbosity at) const { return level >= at; }
 
@@ -73,7 +76,7 @@ struct Output {
     if (!shows(Verbosity::normal)) return;
     const kvm_hello::StepInfo& info = kvm_hello::step_info(step);
     char text[256];
-    std::snprintf(text, sizeof text, "[%d/%d] %-19.*s %.*s: %.*s", static_cast<int>(step), kvm_hello::step_count,
+    std::snprintf(text, sizeof text, "[%d/%d] %-19.*s %.*s: %.*s", static_cast<int>(step), steps_in_walk,
                   static_cast<int>(info.name.size()), info.name.data(), static_cast<int>(info.title.size()),
                   info.title.data(), static_cast<int>(info.calls.size()), info.calls.data());
     record(paint(colour::step, text) + "\n");

@@ -4,8 +4,11 @@
 // A Tracer is the kvm_hello::CallObserver the walk-through hands the steps.
 #pragma once
 
+#include <cstring>
+#include <initializer_list>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 
 #include "kvm_hello.hpp"
@@ -122,9 +125,132 @@ inline std::string describe_guest_debug(const kvm_guest_debug& debug) {
   return text + "}";
 }
 
-inline std::string describe_argument(std::string_view request, const kh::CallArgument& argument) {
+// ---- Lesson 2's calls: devices, their attributes, interrupts ------------------
+
+// A name from a table of (number, name), or "".
+inline std::string_view name_in(std::initializer_list<std::pair<std::uint64_t, std::string_view>> table,
+                                std::uint64_t number) {
+  for (const auto& [value, name] : table) {
+    if (value == number) return name;
+  }
+  return "";
+}
+
+// "7 KVM_DEV_TYPE_ARM_VGIC_V3", or the number alone for a type this program does not name.
+inline std::string describe_device_type(std::uint32_t type) {
+  const std::string_view name = name_in({{KVM_DEV_TYPE_ARM_VGIC_V2, "KVM_DEV_TYPE_ARM_VGIC_V2"},
+                                         {KVM_DEV_TYPE_ARM_VGIC_V3, "KVM_DEV_TYPE_ARM_VGIC_V3"},
+                                         {KVM_DEV_TYPE_ARM_VGIC_ITS, "KVM_DEV_TYPE_ARM_VGIC_ITS"},
+                                         {KVM_DEV_TYPE_ARM_PV_TIME, "KVM_DEV_TYPE_ARM_PV_TIME"}},
+                                        type);
+  return std::to_string(type) + (name.empty() ? "" : " " + std::string(name));
+}
+
+// "{type 7 KVM_DEV_TYPE_ARM_VGIC_V3, flags 0x1 = KVM_CREATE_DEVICE_TEST, fd 0}": fd is what KVM wrote back.
+inline std::string describe_create_device(const kvm_create_device& create) {
+  const std::string flags = hex(create.flags) + ((create.flags & KVM_CREATE_DEVICE_TEST) != 0
+                                                     ? " = KVM_CREATE_DEVICE_TEST (ask, do not create)"
+                                                     : "");
+  return "{type " + describe_device_type(create.type) + ", flags " + flags + ", fd " + std::to_string(create.fd) +
+         "}";
+}
+
+// A device attribute's group and attribute by name. The numbers mean
+// different things on a vCPU's fd and on the GIC's: `made_on` says which.
+struct AttributeNames {
+  std::string_view group, attribute;
+};
+inline AttributeNames attribute_names(kh::FdKind made_on, std::uint32_t group, std::uint64_t attribute) {
+  if (made_on == kh::FdKind::vcpu) {
+    const std::string_view group_name = name_in({{KVM_ARM_VCPU_PMU_V3_CTRL, "KVM_ARM_VCPU_PMU_V3_CTRL"},
+                                                 {KVM_ARM_VCPU_TIMER_CTRL, "KVM_ARM_VCPU_TIMER_CTRL"},
+                                                 {KVM_ARM_VCPU_PVTIME_CTRL, "KVM_ARM_VCPU_PVTIME_CTRL"}},
+                                                group);
+    if (group != KVM_ARM_VCPU_TIMER_CTRL) return {group_name, ""};
+    return {group_name, name_in({{KVM_ARM_VCPU_TIMER_IRQ_VTIMER, "KVM_ARM_VCPU_TIMER_IRQ_VTIMER"},
+                                 {KVM_ARM_VCPU_TIMER_IRQ_PTIMER, "KVM_ARM_VCPU_TIMER_IRQ_PTIMER"}},
+                                attribute)};
+  }
+  const std::string_view group_name = name_in({{KVM_DEV_ARM_VGIC_GRP_ADDR, "KVM_DEV_ARM_VGIC_GRP_ADDR"},
+                                               {KVM_DEV_ARM_VGIC_GRP_DIST_REGS, "KVM_DEV_ARM_VGIC_GRP_DIST_REGS"},
+                                               {KVM_DEV_ARM_VGIC_GRP_CPU_REGS, "KVM_DEV_ARM_VGIC_GRP_CPU_REGS"},
+                                               {KVM_DEV_ARM_VGIC_GRP_NR_IRQS, "KVM_DEV_ARM_VGIC_GRP_NR_IRQS"},
+                                               {KVM_DEV_ARM_VGIC_GRP_CTRL, "KVM_DEV_ARM_VGIC_GRP_CTRL"},
+                                               {KVM_DEV_ARM_VGIC_GRP_REDIST_REGS, "KVM_DEV_ARM_VGIC_GRP_REDIST_REGS"},
+                                               {KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS, "KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS"},
+                                               {KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO, "KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO"}},
+                                              group);
+  if (group == KVM_DEV_ARM_VGIC_GRP_ADDR) {
+    return {group_name, name_in({{KVM_VGIC_V2_ADDR_TYPE_DIST, "KVM_VGIC_V2_ADDR_TYPE_DIST"},
+                                 {KVM_VGIC_V2_ADDR_TYPE_CPU, "KVM_VGIC_V2_ADDR_TYPE_CPU"},
+                                 {KVM_VGIC_V3_ADDR_TYPE_DIST, "KVM_VGIC_V3_ADDR_TYPE_DIST"},
+                                 {KVM_VGIC_V3_ADDR_TYPE_REDIST, "KVM_VGIC_V3_ADDR_TYPE_REDIST"},
+                                 {KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION, "KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION"}},
+                                attribute)};
+  }
+  if (group == KVM_DEV_ARM_VGIC_GRP_CTRL) {
+    return {group_name, name_in({{KVM_DEV_ARM_VGIC_CTRL_INIT, "KVM_DEV_ARM_VGIC_CTRL_INIT"}}, attribute)};
+  }
+  return {group_name, ""};
+}
+
+// What the attribute's addr points at, where this program knows its type:
+// a GIC frame's base (u64), the number of interrupts (u32), the timer's
+// INTID (int, filled by KVM_GET_DEVICE_ATTR); "" for none (CTRL_INIT has
+// no value) or an unknown one.
+inline std::string describe_attribute_value(kh::FdKind made_on, const kvm_device_attr& attr) {
+  if (attr.addr == 0) return "";
+  const void* at = reinterpret_cast<const void*>(static_cast<std::uintptr_t>(attr.addr));
+  if (made_on == kh::FdKind::vcpu && attr.group == KVM_ARM_VCPU_TIMER_CTRL) {
+    int intid = 0;
+    std::memcpy(&intid, at, sizeof intid);
+    return std::to_string(intid);
+  }
+  if (made_on == kh::FdKind::device && attr.group == KVM_DEV_ARM_VGIC_GRP_ADDR) {
+    std::uint64_t base = 0;
+    std::memcpy(&base, at, sizeof base);
+    return hex(base);
+  }
+  if (made_on == kh::FdKind::device && attr.group == KVM_DEV_ARM_VGIC_GRP_NR_IRQS) {
+    std::uint32_t count = 0;
+    std::memcpy(&count, at, sizeof count);
+    return std::to_string(count);
+  }
+  return "";
+}
+
+// "{group 0 KVM_DEV_ARM_VGIC_GRP_ADDR, attr 2 KVM_VGIC_V3_ADDR_TYPE_DIST, value 0x8000000}"
+inline std::string describe_device_attr(kh::FdKind made_on, const kvm_device_attr& attr) {
+  const AttributeNames names = attribute_names(made_on, attr.group, attr.attr);
+  const std::string value = describe_attribute_value(made_on, attr);
+  return "{group " + std::to_string(attr.group) + (names.group.empty() ? "" : " " + std::string(names.group)) +
+         ", attr " + std::to_string(attr.attr) + (names.attribute.empty() ? "" : " " + std::string(names.attribute)) +
+         (value.empty() ? "" : ", value " + value) + "}";
+}
+
+// "{irq 0x1000028 = type 1 SPI, vcpu 0, INTID 40, level 1}": KVM_IRQ_LINE's fields (kvm_hello.hpp, step 15).
+inline std::string describe_irq_level(const kvm_irq_level& line) {
+  const kh::IrqLineFields fields = kh::irq_line_fields(line.irq);
+  const std::string_view type = name_in(
+      {{KVM_ARM_IRQ_TYPE_CPU, "CPU"}, {KVM_ARM_IRQ_TYPE_SPI, "SPI"}, {KVM_ARM_IRQ_TYPE_PPI, "PPI"}}, fields.type);
+  return "{irq " + hex(line.irq) + " = type " + std::to_string(fields.type) +
+         (type.empty() ? "" : " " + std::string(type)) + ", vcpu " + std::to_string(fields.vcpu) + ", INTID " +
+         std::to_string(fields.intid) + ", level " + std::to_string(line.level) + "}";
+}
+
+// "{fd 6, gsi 9 (INTID 41), flags 0x0}": KVM_IRQFD's eventfd and the SPI it raises.
+inline std::string describe_irqfd(const kvm_irqfd& wire) {
+  return "{fd " + std::to_string(wire.fd) + ", gsi " + std::to_string(wire.gsi) + " (INTID " +
+         std::to_string(std::uint64_t{wire.gsi} + kh::first_spi) + "), flags " + hex(wire.flags) + "}";
+}
+
+// The argument of a call, for its line. `made_on`: the kind of fd the call
+// was made on, which decides what a device attribute's numbers mean.
+inline std::string describe_argument(std::string_view request, const kh::CallArgument& argument,
+                                     kh::FdKind made_on = kh::FdKind::system) {
   struct Describe {
     std::string_view request;
+    kh::FdKind made_on;
     std::string operator()(std::monostate) const { return ""; }
     std::string operator()(unsigned long value) const { return ", " + describe_value(request, value); }
     std::string operator()(const kvm_userspace_memory_region* r) const {
@@ -139,15 +265,19 @@ inline std::string describe_argument(std::string_view request, const kh::CallArg
       return ", {id " + describe_register_id(one->id) + ", value " + describe_register_value(*one) + "}";
     }
     std::string operator()(const kvm_guest_debug* debug) const { return ", " + describe_guest_debug(*debug); }
+    std::string operator()(const kvm_create_device* create) const { return ", " + describe_create_device(*create); }
+    std::string operator()(const kvm_device_attr* attr) const { return ", " + describe_device_attr(made_on, *attr); }
+    std::string operator()(const kvm_irq_level* line) const { return ", " + describe_irq_level(*line); }
+    std::string operator()(const kvm_irqfd* wire) const { return ", " + describe_irqfd(*wire); }
   };
-  return std::visit(Describe{request}, argument);
+  return std::visit(Describe{request, made_on}, argument);
 }
 
 // "ioctl(4, KVM_CREATE_VM, 0x20 (IPA size 32 bits)) = 5  [0xae01 = _IO(0xae, 0x1)]  1.2 ms"
 inline std::string describe_call(const kh::CallRecord& call) {
   const std::string outcome = call.result < 0 ? "-1 " + errno_text(call.err) : std::to_string(call.result);
   return "ioctl(" + std::to_string(call.fd) + ", " + std::string(call.name) +
-         describe_argument(call.name, call.argument) + ") = " + outcome + "  [" + describe_request_number(call.number) +
+         describe_argument(call.name, call.argument, call.made_on) + ") = " + outcome + "  [" + describe_request_number(call.number) +
          "]  " + format_duration(call.took);
 }
 

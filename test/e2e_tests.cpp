@@ -181,8 +181,8 @@ TEST_CASE("kvm-hello: every step, an exit per byte of the message, the answer, a
   INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
   CHECK(run.status == 0);
   CHECK(run.err.empty());
-  for (int step = 1; step <= kh::step_count; ++step) {
-    const std::string tag = "[" + std::to_string(step) + "/" + std::to_string(kh::step_count) + "] ";
+  for (int step = 1; step <= kh::lesson1_step_count; ++step) {
+    const std::string tag = "[" + std::to_string(step) + "/" + std::to_string(kh::lesson1_step_count) + "] ";
     const std::string name(kh::step_info(static_cast<kh::Step>(step)).name);
     CHECK(run.out.find(tag + name) != std::string::npos);
   }
@@ -1128,7 +1128,7 @@ TEST_CASE("--bench: the table's structure, and every figure sane (no timing is a
   std::smatch steps;
   REQUIRE(std::regex_search(json.out, steps, std::regex("\"step_ns\": \\[([0-9, ]+)\\]")));
   const std::vector<std::string> step_ns = split_words(std::regex_replace(std::string(steps[1]), std::regex(","), " "));
-  CHECK(step_ns.size() == static_cast<std::size_t>(kh::step_count));
+  CHECK(step_ns.size() == static_cast<std::size_t>(kh::lesson1_step_count));
   for (const auto& ns : step_ns) CHECK(std::stoll(ns) > 0);
   CHECK(json.out.find(std::getenv("KVM_HELLO_EMULATED") ? "\"where\": \"emulated\"" : "\"where\": \"native\"") !=
         std::string::npos);
@@ -1140,7 +1140,7 @@ TEST_CASE("--bench: the table's structure, and every figure sane (no timing is a
   CHECK(first_line.find(std::getenv("KVM_HELLO_EMULATED") ? "EMULATED" : "own arm64 CPU") != std::string::npos);
   CHECK(text.out.find("ratio MMIO read to userspace / hvc in the kernel: ") != std::string::npos);
   CHECK(text.out.find("wrappers: ") != std::string::npos);
-  CHECK(count(text.out, "] ") >= static_cast<std::size_t>(kh::step_count));
+  CHECK(count(text.out, "] ") >= static_cast<std::size_t>(kh::lesson1_step_count));
 }
 
 TEST_CASE("the run loop allocates nothing when tracing is off (the benchmark guest, thousands of exits)") {
