@@ -41,6 +41,7 @@
 ##   KVM_HELLO_CPU    QEMU's -cpu model (default cortex-a57; neoverse-n1 for arm64-16k)
 ##   KVM_HELLO_HOST_CPUS  how many CPUs the emulated machine has (default 1; the
 ##                    guest has one vCPU on any host). KVM_HELLO_SMP is its old name
+##   KVM_HELLO_GIC    its interrupt controller: 3 (a GICv3, the default) or 2 (a GICv2)
 ##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
 .DEFAULT_GOAL := all
@@ -145,7 +146,11 @@ else
   KVM_HELLO_FLAVOUR ?= arm64
   KVM_HELLO_CPU     ?= $(if $(findstring 16k,$(KVM_HELLO_FLAVOUR)),neoverse-n1,cortex-a57)
   KVM_HELLO_HOST_CPUS ?= $(or $(KVM_HELLO_SMP),1)
-  export KVM_HELLO_CPU KVM_HELLO_HOST_CPUS
+  KVM_HELLO_GIC ?= 3
+  ifneq ($(words $(KVM_HELLO_GIC)) $(filter 2 3,$(KVM_HELLO_GIC)),1 $(strip $(KVM_HELLO_GIC)))
+    $(error KVM_HELLO_GIC is "$(KVM_HELLO_GIC)": it must be 3 (a GICv3, the default) or 2 (a GICv2))
+  endif
+  export KVM_HELLO_CPU KVM_HELLO_HOST_CPUS KVM_HELLO_GIC
   KERNEL := $(or $(KVM_HELLO_KERNEL),$(CACHE)/kernels/$(KVM_HELLO_SUITE)-$(KVM_HELLO_FLAVOUR)/vmlinuz)
   IN_VM  := tools/run-in-vm.sh $(KERNEL)
 
@@ -227,7 +232,7 @@ test-hosts: $(BUILD)/test.cpio $(BUILD)/gdb.cpio
 host:
 	@echo "kvm-hello runs $(if $(filter native,$(KVM_HELLO_MACHINE)),natively,in the emulated arm64 machine): $(MACHINE_WHY)"
 ifeq ($(KVM_HELLO_MACHINE),emulated)
-	@echo "the emulated host: $(if $(KVM_HELLO_KERNEL),the kernel $(KVM_HELLO_KERNEL),Debian $(KVM_HELLO_SUITE)'s linux-image-$(KVM_HELLO_FLAVOUR)), -cpu $(KVM_HELLO_CPU), $(KVM_HELLO_HOST_CPUS) CPU$(if $(filter 1,$(KVM_HELLO_HOST_CPUS)),,s)"
+	@echo "the emulated host: $(if $(KVM_HELLO_KERNEL),the kernel $(KVM_HELLO_KERNEL),Debian $(KVM_HELLO_SUITE)'s linux-image-$(KVM_HELLO_FLAVOUR)), -cpu $(KVM_HELLO_CPU), $(KVM_HELLO_HOST_CPUS) CPU$(if $(filter 1,$(KVM_HELLO_HOST_CPUS)),,s), GICv$(KVM_HELLO_GIC)"
 endif
 
 # The native suites need a KVM they may use: say so once, before any test runs.
