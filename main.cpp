@@ -322,8 +322,8 @@ int walk_through_lesson2(const Options& options, Guest guest, std::optional<std:
   out.announce(kh::Step::attach_irqfd);
   const auto irqfd = kh::attach_irqfd(machine->vm, kh::spi_irqfd, walk.trace);
   if (!irqfd) return walk.failed(irqfd.error());
-  out.say(Verbosity::normal, "eventfd %d wired to gsi %u: a write to it raises SPI %u", irqfd->event.get(),
-          irqfd->gsi, kh::spi_irqfd);
+  out.say(Verbosity::normal, "eventfd %d wired to gsi %u: a write to it raises SPI %u", irqfd->event.get(), irqfd->gsi,
+          kh::spi_irqfd);
   pause_after(kh::Step::attach_irqfd, options.pause, walk.lesson);
 
   kh::InterruptDevice device(machine->vm, *irqfd, walk.trace);  // the doorbell injects: step 15
@@ -340,12 +340,12 @@ int walk_through_lesson2(const Options& options, Guest guest, std::optional<std:
     std::printf("summary: %s\n", describe_stats(*stats).c_str());
   }
   if (const auto counted = say_vcpu_statistics(walk, *vcpu, *stats)) {
-    for (const std::string& line : describe_sleep_statistics(*counted)) out.say(Verbosity::verbose, "%s", line.c_str());
+    for (const std::string& line : describe_interrupt_statistics(*counted))
+      out.say(Verbosity::verbose, "%s", line.c_str());
   }
   std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %s\n", counted(stats->exits, "exit").c_str());
   return static_cast<int>(Status::ok);
 }
-
 
 // What to run: --help, --version, --bench and --caps branch off before the
 // walk-through; --guest FILE is read before any VM exists.

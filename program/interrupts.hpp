@@ -56,12 +56,15 @@ class InterruptReporter {
       return;
     }
     if (event.value == kh::doorbell_line) {
-      out_.say(Verbosity::normal, "doorbell %u: the guest asks for SPI %u: step 15, inject_spi, KVM_IRQ_LINE "
-               "(SPI, INTID %u) level 1 then 0, before it runs again", event.value, kh::spi_line, kh::spi_line);
+      out_.say(Verbosity::normal,
+               "doorbell %u: the guest asks for SPI %u: step 15, inject_spi, KVM_IRQ_LINE "
+               "(SPI, INTID %u) level 1 then 0, before it runs again",
+               event.value, kh::spi_line, kh::spi_line);
     } else if (event.value == kh::doorbell_irqfd) {
-      out_.say(Verbosity::normal, "doorbell %u: the guest asks for SPI %u: we write 1 to eventfd %d (step 14's "
-               "irqfd), and KVM raises gsi %u, SPI %u, for us", event.value, kh::spi_irqfd,
-               irqfd_.event.get(), irqfd_.gsi, kh::spi_irqfd);
+      out_.say(Verbosity::normal,
+               "doorbell %u: the guest asks for SPI %u: we write 1 to eventfd %d (step 14's "
+               "irqfd), and KVM raises gsi %u, SPI %u, for us",
+               event.value, kh::spi_irqfd, irqfd_.event.get(), irqfd_.gsi, kh::spi_irqfd);
     } else {
       out_.say(Verbosity::normal, "doorbell %u: no request we know (%u: KVM_IRQ_LINE, %u: the irqfd): nothing sent",
                event.value, kh::doorbell_line, kh::doorbell_irqfd);
@@ -97,9 +100,10 @@ inline std::vector<std::string> explain_sleep(unsigned ticks) {
   };
 }
 
-// -v: KVM's counts of the sleeping, from the vCPU's statistics: the WFIs
-// that trapped, the wake-ups, the polls before sleeping, the time asleep.
-inline std::vector<std::string> describe_sleep_statistics(const std::vector<kh::VcpuStatistic>& stats) {
+// -v: what KVM counted of lesson 2's work, from the vCPU's statistics: the
+// GIC's registers it answered, the WFIs that trapped, the wake-ups, the
+// polls before sleeping, the time asleep.
+inline std::vector<std::string> describe_interrupt_statistics(const std::vector<kh::VcpuStatistic>& stats) {
   const auto value = [&](std::string_view name) -> std::optional<std::uint64_t> {
     for (const kh::VcpuStatistic& stat : stats) {
       if (stat.name == name) return stat.value;
@@ -112,8 +116,14 @@ inline std::vector<std::string> describe_sleep_statistics(const std::vector<kh::
   };
   const auto asleep = value("halt_wait_ns");
   return {
-      "asleep: " + text("wfi_exit_stat") + " (WFIs that trapped into KVM: a WFI with an interrupt already "
-      "pending does not wait), " + text("halt_wakeup") + " (times KVM woke the sleeping vCPU)",
+      "the GIC: " + text("mmio_exit_kernel") +
+          " (the guest's loads and stores to the GIC's frames, answered by "
+          "the vGIC inside the kernel; a GICv2's CPU interface is the host's GICV frame mapped into the guest, "
+          "no exit at all, unless that frame is not page-aligned and KVM traps it instead: vgic_v2_probe())",
+      "asleep: " + text("wfi_exit_stat") +
+          " (WFIs that trapped into KVM: a WFI with an interrupt already "
+          "pending does not wait), " +
+          text("halt_wakeup") + " (times KVM woke the sleeping vCPU)",
       "        " + text("halt_attempted_poll") + ", " + text("halt_successful_poll") +
           " (KVM first polls a short while before it sleeps)" +
           (asleep ? "; " + format_duration(std::chrono::nanoseconds(*asleep)) + " asleep (halt_wait_ns)" : ""),
