@@ -5,7 +5,8 @@
 # suite that run-suite.sh logged in the LOG_DIRs, and prints the totals as the
 # last line: "N passed, M failed" (also kept in the first LOG_DIR's totals). A suite that
 # exited non-zero, or ended without its summary (a crash, a machine that did
-# not boot), counts as one more failure. Exits 1 if anything failed.
+# not boot), counts as one more failure, and the end of its log is shown.
+# Exits 1 if anything failed.
 set -uo pipefail
 passed=0 failed=0
 for status_file in $(for dir in "$@"; do ls "$dir"/*.status; done); do
@@ -16,7 +17,11 @@ for status_file in $(for dir in "$@"; do ls "$dir"/*.status; done); do
   # or a script's own "12 passed, 0 failed"
   summary=$(grep -aE '^\[doctest\] test cases:|^[0-9]+ passed, [0-9]+ failed$' "$log_dir/$name.log" | tail -n 1)
   if [ -z "$summary" ]; then
-    echo "summary: $name ended without a test summary (exit status $status)"
+    echo "summary: $name ended without a test summary (exit status $status); its log ends:"
+    # A crash's own report (doctest names the test case and the signal) is
+    # at the end of the log: shown here, so that a run whose output is cut
+    # in the middle still says what crashed.
+    tail -n 15 "$log_dir/$name.log" | sed 's/^/summary:   | /'
     failed=$((failed + 1))
     continue
   fi
