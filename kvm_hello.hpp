@@ -1798,9 +1798,12 @@ template <StepCallback AfterStep>
 //                      fails with EBUSY (kvm_arch_vcpu_precreate, arm.c).
 //   init_vgic (12)     after every vCPU, before the first KVM_RUN. Forgotten,
 //                      the first KVM_RUN of a GICv3 fails with EBUSY, and the
-//                      VM is dead: every later KVM_RUN, and CTRL_INIT too,
-//                      fails with EIO (vgic_v3_map_resources, vgic-v3.c;
-//                      kvm_vgic_map_resources calls kvm_vm_dead). A GICv2
+//                      VM is dead: every later ioctl on it, its vCPUs or its
+//                      GIC, CTRL_INIT too, fails with EIO
+//                      (vgic_v3_map_resources, vgic-v3.c, says EBUSY;
+//                      kvm_vgic_map_resources then calls kvm_vm_dead;
+//                      kvm_vm_ioctl, kvm_vcpu_ioctl and kvm_device_ioctl in
+//                      virt/kvm/kvm_main.c answer EIO for a dead VM). A GICv2
 //                      initialises itself at its first use instead
 //                      (vgic_lazy_init, vgic-init.c).
 //   a frame not placed the first KVM_RUN fails with ENXIO, and the VM is dead
@@ -1829,8 +1832,8 @@ struct Vgic {
 };
 
 // An eventfd wired to an SPI with KVM_IRQFD (attach_irqfd): a write of 1 to
-// `event` raises SPI 32 + gsi (ring_irqfd). Closing it after the VM is gone
-// is enough: KVM lets go of an irqfd when its VM is destroyed.
+// `event` raises SPI 32 + gsi (ring_irqfd). Closing it unwires it (KVM sees
+// the eventfd close: irqfd_wakeup, virt/kvm/eventfd.c, on EPOLLHUP).
 struct Irqfd {
   Fd event;
   std::uint32_t gsi;  // the SPI's number counted from the first SPI: its INTID - 32
@@ -2022,9 +2025,10 @@ static_assert(map_holds(GicVersion::v3), "memory_map: GICD holds a GICv3's 64 Ki
 // KVM_DEV_ARM_VGIC_GRP_CTRL, attribute KVM_DEV_ARM_VGIC_CTRL_INIT. NR_IRQS:
 // EINVAL, a number KVM does not take; EBUSY, the number is fixed already
 // (set before, or the GIC initialised: vgic_set_common_attr,
-// vgic-kvm-device.c). CTRL_INIT: EBUSY, a vCPU is being created meanwhile;
-// EIO, the VM is dead (a KVM_RUN before this step failed) (vgic_init,
-// vgic-init.c). A second CTRL_INIT does nothing and returns 0.
+// vgic-kvm-device.c). CTRL_INIT: EBUSY, a vCPU is being created meanwhile
+// (vgic_init, vgic-init.c). Both: EIO, the VM is dead, because a KVM_RUN
+// before this step failed (kvm_device_ioctl, virt/kvm/kvm_main.c). A second
+// CTRL_INIT does nothing and returns 0.
 // Why: the GIC has state for every vCPU (its redistributor, its SGIs and
 // PPIs), so KVM sizes it once they all exist; from then on no vCPU can be
 // added (EBUSY), and the first KVM_RUN finds it ready.
@@ -2070,7 +2074,7 @@ static_assert(map_holds(GicVersion::v3), "memory_map: GICD holds a GICv3's 64 Ki
 // already; EBADF, no eventfd.
 // Why: a device that runs on its own thread (a disk, a network card) can
 // interrupt the guest with one write(2), without an ioctl on the VM: KVM
-// raises the SPI when the eventfd is signalled, as an edge (1, then 0).
+// raises the SPI when the eventfd is signalled.
 [[nodiscard]] inline Result<Irqfd> attach_irqfd(const VmFd& vm, std::uint32_t spi_intid, CallObserver observe = {}) {
   if (!is_spi(spi_intid)) return std::unexpected(Error{Step::attach_irqfd, Problem::not_an_spi, {}, 0, spi_intid});
   const int event = ::eventfd(0, EFD_CLOEXEC);
@@ -2083,9 +2087,12 @@ static_assert(map_holds(GicVersion::v3), "memory_map: GICD holds a GICv3's 64 Ki
 }
 
 // Signals the irqfd: write(2) of the 8-byte count 1 to its eventfd. KVM
-// raises SPI 32 + gsi and lowers it again (irqfd_inject, eventfd.c), on a
-// kernel thread of its own: the interrupt reaches the guest shortly after
-// this returns. Error: write's errno, as step 14's.
+// raises SPI 32 + gsi inside this write: irqfd_wakeup (virt/kvm/eventfd.c)
+// calls kvm_arch_set_irq_inatomic, which on arm64 injects an SPI at once
+// once the GIC is initialised (vgic-irqfd.c, Linux 6.1 to 7.2); an edge SPI
+// is then pending. (irqfd_inject, a rise and a fall on a kernel worker, is
+// the way for what cannot be injected there.) Error: write's errno, as
+// step 14's.
 [[nodiscard]] inline Result<void> ring_irqfd(const Irqfd& irqfd) {
   const std::uint64_t one = 1;
   if (::write(irqfd.event.get(), &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {

@@ -695,6 +695,224 @@ TEST_CASE("trap: KVM_ARM_VCPU_INIT with a feature bit the kernel does not know f
   CHECK(done.error().err == ENOENT);
 }
 
+// ==== Lesson 2: the vGIC's order rules, on this kernel ========================
+//
+// Each rule of kvm_hello.hpp's "Part II" broken on purpose against real KVM,
+// with lesson 1's guest (its first instruction is an MMIO store: a first
+// KVM_RUN comes back at once). The host's GIC decides the version: a GICv3
+// (the default emulated machine) or a GICv2 (KVM_HELLO_GIC=2); where the two
+// differ the test says which does what.
+
+namespace {
+
+// Steps 1-5, 10, 11, 6-8 (lesson 2's order): a VM whose GIC is created and
+// placed (or, for Frames::distributor_only, only its distributor placed), and
+// not initialised (no step 12).
+enum class Frames { all, distributor_only };
+struct GicVm {
+  kh::KvmFd kvm;
+  kh::VmFd vm;
+  kh::GuestMemory memory;
+  kh::Vgic vgic{};
+  kh::Vcpu vcpu;
+};
+
+GicVm build_gic_vm(Frames frames = Frames::all) {
+  GicVm m;
+  auto kvm = kh::open_kvm();
+  REQUIRE(kvm);
+  m.kvm = std::move(*kvm);
+  auto vm = kh::create_vm(m.kvm, kh::vm_type_for(kh::check_capabilities(m.kvm)->ipa_limit).value());
+  REQUIRE(vm);
+  m.vm = std::move(*vm);
+  auto memory = kh::setup_guest_memory(m.vm, image(guest_bin, guest_bin_len));
+  REQUIRE(memory);
+  m.memory = std::move(*memory);
+  const auto version = kh::probe_vgic(m.vm);
+  REQUIRE_MESSAGE(version, "probe_vgic: this host's KVM has no in-kernel GIC");
+  if (frames == Frames::all) {
+    auto vgic = kh::create_vgic(m.vm, *version);
+    REQUIRE(vgic);
+    m.vgic = std::move(*vgic);
+  } else {
+    kvm_create_device create{.type = kh::device_type_for(*version), .fd = 0, .flags = 0};
+    REQUIRE(kh::call(kh::Step::create_vgic, m.vm, kh::request::create_device, &create));
+    m.vgic = kh::Vgic{kh::DeviceFd{static_cast<int>(create.fd)}, *version};
+    REQUIRE(kh::place_gic_frame(m.vgic.fd, kh::gic_frames(*version)[0]));  // GICD only
+  }
+  auto vcpu = kh::create_vcpu(m.kvm, m.vm, 0);
+  REQUIRE(vcpu);
+  m.vcpu = std::move(*vcpu);
+  REQUIRE(kh::init_vcpu(m.vm, m.vcpu.fd));
+  REQUIRE(kh::set_boot_registers(m.vcpu.fd));
+  return m;
+}
+
+kh::Result<int> run_once(GicVm& m) { return kh::call(kh::Step::run_guest, m.vcpu.fd, kh::request::run); }
+
+// The errno of a failed result; 0 for a success.
+template <class T>
+int errno_of(const kh::Result<T>& result) {
+  return result ? 0 : result.error().err;
+}
+
+std::string gic_name(kh::GicVersion version) { return version == kh::GicVersion::v3 ? "GICv3" : "GICv2"; }
+
+// A GICv3's line levels of vCPU 0's interrupts 0-31 (KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO,
+// vgic_read_irq_line_level_info in vgic-mmio.c): bit n is INTID n's, for a level-triggered one.
+std::uint32_t private_line_levels(const GicVm& m) {
+  std::uint32_t levels = 0;
+  const kvm_device_attr attr{.flags = 0,
+                             .group = KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO,
+                             .attr = std::uint64_t{VGIC_LEVEL_INFO_LINE_LEVEL}
+                                     << KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT,  // MPIDR 0 (vCPU 0), INTID 0
+                             .addr = reinterpret_cast<std::uintptr_t>(&levels)};
+  REQUIRE(kh::call(kh::Step::inject_spi, m.vgic.fd, kh::request::get_device_attr, &attr));
+  return levels;
+}
+
+}  // namespace
+
+TEST_CASE("order rule: without init_vgic, a GICv3's first KVM_RUN fails with EBUSY and the VM is dead (EIO)") {
+  GicVm m = build_gic_vm();
+  INFO(gic_name(m.vgic.version) << ", Linux " << running_kernel().major << "." << running_kernel().minor);
+  const auto first = run_once(m);
+  if (m.vgic.version == kh::GicVersion::v3) {
+    CHECK(errno_of(first) == EBUSY);  // vgic_v3_map_resources: not initialised
+    CHECK(errno_of(run_once(m)) == EIO);  // kvm_vm_dead: every vCPU ioctl now
+    const auto late = kh::init_vgic(m.vgic);
+    CHECK(errno_of(late) == EIO);  // and every device ioctl: init_vgic cannot repair it
+    CHECK(errno_of(kh::inject_spi(m.vm, kh::spi_line)) == EIO);  // and every VM ioctl
+  } else {
+    // A GICv2 initialises itself at the first KVM_RUN (vgic_lazy_init), with the default 256 interrupts:
+    CHECK(first);
+    CHECK(m.vcpu.run().exit_reason == KVM_EXIT_MMIO);
+    const auto late = kh::init_vgic(m.vgic);
+    CHECK(errno_of(late) == EBUSY);  // NR_IRQS: the number is fixed already
+  }
+}
+
+TEST_CASE("order rule: a GIC frame never placed: the first KVM_RUN fails with ENXIO, and the VM is dead") {
+  GicVm m = build_gic_vm(Frames::distributor_only);  // a GICv3 without its redistributors, a GICv2 without GICC
+  INFO(gic_name(m.vgic.version) << ", Linux " << running_kernel().major << "." << running_kernel().minor);
+  REQUIRE(kh::init_vgic(m.vgic));  // CTRL_INIT does not look at the frames: the first KVM_RUN does
+  CHECK(errno_of(run_once(m)) == ENXIO);  // vgic_v3_map_resources / vgic_v2_map_resources
+  CHECK(errno_of(run_once(m)) == EIO);
+}
+
+TEST_CASE("order rule: KVM_CREATE_VCPU after init_vgic fails with EBUSY; before it, a second vCPU is fine") {
+  GicVm m = build_gic_vm();
+  auto second = kh::create_vcpu(m.kvm, m.vm, 1);
+  CHECK(second);
+  REQUIRE(kh::init_vgic(m.vgic));
+  const auto third = kh::create_vcpu(m.kvm, m.vm, 2);
+  CHECK(errno_of(third) == EBUSY);  // kvm_arch_vcpu_precreate
+  CHECK(kh::init_vgic(m.vgic).error().err == EBUSY);  // and NR_IRQS again: fixed (CTRL_INIT again would be 0)
+}
+
+TEST_CASE("order rule: KVM_IRQFD before init_vgic fails with EAGAIN; after it, the irqfd is wired and rings") {
+  GicVm m = build_gic_vm();
+  const auto early = kh::attach_irqfd(m.vm, kh::spi_irqfd);
+  CHECK(errno_of(early) == EAGAIN);  // kvm_irqfd_assign: kvm_arch_intc_initialized
+  REQUIRE(kh::init_vgic(m.vgic));
+  const auto irqfd = kh::attach_irqfd(m.vm, kh::spi_irqfd);
+  REQUIRE(irqfd);
+  CHECK(irqfd->gsi == kh::spi_irqfd - 32);
+  CHECK(kh::ring_irqfd(*irqfd));
+  const auto ppi = kh::attach_irqfd(m.vm, 20);  // no SPI: refused before any call
+  REQUIRE_FALSE(ppi);
+  CHECK(ppi.error().problem == kh::Problem::not_an_spi);
+}
+
+TEST_CASE("order rule: KVM_IRQ_LINE before init_vgic: a GICv3 says EBUSY, a GICv2 initialises itself") {
+  GicVm m = build_gic_vm();
+  INFO(gic_name(m.vgic.version) << ", Linux " << running_kernel().major << "." << running_kernel().minor);
+  const auto early = kh::inject_spi(m.vm, kh::spi_line);
+  if (m.vgic.version == kh::GicVersion::v3) {
+    CHECK(errno_of(early) == EBUSY);  // vgic_lazy_init refuses a GICv3
+    REQUIRE(kh::init_vgic(m.vgic));
+    CHECK(kh::inject_spi(m.vm, kh::spi_line));
+  } else {
+    CHECK(early);  // vgic_lazy_init: the defaults are frozen now ...
+    CHECK(errno_of(kh::init_vgic(m.vgic)) == EBUSY);  // ... so NR_IRQS fails
+  }
+}
+
+TEST_CASE("KVM_IRQ_LINE with a GIC: type CPU (0) fails with ENXIO, an SPI below INTID 32 with EINVAL, one past NR_IRQS too") {
+  GicVm m = build_gic_vm();
+  REQUIRE(kh::init_vgic(m.vgic));
+  const kvm_irq_level cpu_line{.irq = std::uint32_t{KVM_ARM_IRQ_TYPE_CPU} << KVM_ARM_IRQ_TYPE_SHIFT, .level = 1};
+  CHECK(errno_of(kh::call(kh::Step::inject_spi, m.vm, kh::request::irq_line, &cpu_line)) == ENXIO);
+  CHECK(errno_of(kh::inject_spi(m.vm, kh::spi_line - 32)) == EINVAL);  // INTID - 32: the common mistake
+  CHECK(errno_of(kh::inject_spi(m.vm, kh::vgic_nr_irqs)) == EINVAL);  // INTID 64: past the GIC's 64
+  CHECK(kh::inject_spi(m.vm, kh::vgic_nr_irqs - 1));
+  const auto error = kh::inject_spi(m.vm, kh::spi_line - 32).error();
+  CHECK(error.step == kh::Step::inject_spi);
+  CHECK(error.call == "KVM_IRQ_LINE");
+}
+
+TEST_CASE("KVM_IRQ_LINE on PPI 27 returns 0 and, once the vCPU has run, is ignored: the timer owns that line") {
+  GicVm m = build_gic_vm();
+  INFO(gic_name(m.vgic.version) << ", Linux " << running_kernel().major << "." << running_kernel().minor);
+  REQUIRE(kh::init_vgic(m.vgic));
+  const auto timer = kh::read_timer_irq(m.vcpu.fd);
+  REQUIRE(timer);
+  CHECK(*timer == kh::timer_intid);
+  REQUIRE(run_once(m));  // the first KVM_RUN gives the timer its PPI (kvm_timer_enable: kvm_vgic_set_owner)
+  REQUIRE(m.vcpu.run().exit_reason == KVM_EXIT_MMIO);
+  CHECK(kh::set_irq_line(m.vm, kh::irq_line_ppi(0, kh::timer_intid), true));
+  CHECK(kh::set_irq_line(m.vm, kh::irq_line_ppi(0, 20), true));  // a PPI no one owns
+  if (m.vgic.version == kh::GicVersion::v3) {
+    const std::uint32_t levels = private_line_levels(m);
+    CHECK((levels & (1u << 20)) != 0);           // taken: its line is high now
+    CHECK((levels & (1u << kh::timer_intid)) == 0);  // ignored (vgic_validate_injection: not the owner)
+  } else {
+    MESSAGE("a GICv2 has no KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO: only the return value is checked");
+  }
+}
+
+TEST_CASE("the steps of Part II on this host, observed: each call named with its step, the timer's INTID 27") {
+  std::vector<std::pair<kh::Step, std::string>> seen;
+  const kh::CallObserver observe{[](void* list, const kh::CallRecord& call) {
+                                   static_cast<decltype(seen)*>(list)->emplace_back(call.step, std::string(call.name));
+                                 },
+                                 &seen};
+  GicVm m = build_gic_vm();
+  const auto version = kh::probe_vgic(m.vm, observe);
+  REQUIRE(version);
+  CHECK(*version == m.vgic.version);
+  CHECK(kh::offers_device(m.vm, kh::device_type_for(*version)).value());
+  REQUIRE(kh::init_vgic(m.vgic, observe));
+  CHECK(kh::read_timer_irq(m.vcpu.fd, observe).value() == kh::timer_intid);
+  const auto irqfd = kh::attach_irqfd(m.vm, kh::spi_irqfd, observe);
+  REQUIRE(irqfd);
+  REQUIRE(kh::inject_spi(m.vm, kh::spi_line, observe));
+  std::vector<std::pair<kh::Step, std::string>> wanted{{kh::Step::probe_vgic, "KVM_CHECK_EXTENSION"},
+                                                       {kh::Step::probe_vgic, "KVM_CREATE_DEVICE"}};
+  if (*version == kh::GicVersion::v2) wanted.emplace_back(kh::Step::probe_vgic, "KVM_CREATE_DEVICE");
+  for (const auto& call : std::vector<std::pair<kh::Step, std::string>>{{kh::Step::init_vgic, "KVM_SET_DEVICE_ATTR"},
+                                                                        {kh::Step::init_vgic, "KVM_SET_DEVICE_ATTR"},
+                                                                        {kh::Step::read_timer_irq, "KVM_GET_DEVICE_ATTR"},
+                                                                        {kh::Step::attach_irqfd, "KVM_IRQFD"},
+                                                                        {kh::Step::inject_spi, "KVM_IRQ_LINE"},
+                                                                        {kh::Step::inject_spi, "KVM_IRQ_LINE"}}) {
+    wanted.push_back(call);
+  }
+  CHECK(seen == wanted);
+}
+
+TEST_CASE("probe_vgic: the host offers a GICv3 or a GICv2 as the emulated machine's GIC is; a second GIC is EEXIST") {
+  GicVm m = build_gic_vm();
+  MESSAGE("this host's in-kernel GIC: " << gic_name(m.vgic.version));
+  const auto other = kh::offers_device(m.vm, kh::device_type_for(kh::GicVersion::v2));
+  REQUIRE(other);
+  // QEMU's GICv3 has no GICv2 compatibility (no GICV frame): a GICv3 host offers no GICv2 (vgic_v3_probe).
+  if (m.vgic.version == kh::GicVersion::v3) CHECK_FALSE(*other);
+  const auto twice = kh::create_vgic(m.vm, m.vgic.version);
+  CHECK(errno_of(twice) == EEXIST);  // kvm_vgic_create: irqchip_in_kernel
+  CHECK(twice.error().step == kh::Step::create_vgic);
+}
+
 // ==== Bad guests, bad files, Ctrl-C ==========================================
 
 namespace {
@@ -1420,6 +1638,7 @@ std::string normalise(std::string text) {
       {R"((KVM_GET_STATS_FD\): exits )[0-9]+)", "$1<n>"},                 // -v: host interrupts vary; the test
       {R"((left for KVM )[0-9]+( times; 9 of them came on to us, and KVM handled the other )[0-9]+)", "$1<n>$2<n>"},
       {R"((?:^|\n)(KVM_CAP_[A-Z0-9_]+) +(-?[0-9]+|error)  )", "\n$1 <value>  "},  // --caps: the host's values
+      {R"((?:^|\n)(KVM_DEV_TYPE_ARM_VGIC_V[23]) +(yes|no|error)  )", "\n$1 <offered>  "},  // --caps: the host's GIC
   };
   for (const auto& [pattern, replacement] : rules) text = std::regex_replace(text, std::regex(pattern), replacement);
   return text;
@@ -1565,6 +1784,27 @@ TEST_CASE("--caps: each value is what this host's KVM_CHECK_EXTENSION says") {
     CHECK_MESSAGE(std::stoi((*it)[2]) == value, name << ": kvm-hello says " << (*it)[2] << ", KVM says " << value);
   }
   CHECK(rows == std::size(known_capabilities));
+}
+
+TEST_CASE("--caps: each vGIC model is offered as KVM_CREATE_DEVICE_TEST says on this host; KVM_CAP_IRQCHIP is 1") {
+  const Outcome run = run_program({"--caps"});
+  INFO("stdout:\n" << run.out);
+  REQUIRE(run.status == 0);
+  auto kvm = kh::open_kvm();
+  REQUIRE(kvm);
+  auto vm = kh::create_vm(*kvm, kh::vm_type_for(kh::check_capabilities(*kvm)->ipa_limit).value());
+  REQUIRE(vm);
+  const std::regex row(R"(\n(KVM_DEV_TYPE_ARM_VGIC_V([23])) +(yes|no)  )");
+  std::size_t rows = 0, offered = 0;
+  for (std::sregex_iterator it(run.out.begin(), run.out.end(), row), end; it != end; ++it, ++rows) {
+    const auto version = (*it)[2] == "3" ? kh::GicVersion::v3 : kh::GicVersion::v2;
+    const bool says = (*it)[3] == "yes";
+    CHECK_MESSAGE(kh::offers_device(*vm, kh::device_type_for(version)).value() == says, (*it)[1]);
+    offered += says;
+  }
+  CHECK(rows == 2);
+  CHECK(offered >= 1);  // the emulated machine's GIC, v3 or v2, has virtualization
+  CHECK(ioctl(kvm->get(), KVM_CHECK_EXTENSION, static_cast<unsigned long>(KVM_CAP_IRQCHIP)) == 1);
 }
 
 TEST_CASE("step 3's IPA limit is what this host's KVM says") {

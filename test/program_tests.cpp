@@ -989,7 +989,6 @@ TEST_CASE("a register of the wrong size and inconsistent statistics: each a mess
   CHECK(unknown.message.starts_with("step 42 (unknown): "));
 }
 
-// ==== Lesson 2: what the program says about interrupts ========================
 
 TEST_CASE("lesson 2's words: each INTID named, the list of those taken, the sleep counts from the statistics") {
   CHECK(describe_intid(27) == "INTID 27, the virtual timer's PPI");
@@ -1018,4 +1017,117 @@ TEST_CASE("--pause in lesson 2: words after each step it pauses at, saying what 
   CHECK(narration_after(kh::Step::setup_guest_memory, 2).find("interrupt controller") != std::string_view::npos);
   CHECK(narration_after(kh::Step::setup_guest_memory, 1) == narration[4]);  // lesson 1's words stay its own
   CHECK(narration_after(kh::Step::inject_spi, 2).empty());                 // inside the run: no pause
+=======
+// ==== Lesson 2's calls and errors ============================================
+
+namespace {
+kh::CallRecord record(std::string_view name, unsigned long number, kh::CallArgument argument, kh::FdKind made_on,
+                      int result = 0, int err = 0) {
+  return kh::CallRecord{kh::Step::create_vgic, name, number, 4, argument, result, err, std::chrono::nanoseconds(0),
+                        made_on};
 }
+}  // namespace
+
+TEST_CASE("-v names KVM_CREATE_DEVICE's device type and flags, and the fd that came back") {
+  const kvm_create_device test{.type = KVM_DEV_TYPE_ARM_VGIC_V3, .fd = 0, .flags = KVM_CREATE_DEVICE_TEST};
+  CHECK(describe_call(record("KVM_CREATE_DEVICE", kh::request::create_device.number, &test, kh::FdKind::vm))
+            .starts_with("ioctl(4, KVM_CREATE_DEVICE, {type 7 KVM_DEV_TYPE_ARM_VGIC_V3, flags 0x1 = "
+                         "KVM_CREATE_DEVICE_TEST (ask, do not create), fd 0}) = 0  [0xc00caee0 = _IOWR(0xae, 0xe0, "
+                         "12 bytes)]"));
+  const kvm_create_device made{.type = KVM_DEV_TYPE_ARM_VGIC_V2, .fd = 6, .flags = 0};
+  CHECK(describe_create_device(made) == "{type 5 KVM_DEV_TYPE_ARM_VGIC_V2, flags 0x0, fd 6}");
+  CHECK(describe_device_type(99) == "99");
+}
+
+TEST_CASE("-v names a device attribute's group and attribute, as the kind of fd says, and its value") {
+  std::uint64_t base = KVM_HELLO_GIC_REDIST;
+  const kvm_device_attr redist{.flags = 0,
+                               .group = KVM_DEV_ARM_VGIC_GRP_ADDR,
+                               .attr = KVM_VGIC_V3_ADDR_TYPE_REDIST,
+                               .addr = reinterpret_cast<std::uintptr_t>(&base)};
+  CHECK(describe_device_attr(kh::FdKind::device, redist) ==
+        "{group 0 KVM_DEV_ARM_VGIC_GRP_ADDR, attr 3 KVM_VGIC_V3_ADDR_TYPE_REDIST, value 0x80a0000}");
+  std::uint32_t nr_irqs = 64;
+  const kvm_device_attr size{.flags = 0,
+                             .group = KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
+                             .attr = 0,
+                             .addr = reinterpret_cast<std::uintptr_t>(&nr_irqs)};
+  CHECK(describe_device_attr(kh::FdKind::device, size) == "{group 3 KVM_DEV_ARM_VGIC_GRP_NR_IRQS, attr 0, value 64}");
+  const kvm_device_attr init{
+      .flags = 0, .group = KVM_DEV_ARM_VGIC_GRP_CTRL, .attr = KVM_DEV_ARM_VGIC_CTRL_INIT, .addr = 0};
+  CHECK(describe_device_attr(kh::FdKind::device, init) ==
+        "{group 4 KVM_DEV_ARM_VGIC_GRP_CTRL, attr 0 KVM_DEV_ARM_VGIC_CTRL_INIT}");
+  // Group 1 on a vCPU's fd is the timer's; on the GIC's, the distributor's registers.
+  int intid = 27;
+  const kvm_device_attr timer{.flags = 0,
+                              .group = KVM_ARM_VCPU_TIMER_CTRL,
+                              .attr = KVM_ARM_VCPU_TIMER_IRQ_VTIMER,
+                              .addr = reinterpret_cast<std::uintptr_t>(&intid)};
+  CHECK(describe_device_attr(kh::FdKind::vcpu, timer) ==
+        "{group 1 KVM_ARM_VCPU_TIMER_CTRL, attr 0 KVM_ARM_VCPU_TIMER_IRQ_VTIMER, value 27}");
+  CHECK(describe_device_attr(kh::FdKind::device, timer) == "{group 1 KVM_DEV_ARM_VGIC_GRP_DIST_REGS, attr 0}");
+  CHECK(describe_call(record("KVM_GET_DEVICE_ATTR", kh::request::get_vcpu_attr.number, &timer, kh::FdKind::vcpu))
+            .starts_with("ioctl(4, KVM_GET_DEVICE_ATTR, {group 1 KVM_ARM_VCPU_TIMER_CTRL, attr 0 "
+                         "KVM_ARM_VCPU_TIMER_IRQ_VTIMER, value 27}) = 0"));
+}
+
+TEST_CASE("-v takes KVM_IRQ_LINE's irq apart (type, vCPU, INTID) and names KVM_IRQFD's fd and gsi") {
+  const kvm_irq_level spi{.irq = kh::irq_line_spi(40), .level = 1};
+  CHECK(describe_irq_level(spi) == "{irq 0x1000028 = type 1 SPI, vcpu 0, INTID 40, level 1}");
+  const kvm_irq_level ppi{.irq = kh::irq_line_ppi(1, 27), .level = 0};
+  CHECK(describe_irq_level(ppi) == "{irq 0x201001b = type 2 PPI, vcpu 1, INTID 27, level 0}");
+  const kvm_irq_level cpu{.irq = 1, .level = 1};
+  CHECK(describe_irq_level(cpu) == "{irq 0x1 = type 0 CPU, vcpu 0, INTID 1, level 1}");
+  CHECK(describe_call(record("KVM_IRQ_LINE", kh::request::irq_line.number, &cpu, kh::FdKind::vm, -1, ENXIO))
+            .starts_with("ioctl(4, KVM_IRQ_LINE, {irq 0x1 = type 0 CPU, vcpu 0, INTID 1, level 1}) = -1 ENXIO"));
+  const kvm_irqfd wire{.fd = 6, .gsi = 9, .flags = 0, .resamplefd = 0, .pad = {}};
+  CHECK(describe_irqfd(wire) == "{fd 6, gsi 9 (INTID 41), flags 0x0}");
+}
+
+TEST_CASE("lesson 2's errors: a status each, keeping lesson 1's; a message that says what to do") {
+  using kh::Step, kh::Problem;
+  CHECK(static_cast<int>(Status::watchdog) == 24);  // lesson 1's statuses stay as they were
+  CHECK(status_for({Step::probe_vgic, Problem::no_vgic, "KVM_CHECK_EXTENSION"}) == Status::no_vgic);
+  CHECK(status_for({Step::create_vgic, Problem::call_failed, "KVM_CREATE_DEVICE", EBUSY}) == Status::gic_setup);
+  CHECK(status_for({Step::init_vgic, Problem::call_failed, "KVM_SET_DEVICE_ATTR", EIO}) == Status::gic_setup);
+  CHECK(status_for({Step::attach_irqfd, Problem::call_failed, "KVM_IRQFD", EAGAIN}) == Status::gic_setup);
+  CHECK(status_for({Step::attach_irqfd, Problem::not_an_spi, {}, 0, 27}) == Status::gic_setup);
+  CHECK(status_for({Step::attach_irqfd, Problem::call_failed, "write", EBADF}) == Status::injection);
+  CHECK(status_for({Step::inject_spi, Problem::call_failed, "KVM_IRQ_LINE", EINVAL}) == Status::injection);
+  CHECK(status_for({Step::inject_spi, Problem::call_failed, "KVM_IRQ_LINE", ENOMEM}) == Status::out_of_memory);
+  CHECK(status_for({Step::run_guest, Problem::call_failed, "KVM_RUN", EBUSY}) == Status::run_failed);
+  CHECK(message_for({Step::probe_vgic, Problem::no_vgic, "KVM_CHECK_EXTENSION"}, "/dev/kvm") ==
+        "step 10 (probe_vgic): KVM_CHECK_EXTENSION says this host's KVM has no in-kernel GIC (KVM_CAP_IRQCHIP is 0): "
+        "lesson 2 needs one (`dmesg | grep -i vgic` says why KVM found none; the emulated machine has one); lesson 1 "
+        "runs without");
+  CHECK(message_for({Step::inject_spi, Problem::call_failed, "KVM_IRQ_LINE", EINVAL}, "/dev/kvm")
+            .starts_with("step 15 (inject_spi): KVM_IRQ_LINE failed with EINVAL (Invalid argument): no such SPI: give "
+                         "the INTID itself, 32 and up and below the GIC's 64 interrupts, not the INTID minus 32"));
+  CHECK(message_for({Step::run_guest, Problem::call_failed, "KVM_RUN", EBUSY}, "/dev/kvm")
+            .find("not initialised (init_vgic, step 12) before the first KVM_RUN") != std::string::npos);
+  CHECK(message_for({Step::attach_irqfd, Problem::call_failed, "KVM_IRQFD", EAGAIN}, "/dev/kvm")
+            .ends_with("attach irqfds after init_vgic (step 12)"));
+  CHECK(message_for({Step::attach_irqfd, Problem::not_an_spi, {}, 0, 27}, "/dev/kvm") ==
+        "step 14 (attach_irqfd): INTID 27 is no SPI: an irqfd raises an SPI, INTID 32 to 1019");
+  // Every errno a step of Part II documents has advice of its own, not the default line.
+  for (const auto& [step, err] : {std::pair{Step::create_vgic, EBUSY},
+                                  {Step::create_vgic, EEXIST},
+                                  {Step::create_vgic, ENODEV},
+                                  {Step::create_vgic, ENXIO},
+                                  {Step::create_vgic, E2BIG},
+                                  {Step::init_vgic, EBUSY},
+                                  {Step::init_vgic, EIO},
+                                  {Step::read_timer_irq, ENXIO},
+                                  {Step::attach_irqfd, EAGAIN},
+                                  {Step::attach_irqfd, EBUSY},
+                                  {Step::inject_spi, ENXIO},
+                                  {Step::inject_spi, EINVAL},
+                                  {Step::inject_spi, EBUSY},
+                                  {Step::run_guest, EBUSY},
+                                  {Step::run_guest, ENXIO},
+                                  {Step::run_guest, EIO}}) {
+    CHECK_MESSAGE(!advice_for_gic_call({step, Problem::call_failed, "call", err}).empty(),
+                  "step " << static_cast<int>(step) << ", errno " << err);
+  }
+
+// ==== Lesson 2: what the program says about interrupts =================}

@@ -861,3 +861,130 @@ template <class AfterStep>
 constexpr bool can_build = requires(AfterStep after) { kh::build_machine({}, "/dev/kvm", after); };
 static_assert(can_build<decltype([](kh::Step) {})>);
 static_assert(!can_build<decltype([](const kh::Exit&) {})>);
+
+// ==== Part II: interrupts and time ============================================
+
+TEST_CASE("lesson 2's request numbers are the kernel's, each on the fd api.rst gives it") {
+  namespace r = kh::request;
+  CHECK(r::create_device.number == 0xC00CAEE0);  // _IOWR: the fd comes back in the struct
+  CHECK(r::set_device_attr.number == 0x4018AEE1);
+  CHECK(r::get_device_attr.number == 0x4018AEE2);
+  CHECK(r::get_vcpu_attr.number == r::get_device_attr.number);  // one request, two kinds of fd
+  CHECK(r::irq_line.number == 0x4008AE61);
+  CHECK(r::irqfd.number == 0x4020AE76);
+  CHECK(r::check_vm_extension.number == r::check_extension.number);
+  CHECK(std::is_same_v<decltype(r::check_vm_extension)::FdType, kh::VmFd>);    // system ioctl, vm ioctl
+  CHECK(std::is_same_v<decltype(r::create_device)::FdType, kh::VmFd>);         // vm ioctl
+  CHECK(std::is_same_v<decltype(r::set_device_attr)::FdType, kh::DeviceFd>);   // vm, vcpu, device ioctl
+  CHECK(std::is_same_v<decltype(r::get_vcpu_attr)::FdType, kh::VcpuFd>);       // vm, vcpu, device ioctl
+  CHECK(std::is_same_v<decltype(r::irq_line)::FdType, kh::VmFd>);              // vm ioctl
+  CHECK(std::is_same_v<decltype(r::irqfd)::FdType, kh::VmFd>);                 // vm ioctl
+  CHECK(r::get_vcpu_attr.name == "KVM_GET_DEVICE_ATTR");
+}
+
+TEST_CASE("the step table: lesson 1's nine rows, then Part II's six, numbered 10 to 15") {
+  CHECK(kh::steps.size() == static_cast<std::size_t>(kh::step_count));
+  CHECK(kh::step_info(kh::Step::run_guest).name == "run_guest");  // lesson 1 ends where it did
+  const std::array part2{"probe_vgic", "create_vgic", "init_vgic", "read_timer_irq", "attach_irqfd", "inject_spi"};
+  for (std::size_t i = 0; i < part2.size(); ++i) {
+    const auto step = static_cast<kh::Step>(kh::lesson1_step_count + 1 + static_cast<int>(i));
+    CHECK(kh::step_info(step).name == part2[i]);
+    CHECK_FALSE(kh::step_info(step).purpose.empty());
+  }
+}
+
+TEST_CASE("memory map: lesson 2's registers and interrupts are the header's macros") {
+  CHECK(kh::mmio_irq == 0x1128);
+  CHECK(kh::mmio_doorbell == 0x1130);
+  CHECK(kh::register_at(kh::mmio_irq)->name == "IRQ");
+  CHECK(kh::register_at(kh::mmio_doorbell)->kind == kh::RegionKind::interrupt_register);
+  CHECK(KVM_HELLO_RING_LINE == 1);
+  CHECK(KVM_HELLO_RING_IRQFD == 2);
+  CHECK(kh::spi_line == 40);
+  CHECK(kh::spi_irqfd == 41);
+  CHECK(kh::timer_intid == 27);
+  CHECK(kh::gic_distributor_base == KVM_HELLO_GIC_DIST);
+  CHECK(kh::gic_cpu_interface_base == KVM_HELLO_GIC_CPU);
+  CHECK(kh::gic_redistributors_base == KVM_HELLO_GIC_REDIST);
+}
+
+TEST_CASE("the GIC's frames: what KVM asks of each, per version, and the map keeps it; a map that does not, fails") {
+  CHECK(kh::gic_frames(kh::GicVersion::v2).size() == 2);
+  CHECK(kh::gic_frames(kh::GicVersion::v2)[0].size == 0x1000);  // GICv2 distributor: 4 KiB
+  CHECK(kh::gic_frames(kh::GicVersion::v2)[1].size == 0x2000);  // CPU interface: 8 KiB
+  CHECK(kh::gic_frames(kh::GicVersion::v2)[1].region == "GICC");
+  CHECK(kh::gic_frames(kh::GicVersion::v3)[0].size == 0x10000);  // GICv3 distributor: 64 KiB
+  CHECK(kh::gic_frames(kh::GicVersion::v3)[1].size == kh::max_vcpus * 0x20000);  // 128 KiB per vCPU
+  CHECK(kh::gic_frames(kh::GicVersion::v3)[1].attribute == KVM_VGIC_V3_ADDR_TYPE_REDIST);
+  for (const auto version : {kh::GicVersion::v2, kh::GicVersion::v3}) {
+    for (const kh::GicFrame& frame : kh::gic_frames(version)) {
+      CHECK(kh::map_holds(frame));
+      kh::GicFrame bigger = frame;
+      const auto row = std::find_if(kh::memory_map.begin(), kh::memory_map.end(),
+                                    [&frame](const kh::Region& r) { return r.name == frame.region; });
+      REQUIRE(row != kh::memory_map.end());
+      bigger.size = 2 * row->size;  // more than its region holds
+      CHECK_FALSE(kh::map_holds(bigger));
+      kh::GicFrame stricter = frame;
+      stricter.alignment = 0x100000;  // 1 MiB: GICC (0x08010000) and GICR (0x080a0000) are not
+      if (frame.region != "GICD") CHECK_FALSE(kh::map_holds(stricter));
+    }
+  }
+}
+
+TEST_CASE("KVM_IRQ_LINE's irq: the INTID itself, the type, the vCPU; taken apart again") {
+  CHECK(kh::irq_line_spi(40) == 0x01000028);
+  CHECK(kh::irq_line_spi(40) != kh::irq_line_spi(40 - 32));  // the mistake: the SPI's number counted from 32
+  CHECK(kh::irq_line_ppi(0, 27) == 0x0200001b);
+  CHECK(kh::irq_line_ppi(2, 27) == 0x0202001b);
+  CHECK(kh::irq_line_ppi(257, 16) == 0x12010010);
+  for (const std::uint32_t irq : {kh::irq_line_spi(1019), kh::irq_line_ppi(511, 31), 0x0000'0001u}) {
+    const kh::IrqLineFields fields = kh::irq_line_fields(irq);
+    const std::uint32_t again = fields.type == KVM_ARM_IRQ_TYPE_SPI   ? kh::irq_line_spi(fields.intid)
+                                : fields.type == KVM_ARM_IRQ_TYPE_PPI ? kh::irq_line_ppi(fields.vcpu, fields.intid)
+                                                                      : irq;
+    CHECK(again == irq);
+  }
+  CHECK(kh::irq_line_fields(0x0000'0001u).type == KVM_ARM_IRQ_TYPE_CPU);
+  CHECK(kh::irq_line_fields(kh::irq_line_ppi(511, 31)).vcpu == 511);
+}
+
+TEST_CASE("INTIDs by kind; the GIC's size holds lesson 2's SPIs; an irqfd for a PPI is refused before any call") {
+  CHECK(kh::is_ppi(27));
+  CHECK_FALSE(kh::is_spi(27));
+  CHECK(kh::is_spi(32));
+  CHECK(kh::is_spi(1019));
+  CHECK_FALSE(kh::is_spi(1020));  // 1020-1023: special INTIDs (1023: spurious)
+  CHECK(kh::vgic_nr_irqs == 64);
+  const kh::VmFd no_vm{-1};  // not used: the INTID is checked first
+  const auto irqfd = kh::attach_irqfd(no_vm, kh::timer_intid);
+  REQUIRE_FALSE(irqfd);
+  CHECK(irqfd.error().step == kh::Step::attach_irqfd);
+  CHECK(irqfd.error().problem == kh::Problem::not_an_spi);
+  CHECK(irqfd.error().value == kh::timer_intid);
+  CHECK(kh::attach_irqfd(no_vm, 32).error().err == EBADF);  // an SPI: KVM_IRQFD is made (on no fd)
+}
+
+TEST_CASE("Part II's steps on an fd that is no VM: each error names its step and call") {
+  const kh::VmFd no_vm{-1};
+  const auto probed = kh::probe_vgic(no_vm);
+  REQUIRE_FALSE(probed);
+  CHECK(probed.error().step == kh::Step::probe_vgic);
+  CHECK(probed.error().call == "KVM_CHECK_EXTENSION");
+  CHECK(probed.error().err == EBADF);
+  const auto created = kh::create_vgic(no_vm, kh::GicVersion::v3);
+  CHECK(created.error().step == kh::Step::create_vgic);
+  CHECK(created.error().call == "KVM_CREATE_DEVICE");
+  const auto injected = kh::inject_spi(no_vm, kh::spi_line);
+  CHECK(injected.error().step == kh::Step::inject_spi);
+  CHECK(injected.error().call == "KVM_IRQ_LINE");
+  const auto timer = kh::read_timer_irq(kh::VcpuFd{-1});
+  CHECK(timer.error().step == kh::Step::read_timer_irq);
+  CHECK(timer.error().call == "KVM_GET_DEVICE_ATTR");
+  const kh::Vgic no_gic{kh::DeviceFd{-1}, kh::GicVersion::v2};
+  const auto initialised = kh::init_vgic(no_gic);
+  CHECK(initialised.error().step == kh::Step::init_vgic);
+  CHECK(initialised.error().call == "KVM_SET_DEVICE_ATTR");
+  const kh::Irqfd no_event{kh::Fd{-1}, 9};
+  CHECK(kh::ring_irqfd(no_event).error().call == "write");
+}
