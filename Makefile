@@ -9,12 +9,13 @@
 
 ## Targets:
 ##   make run         build and run kvm-hello (ARGS="--timeout 2" passes options;
-##                    GUEST=path/to/file.S assembles that guest and runs it instead);
+##                    GUEST=path/to/file.S assembles that guest and runs it instead;
+##                    LESSON=2 runs lesson 2, interrupts and time, instead of lesson 1);
 ##                    when kvm-hello fails, make says its exit status in words (also
 ##                    for trace and bench) and fails with it
 ##   make trace       run the guest one instruction at a time (--step-guest, plus ARGS)
 ##   make gdb         gdb on kvm-hello, stopped at each step function (gdb/steps.gdb);
-##                    GUEST= and ARGS= as for run; GDB_ARGS="-batch -x FILE" runs FILE's commands
+##                    GUEST=, ARGS= and LESSON= as for run; GDB_ARGS="-batch -x FILE" runs FILE's commands
 ##   make bench       what a VM exit costs, measured here (ARGS=--json for JSON)
 ##   make test        every test suite; the last line is "N passed, M failed"
 ##   make test-e2e    only the suites against real KVM (e2e and gdb), on the chosen host
@@ -29,6 +30,8 @@
 ##   make distclean   clean, and remove the downloaded kernels from $(CACHE)
 ##
 ## Settings (on the command line or in the environment):
+##   LESSON=1|2       which lesson run, trace and gdb walk through (default 1; 2: the
+##                    in-kernel GIC, the timer waking a guest in WFI, injected interrupts)
 ##   KVM_HELLO_MACHINE=native|emulated  where kvm-hello runs (default: native on
 ##                    arm64 when /dev/kvm exists, else emulated)
 ##   The emulated host:
@@ -38,6 +41,7 @@
 ##   KVM_HELLO_CPU    QEMU's -cpu model (default cortex-a57; neoverse-n1 for arm64-16k)
 ##   KVM_HELLO_HOST_CPUS  how many CPUs the emulated machine has (default 1; the
 ##                    guest has one vCPU on any host). KVM_HELLO_SMP is its old name
+##   KVM_HELLO_GIC    its interrupt controller: 3 (a GICv3, the default) or 2 (a GICv2)
 ##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
 .DEFAULT_GOAL := all
@@ -59,6 +63,11 @@ LIBRARY_USER      := $(BUILD)/two-vms-two-threads
 FUZZER            := $(BUILD)/fuzz-exits
 PACKAGES_OK       := $(BUILD)/.packages-ok
 TEST_LOGS         := $(BUILD)/test-logs
+# The lesson: 1 (a guest says hello through MMIO) or 2 (interrupts and time).
+LESSON ?= 1
+ifeq ($(filter 1 2,$(LESSON)),)
+  $(error LESSON=$(LESSON): kvm-hello has lessons 1 and 2; for example make run LESSON=2)
+endif
 ifdef GUEST
   # Your guest (make run GUEST=path/to/file.S): any path, relative to this
   # folder or absolute, with spaces or "..". Make never takes it as a
@@ -137,7 +146,11 @@ else
   KVM_HELLO_FLAVOUR ?= arm64
   KVM_HELLO_CPU     ?= $(if $(findstring 16k,$(KVM_HELLO_FLAVOUR)),neoverse-n1,cortex-a57)
   KVM_HELLO_HOST_CPUS ?= $(or $(KVM_HELLO_SMP),1)
-  export KVM_HELLO_CPU KVM_HELLO_HOST_CPUS
+  KVM_HELLO_GIC ?= 3
+  ifneq ($(words $(KVM_HELLO_GIC)) $(filter 2 3,$(KVM_HELLO_GIC)),1 $(strip $(KVM_HELLO_GIC)))
+    $(error KVM_HELLO_GIC is "$(KVM_HELLO_GIC)": it must be 3 (a GICv3, the default) or 2 (a GICv2))
+  endif
+  export KVM_HELLO_CPU KVM_HELLO_HOST_CPUS KVM_HELLO_GIC
   KERNEL := $(or $(KVM_HELLO_KERNEL),$(CACHE)/kernels/$(KVM_HELLO_SUITE)-$(KVM_HELLO_FLAVOUR)/vmlinuz)
   IN_VM  := tools/run-in-vm.sh $(KERNEL)
 
@@ -168,10 +181,10 @@ endif
 UNIT_SUITES := $(UNIT_HOST) $(UNIT_SANITIZED) $(if $(CROSS),$(UNIT_ARM64))
 all: $(UNIT_SUITES) $(E2E_NEEDS) $(RUN_NEEDS)
 
-# What kvm-hello is given: your guest and its line table, and ARGS. (In the
+# What kvm-hello is given: the lesson, your guest and its line table, and ARGS. (In the
 # emulated machine too: tools/run-in-vm.sh puts the files --guest and
 # --guest-lines name into it.)
-PROGRAM_ARGS = $(if $(GUEST),--guest $(GUEST_BIN) --guest-lines $(GUEST_BIN:.bin=.lines)) $(ARGS)
+PROGRAM_ARGS = $(if $(filter 2,$(LESSON)),--lesson 2 )$(if $(GUEST),--guest $(GUEST_BIN) --guest-lines $(GUEST_BIN:.bin=.lines)) $(ARGS)
 
 # run, trace and bench: kvm-hello's exit status becomes make's; one that is
 # not 0 is first said in words by program/say-status.sh, from the table of
@@ -219,7 +232,7 @@ test-hosts: $(BUILD)/test.cpio $(BUILD)/gdb.cpio
 host:
 	@echo "kvm-hello runs $(if $(filter native,$(KVM_HELLO_MACHINE)),natively,in the emulated arm64 machine): $(MACHINE_WHY)"
 ifeq ($(KVM_HELLO_MACHINE),emulated)
-	@echo "the emulated host: $(if $(KVM_HELLO_KERNEL),the kernel $(KVM_HELLO_KERNEL),Debian $(KVM_HELLO_SUITE)'s linux-image-$(KVM_HELLO_FLAVOUR)), -cpu $(KVM_HELLO_CPU), $(KVM_HELLO_HOST_CPUS) CPU$(if $(filter 1,$(KVM_HELLO_HOST_CPUS)),,s)"
+	@echo "the emulated host: $(if $(KVM_HELLO_KERNEL),the kernel $(KVM_HELLO_KERNEL),Debian $(KVM_HELLO_SUITE)'s linux-image-$(KVM_HELLO_FLAVOUR)), -cpu $(KVM_HELLO_CPU), $(KVM_HELLO_HOST_CPUS) CPU$(if $(filter 1,$(KVM_HELLO_HOST_CPUS)),,s), GICv$(KVM_HELLO_GIC)"
 endif
 
 # The native suites need a KVM they may use: say so once, before any test runs.
@@ -267,7 +280,8 @@ $(CACHE)/kernels/%/vmlinuz: | $(PACKAGES_OK)
 TEST_GUESTS := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/guests/*.S))
 EXERCISES   := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/exercises/*.S))
 GOLDEN      := $(wildcard test/golden/*.txt)
-GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/bench/bench-guest.bin $(TEST_GUESTS) $(EXERCISES) $(GUEST_BIN)
+GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/lesson2/guest.bin $(BUILD)/bench/bench-guest.bin $(TEST_GUESTS) $(EXERCISES) \
+  $(GUEST_BIN)
 # Their .o and .elf are kept (gdb and --step-guest's line table read the
 # guest's); naming them, rather than a bare .SECONDARY:, keeps make
 # rebuilding an image that is missing.
@@ -319,6 +333,9 @@ $(BUILD)/guest_image.h: $(BUILD)/guest.bin
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
 $(BUILD)/bench_guest_image.h: $(BUILD)/bench/bench-guest.bin
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
+# Lesson 2's, named from build/: lesson2/guest.bin -> lesson2_guest_bin[].
+$(BUILD)/lesson2_guest_image.h: $(BUILD)/lesson2/guest.bin
+	cd $(BUILD) && xxd -i lesson2/guest.bin > $(abspath $@)
 # Every test guest as a C array named after its file: spin.S -> spin_bin[].
 $(BUILD)/test_guests.h: $(TEST_GUESTS)
 	cd $(BUILD)/test/guests && for bin in $(notdir $^); do xxd -i $$bin; done > $(abspath $@)
@@ -331,6 +348,8 @@ $(BUILD)/your-guest/%.lines: $(BUILD)/your-guest/%.elf $(BUILD)/your-guest/%.sou
 	program/guest-lines.sh $(CROSS)readelf $< $(GUEST_QUOTED) > $@
 $(BUILD)/guest_lines.h: $(BUILD)/guest.lines
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
+$(BUILD)/lesson2_guest_lines.h: $(BUILD)/lesson2/guest.lines
+	cd $(BUILD) && xxd -i lesson2/guest.lines > $(abspath $@)
 
 # ==== Programs ===============================================================
 
@@ -341,7 +360,8 @@ CXXSTD   := -std=c++23
 WARNINGS := -Wall -Wextra -Wpedantic -Wconversion -Wsign-conversion -Wshadow -Wold-style-cast -Werror
 OPTIMISE := -O2 -g
 HEADERS  := kvm_hello.hpp $(wildcard program/*.hpp bench/*.hpp)
-PROGRAM_SOURCES := main.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h
+PROGRAM_SOURCES := main.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h \
+  $(BUILD)/lesson2_guest_image.h $(BUILD)/lesson2_guest_lines.h
 
 $(PROGRAM): $(PROGRAM_SOURCES)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
@@ -432,7 +452,8 @@ $(UNIT_ARM64): $(UNIT_TESTS:%=$(BUILD)/unit/arm64/%.o)
 LINT_SOURCES := main.cpp $(wildcard test/*.cpp) tools/vm-init.cpp
 CLANG_TIDY   := clang-tidy-19
 LINT_FLAGS   := $(UNIT_FLAGS) -I$(BUILD) $(HOST_UAPI)
-GENERATED_HEADERS := $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h $(BUILD)/test_guests.h
+GENERATED_HEADERS := $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h $(BUILD)/test_guests.h \
+  $(BUILD)/lesson2_guest_image.h $(BUILD)/lesson2_guest_lines.h
 lint: $(LINT_SOURCES:%=$(BUILD)/lint/%.ok)
 	@echo "lint: $(CLANG_TIDY) found nothing in $(words $(LINT_SOURCES)) sources and the headers they include"
 $(BUILD)/lint/%.ok: % .clang-tidy test/.clang-tidy $(GENERATED_HEADERS) $(BUILD)/.clang-tidy-ok $(UNIT_DEPENDS)
@@ -454,7 +475,7 @@ $(FUZZER): test/fuzz_exits.cpp $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UA
 # They find beside themselves: kvm-hello, golden/, guests/ (the test guests
 # assembled, and their line tables) and guest-sources/ (their .S, which say
 # what to expect); the same for the exercises.
-$(E2E): $(EXERCISES) test/e2e_tests.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/test_guests.h \
+$(E2E): $(EXERCISES) test/e2e_tests.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/lesson2_guest_image.h $(BUILD)/test_guests.h \
   $(BUILD)/bench_guest_image.h $(TEST_GUESTS:.bin=.lines)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden

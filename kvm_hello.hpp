@@ -1652,7 +1652,9 @@ concept ExitCallback = std::invocable<F&, const Exit&>;
 // sigaction's errno, when the kick's handler cannot be installed; ENOSYS for
 // an MMIO instruction KVM cannot decode (load/store pair, writeback, SIMD);
 // another exit reason or system event: Problem::unexpected_exit, guest_reset
-// or guest_crash.
+// or guest_crash. A device whose answer can fail (lesson 2's injects an
+// interrupt) has failure() -> std::optional<Error>: its first Error ends the
+// run, after on_exit saw the exit.
 // Why: this loop is the whole life of a VM: the guest runs until it needs us.
 template <MmioDevice Device, ExitCallback OnExit>
 [[nodiscard]] Result<RunStats> run_guest(Vcpu& vcpu, const VcpuStopper& stopper, Device& device, OnExit&& on_exit,
@@ -1688,6 +1690,9 @@ template <MmioDevice Device, ExitCallback OnExit>
       if (!access->is_write) std::memcpy(run.mmio.data, access->data.data(), access->length);
     }
     on_exit(std::as_const(exit));
+    if constexpr (requires { device.failure(); }) {  // a device whose answer can fail (lesson 2's injects)
+      if (const std::optional<Error> failure = device.failure()) return std::unexpected(*failure);
+    }
     const auto more = keep_running(exit);
     if (!more) return std::unexpected(more.error());
     if (!*more) return stats;
@@ -2170,6 +2175,91 @@ static_assert(irq_line_fields(irq_line_ppi(300, 27)).vcpu == 300 && irq_line_fie
   if (const auto raised = set_irq_line(vm, irq_line_spi(intid), true, observe); !raised) return raised;
   return set_irq_line(vm, irq_line_spi(intid), false, observe);
 }
+
+// ==== Lesson 2's device: the guest's hello, its interrupts, its doorbell =====
+//
+// The host side of lesson 2's guest (lesson2/guest.S): OUT as lesson 1's
+// (HelloDevice's), and two registers of its own. IRQ: the guest writes the
+// INTID its handler just took (each tick of its timer, each SPI). DOORBELL:
+// the guest asks for an interrupt, and the device sends it at once, before
+// the guest runs again: KVM_HELLO_RING_LINE raises SPI KVM_HELLO_SPI_LINE
+// with KVM_IRQ_LINE (step 15), KVM_HELLO_RING_IRQFD signals the irqfd wired
+// to SPI KVM_HELLO_SPI_IRQFD (step 14). Both need the vGIC initialised
+// (step 12). It prints nothing: it keeps a record, in order, which the
+// program reads after each exit.
+
+// What the guest writes to DOORBELL to ask for each SPI.
+inline constexpr std::uint32_t doorbell_line = KVM_HELLO_RING_LINE;    // spi_line, with KVM_IRQ_LINE
+inline constexpr std::uint32_t doorbell_irqfd = KVM_HELLO_RING_IRQFD;  // spi_irqfd, through the irqfd
+
+// One access to IRQ or DOORBELL, as the device saw it.
+struct InterruptEvent {
+  enum class Kind : std::uint8_t {
+    took,  // IRQ: the guest's handler took INTID `value`
+    rang,  // DOORBELL: the guest rang with `value` (doorbell_line, doorbell_irqfd, or one we do not know)
+  };
+  Kind kind;
+  std::uint32_t value;
+  std::chrono::steady_clock::time_point at;  // when its exit reached the device
+};
+
+class InterruptDevice {
+ public:
+  static constexpr std::size_t event_limit = 256;  // events kept: a guest that floods us cannot fill memory
+
+  // `vm` and `irqfd` must outlive the device; `observe` sees its injections.
+  InterruptDevice(const VmFd& vm, const Irqfd& irqfd, CallObserver observe = {})
+      : vm_(vm), irqfd_(irqfd), observe_(observe) {
+    events_.reserve(event_limit);  // nothing allocated while the guest runs
+  }
+
+  // MmioDevice: OUT and every read go to the HelloDevice inside; IRQ and
+  // DOORBELL are recorded, and the doorbell injects. After an injection
+  // fails, failure() says why, and run_guest() stops with it.
+  void handle(MmioAccess& access) {
+    const bool ours = access.address == mmio_irq || access.address == mmio_doorbell;
+    if (!access.is_write || !ours) return hello_.handle(access);
+    std::uint32_t value = 0;
+    std::memcpy(&value, access.data.data(), std::min<std::size_t>(access.length, sizeof value));
+    const bool rang = access.address == mmio_doorbell;
+    if (events_.size() < event_limit) {
+      events_.push_back({rang ? InterruptEvent::Kind::rang : InterruptEvent::Kind::took, value,
+                         std::chrono::steady_clock::now()});
+    }
+    if (!rang || failure_) return;
+    Result<void> sent;
+    if (value == doorbell_line) sent = inject_spi(vm_, spi_line, observe_);
+    if (value == doorbell_irqfd) sent = ring_irqfd(irqfd_);
+    if (!sent) failure_ = sent.error();
+  }
+
+  // The first injection that failed, if any.
+  std::optional<Error> failure() const { return failure_; }
+  // Every IRQ and DOORBELL write, in order (the first event_limit of them).
+  std::span<const InterruptEvent> events() const { return events_; }
+  // The INTIDs the guest reported taking, in order.
+  std::vector<std::uint32_t> taken() const {
+    std::vector<std::uint32_t> intids;
+    for (const InterruptEvent& event : events_) {
+      if (event.kind == InterruptEvent::Kind::took) intids.push_back(event.value);
+    }
+    return intids;
+  }
+  const HelloDevice& hello() const { return hello_; }
+
+  static constexpr bool has_register(std::uint64_t address) {
+    return HelloDevice::has_register(address) || address == mmio_irq || address == mmio_doorbell;
+  }
+
+ private:
+  const VmFd& vm_;
+  const Irqfd& irqfd_;
+  CallObserver observe_;
+  HelloDevice hello_;
+  std::vector<InterruptEvent> events_;
+  std::optional<Error> failure_;
+};
+static_assert(MmioDevice<InterruptDevice>);
 
 // ==== Appendix: seeing inside ================================================
 //

@@ -2,7 +2,9 @@
 // main.cpp: kvm-hello, the steps of kvm_hello.hpp walked through in order.
 //
 // For each step: announce it, call it, report a failure, say what came back.
-// Read walk_through() top to bottom; main() below it only picks what to run.
+// Read walk_through() (lesson 1) and walk_through_lesson2() top to bottom;
+// the steps both lessons take alike are told once, above them; main() below
+// only picks what to run.
 // What the program adds around the steps (options, the words for exits and
 // errors, the ioctl trace, the register dump, the stepper, --caps, --pause,
 // --bench) lives in program/ and bench/, one idea per file.
@@ -25,6 +27,7 @@
 #include "program/describe.hpp"
 #include "program/guest_file.hpp"
 #include "program/inspect.hpp"
+#include "program/interrupts.hpp"
 #include "program/kernel_version.hpp"
 #include "program/messages.hpp"
 #include "program/narration.hpp"
@@ -36,6 +39,8 @@
 #include "bench_guest_image.h"  // made by the Makefile from bench/bench-guest.S: bench_guest_bin[]
 #include "guest_image.h"        // made by the Makefile: `xxd -i guest.bin` gives guest_bin[] and guest_bin_len
 #include "guest_lines.h"        // made by the Makefile: guest.S's line table (program/guest-lines.sh), as guest_lines[]
+#include "lesson2_guest_image.h"  // made by the Makefile from lesson2/guest.S: lesson2_guest_bin[]
+#include "lesson2_guest_lines.h"  // and its line table: lesson2_guest_lines[]
 
 namespace kh = kvm_hello;
 
@@ -46,30 +51,45 @@ struct Guest {
   const GuestSource* source;
 };
 
-// The nine steps, in order, stopping at `breakpoint` when there is one
-// (--break-at). Returns the exit status.
-int walk_through(const Options& options, Guest guest, std::optional<std::uint64_t> breakpoint, const Output& out) {
-  Tracer tracer(out);
-  const kh::CallObserver trace = tracer.observer();  // -v: every ioctl; otherwise none
-  const char* device = options.kvm_device.c_str();
-  const auto failed = [&](const kh::Error& error) { return fail(error, out, device); };
-  if (out.shows(Verbosity::normal)) std::printf("kvm-hello: an arm64 guest says hello through KVM, step by step\n");
+// What every step of a walk-through is told with: the options, the output
+// (which numbers the steps "[5/9]" in lesson 1, "[5/15]" in lesson 2), the
+// ioctl trace (-v: every ioctl; otherwise none), and the lesson.
+struct Walk {
+  const Options& options;
+  const Output& out;
+  kh::CallObserver trace;
+  int lesson;
+  const char* device() const { return options.kvm_device.c_str(); }
+  int failed(const kh::Error& error) const { return fail(error, out, device()); }
+};
 
+// A step's value, or the exit status its failure was reported with.
+template <class T>
+using Told = std::expected<T, int>;
+
+// Steps 1 to 5, the same in both lessons: a VM with the guest's RAM.
+struct VmWithRam {
+  kh::KvmFd kvm;
+  kh::VmFd vm;
+  kh::GuestMemory memory;
+};
+Told<VmWithRam> walk_to_guest_ram(const Walk& walk, Guest guest) {
+  const Output& out = walk.out;
   out.announce(kh::Step::open_kvm);
-  auto kvm = kh::open_kvm(device);
-  if (!kvm) return failed(kvm.error());
-  out.say(Verbosity::normal, "%s is fd %d", device, kvm->get());
-  pause_after(kh::Step::open_kvm, options.pause);
+  auto kvm = kh::open_kvm(walk.device());
+  if (!kvm) return std::unexpected(walk.failed(kvm.error()));
+  out.say(Verbosity::normal, "%s is fd %d", walk.device(), kvm->get());
+  pause_after(kh::Step::open_kvm, walk.options.pause, walk.lesson);
 
   out.announce(kh::Step::check_api_version);
-  const auto version = kh::check_api_version(*kvm, trace);
-  if (!version) return failed(version.error());
+  const auto version = kh::check_api_version(*kvm, walk.trace);
+  if (!version) return std::unexpected(walk.failed(version.error()));
   out.say(Verbosity::normal, "API version %d", *version);
-  pause_after(kh::Step::check_api_version, options.pause);
+  pause_after(kh::Step::check_api_version, walk.options.pause, walk.lesson);
 
   out.announce(kh::Step::check_capabilities);
-  const auto caps = kh::check_capabilities(*kvm, trace);
-  if (!caps) return failed(caps.error());
+  const auto caps = kh::check_capabilities(*kvm, walk.trace);
+  if (!caps) return std::unexpected(walk.failed(caps.error()));
   for (std::size_t i = 0; i < kh::required_capabilities.size(); ++i) {
     const kh::Capability& cap = kh::required_capabilities[i];
     out.say(Verbosity::normal, "%-23.*s = %d  %.*s", static_cast<int>(cap.name.size()), cap.name.data(),
@@ -77,92 +97,152 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
   }
   out.say(Verbosity::normal, "%-23.*s = %d  %s", static_cast<int>(kh::ipa_size_capability.name.size()),
           kh::ipa_size_capability.name.data(), caps->ipa_limit, "the host's largest guest-physical address, in bits");
-  pause_after(kh::Step::check_capabilities, options.pause);
+  pause_after(kh::Step::check_capabilities, walk.options.pause, walk.lesson);
 
   out.announce(kh::Step::create_vm);
   const auto type = kh::vm_type_for(caps->ipa_limit);
-  if (!type) return failed(type.error());
-  auto vm = kh::create_vm(*kvm, *type, trace);
-  if (!vm) return failed(vm.error());
+  if (!type) return std::unexpected(walk.failed(type.error()));
+  auto vm = kh::create_vm(*kvm, *type, walk.trace);
+  if (!vm) return std::unexpected(walk.failed(vm.error()));
   out.say(Verbosity::normal, "type %s (IPA size %d bits): VM is fd %d", hex(*type).c_str(),
           *type == 0 ? 40 : kh::guest_ipa_bits, vm->get());
-  pause_after(kh::Step::create_vm, options.pause);
+  pause_after(kh::Step::create_vm, walk.options.pause, walk.lesson);
 
   out.announce(kh::Step::setup_guest_memory);
-  auto memory = kh::setup_guest_memory(*vm, guest.image, trace);
-  if (!memory) return failed(memory.error());
-  const GuestView view{memory->host.bytes(), guest.source, guest.image};
+  auto memory = kh::setup_guest_memory(*vm, guest.image, walk.trace);
+  if (!memory) return std::unexpected(walk.failed(memory.error()));
   out.say(Verbosity::normal, "%zu bytes of guest code copied to the start of %s bytes mapped at %p", guest.image.size(),
           hex(memory->region.memory_size).c_str(), memory->host.get());
   out.say(Verbosity::normal, "slot %u: guest-physical %s..%s", memory->region.slot,
           hex(memory->region.guest_phys_addr).c_str(),
           hex(memory->region.guest_phys_addr + memory->region.memory_size - 1).c_str());
-  pause_after(kh::Step::setup_guest_memory, options.pause);
+  pause_after(kh::Step::setup_guest_memory, walk.options.pause, walk.lesson);
+  return VmWithRam{std::move(*kvm), std::move(*vm), std::move(*memory)};
+}
 
+// Steps 6 and 7, the same in both lessons: the vCPU, created and initialised.
+Told<kh::Vcpu> walk_to_vcpu(const Walk& walk, const VmWithRam& machine) {
+  const Output& out = walk.out;
   out.announce(kh::Step::create_vcpu);
-  auto vcpu = kh::create_vcpu(*kvm, *vm, /*id=*/0, trace);
-  if (!vcpu) return failed(vcpu.error());
+  auto vcpu = kh::create_vcpu(machine.kvm, machine.vm, /*id=*/0, walk.trace);
+  if (!vcpu) return std::unexpected(walk.failed(vcpu.error()));
   out.say(Verbosity::normal, "vCPU %u is fd %d; its struct kvm_run is the first of %zu bytes mapped at %p", vcpu->id,
           vcpu->fd.get(), vcpu->shared.size(), vcpu->shared.get());
-  pause_after(kh::Step::create_vcpu, options.pause);
+  pause_after(kh::Step::create_vcpu, walk.options.pause, walk.lesson);
 
   out.announce(kh::Step::init_vcpu);
-  const auto init = kh::init_vcpu(*vm, vcpu->fd, kh::first_vcpu_features, trace);
-  if (!init) return failed(init.error());
+  const auto init = kh::init_vcpu(machine.vm, vcpu->fd, kh::first_vcpu_features, walk.trace);
+  if (!init) return std::unexpected(walk.failed(init.error()));
   out.say(Verbosity::normal, "target %s, features[0] = %s (PSCI 0.2)", describe_target(init->target).c_str(),
           hex(init->features[0]).c_str());
-  const auto psci = kh::get_register(kh::Step::init_vcpu, vcpu->fd, kh::reg::psci_version, trace);
-  if (!psci) return failed(psci.error());
+  const auto psci = kh::get_register(kh::Step::init_vcpu, vcpu->fd, kh::reg::psci_version, walk.trace);
+  if (!psci) return std::unexpected(walk.failed(psci.error()));
   out.say(Verbosity::normal, "%s", describe_psci(*psci, running_kernel()).c_str());
-  pause_after(kh::Step::init_vcpu, options.pause);
+  pause_after(kh::Step::init_vcpu, walk.options.pause, walk.lesson);
+  return std::move(*vcpu);
+}
 
-  out.announce(kh::Step::set_boot_registers);
-  const auto set = kh::set_boot_registers(vcpu->fd, kh::boot_registers, trace);
-  if (!set) return failed(set.error());
-  out.say(Verbosity::normal, "PC = %s, SP_EL1 = %s", hex(kh::boot_registers.pc).c_str(),
-          hex(kh::boot_registers.sp_el1).c_str());
-  pause_after(kh::Step::set_boot_registers, options.pause);
+// Step 8's call and its line, the same in both lessons (lesson 2 adds x0).
+Told<void> walk_boot_registers(const Walk& walk, const kh::Vcpu& vcpu) {
+  const auto set = kh::set_boot_registers(vcpu.fd, kh::boot_registers, walk.trace);
+  if (!set) return std::unexpected(walk.failed(set.error()));
+  walk.out.say(Verbosity::normal, "PC = %s, SP_EL1 = %s", hex(kh::boot_registers.pc).c_str(),
+               hex(kh::boot_registers.sp_el1).c_str());
+  return {};
+}
 
+// Step 9, the same in both lessons but for the device that answers the guest
+// and what the program says at each exit (`on_exit`, after the exit's own
+// line): runs the guest until it powers off, or a stop (Ctrl-C, --timeout),
+// single-stepping it (--step-guest) or stopping at a breakpoint (--break-at)
+// when asked. Returns the run's counts and times.
+template <kh::MmioDevice Device, class OnExit>
+Told<kh::RunStats> walk_run(const Walk& walk, const VmWithRam& machine, kh::Vcpu& vcpu, const GuestView& view,
+                            std::optional<std::uint64_t> breakpoint, Device& device, KnownRegisters known,
+                            OnExit&& on_exit) {
+  const Output& out = walk.out;
+  const Options& options = walk.options;
   out.announce(kh::Step::run_guest);
-  const auto stuck = [&](const kh::Error& error) { return fail(error, out, device, &*vcpu, view); };
-  GuestStepper stepper(vcpu->fd, view, out, {options.step_guest, options.step_limit, breakpoint}, trace);
+  const auto stuck = [&](const kh::Error& error) { return fail(error, out, walk.device(), &vcpu, view); };
+  GuestStepper stepper(vcpu.fd, view, out, {options.step_guest, options.step_limit, breakpoint}, walk.trace);
   if (options.step_guest) {
-    if (const auto on = kh::enable_single_step(*kvm, vcpu->fd, trace); !on) return stuck(on.error());
+    if (const auto on = kh::enable_single_step(machine.kvm, vcpu.fd, walk.trace); !on) {
+      return std::unexpected(stuck(on.error()));
+    }
     out.say(Verbosity::normal,
             "single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP); each instruction, then "
             "the registers it changed");
-    if (const auto started = stepper.start(); !started) return stuck(started.error());
+    if (const auto started = stepper.start(); !started) return std::unexpected(stuck(started.error()));
   } else if (breakpoint) {
-    const auto armed = kh::set_hardware_breakpoint(*kvm, vcpu->fd, *breakpoint, trace);
-    if (!armed) return stuck(armed.error());
+    const auto armed = kh::set_hardware_breakpoint(machine.kvm, vcpu.fd, *breakpoint, walk.trace);
+    if (!armed) return std::unexpected(stuck(armed.error()));
     out.say(Verbosity::normal,
             "hardware breakpoint at %s: KVM_SET_GUEST_DEBUG(ENABLE | USE_HW); the guest runs at full "
             "speed until it gets there",
             address_and_line(view, *breakpoint).c_str());
   }
-  kh::HelloDevice hello;
-  ExitReporter reporter(out);
-  const kvm_run& run = vcpu->run();
-  const auto on_exit = [&](const kh::Exit& exit) {
+  ExitReporter reporter(out, known);
+  const kvm_run& run = vcpu.run();
+  const auto each_exit = [&](const kh::Exit& exit) {
     out.say(Verbosity::very_verbose, "%s", describe_run_fields(run).c_str());
     if (const auto* debug = std::get_if<kh::DebugExit>(&exit)) return stepper.stopped(*debug);
     reporter.report(exit);
+    on_exit(exit);
   };
   // Two things stop the guest, each by asking the stopper: Ctrl-C and the
   // time limit (--timeout). Both end with the block, before the stopper.
-  kh::VcpuStopper stopper(vcpu->run());
+  kh::VcpuStopper stopper(vcpu.run());
   kh::Result<kh::RunStats> stats;
   {
     const CtrlCStops ctrl_c(stopper);
-    if (const auto on = ctrl_c.status(); !on) return failed(on.error());
+    if (const auto on = ctrl_c.status(); !on) return std::unexpected(walk.failed(on.error()));
     const kh::Deadline deadline(stopper, options.time_limit);
-    if (const auto started = deadline.status(); !started) return failed(started.error());
-    stats = kh::run_guest(*vcpu, stopper, hello, on_exit, trace);
+    if (const auto started = deadline.status(); !started) return std::unexpected(walk.failed(started.error()));
+    stats = kh::run_guest(vcpu, stopper, device, each_exit, walk.trace);
   }
   stepper.finish();
-  if (!stats) return stuck(stats.error());
-  if (const auto& failure = stepper.failure()) return stuck(*failure);
-  pause_after(kh::Step::run_guest, options.pause);
+  if (!stats) return std::unexpected(stuck(stats.error()));
+  if (const auto& failure = stepper.failure()) return std::unexpected(stuck(*failure));
+  pause_after(kh::Step::run_guest, options.pause, walk.lesson);
+  return *stats;
+}
+
+// After a run, at -v: the exits KVM handled itself, which we never saw.
+// Returns the statistics, for a lesson to say more of them.
+std::optional<std::vector<kh::VcpuStatistic>> say_vcpu_statistics(const Walk& walk, const kh::Vcpu& vcpu,
+                                                                  const kh::RunStats& stats) {
+  if (!walk.out.shows(Verbosity::verbose)) return std::nullopt;
+  auto counted = kh::read_vcpu_statistics(vcpu.fd, walk.trace);
+  if (!counted) {
+    walk.out.say(Verbosity::verbose, "no vCPU statistics: %s",
+                 failure_for(counted.error(), walk.device()).message.c_str());
+    return std::nullopt;
+  }
+  for (const std::string& line : describe_statistics(*counted, stats.exits)) {
+    walk.out.say(Verbosity::verbose, "%s", line.c_str());
+  }
+  return std::move(*counted);
+}
+
+// Lesson 1: the nine steps, in order, stopping at `breakpoint` when there is
+// one (--break-at). Returns the exit status.
+int walk_through(const Options& options, Guest guest, std::optional<std::uint64_t> breakpoint, const Output& out) {
+  Tracer tracer(out);
+  const Walk walk{options, out, tracer.observer(), 1};
+  if (out.shows(Verbosity::normal)) std::printf("kvm-hello: an arm64 guest says hello through KVM, step by step\n");
+  auto machine = walk_to_guest_ram(walk, guest);  // steps 1 to 5
+  if (!machine) return machine.error();
+  const GuestView view{machine->memory.host.bytes(), guest.source, guest.image};
+  auto vcpu = walk_to_vcpu(walk, *machine);  // steps 6 and 7
+  if (!vcpu) return vcpu.error();
+
+  out.announce(kh::Step::set_boot_registers);
+  if (const auto set = walk_boot_registers(walk, *vcpu); !set) return set.error();
+  pause_after(kh::Step::set_boot_registers, options.pause);
+
+  kh::HelloDevice hello;
+  const auto stats = walk_run(walk, *machine, *vcpu, view, breakpoint, hello, hello_registers, [](const kh::Exit&) {});
+  if (!stats) return stats.error();
 
   // The outcome: what the guest said, its registers, where the time went.
   std::printf("guest output: %s\n", describe_guest_output(hello, out).c_str());
@@ -175,14 +255,93 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
     }
     std::printf("summary: %s\n", describe_stats(*stats).c_str());
   }
-  if (out.shows(Verbosity::verbose)) {  // the exits KVM handled itself, which we never saw
-    const auto counted = kh::read_vcpu_statistics(vcpu->fd, trace);
-    if (counted) {
-      for (const std::string& line : describe_statistics(*counted, stats->exits))
-        out.say(Verbosity::verbose, "%s", line.c_str());
-    } else {
-      out.say(Verbosity::verbose, "no vCPU statistics: %s", failure_for(counted.error(), device).message.c_str());
-    }
+  say_vcpu_statistics(walk, *vcpu, *stats);
+  std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %s\n", counted(stats->exits, "exit").c_str());
+  return static_cast<int>(Status::ok);
+}
+
+// Lesson 2: interrupts and time. Steps 1 to 5 as in lesson 1; then the
+// vGIC in the order KVM wants it (created and placed before any vCPU, the
+// vCPU, the timer's INTID read, the vGIC initialised once every vCPU exists,
+// an irqfd wired to it); then the run, in which the guest's doorbell makes
+// the device inject (step 15). Returns the exit status.
+int walk_through_lesson2(const Options& options, Guest guest, std::optional<std::uint64_t> breakpoint,
+                         const Output& lesson1_out) {
+  Output out = lesson1_out;
+  out.steps_in_walk = kh::step_count;  // lesson 2 numbers its steps of all 15: "[10/15]"
+  Tracer tracer(out);
+  const Walk walk{options, out, tracer.observer(), 2};
+  if (out.shows(Verbosity::normal)) {
+    std::printf("kvm-hello lesson 2: the guest sleeps in WFI, its timer wakes it, and we interrupt it\n");
+  }
+  auto machine = walk_to_guest_ram(walk, guest);  // steps 1 to 5
+  if (!machine) return machine.error();
+  const GuestView view{machine->memory.host.bytes(), guest.source, guest.image, /*has_vgic=*/true};
+
+  out.announce(kh::Step::probe_vgic);
+  const auto version = kh::probe_vgic(machine->vm, walk.trace);
+  if (!version) return walk.failed(version.error());
+  const auto gic = static_cast<unsigned>(*version);
+  out.say(Verbosity::normal, "KVM can give this VM a GICv%u%s", gic,
+          *version == kh::GicVersion::v2 ? " (a GICv3 it cannot: the test said ENODEV)" : "");
+  pause_after(kh::Step::probe_vgic, options.pause, walk.lesson);
+
+  out.announce(kh::Step::create_vgic);
+  const auto vgic = kh::create_vgic(machine->vm, *version, walk.trace);
+  if (!vgic) return walk.failed(vgic.error());
+  const bool v3 = *version == kh::GicVersion::v3;
+  out.say(Verbosity::normal, "GICv%u is fd %d: distributor at %s, %s at %s; no vCPU exists yet, as KVM wants", gic,
+          vgic->fd.get(), hex(kh::gic_distributor_base).c_str(), v3 ? "redistributors" : "CPU interface",
+          hex(v3 ? kh::gic_redistributors_base : kh::gic_cpu_interface_base).c_str());
+  pause_after(kh::Step::create_vgic, options.pause, walk.lesson);
+
+  auto vcpu = walk_to_vcpu(walk, *machine);  // steps 6 and 7
+  if (!vcpu) return vcpu.error();
+
+  out.announce(kh::Step::set_boot_registers);
+  if (const auto set = walk_boot_registers(walk, *vcpu); !set) return set.error();
+  const auto x0 = kh::set_register(kh::Step::set_boot_registers, vcpu->fd, kh::reg::x(0), gic, walk.trace);
+  if (!x0) return walk.failed(x0.error());
+  out.say(Verbosity::normal, "x0 = %u: the GIC's version, for the guest, as firmware would tell it", gic);
+  pause_after(kh::Step::set_boot_registers, options.pause, walk.lesson);
+
+  out.announce(kh::Step::read_timer_irq);
+  const auto timer = kh::read_timer_irq(vcpu->fd, walk.trace);
+  if (!timer) return walk.failed(timer.error());
+  out.say(Verbosity::normal, "the virtual timer raises INTID %u%s", *timer,
+          *timer == kh::timer_intid ? ", a PPI: vCPU 0's own (the guest enables it)"
+                                    : ": not the one lesson 2's guest enables, so its ticks will not come");
+  pause_after(kh::Step::read_timer_irq, options.pause, walk.lesson);
+
+  out.announce(kh::Step::init_vgic);
+  if (const auto init = kh::init_vgic(*vgic, walk.trace); !init) return walk.failed(init.error());
+  out.say(Verbosity::normal, "%u interrupts (SPIs %u to %u); initialised: no vCPU can be added now", kh::vgic_nr_irqs,
+          kh::first_spi, kh::vgic_nr_irqs - 1);
+  pause_after(kh::Step::init_vgic, options.pause, walk.lesson);
+
+  out.announce(kh::Step::attach_irqfd);
+  const auto irqfd = kh::attach_irqfd(machine->vm, kh::spi_irqfd, walk.trace);
+  if (!irqfd) return walk.failed(irqfd.error());
+  out.say(Verbosity::normal, "eventfd %d wired to gsi %u: a write to it raises SPI %u", irqfd->event.get(), irqfd->gsi,
+          kh::spi_irqfd);
+  pause_after(kh::Step::attach_irqfd, options.pause, walk.lesson);
+
+  kh::InterruptDevice device(machine->vm, *irqfd, walk.trace);  // the doorbell injects: step 15
+  InterruptReporter reporter(out, device, *irqfd);
+  const auto stats = walk_run(walk, *machine, *vcpu, view, breakpoint, device, interrupt_registers,
+                              [&](const kh::Exit&) { reporter.report(); });
+  if (!stats) return stats.error();
+
+  // The outcome: what the guest said and took, and what no exit showed.
+  std::printf("guest output: %s\n", describe_guest_output(device.hello(), out).c_str());
+  std::printf("interrupts the guest took: %s\n", list_intids(device.taken()).c_str());
+  if (out.shows(Verbosity::normal)) {
+    for (const std::string& line : explain_sleep(reporter.ticks())) std::printf("      %s\n", line.c_str());
+    std::printf("summary: %s\n", describe_stats(*stats).c_str());
+  }
+  if (const auto counted = say_vcpu_statistics(walk, *vcpu, *stats)) {
+    for (const std::string& line : describe_interrupt_statistics(*counted))
+      out.say(Verbosity::verbose, "%s", line.c_str());
   }
   std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %s\n", counted(stats->exits, "exit").c_str());
   return static_cast<int>(Status::ok);
@@ -208,14 +367,20 @@ int run(int argc, char** argv) {
   if (options.caps) return show_capabilities(options.kvm_device.c_str(), out);
   // --break-at, found in the guest's line table: a line that is not there is a bad command line.
   const auto walk = [&](Guest guest) {
-    if (options.break_at.empty()) return walk_through(options, guest, std::nullopt, out);
+    const auto lesson = options.lesson == 2 ? walk_through_lesson2 : walk_through;
+    if (options.break_at.empty()) return lesson(options, guest, std::nullopt, out);
     const auto breakpoint = resolve_break_at(options.break_at, *guest.source);
     if (!breakpoint) {
       std::fprintf(stderr, "kvm-hello: %s (try --help)\n", breakpoint.error().c_str());
       return static_cast<int>(Status::usage);
     }
-    return walk_through(options, guest, *breakpoint, out);
+    return lesson(options, guest, *breakpoint, out);
   };
+  if (options.guest_file.empty() && options.lesson == 2) {
+    const GuestSource built_in =
+        parse_guest_source({reinterpret_cast<const char*>(lesson2_guest_lines), lesson2_guest_lines_len});
+    return walk({std::span(lesson2_guest_bin, lesson2_guest_bin_len), &built_in});
+  }
   if (options.guest_file.empty()) {
     const GuestSource built_in = parse_guest_source({reinterpret_cast<const char*>(guest_lines), guest_lines_len});
     return walk({std::span(guest_bin, guest_bin_len), &built_in});

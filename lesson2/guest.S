@@ -157,6 +157,7 @@ tick:
         str     w2, [x1]                    // MMIO exit: the host raises SPI 40 (KVM_IRQ_LINE)
         add     w22, w22, #1
         bl      wait_for_interrupt          // the handler reports INTID 40
+        ldr     x1, =KVM_HELLO_MMIO_DOORBELL  // again: wait_for_interrupt used x1
         mov     w2, #KVM_HELLO_RING_IRQFD
         str     w2, [x1]                    // MMIO exit: the host signals its irqfd: SPI 41
         add     w22, w22, #1

@@ -24,6 +24,7 @@ namespace kh = kvm_hello;
 inline constexpr unsigned max_step_limit = 1U << 30;
 
 struct Options {
+  int lesson = 1;  // 1: a guest says hello through MMIO; 2: interrupts and time
   std::string kvm_device = kh::default_kvm_path;
   std::chrono::milliseconds time_limit = kh::default_time_limit;
   bool time_limit_given = false;
@@ -82,13 +83,17 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       continue;
     }
     if (arg != "--bench-iterations" && arg != "--bench-repeats" && arg != "--kvm-device" && arg != "--guest" &&
-        arg != "--guest-lines" && arg != "--timeout" && arg != "--step-limit" && arg != "--break-at") {
+        arg != "--guest-lines" && arg != "--timeout" && arg != "--step-limit" && arg != "--break-at" &&
+        arg != "--lesson") {
       return std::unexpected("unknown option: " + std::string(arg));
     }
     const auto given = value();
     if (!given) return std::unexpected(std::string(arg) + " needs a value");
     double amount = 0;
-    if (arg == "--kvm-device") {
+    if (arg == "--lesson") {
+      if (*given != "1" && *given != "2") return std::unexpected("--lesson wants 1 or 2: " + std::string(*given));
+      options.lesson = *given == "2" ? 2 : 1;
+    } else if (arg == "--kvm-device") {
       options.kvm_device = *given;
     } else if (arg == "--guest") {
       options.guest_file = *given;
@@ -126,11 +131,14 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
 
 inline void print_help() {
   std::printf(
-      "usage: kvm-hello [-q | -v | -vv] [--step-guest [--step-limit N]] [--break-at WHERE] [--caps] [--pause]\n"
-      "                 [--bench [--json]] [--guest FILE [--guest-lines FILE]] [--kvm-device PATH]\n"
-      "                 [--timeout SECONDS]\n"
+      "usage: kvm-hello [--lesson N] [-q | -v | -vv] [--step-guest [--step-limit N]] [--break-at WHERE]\n"
+      "                 [--caps] [--pause] [--bench [--json]] [--guest FILE [--guest-lines FILE]]\n"
+      "                 [--kvm-device PATH] [--timeout SECONDS]\n"
       "Runs a tiny arm64 guest with KVM, step by step: it writes \"hello\" to an MMIO\n"
-      "register, reads a value from the host, writes it back, and powers off.\n\n"
+      "register, reads a value from the host, writes it back, and powers off.\n"
+      "Lesson 2 gives it an interrupt controller inside KVM: its timer wakes it from WFI\n"
+      "three times, then the program interrupts it twice (KVM_IRQ_LINE, an irqfd).\n\n"
+      "  --lesson N          1 (the default) or 2: interrupts and time\n"
       "  -q                  only the guest's output and the outcome\n"
       "  -v                  also every ioctl: request, number decoded, arguments, result, time\n"
       "  -vv                 also the kvm_run fields at each exit\n"
@@ -146,7 +154,8 @@ inline void print_help() {
       "  --bench-iterations N, --bench-repeats R   with --bench (default 65536, and 5 or,\n"
       "                      on an emulated CPU, 3)\n"
       "  --pause             explain each step and wait for Enter (on a terminal)\n"
-      "  --guest FILE        run this raw arm64 image instead (loaded at 0x10000, entry at its start)\n"
+      "  --guest FILE        run this raw arm64 image instead (loaded at 0x10000, entry at its start;\n"
+      "                      with --lesson 2, x0 holds the GIC's version, 2 or 3)\n"
       "  --guest-lines FILE  its line table, for --step-guest and the dump (`make run GUEST=` makes one)\n"
       "  --kvm-device PATH   the KVM device to open (default /dev/kvm)\n"
       "  --timeout SECONDS   the watchdog: stop a guest that has not powered off (default %lld)\n"

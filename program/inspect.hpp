@@ -75,6 +75,7 @@ struct GuestView {
   std::span<const std::uint8_t> ram;
   const GuestSource* source = nullptr;
   std::span<const std::uint8_t> image = {};  // the bytes loaded at ram_base: the guest's code, to run it again
+  bool has_vgic = false;                     // lesson 2: the VM has an in-kernel GIC (its re-run would not)
 
   bool in_ram(std::uint64_t address) const { return address >= kh::ram_base && address - kh::ram_base < ram.size(); }
   bool past_image(std::uint64_t address) const { return in_ram(address) && address - kh::ram_base >= image.size(); }
@@ -300,6 +301,13 @@ inline std::string explain_what_it_does(const kh::Registers& regs, const GuestVi
     return explain_refused_call(*call, kernel) + ".";
   }
   const auto waits_at = at && is_wfi(*at) ? regs.pc : before && is_wfi(*before) ? regs.pc - 4 : 0;
+  if (waits_at != 0 && guest.has_vgic) {
+    return "It waits in WFI at " + hex(waits_at) +
+           " for an interrupt that never reached it. The VM has a GIC, but an interrupt wakes WFI only when "
+           "it is enabled, in a group the CPU interface enables, at a priority below PMR (KVM starts PMR at 0, "
+           "below which nothing is), with the distributor enabled; and the timer fires only when armed "
+           "(CNTV_CTL_EL0: ENABLE set, IMASK clear).";
+  }
   if (waits_at != 0) {
     return "It waits in WFI at " + hex(waits_at) +
            " for an interrupt, and none will come: this VM has no interrupt controller (kvm-hello creates no "

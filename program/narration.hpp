@@ -8,6 +8,7 @@
 #include <array>
 #include <cstdio>
 #include <string_view>
+#include <utility>
 
 #include "kvm_hello.hpp"
 
@@ -32,10 +33,44 @@ inline constexpr std::array<std::string_view, kh::lesson1_step_count> narration{
     "scope.",
 };
 
-// After a step: tell it, then wait for Enter when a person is at the keyboard.
-inline void pause_after(kh::Step step, bool pausing) {
-  if (!pausing || static_cast<std::size_t>(step) > narration.size()) return;
-  const std::string_view text = narration[static_cast<std::size_t>(step) - 1];
+// After lesson 2's steps where it differs from lesson 1: the steps of Part
+// II, and where lesson 2 goes on to another step than lesson 1 does.
+inline constexpr std::array<std::pair<kh::Step, std::string_view>, 7> lesson2_narration{{
+    {kh::Step::setup_guest_memory,
+     "Guest RAM holds the guest's code. Next we ask KVM which interrupt controller, a GICv3 or a GICv2, it can "
+     "emulate for this VM."},
+    {kh::Step::probe_vgic,
+     "KVM can emulate this GIC for the VM. Next we create it, and place its frames in the guest's memory map, "
+     "before any vCPU exists."},
+    {kh::Step::create_vgic,
+     "The GIC exists inside KVM, its frames placed (a GICv3's redistributor for each vCPU is registered as the "
+     "vCPU is created). Next comes the vCPU."},
+    {kh::Step::set_boot_registers,
+     "PC, SP_EL1 and x0 are set. Next we ask KVM which interrupt the vCPU's virtual timer raises."},
+    {kh::Step::read_timer_irq,
+     "The timer raises the PPI the guest enables. Next we initialise the GIC: every vCPU exists now, so its size "
+     "can be fixed."},
+    {kh::Step::init_vgic,
+     "The GIC is ready, and no vCPU can be added now. Next we wire an eventfd to SPI 41, so that a write to it "
+     "interrupts the guest."},
+    {kh::Step::attach_irqfd,
+     "The irqfd is wired. Next KVM_RUN enters the guest; when it rings the doorbell, we inject SPI 40 with "
+     "KVM_IRQ_LINE (step 15), or write to the irqfd."},
+}};
+
+// The words after `step` in `lesson`: empty when there are none.
+inline std::string_view narration_after(kh::Step step, int lesson) {
+  for (const auto& [which, text] : lesson2_narration) {
+    if (lesson == 2 && which == step) return text;
+  }
+  const auto n = static_cast<std::size_t>(step);
+  return n >= 1 && n <= narration.size() ? narration[n - 1] : std::string_view{};
+}
+
+// After a step of `lesson`: tell it, then wait for Enter when a person is at the keyboard.
+inline void pause_after(kh::Step step, bool pausing, int lesson = 1) {
+  const std::string_view text = narration_after(step, lesson);
+  if (!pausing || text.empty()) return;
   std::printf("      -- %.*s\n", static_cast<int>(text.size()), text.data());
   if (::isatty(STDIN_FILENO) != 1) return;  // not a terminal: run straight through
   std::printf("      -- press Enter to go on\n");

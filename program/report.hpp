@@ -17,6 +17,15 @@
 
 namespace kh = kvm_hello;
 
+// The registers a lesson's device has: which addresses, and their names.
+struct KnownRegisters {
+  bool (*has)(std::uint64_t address);
+  const char* names;  // "OUT, ANSWER and ECHO"
+};
+inline constexpr KnownRegisters hello_registers{kh::HelloDevice::has_register, "OUT, ANSWER and ECHO"};
+inline constexpr KnownRegisters interrupt_registers{kh::InterruptDevice::has_register,
+                                                    "OUT, ANSWER, ECHO, IRQ and DOORBELL"};
+
 // Prints "exit N: ..." for each exit (but KVM_EXIT_DEBUG), at most
 // line_limit of them, so a guest that floods us cannot flood the terminal;
 // and says once when the guest uses an address where no register is.
@@ -24,7 +33,7 @@ class ExitReporter {
  public:
   static constexpr unsigned line_limit = 100;
 
-  explicit ExitReporter(const Output& out) : out_(out) {}
+  explicit ExitReporter(const Output& out, KnownRegisters known = hello_registers) : out_(out), known_(known) {}
 
   void report(const kh::Exit& exit) {
     ++count_;
@@ -34,12 +43,12 @@ class ExitReporter {
       out_.say(Verbosity::normal, "(more exits than %u: not shown one by one; -v shows them all)", line_limit);
     }
     const auto* access = std::get_if<kh::MmioAccess>(&exit);
-    if (access != nullptr && !kh::HelloDevice::has_register(access->address) && !said_unmapped_) {
+    if (access != nullptr && !known_.has(access->address) && !said_unmapped_) {
       said_unmapped_ = true;
       out_.say(Verbosity::normal,
-               "note: no register at %s (nor at any address but OUT, ANSWER and ECHO): reads there "
+               "note: no register at %s (nor at any address but %s): reads there "
                "return %s, writes are dropped; said once",
-               hex(access->address).c_str(), hex(kh::HelloDevice::unmapped_read_value).c_str());
+               hex(access->address).c_str(), known_.names, hex(kh::HelloDevice::unmapped_read_value).c_str());
     }
     if (const std::string wide = access != nullptr ? describe_wide_out_write(*access) : ""; !wide.empty()) {
       if (!said_wide_out_) out_.say(Verbosity::normal, "note: %s; said once", wide.c_str());
@@ -49,6 +58,7 @@ class ExitReporter {
 
  private:
   const Output& out_;
+  KnownRegisters known_;
   unsigned count_ = 0;
   bool said_unmapped_ = false;
   bool said_wide_out_ = false;
@@ -91,7 +101,9 @@ inline int fail(const kh::Error& error, const Output& out, std::string_view devi
   if (shown) {
     print_registers(*regs, stderr);
     std::optional<Replay> replay;
-    if (const auto goal = replay_goal_for(error, *regs, guest)) replay = replay_guest(guest.image, device, *goal);
+    // (A re-run is lesson 1's machine, with no GIC: it would not retrace a guest of lesson 2.)
+    const auto goal = guest.has_vgic ? std::nullopt : replay_goal_for(error, *regs, guest);
+    if (goal) replay = replay_guest(guest.image, device, *goal);
     for (const std::string& line : diagnose(error, *regs, guest, running_kernel(), replay ? &*replay : nullptr)) {
       std::fprintf(stderr, "      %s\n", line.c_str());
     }

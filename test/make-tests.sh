@@ -67,6 +67,12 @@ check "the 16K-page flavour picks a CPU with the 16K granule" \
 check "KVM_HELLO_HOST_CPUS: the emulated machine's CPUs" \
   "$(mk host CXX="$work/x86-g++" KVM_HELLO_HOST_CPUS=2)" "-cpu cortex-a57, 2 CPUs"
 check "KVM_HELLO_SMP, its old name, still works" "$(mk host CXX="$work/x86-g++" KVM_HELLO_SMP=3)" "-cpu cortex-a57, 3 CPUs"
+check "the emulated machine has a GICv3 by default" "$(mk host CXX="$work/x86-g++")" "-cpu cortex-a57, 1 CPU, GICv3"
+check "KVM_HELLO_GIC=2: a GICv2" "$(mk host CXX="$work/x86-g++" KVM_HELLO_GIC=2)" "-cpu cortex-a57, 1 CPU, GICv2"
+for gic in 4 v3 "" "2 3"; do
+  check "KVM_HELLO_GIC=\"$gic\" stops make, saying what it may be" "$(mk host CXX="$work/x86-g++" KVM_HELLO_GIC="$gic")" \
+    "KVM_HELLO_GIC is \"$gic\": it must be 3 (a GICv3, the default) or 2 (a GICv2)"
+done
 
 # Prerequisites: what a machine lacks is named, with what to install.
 printf '#!/bin/sh\nfor a; do shift; [ "$a" = -std=c++23 ] && a=-std=c++20; set -- "$@" "$a"; done\nexec g++ "$@"\n' \
@@ -142,6 +148,17 @@ check_equal "GUEST=nope.S: one line naming it, and what to do" "$out" \
 check_equal "... and make fails" "$([ "$status" != 0 ] && echo failed)" failed
 check "GUEST=test: a folder" "$(mk trace GUEST=test)" "GUEST=test: it is a folder"
 
+# LESSON=: 2 gives kvm-hello --lesson 2, for run, trace and gdb, with GUEST= and ARGS= after it; 1 is the
+# default and adds nothing; another stops make in one line.
+check "LESSON=2: make run gives kvm-hello --lesson 2" "$(mk -n run LESSON=2)" "--lesson 2 "
+check "LESSON=2 with GUEST= and ARGS=: the lesson, the guest, the options" \
+  "$(mk -n gdb LESSON=2 GUEST="$b_relative" ARGS=-v)" "--lesson 2 --guest build/your-guest/own.bin"
+check "... and make trace LESSON=2 steps lesson 2's guest" "$(mk -n trace LESSON=2)" "--lesson 2  --step-guest"
+check_lacks "LESSON=1, the default: no --lesson" "$(mk -n run LESSON=1)" "--lesson"
+out=$(mk run LESSON=3)
+check "LESSON=3: one line, and what to do" "$out" \
+  "*** LESSON=3: kvm-hello has lessons 1 and 2; for example make run LESSON=2.  Stop."
+
 # A guest with no instructions at all: kvm-hello's message and status, not
 # objcopy's; make names the target that ran it, and the status in words.
 : >"$work/nothing.S"
@@ -163,8 +180,18 @@ if [ -n "$emulated" ]; then
   chmod +x "$work/qemu/qemu-system-aarch64"
   out=$(PATH="$work/qemu:$PATH" mk run KVM_HELLO_SMP=3)
   check "KVM_HELLO_SMP=3 (the old name): QEMU is given -smp 3" "$(cat "$work/qemu/arguments")" " -smp 3 "
+  check "... and a GICv3 by default" "$(cat "$work/qemu/arguments")" "-M virt,virtualization=on,gic-version=3 "
   check "a machine that stops early: its status is not kvm-hello's, and make run says so" "$out" \
     "is not one of kvm-hello's (kvm-hello --help lists them): the lines above say what stopped it"
+  PATH="$work/qemu:$PATH" mk run KVM_HELLO_GIC=2 >/dev/null
+  check "KVM_HELLO_GIC=2: QEMU is given gic-version=2" "$(cat "$work/qemu/arguments")" \
+    "-M virt,virtualization=on,gic-version=2 "
+  rm -f "$work/qemu/arguments"
+  out=$(PATH="$work/qemu:$PATH" KVM_HELLO_GIC=1 tools/run-in-vm.sh build/run.cpio build/run.cpio /kvm-hello 2>&1)
+  status=$?
+  check_equal "run-in-vm.sh with KVM_HELLO_GIC=1: one line saying what it may be" "$out" \
+    'run-in-vm: KVM_HELLO_GIC is "1": it must be 3 (a GICv3, the default) or 2 (a GICv2)'
+  check_equal "... status 2, and QEMU never started" "$status $(ls "$work/qemu")" "2 qemu-system-aarch64"
 fi
 
 # A guest file of the build machine's, named in ARGS: kvm-hello runs it, also
@@ -176,10 +203,12 @@ check "ARGS='--guest FILE', a relative path: that guest runs" \
 check "ARGS='--guest=FILE --guest-lines FILE', absolute paths in /tmp: the guest runs, its lines are read" \
   "$(mk -s run ARGS="--guest=$work/psci_version.bin --guest-lines $work/psci_version.lines -q --step-guest")" \
   "psci_version.S:"
-out=$(mk -s run ARGS="--guest build/no-such-guest.bin")
+out=$(mk -s run ARGS="--guest build/no-such-guest.bin" KVM_HELLO_GIC=2)
 check "ARGS='--guest FILE', no such file: kvm-hello's own message" "$out" \
   "kvm-hello: --guest build/no-such-guest.bin: cannot open it: ENOENT"
 check "... and its status 19" "$out" "Error 19"
+[ -z "$emulated" ] || check "... in a machine booted with KVM_HELLO_GIC=2, whose host line names the GICv2 it found" \
+  "$out" ", GICv2, KVM "
 
 # stdout and stderr stay apart, into files as into a terminal (under emulation
 # both leave the machine on its one console, and /init marks stderr's lines);
@@ -188,6 +217,8 @@ as_user make --no-print-directory -s run GUEST=test/guests/stp_mmio.S >"$work/st
 stdout=$(cat "$work/stdout") stderr=$(cat "$work/stderr")
 error="kvm-hello: step 9 (run_guest): KVM_RUN failed with ENOSYS"
 check "stdout holds the steps" "$stdout" "[9/9] run_guest"
+[ -z "$emulated" ] || check "... after the host line, which names the default GICv3, read from the machine's device tree" \
+  "$stdout" ", GICv3, KVM "
 check_lacks "... and not the error line" "$stdout" "$error"
 check_lacks "... nor the register dump" "$stdout" "registers (read with KVM_GET_ONE_REG"
 check "stderr holds the error line" "$stderr" "$error"
@@ -199,6 +230,14 @@ check "stdout and stderr into one file: the steps, then the dump, then the error
   "[9/9] run_guest run the guest until it powers off: KVM_RUN registers (read with KVM_GET_ONE_REG"
 check "... the error last, then make run's words for its status" "$both" \
   "use plain ldr/str make run: kvm-hello exited with status 20: KVM_RUN failed make: *** [Makefile"
+
+# test/hosts.txt: every line a host of five words, GIC the last; a GICv2 among them.
+printf 'trixie arm64 cortex-a57 1\n' >"$work/hosts.txt"
+out=$(test/test-hosts.sh "$work/hosts.txt" 2>&1)
+status=$?
+check_equal "make test-hosts: a host line without its GIC is refused, before any test" "$status: $out" \
+  "2: test-hosts: $work/hosts.txt:1 is not a host: it must be five words, suite flavour cpu CPUs GIC (CPUs a number, GIC 3 or 2)"
+check_equal "test/hosts.txt has a GICv2 host" "$(awk '!/^#/ && $5 == 2 { found = 1 } END { print found + 0 }' test/hosts.txt)" 1
 
 # make lint: the project's sources pass; a planted mistake fails it, named by
 # its check (the same file without the mistake passes: the mistake is what

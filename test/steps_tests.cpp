@@ -779,6 +779,56 @@ TEST_CASE("the first vCPU boots with PSCI 0.2; the others start powered off; the
         ((1u << KVM_ARM_VCPU_PSCI_0_2) | (1u << KVM_ARM_VCPU_POWER_OFF)));
 }
 
+TEST_CASE("lesson 2's device: IRQ and DOORBELL recorded in order, OUT is hello's, a failed injection is failure()") {
+  const kh::VmFd no_vm(-1);  // every ioctl on it fails with EBADF
+  const kh::Irqfd no_irqfd{kh::Fd(-1), kh::spi_irqfd - kh::first_spi};
+  kh::InterruptDevice device(no_vm, no_irqfd);
+  const auto write = [&](std::uint64_t address, std::uint8_t value) {
+    kh::MmioAccess access{address, 4, true, {value}};
+    device.handle(access);
+  };
+  kh::MmioAccess hello{kh::mmio_out, 1, true, {'h'}};
+  device.handle(hello);
+  CHECK(device.hello().output() == "h");
+  kh::MmioAccess answer{kh::mmio_answer, 4, false, {}};
+  device.handle(answer);
+  CHECK(answer.data[0] == kh::host_answer);
+
+  write(kh::mmio_irq, kh::timer_intid);
+  write(kh::mmio_doorbell, 3);  // no request we know: recorded, nothing sent, no failure
+  CHECK_FALSE(device.failure());
+  write(kh::mmio_doorbell, kh::doorbell_line);
+  REQUIRE(device.failure());
+  CHECK(device.failure()->step == kh::Step::inject_spi);
+  CHECK(device.failure()->call == "KVM_IRQ_LINE");
+  CHECK(device.failure()->err == EBADF);
+  write(kh::mmio_doorbell, kh::doorbell_irqfd);  // the first failure is the one kept
+  CHECK(device.failure()->step == kh::Step::inject_spi);
+
+  REQUIRE(device.events().size() == 4);
+  CHECK(device.events()[0].kind == kh::InterruptEvent::Kind::took);
+  CHECK(device.events()[0].value == kh::timer_intid);
+  CHECK(device.events()[1].kind == kh::InterruptEvent::Kind::rang);
+  CHECK(device.events()[1].value == 3);
+  CHECK(device.events()[3].value == kh::doorbell_irqfd);
+  CHECK(device.events()[0].at <= device.events()[3].at);
+  CHECK(device.taken() == std::vector<std::uint32_t>{kh::timer_intid});
+  CHECK(kh::InterruptDevice::has_register(kh::mmio_irq));
+  CHECK(kh::InterruptDevice::has_register(kh::mmio_out));
+  CHECK_FALSE(kh::InterruptDevice::has_register(kh::mmio_sink));
+}
+
+TEST_CASE("lesson 2's device keeps event_limit events, no more") {
+  const kh::VmFd no_vm(-1);
+  const kh::Irqfd no_irqfd{kh::Fd(-1), 9};
+  kh::InterruptDevice device(no_vm, no_irqfd);
+  for (std::size_t i = 0; i < kh::InterruptDevice::event_limit + 10; ++i) {
+    kh::MmioAccess access{kh::mmio_irq, 4, true, {40}};
+    device.handle(access);
+  }
+  CHECK(device.events().size() == kh::InterruptDevice::event_limit);
+}
+
 TEST_CASE("an Error names its vCPU only when a program says which") {
   const kh::Error error{kh::Step::run_guest, kh::Problem::call_failed, "KVM_RUN", EFAULT, 0};
   CHECK_FALSE(error.vcpu.has_value());
@@ -803,6 +853,7 @@ constexpr bool can_run = requires(kh::Vcpu& vcpu, Device& device, OnExit on_exit
   kh::run_guest(vcpu, device, kh::default_time_limit, on_exit);
 };
 static_assert(can_run<kh::HelloDevice, decltype([](const kh::Exit&) {})>);
+static_assert(can_run<kh::InterruptDevice, decltype([](const kh::Exit&) {})>);
 static_assert(!can_run<NotADevice, decltype([](const kh::Exit&) {})>);
 static_assert(!can_run<kh::HelloDevice, decltype([](kh::Step) {})>);
 

@@ -22,6 +22,7 @@
 #   KVM_HELLO_NATIVE_MEMORY        QEMU -m (default: 4G)
 #   KVM_HELLO_NATIVE_SMP           QEMU -smp (default: the number of host cores)
 #   KVM_HELLO_NATIVE_CPU           QEMU -cpu (default: cortex-a57, as tools/run-in-vm.sh)
+#   KVM_HELLO_NATIVE_GIC           QEMU's gic-version: 3 (default) or 2, as KVM_HELLO_GIC for tools/run-in-vm.sh
 #   KVM_HELLO_NATIVE_KVM           on (default), or off: no virtualization=on, so no /dev/kvm inside
 #   KVM_HELLO_NATIVE_BOOT_TIMEOUT  seconds until the root's /sbin/native-init runs (default: 180)
 #   KVM_HELLO_NATIVE_TIMEOUT       seconds for the whole run, boot included (default: 3600)
@@ -55,6 +56,7 @@ user=${KVM_HELLO_NATIVE_USER:-dev}
 memory=${KVM_HELLO_NATIVE_MEMORY:-4G}
 smp=${KVM_HELLO_NATIVE_SMP:-$(nproc)}
 cpu=${KVM_HELLO_NATIVE_CPU:-cortex-a57}
+gic=${KVM_HELLO_NATIVE_GIC:-3}
 kvm=${KVM_HELLO_NATIVE_KVM:-on}
 boot_timeout=${KVM_HELLO_NATIVE_BOOT_TIMEOUT:-180}
 run_timeout=${KVM_HELLO_NATIVE_TIMEOUT:-3600}
@@ -71,6 +73,7 @@ initrd_modules=(virtio_pci virtio_blk ext4)
 say() { echo "native-arm64: $*" >&2; }
 case $user in dev | root) ;; *) say "KVM_HELLO_NATIVE_USER must be dev or root, not '$user'"; exit 2 ;; esac
 case $kvm in on | off) ;; *) say "KVM_HELLO_NATIVE_KVM must be on or off, not '$kvm'"; exit 2 ;; esac
+case $gic in 2 | 3) ;; *) say "KVM_HELLO_NATIVE_GIC must be 3 (a GICv3, the default) or 2 (a GICv2), not '$gic'"; exit 2 ;; esac
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # The boot: the kernel, then the initrd's /init, then /sbin/native-init on the root disk.
@@ -189,7 +192,7 @@ git -C "$project" archive --format=tar --prefix=kvm-hello/ HEAD > "$work/job.tar
 tar -r -f "$work/job.tar" -C "$work" job.sh
 
 # ---- Each run: boot, run, report --------------------------------------------
-machine=virt,gic-version=3
+machine=virt,gic-version=$gic
 [ "$kvm" = off ] || machine+=,virtualization=on
 cmdline="console=ttyAMA0 quiet loglevel=1"
 cmdline+=" cryptomgr.notests panic=-1"   # (panic: QEMU exits at once, -no-reboot)

@@ -20,6 +20,12 @@
 #                   architected algorithm (QARMA) makes every boot several
 #                   times slower under emulation.
 #   KVM_HELLO_HOST_CPUS  CPUs of the emulated machine (default 1)
+#   KVM_HELLO_GIC   its interrupt controller (QEMU's gic-version): 3 for a
+#                   GICv3 (the default), 2 for a GICv2. KVM inside offers a
+#                   vGICv3 on the first, a vGICv2 on the second: QEMU's GICv3
+#                   has no GICv2 compatibility (no GICV region), so KVM there
+#                   says "GICv3: no GICV resource entry" and disables its
+#                   vGICv2 (vgic_v3_probe, arch/arm64/kvm/vgic/vgic-v3.c)
 # Ctrl-C: KVM_HELLO_CTRL_C=program (make run sets it) gives Ctrl-C at our
 # terminal to PROGRAM once /init runs; otherwise it stops the machine.
 # To look at the boot itself: KVM_HELLO_BOOT_LOG=1 prints the kernel's log
@@ -46,6 +52,11 @@ done
 
 cpu=${KVM_HELLO_CPU:-cortex-a57}
 smp=${KVM_HELLO_HOST_CPUS:-1}
+gic=${KVM_HELLO_GIC:-3}
+case $gic in
+  2 | 3) ;;
+  *) echo "run-in-vm: KVM_HELLO_GIC is \"$gic\": it must be 3 (a GICv3, the default) or 2 (a GICv2)" >&2; exit 2 ;;
+esac
 boot_limit=${KVM_HELLO_BOOT_TIMEOUT:-60}
 run_limit=${KVM_HELLO_VM_TIMEOUT:-300}
 qemu_cpu=$cpu
@@ -192,7 +203,7 @@ add_files() {  # add_files ARGUMENT...: the initramfs to boot, with the files na
 add_files "$@"
 
 qemu-system-aarch64 \
-  -M virt,virtualization=on,gic-version=3 -cpu "$qemu_cpu" -smp "$smp" -m 256 \
+  -M virt,virtualization=on,gic-version="$gic" -cpu "$qemu_cpu" -smp "$smp" -m 256 \
   -nodefaults -display none -monitor none -serial stdio -no-reboot \
   -kernel "$kernel" -initrd "$initramfs" "${debug[@]}" \
   -append "$cmdline ${environment[*]} -- $*" <"$input" >"$console" 2>&1 &

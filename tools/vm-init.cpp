@@ -4,7 +4,7 @@
 //
 // The kernel runs it as the first process, with the words after "--" on the
 // kernel command line as its arguments: a program and its arguments. It
-// mounts /dev (which holds the real arm64 /dev/kvm) and /proc, prints one line
+// mounts /dev (which holds the real arm64 /dev/kvm), /proc and /sys, prints one line
 // naming the host the program runs on (read here, inside the machine), runs
 // the program, prints "kvm-hello-vm: exit status N" for tools/run-in-vm.sh, and
 // powers the machine off. QEMU's own exit status cannot carry N. The program's
@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
@@ -90,8 +91,52 @@ std::string kvm_mode() {
   return "KVM nVHE: the kernel at EL1, KVM's hyp code at EL2";
 }
 
+// The device tree the kernel was booted with (QEMU writes it for its "virt"
+// board), as the kernel shows it once sysfs is mounted: a directory per node,
+// a file per property, each holding the property's bytes.
+const std::filesystem::path device_tree = "/sys/firmware/devicetree/base";
+
+// A file's bytes, or "" when it cannot be read.
+std::string file_bytes(const std::filesystem::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(file), {});
+}
+
+// The node (directory) of the device tree whose "phandle" property holds
+// `phandle` (its 4 bytes as stored, big-endian), or an empty path.
+std::filesystem::path node_with_phandle(const std::string& phandle) {
+  std::error_code error;
+  for (std::filesystem::recursive_directory_iterator node(device_tree, error), end; !error && node != end;
+       node.increment(error)) {
+    if (node->path().filename() == "phandle" && file_bytes(node->path()) == phandle) return node->path().parent_path();
+  }
+  return {};
+}
+
+// The machine's interrupt controller, as the kernel was told of it: the root
+// node's "interrupt-parent" names it by phandle, and its "compatible" (a list
+// of NUL-terminated strings) says which GIC it is. QEMU's virt board writes
+// "arm,gic-v3" for gic-version=3 and "arm,cortex-a15-gic" (the GICv2 binding)
+// for gic-version=2; "arm,gic-400" is the other usual GICv2.
+std::string interrupt_controller() {
+  const std::string parent = file_bytes(device_tree / "interrupt-parent");
+  if (parent.size() != 4) return "no interrupt controller in the device tree";
+  const std::filesystem::path node = node_with_phandle(parent);
+  const std::string compatible = node.empty() ? "" : file_bytes(node / "compatible");
+  if (compatible.empty()) return "an interrupt controller the device tree does not describe";
+  for (std::size_t start = 0; start < compatible.size();) {
+    const std::size_t end = compatible.find('\0', start);
+    const std::string name = compatible.substr(start, end - start);
+    if (name == "arm,gic-v3") return "GICv3";
+    if (name == "arm,cortex-a15-gic" || name == "arm,gic-400") return "GICv2";
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return "interrupt controller " + std::string(compatible.c_str());
+}
+
 // "host: Linux 6.12.117+deb13-arm64 (Debian 6.12.117-1), Cortex-A57, 1 CPU,
-// 4 KiB pages, KVM nVHE: ...": every value read from inside the machine.
+// 4 KiB pages, GICv3, KVM nVHE: ...": every value read from inside the machine.
 void print_host_line() {
   utsname system{};
   uname(&system);
@@ -102,9 +147,9 @@ void print_host_line() {
   std::ifstream file("/proc/cpuinfo");
   const std::string cpuinfo = "\n" + std::string(std::istreambuf_iterator<char>(file), {});
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  std::printf("kvm-hello-vm: host: Linux %s%s, %s, %ld CPU%s, %ld KiB pages, %s\n", system.release, version.c_str(),
-              cpu_name(cpuinfo).c_str(), cpus, cpus == 1 ? "" : "s", sysconf(_SC_PAGESIZE) / 1024,
-              kvm_mode().c_str());
+  std::printf("kvm-hello-vm: host: Linux %s%s, %s, %ld CPU%s, %ld KiB pages, %s, %s\n", system.release,
+              version.c_str(), cpu_name(cpuinfo).c_str(), cpus, cpus == 1 ? "" : "s", sysconf(_SC_PAGESIZE) / 1024,
+              interrupt_controller().c_str(), kvm_mode().c_str());
   std::fflush(stdout);
 }
 
@@ -266,8 +311,10 @@ int run(char** command) {
 int main(int argc, char** argv) {
   mkdir("/dev", 0755);
   mkdir("/proc", 0755);
+  mkdir("/sys", 0755);  // for the device tree (the host line's GIC)
   mount("devtmpfs", "/dev", "devtmpfs", 0, nullptr);
   mount("proc", "/proc", "proc", 0, nullptr);
+  mount("sysfs", "/sys", "sysfs", 0, nullptr);
   // A /tmp of its own, unless the initramfs brought one (a file from the host's
   // /tmp that run-in-vm.sh put in): the initramfs is in memory and writable too.
   if (mkdir("/tmp", 01777) == 0) mount("tmpfs", "/tmp", "tmpfs", 0, nullptr);
