@@ -177,7 +177,7 @@ TEST_CASE("README: the sample output is the real one (test/golden/default.txt)")
 }
 
 TEST_CASE("docs: every excerpt marked <!-- output: NAME --> is from test/golden/NAME.txt") {
-  const std::regex marked("<!-- output: ([a-z-]+) -->\n```\n([^`]*)```");
+  const std::regex marked("<!-- output: ([a-z0-9-]+) -->\n```\n([^`]*)```");
   int excerpts = 0;
   for (const auto& file : markdown_files()) {
     const std::string text = read_source(file);
