@@ -92,6 +92,10 @@ const std::string out_path = "/tmp/kvm-hello-e2e.out", err_path = "/tmp/kvm-hell
 // Runs kvm-hello (or `how.program`) with `args`; returns its status and output.
 Outcome run_program(std::vector<std::string> args, const How& how = {}) {
   const auto start = std::chrono::steady_clock::now();
+  // Emptied before the program starts, not by it: a `meanwhile` waiting for a
+  // line ("[9/9]") must not find it in the previous run's output before the
+  // child's open(O_TRUNC) (seen on a busy machine: a stop sent at step 4).
+  for (const std::string& path : {out_path, err_path}) std::ofstream(path, std::ios::trunc);
   const pid_t child = fork();
   if (child == 0) {
     // O_CLOEXEC: the program gets exactly fds 0, 1 and 2 from us, as from a shell.
