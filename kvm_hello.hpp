@@ -1028,7 +1028,8 @@ struct Vcpu {
 // (on arm64 two pages); mmap(MAP_SHARED) of the vCPU fd gives struct kvm_run,
 // the page KVM_RUN uses to tell us why the guest stopped. Returns both owners.
 // EEXIST: a vCPU with this id exists already; EINVAL: an id beyond the host's
-// limit (KVM_CAP_MAX_VCPU_ID).
+// limit (KVM_CAP_MAX_VCPU_ID); EBUSY (lesson 2): the VM's in-kernel GIC is
+// initialised already, init_vgic() came first (kvm_arch_vcpu_precreate, arm.c).
 // Why: a vCPU is what runs guest code; kvm_run is how each exit is explained.
 [[nodiscard]] inline Result<Vcpu> create_vcpu(const KvmFd& kvm, const VmFd& vm, std::uint32_t id,
                                               CallObserver observe = {}) {
