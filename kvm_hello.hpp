@@ -2211,12 +2211,14 @@ static_assert(vgic_mpidr_field(0xab80010203) == 0xab01020300000000);
 
 // Reads the vCPU's priority mask from the vGIC: 0 to 255, as the guest
 // writes it to ICC_PMR_EL1 (GICv3) or GICC_PMR (GICv2). KVM resets it to 0
-// (vgic_v3_enable and vgic_v2_enable leave the VMCR's priority mask 0). A
+// (vgic_v3_enable and vgic_v2_enable, vgic_v3_reset and vgic_v2_reset in
+// 7.2, zero the vCPU's VMCR, where PMR is kept). A
 // GICv2's device gives only PMR's 5 high bits, shifted down (it exports the
 // VMCR's VMPriMask: vgic_mmio_read_vcpuif, vgic-mmio-v2.c); this puts them
 // back in place. For a GICv3 it reads MPIDR_EL1 first (KVM_GET_ONE_REG).
 // Call it while no vCPU of the VM is in KVM_RUN: EBUSY otherwise
-// (lock_all_vcpus, vgic-kvm-device.c); EINVAL: no vCPU with that MPIDR or id.
+// (lock_all_vcpus in vgic-kvm-device.c, kvm_trylock_all_vcpus in 7.2);
+// EINVAL: no vCPU with that MPIDR or id.
 // Errors name `step`, the step the program was at.
 // Why: an interrupt is signalled to a vCPU only if its priority is lower than
 // PMR (kvm_vgic_vcpu_pending_irq, vgic/vgic.c: irq->priority < vmcr.pmr), so

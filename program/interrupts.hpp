@@ -30,9 +30,11 @@ inline std::string describe_intid(std::uint32_t intid) {
 // The virtual timer's registers, as KVM_GET_ONE_REG names them (<asm/kvm.h>;
 // KVM reads each by name, whatever encoding the macro holds: the uapi's
 // KVM_REG_ARM_TIMER_CVAL and _CNT have each other's, and stay so for
-// compatibility: kvm_arm_timer_get_reg, arch/arm64/kvm/arch_timer.c).
-inline constexpr kh::reg::U64 timer_control_register{KVM_REG_ARM_TIMER_CTL};   // CNTV_CTL_EL0
-inline constexpr kh::reg::U64 timer_deadline_register{KVM_REG_ARM_TIMER_CVAL};  // CNTV_CVAL_EL0
+// compatibility: kvm_arm_timer_get_reg in arch/arm64/kvm/arch_timer.c in
+// Linux 6.1 and 6.12, kvm_one_reg_to_id in sys_regs.c in 7.2). KVM sets
+// CTL's ISTATUS as it reads it, when the deadline has passed (read_timer_ctl).
+inline constexpr kh::reg::U64 timer_control_register{KVM_REG_ARM_TIMER_CTL};          // CNTV_CTL_EL0
+inline constexpr kh::reg::U64 timer_deadline_register{KVM_REG_ARM_TIMER_CVAL};        // CNTV_CVAL_EL0
 inline constexpr std::uint64_t timer_enable = 1, timer_imask = 2, timer_istatus = 4;  // CNTV_CTL_EL0's bits
 
 // The virtual timer as the guest left it when it reported a tick.

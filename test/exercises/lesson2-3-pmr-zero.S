@@ -5,9 +5,9 @@
 // its priority is lower than PMR, and none is lower than 0: the vCPU sleeps
 // in KVM_RUN until the watchdog stops it. kvm-hello then reads the vCPU's
 // PMR from KVM and says so.
-// args: --lesson 2 --timeout 1
+// args: --lesson 2 --timeout 3
 // expect-status: 24
-// expect-stdout: guest output: hello\n
+// expect-stdout: exit 6: KVM_EXIT_MMIO address=0x1100 is_write=1 len=1 data=0xa
 // expect-stderr: It waits in WFI at
 // expect-stderr: PMR is 0: no interrupt can be signalled at any priority
 // expect-stderr: the watchdog stopped it
