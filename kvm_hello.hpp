@@ -1028,7 +1028,8 @@ struct Vcpu {
 // (on arm64 two pages); mmap(MAP_SHARED) of the vCPU fd gives struct kvm_run,
 // the page KVM_RUN uses to tell us why the guest stopped. Returns both owners.
 // EEXIST: a vCPU with this id exists already; EINVAL: an id beyond the host's
-// limit (KVM_CAP_MAX_VCPU_ID).
+// limit (KVM_CAP_MAX_VCPU_ID); EBUSY (lesson 2): the VM's in-kernel GIC is
+// initialised already, init_vgic() came first (kvm_arch_vcpu_precreate, arm.c).
 // Why: a vCPU is what runs guest code; kvm_run is how each exit is explained.
 [[nodiscard]] inline Result<Vcpu> create_vcpu(const KvmFd& kvm, const VmFd& vm, std::uint32_t id,
                                               CallObserver observe = {}) {
@@ -2174,6 +2175,74 @@ static_assert(irq_line_fields(irq_line_ppi(300, 27)).vcpu == 300 && irq_line_fie
 [[nodiscard]] inline Result<void> inject_spi(const VmFd& vm, std::uint32_t intid, CallObserver observe = {}) {
   if (const auto raised = set_irq_line(vm, irq_line_spi(intid), true, observe); !raised) return raised;
   return set_irq_line(vm, irq_line_spi(intid), false, observe);
+}
+
+// ---- Looking into the vGIC: a vCPU's priority mask -------------------------
+//
+// Not a step: what a program reads to say why a guest's interrupts never
+// came. KVM keeps each vCPU's CPU interface (its PMR among the rest) and
+// lets a program read it through the GIC's fd, as a VMM does to save a VM:
+// KVM_GET_DEVICE_ATTR (struct kvm_device_attr) on the GIC's fd,
+//   GICv3: group KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS; attr: the vCPU's MPIDR
+//          affinity (Aff3.Aff2.Aff1.Aff0, a byte each) in bits 63-32, the
+//          system register's op0, op1, CRn, CRm, op2 in bits 15-0; a u64.
+//   GICv2: group KVM_DEV_ARM_VGIC_GRP_CPU_REGS; attr: the vCPU's id in bits
+//          39-32, the register's offset in the GICC frame in bits 31-0; a u32.
+// (Documentation/virt/kvm/devices/arm-vgic-v3.rst and arm-vgic.rst;
+// vgic_v3_parse_attr and vgic_v2_parse_attr in vgic-kvm-device.c.)
+
+// ICC_PMR_EL1 (op0 3, op1 0, CRn 4, CRm 6, op2 0), packed as the attribute's
+// low 16 bits want it: the packing of ARM64_SYS_REG's low bits too.
+inline constexpr std::uint64_t icc_pmr_el1_encoding = ARM64_SYS_REG(3, 0, 4, 6, 0) & KVM_DEV_ARM_VGIC_SYSREG_INSTR_MASK;
+static_assert(icc_pmr_el1_encoding == 0xc230);
+inline constexpr std::uint64_t gicc_pmr_offset = 0x4;  // GICC_PMR in a GICv2's CPU interface frame
+// MPIDR_EL1, the vCPU's number for the GIC (KVM makes it from the vCPU's id:
+// reset_mpidr, arch/arm64/kvm/sys_regs.c).
+inline constexpr reg::U64 mpidr_el1_register{ARM64_SYS_REG(3, 0, 0, 0, 5)};
+
+// The attribute's bits 63-32 for a vCPU of this MPIDR_EL1: its Aff3 (MPIDR's
+// bits 39-32) above Aff2, Aff1 and Aff0 (its bits 23-0).
+constexpr std::uint64_t vgic_mpidr_field(std::uint64_t mpidr) {
+  const std::uint64_t aff3 = (mpidr >> 32) & 0xff;
+  return ((aff3 << 24) | (mpidr & 0xffffff)) << KVM_DEV_ARM_VGIC_V3_MPIDR_SHIFT;
+}
+static_assert(vgic_mpidr_field(0x80000000) == 0, "vCPU 0: MPIDR's bit 31 (RES1) is no affinity");
+static_assert(vgic_mpidr_field(0xab80010203) == 0xab01020300000000);
+
+// Reads the vCPU's priority mask from the vGIC: 0 to 255, as the guest
+// writes it to ICC_PMR_EL1 (GICv3) or GICC_PMR (GICv2). KVM resets it to 0
+// (vgic_v3_enable and vgic_v2_enable, vgic_v3_reset and vgic_v2_reset in
+// 7.2, zero the vCPU's VMCR, where PMR is kept). A
+// GICv2's device gives only PMR's 5 high bits, shifted down (it exports the
+// VMCR's VMPriMask: vgic_mmio_read_vcpuif, vgic-mmio-v2.c); this puts them
+// back in place. For a GICv3 it reads MPIDR_EL1 first (KVM_GET_ONE_REG).
+// Call it while no vCPU of the VM is in KVM_RUN: EBUSY otherwise
+// (lock_all_vcpus in vgic-kvm-device.c, kvm_trylock_all_vcpus in 7.2);
+// EINVAL: no vCPU with that MPIDR or id.
+// Errors name `step`, the step the program was at.
+// Why: an interrupt is signalled to a vCPU only if its priority is lower than
+// PMR (kvm_vgic_vcpu_pending_irq, vgic/vgic.c: irq->priority < vmcr.pmr), so
+// a PMR of 0, the reset value, lets none through, and a WFI sleeps forever.
+[[nodiscard]] inline Result<std::uint32_t> read_priority_mask(const Vgic& vgic, const Vcpu& vcpu,
+                                                              Step step = Step::run_guest, CallObserver observe = {}) {
+  std::uint64_t value = 0;
+  kvm_device_attr attr{.flags = 0, .group = 0, .attr = 0, .addr = reinterpret_cast<std::uintptr_t>(&value)};
+  if (vgic.version == GicVersion::v3) {
+    std::uint64_t mpidr = 0;  // (get_register() in the Appendix, spelled out: it comes later in this file)
+    const kvm_one_reg one{.id = mpidr_el1_register.raw(), .addr = reinterpret_cast<std::uintptr_t>(&mpidr)};
+    if (const auto read = kvm_hello::call(step, vcpu.fd, request::get_one_reg, &one, observe); !read) {
+      return std::unexpected(read.error());
+    }
+    attr.group = KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS;
+    attr.attr = vgic_mpidr_field(mpidr) | icc_pmr_el1_encoding;
+  } else {
+    attr.group = KVM_DEV_ARM_VGIC_GRP_CPU_REGS;
+    attr.attr = (std::uint64_t{vcpu.id} << KVM_DEV_ARM_VGIC_CPUID_SHIFT) | gicc_pmr_offset;
+  }
+  const auto done = kvm_hello::call(step, vgic.fd, request::get_device_attr, &attr, observe);
+  if (!done) return std::unexpected(done.error());
+  if (vgic.version == GicVersion::v3) return static_cast<std::uint32_t>(value & 0xff);
+  return static_cast<std::uint32_t>((value & 0x1f) << 3);  // a u32 was written: its low byte, little-endian
 }
 
 // ==== Lesson 2's device: the guest's hello, its interrupts, its doorbell =====

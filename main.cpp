@@ -276,7 +276,7 @@ int walk_through_lesson2(const Options& options, Guest guest, std::optional<std:
   }
   auto machine = walk_to_guest_ram(walk, guest);  // steps 1 to 5
   if (!machine) return machine.error();
-  const GuestView view{machine->memory.host.bytes(), guest.source, guest.image, /*has_vgic=*/true};
+  GuestView view{machine->memory.host.bytes(), guest.source, guest.image, /*has_vgic=*/true};
 
   out.announce(kh::Step::probe_vgic);
   const auto version = kh::probe_vgic(machine->vm, walk.trace);
@@ -327,9 +327,12 @@ int walk_through_lesson2(const Options& options, Guest guest, std::optional<std:
   pause_after(kh::Step::attach_irqfd, options.pause, walk.lesson);
 
   kh::InterruptDevice device(machine->vm, *irqfd, walk.trace);  // the doorbell injects: step 15
-  InterruptReporter reporter(out, device, *irqfd);
+  InterruptReporter reporter(out, device, *irqfd, *vgic, *vcpu);
+  view.explain_more = [&](const kh::Error& error, const kh::Registers& regs) {
+    return reporter.explain_stop(error, regs, view);  // a storm, or PMR 0: what the interrupts say
+  };
   const auto stats = walk_run(walk, *machine, *vcpu, view, breakpoint, device, interrupt_registers,
-                              [&](const kh::Exit&) { reporter.report(); });
+                              [&](const kh::Exit& exit) { reporter.report(exit); });
   if (!stats) return stats.error();
 
   // The outcome: what the guest said and took, and what no exit showed.

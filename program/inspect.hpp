@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -76,6 +77,9 @@ struct GuestView {
   const GuestSource* source = nullptr;
   std::span<const std::uint8_t> image = {};  // the bytes loaded at ram_base: the guest's code, to run it again
   bool has_vgic = false;                     // lesson 2: the VM has an in-kernel GIC (its re-run would not)
+  // Lesson 2: more lines for a run that failed, from what only its program
+  // knows (the vGIC's state, the interrupts it saw: program/interrupts.hpp).
+  std::function<std::vector<std::string>(const kh::Error&, const kh::Registers&)> explain_more = {};
 
   bool in_ram(std::uint64_t address) const { return address >= kh::ram_base && address - kh::ram_base < ram.size(); }
   bool past_image(std::uint64_t address) const { return in_ram(address) && address - kh::ram_base >= image.size(); }
@@ -289,6 +293,14 @@ struct ReplayGoal {
 
 // ---- Why a run failed ---------------------------------------------------------
 
+// Where a stopped guest waits in WFI: the WFI at PC, or the one just before
+// it (KVM steps PC past a WFI it trapped); 0 when it does not.
+inline std::uint64_t waits_in_wfi_at(const kh::Registers& regs, const GuestView& guest) {
+  const auto at = guest.instruction_at(regs.pc);
+  const auto before = guest.instruction_at(regs.pc - 4);
+  return at && is_wfi(*at) ? regs.pc : before && is_wfi(*before) ? regs.pc - 4 : 0;
+}
+
 // What a guest that never stops is doing, from the instruction at PC and the
 // one before it (KVM steps PC past an instruction it handled): "" when
 // nothing there says.
@@ -300,7 +312,7 @@ inline std::string explain_what_it_does(const kh::Registers& regs, const GuestVi
     if (replay && replay->refused && replay->refused->address == call->address) call = replay->refused;
     return explain_refused_call(*call, kernel) + ".";
   }
-  const auto waits_at = at && is_wfi(*at) ? regs.pc : before && is_wfi(*before) ? regs.pc - 4 : 0;
+  const auto waits_at = waits_in_wfi_at(regs, guest);
   if (waits_at != 0 && guest.has_vgic) {
     return "It waits in WFI at " + hex(waits_at) +
            " for an interrupt that never reached it. The VM has a GIC, but an interrupt wakes WFI only when "

@@ -134,6 +134,10 @@ inline std::string advice_for_gic_call(const kh::Error& error) {
   using kh::Step;
   const int err = error.err;
   switch (error.step) {
+    case Step::create_vcpu:
+      if (err == EBUSY) return "the VM's in-kernel GIC is initialised already (init_vgic, step 12), and KVM adds no "
+                               "vCPU after that: create every vCPU first, then init_vgic";
+      break;
     case Step::create_vgic:
       if (err == EBUSY) return "a vCPU has run already: create the GIC before the first KVM_RUN (lesson 2 creates it "
                                "before the vCPUs)";

@@ -107,6 +107,9 @@ inline int fail(const kh::Error& error, const Output& out, std::string_view devi
     for (const std::string& line : diagnose(error, *regs, guest, running_kernel(), replay ? &*replay : nullptr)) {
       std::fprintf(stderr, "      %s\n", line.c_str());
     }
+    if (guest.explain_more) {
+      for (const std::string& line : guest.explain_more(error, *regs)) std::fprintf(stderr, "      %s\n", line.c_str());
+    }
   }
   const bool forever = regs && faults_forever(*regs, guest);
   const Failure failure = failure_for(error, device, forever ? StuckGuest::faulting_forever : StuckGuest::running,

@@ -373,6 +373,7 @@ TEST_CASE("lesson 2 in-process: the steps in KVM's order, then the device answer
   REQUIRE(kh::init_vgic(*vgic));
   const auto irqfd = kh::attach_irqfd(*vm, kh::spi_irqfd);
   REQUIRE(irqfd);
+  CHECK(kh::read_priority_mask(*vgic, *vcpu).value() == 0);  // KVM's reset value: nothing can be signalled
   kh::InterruptDevice device(*vm, *irqfd);
   const auto stats = kh::run_guest(*vcpu, device, std::chrono::seconds(10), [](const kh::Exit&) {});
   REQUIRE_MESSAGE(stats, "step " << static_cast<int>(stats.error().step) << ", errno " << stats.error().err);
@@ -384,6 +385,8 @@ TEST_CASE("lesson 2 in-process: the steps in KVM's order, then the device answer
   CHECK(device.events()[3].value == kh::doorbell_line);
   CHECK(device.events()[5].value == kh::doorbell_irqfd);
   CHECK(stats->exits == 14);
+  // What the guest wrote to ICC_PMR_EL1 or GICC_PMR (a GICv2's 5 bits, put back in place), read from KVM.
+  CHECK(kh::read_priority_mask(*vgic, *vcpu).value() == 0xf0);
 }
 
 TEST_CASE("after INIT, PSTATE is EL1h with D, A, I and F masked, and PC is where step 8 put it") {
@@ -1003,8 +1006,39 @@ TEST_CASE("test guests: each gives its message and exit status; none hangs past 
   check_guests(guest_sources, guest_binaries, 10);
 }
 
-TEST_CASE("the tutorial's exercises: each answer does what docs/19-exercises.md asks") {
-  check_guests(exercise_sources, exercise_binaries, 3);
+TEST_CASE("the tutorial's exercises: each answer does what docs/19-exercises.md and 29-lesson-2-exercises.md ask") {
+  check_guests(exercise_sources, exercise_binaries, 7);
+}
+
+// Each tick's time after the one before, in ms, from lesson 2's "tick N:" lines.
+static std::vector<double> tick_gaps_ms(const std::string& out) {
+  static const std::regex gap(R"(, ([0-9.]+) (us|ms|s) after the one before\))");
+  std::vector<double> gaps;
+  for (std::sregex_iterator it(out.begin(), out.end(), gap), end; it != end; ++it) {
+    const double value = std::stod((*it)[1]);
+    gaps.push_back((*it)[2] == "s" ? value * 1000 : (*it)[2] == "us" ? value / 1000 : value);
+  }
+  return gaps;
+}
+
+TEST_CASE("lesson 2's exercise 1: ticks 250 ms apart, never less (a lower bound: KVM never wakes a vCPU early)") {
+  const Outcome run = run_program({"--lesson", "2", "--guest", exercise_binaries + "/lesson2-1-tick-period.bin"});
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  REQUIRE(run.status == 0);
+  const auto gaps = tick_gaps_ms(run.out);
+  REQUIRE(gaps.size() == 2);
+  // The guest arms each deadline after its last report came to us: the next report cannot come sooner. (The
+  // shown times are rounded: 1 ms of margin. No upper bound: a busy machine may be late by any amount.)
+  for (const double gap : gaps) CHECK(gap >= 249.0);
+}
+
+TEST_CASE("lesson 2's exercise 2: five ticks and no KVM_IRQ_LINE at all, even at -v") {
+  const Outcome run = run_program({"--lesson", "2", "-v", "--guest", exercise_binaries + "/lesson2-2-five-ticks.bin"});
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  REQUIRE(run.status == 0);
+  CHECK(count(run.out, "the guest's handler took INTID 27") == 5);
+  CHECK(run.out.find("KVM_IRQ_LINE") == std::string::npos);
+  CHECK(run.out.find("doorbell") == std::string::npos);
 }
 
 // The lines of kvm-hello's output from the one that starts with `heading`

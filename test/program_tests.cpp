@@ -1081,7 +1081,12 @@ TEST_CASE("lesson 2's errors: a status each, keeping lesson 1's; a message that 
   CHECK(message_for({Step::attach_irqfd, Problem::not_an_spi, {}, 0, 27}, "/dev/kvm") ==
         "step 14 (attach_irqfd): INTID 27 is no SPI: an irqfd raises an SPI, INTID 32 to 1019");
   // Every errno a step of Part II documents has advice of its own, not the default line.
-  for (const auto& [step, err] : {std::pair{Step::create_vgic, EBUSY},
+  CHECK(message_for({Step::create_vcpu, Problem::call_failed, "KVM_CREATE_VCPU", EBUSY}, "/dev/kvm") ==
+        "step 6 (create_vcpu): KVM_CREATE_VCPU failed with EBUSY (Device or resource busy): the VM's in-kernel GIC is "
+        "initialised already (init_vgic, step 12), and KVM adds no vCPU after that: create every vCPU first, then "
+        "init_vgic");
+  for (const auto& [step, err] : {std::pair{Step::create_vcpu, EBUSY},
+                                  {Step::create_vgic, EBUSY},
                                   {Step::create_vgic, EEXIST},
                                   {Step::create_vgic, ENODEV},
                                   {Step::create_vgic, ENXIO},
@@ -1132,4 +1137,28 @@ TEST_CASE("--pause in lesson 2: words after each step it pauses at, saying what 
   CHECK(narration_after(kh::Step::setup_guest_memory, 2).find("interrupt controller") != std::string_view::npos);
   CHECK(narration_after(kh::Step::setup_guest_memory, 1) == narration[4]);  // lesson 1's words stay its own
   CHECK(narration_after(kh::Step::inject_spi, 2).empty());                 // inside the run: no pause
+}
+
+TEST_CASE("lesson 2's mistakes: a storm is one deadline taken twice with the timer's output high; WFI found at PC") {
+  const TimerState masked{timer_enable | timer_imask | timer_istatus, 1000};  // lesson2/guest.S's handler: IMASK
+  const TimerState high{timer_enable | timer_istatus, 1000};                  // no IMASK before the EOI
+  CHECK(high.output_high());
+  CHECK_FALSE(masked.output_high());
+  CHECK_FALSE(TimerState{timer_enable, 1000}.output_high());   // not yet due
+  CHECK_FALSE(TimerState{timer_istatus, 1000}.output_high());  // disabled
+  CHECK(same_deadline_taken_again(high, high));
+  CHECK_FALSE(same_deadline_taken_again(high, TimerState{timer_enable | timer_istatus, 2000}));  // the next tick
+  CHECK_FALSE(same_deadline_taken_again(masked, masked));  // masked: taken once, however often reported
+  // Where the guest waits: at the WFI, or just after it (KVM stepped PC past the WFI it trapped).
+  std::vector<std::uint8_t> ram(64, 0);
+  const std::uint32_t wfi = 0xd503207f;
+  std::memcpy(ram.data() + 8, &wfi, sizeof wfi);
+  kh::Registers regs;
+  const GuestView guest{ram, nullptr};
+  regs.pc = kh::ram_base + 8;
+  CHECK(waits_in_wfi_at(regs, guest) == kh::ram_base + 8);
+  regs.pc = kh::ram_base + 12;
+  CHECK(waits_in_wfi_at(regs, guest) == kh::ram_base + 8);
+  regs.pc = kh::ram_base + 16;
+  CHECK(waits_in_wfi_at(regs, guest) == 0);
 }
