@@ -1033,35 +1033,6 @@ TEST_CASE("a register of the wrong size and inconsistent statistics: each a mess
   CHECK(unknown.message.starts_with("step 42 (unknown): "));
 }
 
-
-TEST_CASE("lesson 2's words: each INTID named, the list of those taken, the sleep counts from the statistics") {
-  CHECK(describe_intid(27) == "INTID 27, the virtual timer's PPI");
-  CHECK(describe_intid(40) == "INTID 40, the SPI we raised with KVM_IRQ_LINE");
-  CHECK(describe_intid(41) == "INTID 41, the SPI our irqfd raised");
-  CHECK(describe_intid(33) == "INTID 33, which no one here sent");
-  CHECK(list_intids({27, 27, 27, 40, 41}) == "27 27 27 40 41");
-  CHECK(list_intids({}) == "none");
-  CHECK(explain_sleep(0).empty());  // no tick: nothing slept to explain
-  CHECK_FALSE(explain_sleep(3).empty());
-  const std::vector<kh::VcpuStatistic> stats{{"wfi_exit_stat", 3, 0}, {"halt_wakeup", 2, 0}, {"halt_wait_ns", 1500000, 0}};
-  const auto lines = describe_interrupt_statistics(stats);
-  REQUIRE(lines.size() == 3);
-  CHECK(lines[0].starts_with("the GIC: mmio_exit_kernel (not on this kernel)"));
-  CHECK(lines[1].starts_with("asleep: wfi_exit_stat 3 ("));
-  CHECK(lines[1].find("halt_wakeup 2 (") != std::string::npos);
-  CHECK(lines[2].find("1.5 ms asleep (halt_wait_ns)") != std::string::npos);
-}
-
-TEST_CASE("--pause in lesson 2: words after each step it pauses at, saying what comes next in lesson 2's order") {
-  for (const kh::Step step : {kh::Step::setup_guest_memory, kh::Step::probe_vgic, kh::Step::create_vgic,
-                              kh::Step::set_boot_registers, kh::Step::read_timer_irq, kh::Step::init_vgic,
-                              kh::Step::attach_irqfd, kh::Step::create_vcpu, kh::Step::run_guest}) {
-    CHECK_FALSE(narration_after(step, 2).empty());
-  }
-  CHECK(narration_after(kh::Step::setup_guest_memory, 2).find("interrupt controller") != std::string_view::npos);
-  CHECK(narration_after(kh::Step::setup_guest_memory, 1) == narration[4]);  // lesson 1's words stay its own
-  CHECK(narration_after(kh::Step::inject_spi, 2).empty());                 // inside the run: no pause
-=======
 // ==== Lesson 2's calls and errors ============================================
 
 namespace {
@@ -1173,5 +1144,36 @@ TEST_CASE("lesson 2's errors: a status each, keeping lesson 1's; a message that 
     CHECK_MESSAGE(!advice_for_gic_call({step, Problem::call_failed, "call", err}).empty(),
                   "step " << static_cast<int>(step) << ", errno " << err);
   }
+}
 
-// ==== Lesson 2: what the program says about interrupts =================}
+
+// ==== Lesson 2: what the program says about interrupts ========================
+
+TEST_CASE("lesson 2's words: each INTID named, the list of those taken, the sleep counts from the statistics") {
+  CHECK(describe_intid(27) == "INTID 27, the virtual timer's PPI");
+  CHECK(describe_intid(40) == "INTID 40, the SPI we raised with KVM_IRQ_LINE");
+  CHECK(describe_intid(41) == "INTID 41, the SPI our irqfd raised");
+  CHECK(describe_intid(33) == "INTID 33, which no one here sent");
+  CHECK(list_intids({27, 27, 27, 40, 41}) == "27 27 27 40 41");
+  CHECK(list_intids({}) == "none");
+  CHECK(explain_sleep(0).empty());  // no tick: nothing slept to explain
+  CHECK_FALSE(explain_sleep(3).empty());
+  const std::vector<kh::VcpuStatistic> stats{{"wfi_exit_stat", 3, 0}, {"halt_wakeup", 2, 0}, {"halt_wait_ns", 1500000, 0}};
+  const auto lines = describe_interrupt_statistics(stats);
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[0].starts_with("the GIC: mmio_exit_kernel (not on this kernel)"));
+  CHECK(lines[1].starts_with("asleep: wfi_exit_stat 3 ("));
+  CHECK(lines[1].find("halt_wakeup 2 (") != std::string::npos);
+  CHECK(lines[2].find("1.5 ms asleep (halt_wait_ns)") != std::string::npos);
+}
+
+TEST_CASE("--pause in lesson 2: words after each step it pauses at, saying what comes next in lesson 2's order") {
+  for (const kh::Step step : {kh::Step::setup_guest_memory, kh::Step::probe_vgic, kh::Step::create_vgic,
+                              kh::Step::set_boot_registers, kh::Step::read_timer_irq, kh::Step::init_vgic,
+                              kh::Step::attach_irqfd, kh::Step::create_vcpu, kh::Step::run_guest}) {
+    CHECK_FALSE(narration_after(step, 2).empty());
+  }
+  CHECK(narration_after(kh::Step::setup_guest_memory, 2).find("interrupt controller") != std::string_view::npos);
+  CHECK(narration_after(kh::Step::setup_guest_memory, 1) == narration[4]);  // lesson 1's words stay its own
+  CHECK(narration_after(kh::Step::inject_spi, 2).empty());                 // inside the run: no pause
+}
