@@ -176,9 +176,9 @@ inline Figures figures(std::span<const std::uint64_t> results, BenchKind kind, B
 // pending before the vCPU runs.
 
 enum InterruptKind { mmio_exit_round_trip, irq_line_round_trip, irqfd_round_trip, interrupt_kinds };
-inline constexpr const char* interrupt_kind_name[] = {
-    "MMIO exit: KVM_RUN to the next exit", "KVM_IRQ_LINE to the handler's MMIO ack",
-    "irqfd write to the handler's MMIO ack"};
+inline constexpr const char* interrupt_kind_name[] = {"MMIO exit: KVM_RUN to the next exit",
+                                                      "KVM_IRQ_LINE to the handler's MMIO ack",
+                                                      "irqfd write to the handler's MMIO ack"};
 inline constexpr const char* interrupt_kind_key[] = {"mmio_exit_round_trip_ns", "irq_line_round_trip_ns",
                                                      "irqfd_round_trip_ns"};
 
@@ -284,10 +284,10 @@ class InterruptBenchDevice {
   const kh::VmFd& vm_;
   const kh::Irqfd& irqfd_;
   RoundTrips trips_;
-  std::uint64_t previous_ = 0;         // the address of the last exit's access
-  clock::time_point answered_{};       // when the last exit was handled
-  clock::time_point started_{};        // just before the last injection
-  std::optional<Rung> rung_;           // the SPI the last doorbell raised, until its ack
+  std::uint64_t previous_ = 0;    // the address of the last exit's access
+  clock::time_point answered_{};  // when the last exit was handled
+  clock::time_point started_{};   // just before the last injection
+  std::optional<Rung> rung_;      // the SPI the last doorbell raised, until its ack
   std::optional<kh::Error> failure_;
 };
 static_assert(kh::MmioDevice<InterruptBenchDevice>);
@@ -374,13 +374,14 @@ inline void print_interrupts_text(const InterruptBenchRun& interrupts) {
   Figures all[interrupt_kinds];
   for (int kind = 0; kind < interrupt_kinds; ++kind) {
     all[kind] = round_trip_figures(interrupts.trips, static_cast<InterruptKind>(kind));
-    std::printf("  %-42s %9.0f ns %9.0f ns %7.1f%%\n", interrupt_kind_name[kind], all[kind].median_ns,
-                all[kind].min_ns, all[kind].spread * 100);
+    std::printf("  %-42s %9.0f ns %9.0f ns %7.1f%%\n", interrupt_kind_name[kind], all[kind].median_ns, all[kind].min_ns,
+                all[kind].spread * 100);
   }
-  std::printf("  an interrupt, beyond an MMIO exit: %+.0f ns by KVM_IRQ_LINE, %+.0f ns by irqfd (medians; the SPI is "
-              "pending when the vCPU re-enters: no wake-up from WFI is in it)\n",
-              all[irq_line_round_trip].median_ns - all[mmio_exit_round_trip].median_ns,
-              all[irqfd_round_trip].median_ns - all[mmio_exit_round_trip].median_ns);
+  std::printf(
+      "  an interrupt, beyond an MMIO exit: %+.0f ns by KVM_IRQ_LINE, %+.0f ns by irqfd (medians; the SPI is "
+      "pending when the vCPU re-enters: no wake-up from WFI is in it)\n",
+      all[irq_line_round_trip].median_ns - all[mmio_exit_round_trip].median_ns,
+      all[irqfd_round_trip].median_ns - all[mmio_exit_round_trip].median_ns);
 }
 
 inline void print_bench_text(const BenchRun& wrapped, const BenchRun& raw, const InterruptBenchRun& interrupts,
@@ -477,10 +478,10 @@ inline int run_benchmark(BenchSettings settings, const char* device, std::option
   for (int kind = 0; kind < interrupt_kinds; ++kind) {
     const std::size_t done = interrupts->trips.measurements(static_cast<InterruptKind>(kind)).size();
     if (done != settings.repeats) {
-      std::fprintf(stderr,
-                   "kvm-hello: --bench: the interrupt benchmark guest completed %zu measurements of \"%s\", not %" PRIu64
-                   "\n",
-                   done, interrupt_kind_name[kind], settings.repeats);
+      std::fprintf(
+          stderr,
+          "kvm-hello: --bench: the interrupt benchmark guest completed %zu measurements of \"%s\", not %" PRIu64 "\n",
+          done, interrupt_kind_name[kind], settings.repeats);
       return static_cast<int>(Status::unexpected_exit);
     }
   }

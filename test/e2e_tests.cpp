@@ -1467,7 +1467,8 @@ TEST_CASE("--bench: the table's structure, and every figure sane (no timing is a
   CHECK(text.out.find("ratio MMIO read to userspace / hvc in the kernel: ") != std::string::npos);
   CHECK(text.out.find("wrappers: ") != std::string::npos);
   CHECK(text.out.find("interrupts, host-timed (clock_gettime), a VM with a GICv") != std::string::npos);
-  for (const char* kind : interrupt_kind_name) CHECK(text.out.find(std::string("  ") + kind + " ") != std::string::npos);
+  for (const char* kind : interrupt_kind_name)
+    CHECK(text.out.find(std::string("  ") + kind + " ") != std::string::npos);
   CHECK(text.out.find("an interrupt, beyond an MMIO exit: ") != std::string::npos);
   CHECK(count(text.out, "] ") >= static_cast<std::size_t>(kh::lesson1_step_count));
 }

@@ -905,7 +905,8 @@ TEST_CASE("bench, interrupts: round trips summed a measurement at a time, in fix
   CHECK(interrupt_rounds({.iterations = 8, .repeats = 3, .json = false}) == 1);  // never none
   RoundTrips trips(2);
   using ns = std::chrono::nanoseconds;
-  for (const auto took : {ns(300), ns(500), ns(100), ns(100), ns(900), ns(1100), ns(7)}) trips.add(irqfd_round_trip, took);
+  for (const auto took : {ns(300), ns(500), ns(100), ns(100), ns(900), ns(1100), ns(7)})
+    trips.add(irqfd_round_trip, took);
   REQUIRE(trips.measurements(irqfd_round_trip).size() == 3);  // the 7 ns begins a fourth, not complete
   CHECK(trips.measurements(irqfd_round_trip)[0] == ns(800));
   CHECK(trips.measurements(irq_line_round_trip).empty());
@@ -918,16 +919,15 @@ TEST_CASE("bench, interrupts: round trips summed a measurement at a time, in fix
   CHECK(many.measurements(mmio_exit_round_trip).size() == max_bench_repeats);
 }
 
-TEST_CASE("bench, interrupts: the device times SINK after SINK, and a doorbell to its own ack; a failed injection "
-          "ends the run") {
-  const kh::VmFd no_vm;     // -1: KVM_IRQ_LINE on it fails with EBADF
+TEST_CASE("bench, interrupts: the device times SINK to SINK, a doorbell to its ack; a failed injection ends the run") {
+  const kh::VmFd no_vm;  // -1: KVM_IRQ_LINE on it fails with EBADF
   const kh::Irqfd no_irqfd{};
   InterruptBenchDevice device(no_vm, no_irqfd, 1);
   const auto write = [&device](std::uint64_t address, std::uint8_t value) {
     kh::MmioAccess access{address, 4, true, {value}};
     device.handle(access);
   };
-  write(kh::mmio_out, 0);  // the guest's first exit
+  write(kh::mmio_out, 0);   // the guest's first exit
   write(kh::mmio_sink, 0);  // after OUT: not a round trip
   CHECK(device.trips().measurements(mmio_exit_round_trip).empty());
   write(kh::mmio_sink, 0);
