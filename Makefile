@@ -283,8 +283,8 @@ $(CACHE)/kernels/%/vmlinuz: | $(PACKAGES_OK)
 TEST_GUESTS := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/guests/*.S))
 EXERCISES   := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/exercises/*.S))
 GOLDEN      := $(wildcard test/golden/*.txt)
-GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/lesson2/guest.bin $(BUILD)/bench/bench-guest.bin $(TEST_GUESTS) $(EXERCISES) \
-  $(GUEST_BIN)
+GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/lesson2/guest.bin $(BUILD)/bench/bench-guest.bin \
+  $(BUILD)/bench/irq-bench-guest.bin $(TEST_GUESTS) $(EXERCISES) $(GUEST_BIN)
 # Their .o and .elf are kept (gdb and --step-guest's line table read the
 # guest's); naming them, rather than a bare .SECONDARY:, keeps make
 # rebuilding an image that is missing.
@@ -336,6 +336,8 @@ $(BUILD)/guest_image.h: $(BUILD)/guest.bin
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
 $(BUILD)/bench_guest_image.h: $(BUILD)/bench/bench-guest.bin
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
+$(BUILD)/irq_bench_guest_image.h: $(BUILD)/bench/irq-bench-guest.bin
+	cd $(<D) && xxd -i $(<F) > $(abspath $@)
 # Lesson 2's, named from build/: lesson2/guest.bin -> lesson2_guest_bin[].
 $(BUILD)/lesson2_guest_image.h: $(BUILD)/lesson2/guest.bin
 	cd $(BUILD) && xxd -i lesson2/guest.bin > $(abspath $@)
@@ -364,7 +366,7 @@ WARNINGS := -Wall -Wextra -Wpedantic -Wconversion -Wsign-conversion -Wshadow -Wo
 OPTIMISE := -O2 -g
 HEADERS  := kvm_hello.hpp $(wildcard program/*.hpp bench/*.hpp)
 PROGRAM_SOURCES := main.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h \
-  $(BUILD)/lesson2_guest_image.h $(BUILD)/lesson2_guest_lines.h
+  $(BUILD)/irq_bench_guest_image.h $(BUILD)/lesson2_guest_image.h $(BUILD)/lesson2_guest_lines.h
 
 $(PROGRAM): $(PROGRAM_SOURCES)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
@@ -427,7 +429,7 @@ UNIT_FLAGS   := $(CXXSTD) $(WARNINGS) -I. -I$(BUILD) -DKVM_HELLO_SOURCE_DIR=\"$(
 UNIT_DEPENDS := $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
 # steps_tests.cpp checks the assembled guests against the memory map.
 $(foreach way,host sanitized arm64,$(BUILD)/unit/$(way)/steps_tests.o): \
-  $(BUILD)/guest_image.h $(BUILD)/bench_guest_image.h $(BUILD)/guest_lines.h
+  $(BUILD)/guest_image.h $(BUILD)/bench_guest_image.h $(BUILD)/irq_bench_guest_image.h $(BUILD)/guest_lines.h
 
 $(BUILD)/unit/host/%.o: test/%.cpp $(UNIT_DEPENDS)
 	@mkdir -p $(@D)
@@ -455,7 +457,8 @@ $(UNIT_ARM64): $(UNIT_TESTS:%=$(BUILD)/unit/arm64/%.o)
 LINT_SOURCES := main.cpp $(wildcard test/*.cpp) tools/vm-init.cpp
 CLANG_TIDY   := clang-tidy-19
 LINT_FLAGS   := $(UNIT_FLAGS) -I$(BUILD) $(HOST_UAPI)
-GENERATED_HEADERS := $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h $(BUILD)/test_guests.h \
+GENERATED_HEADERS := $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h \
+  $(BUILD)/irq_bench_guest_image.h $(BUILD)/test_guests.h \
   $(BUILD)/lesson2_guest_image.h $(BUILD)/lesson2_guest_lines.h
 lint: $(LINT_SOURCES:%=$(BUILD)/lint/%.ok)
 	@echo "lint: $(CLANG_TIDY) found nothing in $(words $(LINT_SOURCES)) sources and the headers they include"
@@ -479,7 +482,7 @@ $(FUZZER): test/fuzz_exits.cpp $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UA
 # assembled, and their line tables) and guest-sources/ (their .S, which say
 # what to expect); the same for the exercises.
 $(E2E): $(EXERCISES) test/e2e_tests.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/lesson2_guest_image.h $(BUILD)/test_guests.h \
-  $(BUILD)/bench_guest_image.h $(TEST_GUESTS:.bin=.lines)
+  $(BUILD)/bench_guest_image.h $(BUILD)/irq_bench_guest_image.h $(TEST_GUESTS:.bin=.lines)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden
 	ln -sfn test/guests $(BUILD)/guests

@@ -37,6 +37,7 @@
 #include "program/trace.hpp"
 
 #include "bench_guest_image.h"  // made by the Makefile from bench/bench-guest.S: bench_guest_bin[]
+#include "irq_bench_guest_image.h"  // and from bench/irq-bench-guest.S: irq_bench_guest_bin[]
 #include "guest_image.h"        // made by the Makefile: `xxd -i guest.bin` gives guest_bin[] and guest_bin_len
 #include "guest_lines.h"        // made by the Makefile: guest.S's line table (program/guest-lines.sh), as guest_lines[]
 #include "lesson2_guest_image.h"  // made by the Makefile from lesson2/guest.S: lesson2_guest_bin[]
@@ -365,7 +366,8 @@ int run(int argc, char** argv) {
   if (options.benchmark) {
     return run_benchmark(options.bench, options.kvm_device.c_str(),
                          options.time_limit_given ? std::optional(options.time_limit) : std::nullopt,
-                         std::span(bench_guest_bin, bench_guest_bin_len), out);
+                         std::span(bench_guest_bin, bench_guest_bin_len),
+                         std::span(irq_bench_guest_bin, irq_bench_guest_bin_len), out);
   }
   if (options.caps) return show_capabilities(options.kvm_device.c_str(), out);
   // --break-at, found in the guest's line table: a line that is not there is a bad command line.

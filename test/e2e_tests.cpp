@@ -1478,7 +1478,15 @@ TEST_CASE("--bench: the table's structure, and every figure sane (no timing is a
     CHECK(std::isfinite(spread));
     CHECK(spread >= 0);
   }
-  CHECK(kinds == std::set<std::string>{"mmio_write_ns", "mmio_read_ns", "hvc_ns", "mmio_write_bare_ioctl_ns"});
+  CHECK(kinds == std::set<std::string>{"mmio_write_ns", "mmio_read_ns", "hvc_ns", "mmio_write_bare_ioctl_ns",
+                                       "mmio_exit_round_trip_ns", "irq_line_round_trip_ns", "irqfd_round_trip_ns"});
+  // The interrupt VM has the GIC this host's KVM offers first, and 256 / 16 round trips a measurement.
+  std::smatch gic;
+  REQUIRE(std::regex_search(json.out, gic, std::regex("\"interrupt_gic\": ([0-9]+),")));
+  const auto host_gic = kh::probe_vgic(build_machine(image(guest_bin, guest_bin_len)).vm);
+  REQUIRE(host_gic);
+  CHECK(std::stoul(gic[1]) == static_cast<unsigned>(*host_gic));
+  CHECK(json.out.find("\"interrupt_rounds\": 16,") != std::string::npos);
   std::smatch ratio;
   REQUIRE(std::regex_search(json.out, ratio, std::regex("\"ratio_mmio_read_to_hvc\": ([0-9.]+)")));
   CHECK(std::isfinite(std::stod(ratio[1])));
@@ -1498,6 +1506,10 @@ TEST_CASE("--bench: the table's structure, and every figure sane (no timing is a
   CHECK(first_line.find(std::getenv("KVM_HELLO_EMULATED") ? "EMULATED" : "own arm64 CPU") != std::string::npos);
   CHECK(text.out.find("ratio MMIO read to userspace / hvc in the kernel: ") != std::string::npos);
   CHECK(text.out.find("wrappers: ") != std::string::npos);
+  CHECK(text.out.find("interrupts, host-timed (clock_gettime), a VM with a GICv") != std::string::npos);
+  for (const char* kind : interrupt_kind_name)
+    CHECK(text.out.find(std::string("  ") + kind + " ") != std::string::npos);
+  CHECK(text.out.find("an interrupt, beyond an MMIO exit: ") != std::string::npos);
   CHECK(count(text.out, "] ") >= static_cast<std::size_t>(kh::lesson1_step_count));
 }
 

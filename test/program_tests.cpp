@@ -900,6 +900,50 @@ TEST_CASE("bench: the wrappers' verdict: noise says nothing, a faster bare loop 
   CHECK(std::string_view(wrapper_verdict(-1500, 1000)).starts_with("the bare loop was slower"));
 }
 
+TEST_CASE("bench, interrupts: round trips summed a measurement at a time, in fixed storage; ns per round trip") {
+  CHECK(interrupt_rounds({.iterations = 65536, .repeats = 3, .json = false}) == 4096);
+  CHECK(interrupt_rounds({.iterations = 8, .repeats = 3, .json = false}) == 1);  // never none
+  RoundTrips trips(2);
+  using ns = std::chrono::nanoseconds;
+  for (const auto took : {ns(300), ns(500), ns(100), ns(100), ns(900), ns(1100), ns(7)})
+    trips.add(irqfd_round_trip, took);
+  REQUIRE(trips.measurements(irqfd_round_trip).size() == 3);  // the 7 ns begins a fourth, not complete
+  CHECK(trips.measurements(irqfd_round_trip)[0] == ns(800));
+  CHECK(trips.measurements(irq_line_round_trip).empty());
+  const Figures f = round_trip_figures(trips, irqfd_round_trip);  // 400, 100, 1000 ns a round trip
+  CHECK(f.median_ns == doctest::Approx(400.0));
+  CHECK(f.min_ns == doctest::Approx(100.0));
+  CHECK(f.spread == doctest::Approx(2.25));  // (1000 - 100) / 400
+  RoundTrips many(1);
+  for (std::uint64_t i = 0; i < max_bench_repeats + 5; ++i) many.add(mmio_exit_round_trip, ns(1));
+  CHECK(many.measurements(mmio_exit_round_trip).size() == max_bench_repeats);
+}
+
+TEST_CASE("bench, interrupts: the device times SINK to SINK, a doorbell to its ack; a failed injection ends the run") {
+  const kh::VmFd no_vm;  // -1: KVM_IRQ_LINE on it fails with EBADF
+  const kh::Irqfd no_irqfd{};
+  InterruptBenchDevice device(no_vm, no_irqfd, 1);
+  const auto write = [&device](std::uint64_t address, std::uint8_t value) {
+    kh::MmioAccess access{address, 4, true, {value}};
+    device.handle(access);
+  };
+  write(kh::mmio_out, 0);   // the guest's first exit
+  write(kh::mmio_sink, 0);  // after OUT: not a round trip
+  CHECK(device.trips().measurements(mmio_exit_round_trip).empty());
+  write(kh::mmio_sink, 0);
+  CHECK(device.trips().measurements(mmio_exit_round_trip).size() == 1);
+  write(kh::mmio_irq, kh::spi_line);  // an ack nothing rang for: not counted
+  write(kh::mmio_doorbell, 7);        // a value the device does not know: nothing raised, no failure
+  CHECK_FALSE(device.failure());
+  write(kh::mmio_irq, kh::spi_irqfd);
+  CHECK(device.trips().measurements(irq_line_round_trip).empty());
+  CHECK(device.trips().measurements(irqfd_round_trip).empty());
+  write(kh::mmio_doorbell, kh::doorbell_line);
+  REQUIRE(device.failure());
+  CHECK(device.failure()->step == kh::Step::inject_spi);
+  CHECK(device.failure()->err == EBADF);
+}
+
 TEST_CASE("bench: the device keeps RESULT writes in fixed storage, answers reads, and never overflows") {
   BenchDevice device;
   kh::MmioAccess read{kh::mmio_answer, 4, false, {}};

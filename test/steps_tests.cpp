@@ -25,6 +25,7 @@
 
 #include "kvm_hello.hpp"
 #include "bench_guest_image.h"  // bench_guest_bin[]: bench/bench-guest.S, assembled
+#include "irq_bench_guest_image.h"  // irq_bench_guest_bin[]: bench/irq-bench-guest.S, assembled
 #include "guest_image.h"        // guest_bin[]: guest.S, assembled
 #include "guest_lines.h"        // guest_lines[]: guest.S's line table, its addresses where it was linked
 
@@ -286,15 +287,21 @@ std::vector<std::uint64_t> constants_loaded(std::span<const std::uint8_t> image)
   return values;
 }
 
-// Each value is one of the map's registers or a PSCI function id, and every
-// register in `expected` is among them.
+// The row of memory_map that begins at `address` (a register, or a GIC frame), or nullptr.
+const kh::Region* region_at(std::uint64_t address) {
+  const auto found = std::ranges::find(kh::memory_map, address, &kh::Region::base);
+  return found == kh::memory_map.end() || found->kind == kh::RegionKind::memslot ? nullptr : &*found;
+}
+
+// Each value is the base of one of the map's registers or GIC frames, or a
+// PSCI function id, and every address in `expected` is among them.
 void check_loads_only_registers(const std::vector<std::uint64_t>& loaded, std::initializer_list<std::uint64_t> expected) {
   for (const std::uint64_t value : loaded) {
     const bool psci = value == PSCI_0_2_FN_SYSTEM_OFF || value == PSCI_0_2_FN_PSCI_VERSION;
-    CHECK_MESSAGE((kh::register_at(value) != nullptr || psci), "a constant not in memory_map: 0x" << std::hex << value);
+    CHECK_MESSAGE((region_at(value) != nullptr || psci), "a constant not in memory_map: 0x" << std::hex << value);
   }
   for (const std::uint64_t address : expected) {
-    CHECK_MESSAGE(std::ranges::count(loaded, address) > 0, "never loaded: " << kh::register_at(address)->name);
+    CHECK_MESSAGE(std::ranges::count(loaded, address) > 0, "never loaded: " << region_at(address)->name);
   }
 }
 
@@ -318,6 +325,9 @@ TEST_CASE("memory map: the assembled guests load the table's addresses, and are 
                              {kh::mmio_out, kh::mmio_answer, kh::mmio_echo});
   check_loads_only_registers(constants_loaded(std::span(bench_guest_bin, bench_guest_bin_len)),
                              {kh::mmio_result, kh::mmio_sink, kh::mmio_answer});
+  check_loads_only_registers(constants_loaded(std::span(irq_bench_guest_bin, irq_bench_guest_bin_len)),
+                             {kh::mmio_out, kh::mmio_sink, kh::mmio_doorbell, kh::mmio_irq, kh::gic_distributor_base,
+                              kh::gic_redistributors_base, kh::gic_cpu_interface_base});
   // guest.lines: "guest.S", then "ADDRESS LINE TEXT" per instruction, the first at the address
   // the Makefile linked it at (read from KVM_HELLO_RAM_BASE).
   const std::string lines(reinterpret_cast<const char*>(guest_lines), guest_lines_len);
