@@ -57,13 +57,14 @@ stops() { sed -n 's/^\(Thread [0-9.]* hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello
   echo "$first"
   echo "print path"
   for _ in $(seq 8); do echo continue; done
-  echo "bt 2"
+  echo "bt 3"
   echo continue
 } >"$work/steps.gdb"
 debug steps
 check "the nine step functions stop in order (saw: $(stops "$work/steps.log"))" test "$(stops "$work/steps.log")" = "$expected"
 check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/dev/kvm"$' "$work/steps.log"
-check "bt at run_guest shows walk_through (main.cpp) as its caller" grep -q '^#1 .* in walk_through (' "$work/steps.log"
+check "bt at run_guest: walk_run, the run both lessons share, called by walk_through (main.cpp)" \
+  grep -q '^#2 .* in walk_through (' "$work/steps.log"
 check "the program ran to its clean shutdown" grep -q '^shutdown: the guest powered off' "$work/steps.log"
 
 # The gdb sessions the docs show, each in the block after a "<!-- gdb-session -->"
@@ -97,7 +98,7 @@ printed_in_order() {
   echo "next"
   echo "print fd"
   for _ in $(seq 8); do echo continue; done
-  echo "bt 2"
+  echo "bt 3"
   echo continue
 } >"$work/session.gdb"
 debug session KVM_HELLO_HOST_CPUS=1
