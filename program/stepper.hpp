@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "kvm_hello.hpp"
 #include "program/describe.hpp"
@@ -138,7 +139,7 @@ struct Watch {
 class GuestStepper {
  public:
   GuestStepper(const kh::VcpuFd& vcpu, GuestView guest, const Output& out, Watch watch, kh::CallObserver observe = {})
-      : vcpu_(vcpu), guest_(guest), out_(out), watch_(watch), observe_(observe) {}
+      : vcpu_(vcpu), guest_(std::move(guest)), out_(out), watch_(watch), observe_(observe) {}
 
   // Single-stepping, before the first KVM_RUN: the first instruction.
   [[nodiscard]] kh::Result<void> start() {
