@@ -366,8 +366,9 @@ int run(int argc, char** argv) {
   if (options.benchmark) {
     return run_benchmark(options.bench, options.kvm_device.c_str(),
                          options.time_limit_given ? std::optional(options.time_limit) : std::nullopt,
-                         std::span(bench_guest_bin, bench_guest_bin_len),
-                         std::span(irq_bench_guest_bin, irq_bench_guest_bin_len), out);
+                         {.exits = std::span(bench_guest_bin, bench_guest_bin_len),
+                          .interrupts = std::span(irq_bench_guest_bin, irq_bench_guest_bin_len)},
+                         out);
   }
   if (options.caps) return show_capabilities(options.kvm_device.c_str(), out);
   // --break-at, found in the guest's line table: a line that is not there is a bad command line.

@@ -449,12 +449,19 @@ inline void print_bench_json(const BenchRun& wrapped, const BenchRun& raw, const
   std::printf("],\n  \"lifetime_ns\": %lld\n}\n", static_cast<long long>(wrapped.lifetime.count()));
 }
 
+// The two guests the benchmark runs, by name: two images of one type side
+// by side in an argument list would be easy to swap.
+struct BenchGuests {
+  std::span<const std::uint8_t> exits;       // bench/bench-guest.S: MMIO and hvc exits
+  std::span<const std::uint8_t> interrupts;  // bench/irq-bench-guest.S: an interrupt's round trip
+};
+
 // Runs the benchmark guest twice (wrapped loop, bare loop), then the
 // interrupt guest, and prints the figures; returns the exit status. `limit`:
 // each run's watchdog, when given.
 inline int run_benchmark(BenchSettings settings, const char* device, std::optional<std::chrono::milliseconds> limit,
-                         std::span<const std::uint8_t> bench_guest, std::span<const std::uint8_t> interrupt_guest,
-                         const Output& out) {
+                         BenchGuests guests, const Output& out) {
+  const std::span<const std::uint8_t> bench_guest = guests.exits, interrupt_guest = guests.interrupts;
   if (settings.repeats == 0) settings.repeats = default_bench_repeats();
   const auto time_limit = limit.value_or(bench_time_limit);
   constexpr unsigned all_kinds = (1u << bench_kinds) - 1, write_only = 1u << mmio_write;

@@ -941,7 +941,7 @@ TEST_CASE("bench, interrupts: the device times SINK to SINK, a doorbell to its a
   write(kh::mmio_doorbell, kh::doorbell_line);
   REQUIRE(device.failure());
   CHECK(device.failure()->step == kh::Step::inject_spi);
-  CHECK(device.failure()->err == EBADF);
+  CHECK(device.failure()->call == "KVM_IRQ_LINE");  // its errno: EBADF natively, QEMU's own under qemu-aarch64
 }
 
 TEST_CASE("bench: the device keeps RESULT writes in fixed storage, answers reads, and never overflows") {
