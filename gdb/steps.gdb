@@ -1,6 +1,9 @@
 # steps.gdb: a breakpoint on each step function of kvm_hello.hpp, in the
-# order main.cpp calls them. `make gdb` loads it; then `continue` goes from
-# step to step, and `next`, `step`, `print` and `bt` work as usual.
+# order of its step table. `make gdb` loads it; then `continue` goes from
+# step to step, in the order main.cpp calls them, and `next`, `step`, `print`
+# and `bt` work as usual. Lesson 1 calls steps 1 to 9 only; lesson 2
+# (`make gdb LESSON=2`) calls all fifteen, in KVM's order: 1-5, 10, 11, 6-8,
+# 13, 12, 14, 9, and 15 from inside 9 (when the guest rings its doorbell).
 set pagination off
 set confirm off
 # The code is in the ELF file: no need to read it from the (emulated) target.
@@ -14,3 +17,10 @@ break kvm_hello::create_vcpu
 break kvm_hello::init_vcpu
 break kvm_hello::set_boot_registers
 break kvm_hello::run_guest
+# Lesson 2's steps (Part II of kvm_hello.hpp):
+break kvm_hello::probe_vgic
+break kvm_hello::create_vgic
+break kvm_hello::init_vgic
+break kvm_hello::read_timer_irq
+break kvm_hello::attach_irqfd
+break kvm_hello::inject_spi

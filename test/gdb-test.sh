@@ -46,10 +46,18 @@ debug() {
   fi
 }
 
-# The step functions, in order, as gdb/steps.gdb names them (test/docs_tests.cpp
-# checks that file against kvm_hello.hpp's step table), and the ones a log stopped at:
-# "Breakpoint 3, kvm_hello::NAME (...)", or with several vCPUs "Thread 2 hit Breakpoint 3, ...".
-expected=$(sed -n 's/^break kvm_hello::\([a-z_]*\)$/\1/p' gdb/steps.gdb | tr '\n' ' ')
+# The step functions a lesson calls, in the order its walk-through announces
+# them ("[6/15] create_vcpu ...", and lesson 2's step 15 inside step 9,
+# "... step 15, inject_spi, ..."), read from that lesson's golden output;
+# gdb/steps.gdb has a breakpoint on every step function (test/docs_tests.cpp
+# checks that file against kvm_hello.hpp's step table). And the ones a log
+# stopped at: "Breakpoint 3, kvm_hello::NAME (...)", or with several vCPUs
+# "Thread 2 hit Breakpoint 3, ...".
+announced() {
+  sed -n -e 's/^\[[0-9]*\/[0-9]*\] \([a-z_]*\) .*/\1/p' -e 's/.*: step [0-9]*, \([a-z_]*\), .*/\1/p' "$1" | tr '\n' ' '
+}
+expected=$(announced test/golden/default.txt)
+expected_lesson2=$(announced test/golden/lesson2.txt)
 stops() { sed -n 's/^\(Thread [0-9.]* hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\2/p' "$1" | tr '\n' ' '; }
 
 # The walk-through: a stop at each step, print and bt on the way.
@@ -66,6 +74,21 @@ check "print shows the device path at open_kvm" grep -q '^\$1 = 0x[0-9a-f]* "/de
 check "bt at run_guest: walk_run, the run both lessons share, called by walk_through (main.cpp)" \
   grep -q '^#2 .* in walk_through (' "$work/steps.log"
 check "the program ran to its clean shutdown" grep -q '^shutdown: the guest powered off' "$work/steps.log"
+
+# Lesson 2 (`make gdb LESSON=2`): its six steps stop too, in KVM's order, with
+# inject_spi inside run_guest, when the guest rings its doorbell.
+{
+  echo "$first"
+  for _ in $(seq 14); do echo continue; done
+  echo "bt"
+  echo continue
+} >"$work/lesson2.gdb"
+debug lesson2 LESSON=2 ARGS=-q
+check "LESSON=2: the fifteen step functions stop in the walk-through's order (saw: $(stops "$work/lesson2.log"))" \
+  test "$(stops "$work/lesson2.log")" = "$expected_lesson2"
+check "LESSON=2: bt at inject_spi: called from inside run_guest, when the guest rang" \
+  bash -c "sed -n '/kvm_hello::inject_spi/,\$p' '$work/lesson2.log' | grep -Eq '^#[0-9]+ .* in kvm_hello::run_guest'"
+check "LESSON=2: the program ran to its clean shutdown" grep -q '^shutdown: the guest powered off' "$work/lesson2.log"
 
 # The gdb sessions the docs show, each in the block after a "<!-- gdb-session -->"
 # line: every line of gdb's there (the "(gdb) " lines are commands) is one the
