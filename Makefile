@@ -16,10 +16,12 @@
 ##   make trace       run the guest one instruction at a time (--step-guest, plus ARGS)
 ##   make gdb         gdb on kvm-hello, stopped at each step function (gdb/steps.gdb);
 ##                    GUEST=, ARGS= and LESSON= as for run; GDB_ARGS="-batch -x FILE" runs FILE's commands
-##   make bench       what a VM exit costs, measured here (ARGS=--json for JSON)
+##   make bench       what a VM exit and an interrupt cost, measured here (ARGS=--json for JSON)
 ##   make test        every test suite; the last line is "N passed, M failed"
 ##   make test-e2e    only the suites against real KVM (e2e and gdb), on the chosen host
 ##   make test-hosts  the e2e and gdb suites on every host of test/hosts.txt, then a table
+##   make soak        LESSON='s run RUNS times (default 20) in one machine, each output
+##                    compared with its golden file: run it while another build keeps the cores busy
 ##   make host        say where kvm-hello runs (native or emulated), and why
 ##   make golden      rewrite the golden outputs of this host's kernel from a real run
 ##   make fuzz        libFuzzer on the exit decoder and reports (FUZZ_SECONDS, default 60)
@@ -45,7 +47,7 @@
 ##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
 .DEFAULT_GOAL := all
-.PHONY: all run trace gdb bench test test-e2e test-hosts host golden fuzz format lint help clean distclean kvm-usable FORCE
+.PHONY: all run trace gdb bench test test-e2e test-hosts soak host golden fuzz format lint help clean distclean kvm-usable FORCE
 .DELETE_ON_ERROR:
 
 BUILD := build
@@ -231,6 +233,13 @@ test-e2e: $(E2E_NEEDS) | kvm-usable
 
 test-hosts: $(BUILD)/test.cpio $(BUILD)/gdb.cpio
 	@+test/test-hosts.sh test/hosts.txt
+
+# One lesson's run RUNS times in one machine, each output compared whole with
+# its golden file (test/e2e_tests.cpp, "soak"): run it while another build
+# keeps every core busy, as CI's machine is.
+RUNS ?= 20
+soak: $(E2E_NEEDS) | kvm-usable
+	$(E2E_WITH) --no-skip '-tc=soak*' --soak-lesson $(LESSON) --soak-runs $(RUNS)
 
 host:
 	@echo "kvm-hello runs $(if $(filter native,$(KVM_HELLO_MACHINE)),natively,in the emulated arm64 machine): $(MACHINE_WHY)"

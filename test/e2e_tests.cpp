@@ -1773,48 +1773,106 @@ std::string report_differences(const std::vector<std::pair<std::string, Differen
          "it.";
 }
 
+// A golden file: its name, its header (the "# args:" line and its
+// conditions), kvm-hello's arguments as written there, its whole text, and
+// whether its conditions hold on this host.
+struct GoldenFile {
+  std::string name, header, args, expected;
+  bool holds = true;
+};
+
+std::vector<GoldenFile> golden_files() {
+  std::vector<std::filesystem::path> paths;
+  for (const auto& entry : std::filesystem::directory_iterator(golden_dir)) paths.push_back(entry.path());
+  std::sort(paths.begin(), paths.end());
+  REQUIRE_MESSAGE(!paths.empty(), "no golden files in " << golden_dir);
+  std::vector<GoldenFile> files;
+  for (const auto& path : paths) {
+    GoldenFile golden{path.filename().string(), "", "", read_file(path)};
+    std::istringstream lines(golden.expected);
+    std::string args_line;
+    std::getline(lines, args_line);
+    REQUIRE_MESSAGE(args_line.starts_with("# args:"), path << " must start with '# args:'");
+    golden.args = args_line.size() > 8 ? args_line.substr(8) : "";
+    golden.header = args_line + "\n";
+    // The conditions: "# linux:" and "# gic:" lines, in any order, before "# status:".
+    for (std::string condition; std::getline(lines, condition) && !condition.starts_with("# status:");) {
+      golden.holds = golden.holds && (condition.starts_with("# gic:") ? gic_matches(condition) : kernel_matches(condition));
+      golden.header += condition + "\n";
+    }
+    files.push_back(std::move(golden));
+  }
+  return files;
+}
+
+// kvm-hello's run for a golden file, rendered as the file shows it.
+// "{guests}" and "{exercises}" in the arguments: the folders of the test
+// guests and exercises, wherever they are.
+std::string run_as_golden(const GoldenFile& golden) {
+  const std::string where = std::regex_replace(std::regex_replace(golden.args, std::regex("\\{guests\\}"), guest_binaries),
+                                               std::regex("\\{exercises\\}"), exercise_binaries);
+  return render(golden.header, run_program(split_words(where)));
+}
+
+int soak_lesson = 1;  // --soak-lesson: the lesson whose golden run `make soak` repeats
+int soak_runs = 20;   // --soak-runs: how many times
+
 }  // namespace
 
 TEST_CASE("golden output: kvm-hello prints what test/golden/ shows for this kernel") {
-  std::vector<std::filesystem::path> files;
-  for (const auto& entry : std::filesystem::directory_iterator(golden_dir)) files.push_back(entry.path());
-  std::sort(files.begin(), files.end());
-  REQUIRE_MESSAGE(!files.empty(), "no golden files in " << golden_dir);
   const bool print = print_golden;
   std::map<std::string, int> compared;                        // per command line: how many files held for this kernel
   std::vector<std::pair<std::string, Difference>> differing;  // the files that do not hold
-  for (const auto& file : files) {
-    const std::string expected = read_file(file);
-    std::istringstream lines(expected);
-    std::string args_line;
-    std::getline(lines, args_line);
-    REQUIRE_MESSAGE(args_line.starts_with("# args:"), file << " must start with '# args:'");
-    const std::string args = args_line.size() > 8 ? args_line.substr(8) : "";
-    std::string header = args_line + "\n";
-    // The conditions: "# linux:" and "# gic:" lines, in any order, before "# status:".
-    bool holds = true;
-    for (std::string condition; std::getline(lines, condition) && !condition.starts_with("# status:");) {
-      compared[args] += 0;
-      holds = holds && (condition.starts_with("# gic:") ? gic_matches(condition) : kernel_matches(condition));
-      header += condition + "\n";
-    }
-    if (!holds) continue;
-    ++compared[args];
-    // "{guests}" and "{exercises}" in the arguments: the folders of the test guests and exercises, wherever they are.
-    const std::string where = std::regex_replace(std::regex_replace(args, std::regex("\\{guests\\}"), guest_binaries),
-                                                 std::regex("\\{exercises\\}"), exercise_binaries);
-    const std::string actual = render(header, run_program(split_words(where)));
+  for (const GoldenFile& golden : golden_files()) {
+    compared[golden.args] += golden.holds ? 1 : 0;
+    if (!golden.holds) continue;
+    const std::string actual = run_as_golden(golden);
     if (print) {
-      std::printf("=== golden %s ===\n%s=== end ===\n", file.filename().c_str(), actual.c_str());
+      std::printf("=== golden %s ===\n%s=== end ===\n", golden.name.c_str(), actual.c_str());
       continue;
     }
-    if (actual != expected) differing.emplace_back(file.filename().string(), first_difference(expected, actual));
+    if (actual != golden.expected) differing.emplace_back(golden.name, first_difference(golden.expected, actual));
   }
   // One short report for every file, rather than each whole output twice.
   if (!differing.empty()) FAIL_CHECK(report_differences(differing));
   for (const auto& [args, count] : compared) {
     CHECK_MESSAGE(count == 1, "golden files for '" << args << "' that hold on this kernel: " << count);
   }
+}
+
+// `make soak LESSON=N RUNS=R`: one lesson's run, R times in a row in one
+// machine, each output compared whole with the golden file for this host (a
+// lost, doubled or interleaved line, a hang stopped by the watchdog, a
+// status that is not 0: each run that differs is counted and its first
+// difference shown). Skipped in `make test` (doctest::skip): the Makefile's
+// soak target runs it with --no-skip. Run it while another build keeps every
+// core busy: a race shows itself under load.
+TEST_CASE("soak: the same run again and again, its golden output each time" * doctest::skip()) {
+  const std::string soak_args = soak_lesson == 1 ? "" : "--lesson " + std::to_string(soak_lesson);
+  const auto files = golden_files();
+  const auto golden = std::find_if(files.begin(), files.end(), [&](const GoldenFile& file) {
+    return file.holds && file.args == soak_args;
+  });
+  REQUIRE_MESSAGE(golden != files.end(), "no golden file for '" << soak_args << "' holds on this host");
+  REQUIRE(soak_runs > 0);
+  int same = 0;
+  for (int run = 1; run <= soak_runs; ++run) {
+    const auto started = std::chrono::steady_clock::now();
+    const std::string actual = run_as_golden(*golden);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    if (actual == golden->expected) {
+      ++same;
+      std::printf("soak: run %d of %d: as %s (%.1f s)\n", run, soak_runs, golden->name.c_str(), seconds);
+    } else {
+      const Difference difference = first_difference(golden->expected, actual);
+      ADD_FAIL_CHECK("run " << run << " of " << soak_runs << " differs from " << golden->name << " at line "
+                            << difference.line << ":\n    expected: " << difference.expected
+                            << "\n    actual:   " << difference.actual);
+    }
+  }
+  std::printf("soak: %d of %d runs of kvm-hello %s printed %s\n", same, soak_runs,
+              soak_args.empty() ? "(lesson 1)" : soak_args.c_str(), golden->name.c_str());
+  CHECK(same == soak_runs);
 }
 
 // ==== What differs from host to host, checked against the host ===============
@@ -1926,11 +1984,15 @@ int main(int argc, char** argv) {
   guest_sources = here + "guest-sources";
   exercise_binaries = here + "exercises";
   exercise_sources = here + "exercise-sources";
-  // --print-golden is ours (make golden); the other arguments are doctest's.
+  // --print-golden (make golden), --soak-lesson and --soak-runs (make soak) are ours; the other arguments are doctest's.
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     if (std::string_view(argv[i]) == "--print-golden") {
       print_golden = true;
+    } else if (std::string_view(argv[i]) == "--soak-lesson" && i + 1 < argc) {
+      soak_lesson = std::atoi(argv[++i]);
+    } else if (std::string_view(argv[i]) == "--soak-runs" && i + 1 < argc) {
+      soak_runs = std::atoi(argv[++i]);
     } else {
       args.push_back(argv[i]);
     }
