@@ -1865,9 +1865,9 @@ TEST_CASE("soak: the same run again and again, its golden output each time" * do
       std::printf("soak: run %d of %d: as %s (%.1f s)\n", run, soak_runs, golden->name.c_str(), seconds);
     } else {
       const Difference difference = first_difference(golden->expected, actual);
-      ADD_FAIL_CHECK("run " << run << " of " << soak_runs << " differs from " << golden->name << " at line "
-                            << difference.line << ":\n    expected: " << difference.expected
-                            << "\n    actual:   " << difference.actual);
+      FAIL_CHECK("run " << run << " of " << soak_runs << " differs from " << golden->name << " at line "
+                        << difference.line << ":\n    expected: " << difference.expected
+                        << "\n    actual:   " << difference.actual);
     }
   }
   std::printf("soak: %d of %d runs of kvm-hello %s printed %s\n", same, soak_runs,
