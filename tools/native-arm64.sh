@@ -63,10 +63,14 @@ run_timeout=${KVM_HELLO_NATIVE_TIMEOUT:-3600}
 mirror=${KVM_HELLO_NATIVE_MIRROR:-http://deb.debian.org/debian}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kvm-hello/native-arm64
 
-# What the root holds: the Makefile's native PACKAGES (g++ xxd doctest-dev
-# gdb) and more a contributor expects, and a kernel (its modules drive the
-# root disk: virtio-blk and ext4 are modules in Debian's arm64 kernel).
-packages=(build-essential g++ make xxd doctest-dev gdb git ca-certificates linux-image-arm64)
+# What the root holds: the Makefile's native PACKAGES (read from it: the
+# line in its native branch, so the two cannot drift apart), more a
+# contributor expects, and a kernel (its modules drive the root disk:
+# virtio-blk and ext4 are modules in Debian's arm64 kernel).
+native_packages=$(sed -n '/^ifeq (\$(KVM_HELLO_MACHINE),native)/,/^else/s/^ *PACKAGES *:= *//p' "$here/../Makefile")
+[ -n "$native_packages" ] || { echo "native-arm64: no native PACKAGES line found in $here/../Makefile" >&2; exit 2; }
+read -r -a native_packages <<<"$native_packages"
+packages=(build-essential make git ca-certificates linux-image-arm64 "${native_packages[@]}")
 # Kernel modules the initrd loads to mount the root disk (with their dependencies).
 initrd_modules=(virtio_pci virtio_blk ext4)
 
@@ -161,13 +165,21 @@ build_root() {
   as_root rm -f "$cache/root.img.tmp"
   as_root mkfs.ext4 -q -L native-arm64 -d "$root" "$cache/root.img.tmp" "${size_mb}M"
   as_root rm -rf "$root"
-  as_root mv "$cache/root.img.tmp" "$cache/root.img"   # last: root.img means "built"
+  as_root mv "$cache/root.img.tmp" "$cache/root.img"   # last but one: root.img means "built"
+  echo "${packages[*]}" | as_root tee "$cache/root.packages" >/dev/null  # ... for these packages
   as_root chown -R "$(id -u):$(id -g)" "$cache"
   say "built $cache/root.img in $((SECONDS - began)) s ($(du -sh --apparent-size "$cache/root.img" | cut -f1), $(du -sh "$cache/root.img" | cut -f1) on disk)"
 }
 
 "$here/../setup/ensure-packages.sh" qemu-system-arm debootstrap debian-archive-keyring qemu-user-static e2fsprogs git
-[ -s "$cache/root.img" ] || build_root
+# A root built for another list of packages (an older Makefile's) is built
+# again: the Makefile would stop at its package check inside.
+if [ ! -s "$cache/root.img" ]; then
+  build_root
+elif [ "$(cat "$cache/root.packages" 2>/dev/null)" != "${packages[*]}" ]; then
+  say "$cache/root.img holds other packages ($(cat "$cache/root.packages" 2>/dev/null || echo "not recorded")) than these: ${packages[*]}"
+  build_root
+fi
 
 # ---- Each run: the job disk -------------------------------------------------
 work=$(mktemp -d)
