@@ -38,6 +38,7 @@ enum class Status : int {
   no_vgic = 25,
   gic_setup = 26,
   injection = 27,
+  vcpu_threads = 28,
   interrupted = 130,  // as a shell reports a program ended by Ctrl-C
 };
 
@@ -67,6 +68,7 @@ inline constexpr StatusInfo status_table[] = {
     {Status::no_vgic, "the host's KVM has no in-kernel GIC (lesson 2)"},
     {Status::gic_setup, "setting up the in-kernel GIC, the timer's interrupt or an irqfd failed (steps 10-14)"},
     {Status::injection, "sending the guest an interrupt failed (KVM_IRQ_LINE, or an irqfd's write)"},
+    {Status::vcpu_threads, "reading a vCPU's power state, or starting or stopping its thread, failed (steps 16-18)"},
     {Status::interrupted, "Ctrl-C stopped the guest"},
 };
 
@@ -108,6 +110,7 @@ constexpr Status status_for(const kh::Error& error) {
   if (error.step == kh::Step::inject_spi || (error.step == kh::Step::attach_irqfd && error.call == "write")) {
     return Status::injection;
   }
+  if (static_cast<int>(error.step) > kh::lesson2_step_count) return Status::vcpu_threads;
   if (static_cast<int>(error.step) > kh::lesson1_step_count) return Status::gic_setup;
   return error.step == kh::Step::run_guest ? Status::run_failed : Status::setup_failed;
 }
@@ -165,6 +168,9 @@ inline std::string advice_for_gic_call(const kh::Error& error) {
       if (err == EINVAL) return "no such SPI: give the INTID itself, 32 and up and below the GIC's " +
                                 std::to_string(kh::vgic_nr_irqs) + " interrupts, not the INTID minus 32";
       if (err == EBUSY) return "the GIC is not initialised yet: init_vgic (step 12) before injecting";
+      break;
+    case Step::read_mp_state:
+      if (err == EINVAL) return "KVM_SET_MP_STATE takes RUNNABLE, STOPPED or SUSPENDED on arm64, no other state";
       break;
     case Step::run_guest:
       if (err == EBUSY) return "the in-kernel GIC was not initialised (init_vgic, step 12) before the first KVM_RUN, "
@@ -318,4 +324,34 @@ inline Failure failure_for(const kh::Error& error, std::string_view device, Stuc
   const std::string vcpu = error.vcpu ? ", vCPU " + std::to_string(*error.vcpu) : "";
   return {status, "step " + std::to_string(static_cast<int>(error.step)) + " (" + std::string(step.name) + ")" + vcpu +
                       ": " + explain(error, status, device, stuck, above)};
+}
+
+// ==== Lesson 3: what a run of several vCPUs left behind =======================
+
+// "RUNNABLE", or "mp_state 7" for a value KVM_GET_MP_STATE has no name for.
+inline std::string mp_state_text(kh::MpState state) {
+  const std::string_view name = kh::mp_state_name(state);
+  return name.empty() ? "mp_state " + std::to_string(static_cast<std::uint32_t>(state)) : std::string(name);
+}
+
+// Why a guest that waited for vCPU `id` waited in vain: no thread ran it.
+// `state` is its mp_state after the run (read_mp_state, step 16): RUNNABLE
+// says the guest's CPU_ON started it, in KVM, and still it never ran.
+inline std::string explain_vcpu_without_thread(std::uint32_t id, kh::MpState state) {
+  const std::string vcpu = "vCPU " + std::to_string(id);
+  const std::string now = state == kh::MpState::runnable ? " is RUNNABLE (the guest's CPU_ON started it)"
+                                                         : " is " + mp_state_text(state);
+  return vcpu + now + ", but no thread ever called KVM_RUN on it, so it never ran an instruction: a vCPU runs only " +
+         "inside a KVM_RUN of its own, and a guest that waits for it waits forever; start a thread for every vCPU " +
+         "(start_vcpu_thread, step 17)";
+}
+
+// Why vCPU `id`'s watchdog stopped it although vCPU `powered_off_by` had
+// powered the machine off: its thread was left asleep in KVM_RUN, unkicked.
+inline std::string explain_left_in_kvm_run(std::uint32_t id, std::uint32_t powered_off_by) {
+  return "vCPU " + std::to_string(id) + " was still in KVM_RUN when its watchdog stopped it, after vCPU " +
+         std::to_string(powered_off_by) +
+         " had powered the machine off: PSCI SYSTEM_OFF stops every vCPU, but only the caller's KVM_RUN returns; "
+         "the others sleep in KVM until a signal (kvm_vcpu_sleep). Kick them: stop_vcpus (step 18) asks each to "
+         "stop, sends it the kick and joins it";
 }
