@@ -479,10 +479,7 @@ Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std
   for (kh::Vcpu& vcpu : vcpus) {
     if (vcpu.id != 0) vcpu0_exited.wait(false);
     auto thread = kh::start_vcpu_thread(vcpu, body(vcpu.id), walk.options.time_limit);
-    if (!thread) {
-      kh::stop_vcpus(threads, kh::StopReason::powered_off);
-      return std::unexpected(walk.failed(thread.error()));
-    }
+    if (!thread) return std::unexpected(walk.failed(thread.error()));  // the started ones: stopped, joined as they go
     threads.push_back(std::move(*thread));
   }
   std::vector<kh::Result<kh::RunStats>> results;
