@@ -392,7 +392,7 @@ Told<kh::MpState> walk_mp_state(const Walk& walk, const kh::Vcpu& vcpu, std::str
   walk.out.announce(kh::Step::read_mp_state);
   const auto state = kh::read_mp_state(vcpu.fd, walk.trace);
   if (!state) return std::unexpected(walk.failed(kh::on_vcpu(state.error(), vcpu.id)));
-  walk.out.say(Verbosity::normal, "%s: %s%.*s", vcpu_name(vcpu.id).c_str(), describe_mp_state(*state).c_str(),
+  walk.out.say(Verbosity::normal, "%s: %s%.*s", vcpu_name(vcpu.id).c_str(), describe_power_state(*state).c_str(),
                static_cast<int>(meaning.size()), meaning.data());
   pause_after(kh::Step::read_mp_state, walk.options.pause, walk.lesson);
   return *state;

@@ -124,8 +124,8 @@ class VcpuReporter {
   bool said_stack_ = false;
 };
 
-// "STOPPED (5)": a power state, by name.
-inline std::string describe_mp_state(kh::MpState state) {
+// "STOPPED (5)": a power state, by name (the trace says a call's: describe_mp_state).
+inline std::string describe_power_state(kh::MpState state) {
   const std::string_view name = kh::mp_state_name(state);
   return (name.empty() ? "an unknown state" : std::string(name)) + " (" +
          std::to_string(static_cast<std::uint32_t>(state)) + ")";
