@@ -354,7 +354,7 @@ int walk_through_lesson2(const Options& options, Guest guest, std::optional<std:
   pause_after(kh::Step::set_boot_registers, options.pause, walk.lesson);
 
   if (const auto timer = walk_timer_irq(walk, *vcpu); !timer) return timer.error();  // step 13
-  if (const auto init = walk_init_vgic(walk, *vgic); !init) return init.error();      // step 12
+  if (const auto init = walk_init_vgic(walk, *vgic); !init) return init.error();     // step 12
 
   out.announce(kh::Step::attach_irqfd);
   const auto irqfd = kh::attach_irqfd(machine->vm, kh::spi_irqfd, walk.trace);
@@ -408,7 +408,8 @@ struct VcpuRun {
   kh::VcpusDevice::View view;
   ExitReporter exits;
   VcpuReporter records;
-  VcpuRun(const Output& walk_out, kh::VcpusDevice& device, const kh::Vcpu& vcpu, std::chrono::steady_clock::time_point t)
+  VcpuRun(const Output& walk_out, kh::VcpusDevice& device, const kh::Vcpu& vcpu,
+          std::chrono::steady_clock::time_point t)
       : name(vcpu_name(vcpu.id)),
         out(walk_out),
         tracer(out),
@@ -443,8 +444,8 @@ Told<void> walk_ready_vgic(const Walk& walk, kh::Vcpu& vcpu) {
   const auto entered = kh::call(kh::Step::start_vcpu_thread, vcpu.fd, kh::request::run, walk.trace);
   vcpu.run().immediate_exit = 0;
   if (entered || entered.error().err != EINTR) {
-    const kh::Error error = entered ? kh::Error{kh::Step::start_vcpu_thread, kh::Problem::call_failed, "KVM_RUN", 0}
-                                    : entered.error();
+    const kh::Error error =
+        entered ? kh::Error{kh::Step::start_vcpu_thread, kh::Problem::call_failed, "KVM_RUN", 0} : entered.error();
     return std::unexpected(walk.failed(kh::on_vcpu(error, vcpu.id)));
   }
   walk.out.say(Verbosity::normal,
@@ -459,7 +460,7 @@ Told<void> walk_ready_vgic(const Walk& walk, kh::Vcpu& vcpu) {
 // the others stopped: asked, kicked, joined. Returns each vCPU's result, in
 // order.
 Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std::vector<kh::Vcpu>& vcpus,
-                                                          kh::VcpusDevice& device) {
+                                                           kh::VcpusDevice& device) {
   const Output& out = walk.out;
   const auto started = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<VcpuRun>> runs;
@@ -517,10 +518,10 @@ Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std
   }
   for (std::size_t i = 1; i < results.size(); ++i) {
     if (!results[i]) continue;
-    out.say(Verbosity::normal, "%s: asked to stop, kicked (SIGUSR1): its KVM_RUN returned EINTR; its thread joined%s",
-            vcpu_name(vcpus[i].id).c_str(),
-            results[i]->exits == 0 ? ". It made no exit: it never ran, or ran without one (did the guest start it?)"
-                                   : "");
+    out.say(
+        Verbosity::normal, "%s: asked to stop, kicked (SIGUSR1): its KVM_RUN returned EINTR; its thread joined%s",
+        vcpu_name(vcpus[i].id).c_str(),
+        results[i]->exits == 0 ? ". It made no exit: it never ran, or ran without one (did the guest start it?)" : "");
   }
   return results;
 }
@@ -554,13 +555,15 @@ int walk_through_lesson3(const Options& options, Guest guest, const Output& less
   out.announce(kh::Step::set_boot_registers);  // vCPU 0's only
   if (const auto set = walk_boot_registers(walk, vcpus[0]); !set) return set.error();
   if (const auto set = walk_gic_version_for_guest(walk, vcpus[0], vgic->version); !set) return set.error();
-  out.say(Verbosity::normal, "vCPU 1's: none; the guest's CPU_ON gives it its PC and x0, the rest as a reset leaves it");
+  out.say(Verbosity::normal,
+          "vCPU 1's: none; the guest's CPU_ON gives it its PC and x0, the rest as a reset leaves it");
   pause_after(kh::Step::set_boot_registers, options.pause, walk.lesson);
   if (const auto timer = walk_timer_irq(walk, vcpus[0]); !timer) return timer.error();  // step 13
   if (const auto init = walk_init_vgic(walk, *vgic); !init) return init.error();        // step 12
-  for (const kh::Vcpu& vcpu : vcpus) {  // step 16
-    const auto state = walk_mp_state(walk, vcpu, vcpu.id == 0 ? ": it runs when its thread calls KVM_RUN"
-                                                               : ": powered off (POWER_OFF), until CPU_ON");
+  for (const kh::Vcpu& vcpu : vcpus) {                                                  // step 16
+    const auto state = walk_mp_state(
+        walk, vcpu,
+        vcpu.id == 0 ? ": it runs when its thread calls KVM_RUN" : ": powered off (POWER_OFF), until CPU_ON");
     if (!state) return state.error();
   }
 
@@ -577,7 +580,8 @@ int walk_through_lesson3(const Options& options, Guest guest, const Output& less
 
   // The outcome: what each vCPU said and took, and how the run ended.
   for (const kh::Vcpu& vcpu : vcpus) {
-    std::printf("guest output, %s: %s\n", vcpu_name(vcpu.id).c_str(), describe_vcpu_output(device, vcpu.id, out).c_str());
+    std::printf("guest output, %s: %s\n", vcpu_name(vcpu.id).c_str(),
+                describe_vcpu_output(device, vcpu.id, out).c_str());
   }
   for (const kh::Vcpu& vcpu : vcpus) {
     std::printf("interrupts %s took: %s\n", vcpu_name(vcpu.id).c_str(), list_vcpu_intids(device, vcpu.id).c_str());

@@ -32,7 +32,8 @@ inline std::string explain_psci_result(std::uint32_t function, std::int64_t x0, 
   const std::string value = std::to_string(x0);
   const std::string name(kh::psci_result_name(x0));
   if (function == kh::psci::affinity_info64 || function == PSCI_0_2_FN_AFFINITY_INFO) {
-    if (x0 == kh::psci::affinity_off) return value + ": OFF: that vCPU is STOPPED (it called CPU_OFF, or never started)";
+    if (x0 == kh::psci::affinity_off)
+      return value + ": OFF: that vCPU is STOPPED (it called CPU_OFF, or never started)";
     if (x0 == kh::psci::affinity_on) return value + ": ON: that vCPU is not STOPPED";
   }
   const std::string said = value + (name.empty() ? "" : ": " + name);
@@ -155,8 +156,8 @@ inline std::string list_vcpu_intids(const kh::VcpusDevice& device, std::uint32_t
 // and what they say (lesson 1's and 2's words for a stuck guest, its PMR
 // when it waits in WFI), every line under the vCPU's name; then the error's
 // line, which names the vCPU it happened on. Returns its exit status.
-inline int fail_vcpus(const kh::Error& error, const Output& out, std::string_view device, std::span<const kh::Vcpu> vcpus,
-                      const kh::Vgic& vgic, const GuestView& guest) {
+inline int fail_vcpus(const kh::Error& error, const Output& out, std::string_view device,
+                      std::span<const kh::Vcpu> vcpus, const kh::Vgic& vgic, const GuestView& guest) {
   std::fflush(stdout);
   bool shown = false;
   for (const kh::Vcpu& vcpu : vcpus) {
@@ -168,8 +169,8 @@ inline int fail_vcpus(const kh::Error& error, const Output& out, std::string_vie
     named.vcpu = name;
     std::string text = "registers (read with KVM_GET_ONE_REG, not traced):\n" + format_registers(*regs);
     std::vector<std::string> lines = diagnose(error, *regs, guest);
-    if (waits_in_wfi_at(*regs, guest) != 0 && (error.problem == kh::Problem::watchdog_expired ||
-                                                error.problem == kh::Problem::interrupted)) {
+    if (waits_in_wfi_at(*regs, guest) != 0 &&
+        (error.problem == kh::Problem::watchdog_expired || error.problem == kh::Problem::interrupted)) {
       for (std::string& line : explain_asleep(vgic, vcpu)) lines.push_back(std::move(line));
     }
     for (const std::string& line : lines) text += "      " + line + "\n";
