@@ -398,40 +398,6 @@ Told<kh::MpState> walk_mp_state(const Walk& walk, const kh::Vcpu& vcpu, std::str
   return *state;
 }
 
-// What each vCPU's thread is given, and keeps, for lesson 3's run: its
-// name, its own Output (every line starts with the name) and trace, the
-// device's view for it, its reporters.
-struct VcpuRun {
-  std::string name;
-  Output out;
-  Tracer tracer;
-  kh::VcpusDevice::View view;
-  ExitReporter exits;
-  VcpuReporter records;
-  VcpuRun(const Output& walk_out, kh::VcpusDevice& device, const kh::Vcpu& vcpu,
-          std::chrono::steady_clock::time_point t)
-      : name(vcpu_name(vcpu.id)),
-        out(walk_out),
-        tracer(out),
-        view(device.for_vcpu(vcpu.id)),
-        exits(out, vcpus_registers),
-        records(out, device, vcpu, t) {
-    out.vcpu = name;
-  }
-  VcpuRun(const VcpuRun&) = delete;
-  VcpuRun& operator=(const VcpuRun&) = delete;
-};
-
-// The reason to stop the other vCPUs for, once one has ended with `result`:
-// its SYSTEM_OFF, the watchdog's stop or Ctrl-C, as it was stopped itself;
-// after any other failure, a plain stop.
-kh::StopReason stop_reason_after(const kh::Result<kh::RunStats>& result) {
-  if (result) return kh::StopReason::powered_off;
-  if (result.error().problem == kh::Problem::watchdog_expired) return kh::StopReason::deadline;
-  if (result.error().problem == kh::Problem::interrupted) return kh::StopReason::interrupted;
-  return kh::StopReason::powered_off;
-}
-
 // The first KVM_RUN of vCPU 0, here, with kvm_run.immediate_exit set: KVM
 // does what it does once per VM before any vCPU runs (kvm_arch_vcpu_run_pid_change
 // in arch/arm64/kvm/arm.c maps the vGIC: kvm_vgic_map_resources), then

@@ -2,8 +2,8 @@
 // program/vcpus.hpp: what kvm-hello says about lesson 3's vCPUs: after each
 // exit of a vCPU, what lesson 3's device recorded for it (its lines, its
 // interrupts, its PSCI calls and their answers in words), a stack that is
-// another vCPU's; each vCPU's power state; and, after a failed run, every
-// vCPU's registers under its name.
+// another vCPU's; what each vCPU's thread is given (VcpuRun); each vCPU's
+// power state; and, after a failed run, every vCPU's registers under its name.
 #pragma once
 
 #include <chrono>
@@ -20,6 +20,8 @@
 #include "program/interrupts.hpp"
 #include "program/messages.hpp"
 #include "program/output.hpp"
+#include "program/report.hpp"
+#include "program/trace.hpp"
 
 namespace kh = kvm_hello;
 
@@ -124,6 +126,40 @@ class VcpuReporter {
   std::size_t seen_ = 0;
   bool said_stack_ = false;
 };
+
+// What each vCPU's thread is given, and keeps, for lesson 3's run: its
+// name, its own Output (every line starts with the name) and trace, the
+// device's view for it, its reporters.
+struct VcpuRun {
+  std::string name;
+  Output out;
+  Tracer tracer;
+  kh::VcpusDevice::View view;
+  ExitReporter exits;
+  VcpuReporter records;
+  VcpuRun(const Output& walk_out, kh::VcpusDevice& device, const kh::Vcpu& vcpu,
+          std::chrono::steady_clock::time_point t)
+      : name(vcpu_name(vcpu.id)),
+        out(walk_out),
+        tracer(out),
+        view(device.for_vcpu(vcpu.id)),
+        exits(out, vcpus_registers),
+        records(out, device, vcpu, t) {
+    out.vcpu = name;
+  }
+  VcpuRun(const VcpuRun&) = delete;
+  VcpuRun& operator=(const VcpuRun&) = delete;
+};
+
+// The reason to stop the other vCPUs for, once one has ended with `result`:
+// its SYSTEM_OFF, the watchdog's stop or Ctrl-C, as it was stopped itself;
+// after any other failure, a plain stop.
+inline kh::StopReason stop_reason_after(const kh::Result<kh::RunStats>& result) {
+  if (result) return kh::StopReason::powered_off;
+  if (result.error().problem == kh::Problem::watchdog_expired) return kh::StopReason::deadline;
+  if (result.error().problem == kh::Problem::interrupted) return kh::StopReason::interrupted;
+  return kh::StopReason::powered_off;
+}
 
 // "STOPPED (5)": a power state, by name (the trace says a call's: describe_mp_state).
 inline std::string describe_power_state(kh::MpState state) {
