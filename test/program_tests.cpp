@@ -27,6 +27,7 @@
 #include "program/report.hpp"
 #include "program/stepper.hpp"
 #include "program/trace.hpp"
+#include "program/vcpus.hpp"
 #include "test/fuzz_exits.hpp"
 
 namespace kh = kvm_hello;
@@ -132,16 +133,24 @@ TEST_CASE("the command line") {
     CHECK(options->kvm_device == "/dev/null");
     CHECK(options->time_limit == std::chrono::milliseconds(500));
   }
-  SUBCASE("--lesson: 1 (the default) or 2, nothing else") {
-    std::string lesson = "--lesson", two = "2", three = "3", two_attached = "--lesson=2";
+  SUBCASE("--lesson: 1 (the default), 2 or 3, nothing else; lesson 3 neither steps nor breaks") {
+    std::string lesson = "--lesson", two = "2", three = "3", four = "4", two_attached = "--lesson=2";
+    std::string step = "--step-guest", break_at = "--break-at", line = "28";
     char* none[] = {prog.data()};
     CHECK(parse_options(1, none)->lesson == 1);
     char* argv[] = {prog.data(), lesson.data(), two.data()};
     CHECK(parse_options(3, argv)->lesson == 2);
     char* attached[] = {prog.data(), two_attached.data()};
     CHECK(parse_options(2, attached)->lesson == 2);
-    char* wrong[] = {prog.data(), lesson.data(), three.data()};
-    CHECK(parse_options(3, wrong).error() == "--lesson wants 1 or 2: 3");
+    char* third[] = {prog.data(), lesson.data(), three.data()};
+    CHECK(parse_options(3, third)->lesson == 3);
+    char* wrong[] = {prog.data(), lesson.data(), four.data()};
+    CHECK(parse_options(3, wrong).error() == "--lesson wants 1, 2 or 3: 4");
+    const std::string no_stepping = "--step-guest and --break-at follow one vCPU: lessons 1 and 2, not lesson 3's two";
+    char* stepped[] = {prog.data(), lesson.data(), three.data(), step.data()};
+    CHECK(parse_options(4, stepped).error() == no_stepping);
+    char* broken[] = {prog.data(), break_at.data(), line.data(), lesson.data(), three.data()};
+    CHECK(parse_options(5, broken).error() == no_stepping);
   }
   SUBCASE("unknown option") {
     char* argv[] = {prog.data(), bad.data()};
@@ -1257,4 +1266,18 @@ TEST_CASE("lesson 3's kernel differences named: 6.1's features and KVM_IRQ_LINE,
   CHECK(describe_init_features({7, 2}) == describe_init_features({6, 12}));
   CHECK(describe_irq_line_vcpu({6, 1}).ends_with("a PPI reaches only a vCPU whose id is its index"));
   CHECK(describe_irq_line_vcpu({7, 2}) == "KVM_IRQ_LINE's vCPU field is the vCPU's id (kvm_get_vcpu_by_id)");
+}
+
+TEST_CASE("lesson 3: a PSCI call's x0 in words: CPU_ON's SUCCESS, INVALID_PARAMETERS, ALREADY_ON; AFFINITY_INFO's ON, OFF") {
+  CHECK(explain_psci_result(kh::psci::cpu_on64, 0, 2).starts_with("0: SUCCESS: KVM found the vCPU of that MPIDR STOPPED"));
+  const std::string nobody = explain_psci_result(kh::psci::cpu_on64, -2, 2);
+  CHECK(nobody.starts_with("-2: INVALID_PARAMETERS: no vCPU of this VM has the MPIDR"));
+  CHECK(nobody.find("vCPUs 0 to 1") != std::string::npos);
+  CHECK(explain_psci_result(kh::psci::cpu_on64, -4, 2).starts_with("-4: ALREADY_ON: that vCPU is not STOPPED"));
+  CHECK(explain_psci_result(kh::psci::affinity_info64, 1, 2).starts_with("1: OFF: that vCPU is STOPPED"));
+  CHECK(explain_psci_result(kh::psci::affinity_info64, 0, 2).starts_with("0: ON"));
+  CHECK(explain_psci_result(kh::psci::cpu_off, -3, 2) == "-3: DENIED");
+  CHECK(explain_psci_result(kh::psci::cpu_off, 12345, 2) == "12345");
+  CHECK(describe_power_state(kh::MpState::stopped) == "STOPPED (5)");
+  CHECK(vcpu_name(1) == "vCPU 1");
 }
