@@ -30,6 +30,13 @@
  *   KVM wants them in this order, not by number: 1-5, 10, 11, 6-8, 12, 9;
  *   13 once the vCPU exists, 14 and 15 after 12 (Part II's order rules).
  *
+ *   Part III, lesson 3: several vCPUs (PSCI CPU_ON, a thread each, a clean stop)
+ *   16 read_mp_state       KVM_GET_MP_STATE (set_mp_state: KVM_SET_MP_STATE) -> MpState
+ *   17 start_vcpu_thread   pthread_create; the thread runs KVM_RUN (step 9)  -> VcpuThread
+ *   18 stop_vcpus          request, pthread_kill (the kick), join            -> each one's RunStats
+ *   Lesson 3 runs 6 and 7 once per vCPU (the others powered off), 8 for the
+ *   first only, then 16, 17 per vCPU, and 18 once a vCPU powered the VM off.
+ *
  * CONTENTS (the banners below, in order)
  *   The guest's memory map          shared with guest.S
  *   The memory map as a table       its regions; alignment, overlap and memslots proven
@@ -41,6 +48,8 @@
  *   Steps 1 to 8 in one call        build_machine(), for programs that do not narrate
  *   Part II: interrupts and time    the vGIC's order rules; Request numbers of its ioctls
  *   Step 10 ... Step 15             each step's function, its helpers just above it
+ *   Part III: several vCPUs         what the program does for CPU_ON; MPIDR, SGI and PSCI encodings
+ *   Step 16 ... Step 18             each step's function, its helpers just above it
  *   Appendix: seeing inside         reading registers, single-stepping, breakpoints, the vCPU's statistics
  *
  * HOW TO USE
@@ -53,7 +62,8 @@
  *
  * THREADS AND SIGNALS
  *   A vCPU runs on the thread that calls run_guest(); vCPUs of several VMs
- *   may run at once, each on its own thread. Another thread stops one
+ *   may run at once, each on its own thread (lesson 3's start_vcpu_thread
+ *   starts one per vCPU, and owns it). Another thread stops one
  *   through its VcpuStopper (a Deadline does it when time runs out): see
  *   "Stopping a vCPU" in Step 9. The one process-wide thing the header
  *   takes is a do-nothing handler for the kick signal, KVM_HELLO_KICK_SIGNAL
@@ -64,7 +74,7 @@
  *   Interrupts without KVM's in-kernel GIC (no userspace interrupt
  *   controller, no KVM_CREATE_IRQCHIP), an ITS or MSIs, level-triggered
  *   injection from the program (inject_spi() is an edge), GICv2 on a host
- *   whose GIC cannot emulate one, more than one vCPU (until lesson 3), an
+ *   whose GIC cannot emulate one, more than max_vcpus (8) vCPUs, an
  *   MMU in the guest, or any device other than the MMIO registers of the
  *   memory map below and the GIC.
  *
@@ -92,9 +102,13 @@
  *              |                          |  0x1118 SINK, 0x1120 RESULT: the benchmark's (--bench)
  *              |                          |  0x1128 IRQ      write 4 bytes: the INTID the guest took
  *              |                          |  0x1130 DOORBELL write 4 bytes: the guest asks for an SPI
+ *              |                          |  0x1138 PSCI_CALL   write 4 bytes: the PSCI function it called
+ *              |                          |  0x1140 PSCI_RESULT write 8 bytes: the x0 that call returned
  *   0x00010000 +--------------------------+
  *              |  guest RAM, 64 KiB       |  the guest image is copied to its start;
  *              |  (memslot 0, our mmap)   |  PC starts at 0x10000, the stack at the top
+ *              |                          |  (lesson 3: vCPU n's stack 4 KiB * n below it,
+ *              |                          |  growing down)
  *   0x00020000 +--------------------------+
  *              |  no memslot              |
  *   0x08000000 +--------------------------+  the in-kernel GIC (lesson 2, create_vgic()),
@@ -135,6 +149,13 @@
 #define KVM_HELLO_SPI_LINE 40
 #define KVM_HELLO_SPI_IRQFD 41
 #define KVM_HELLO_TIMER_INTID 27
+/* Lesson 3's device: each vCPU reports the PSCI calls it makes, and their answers. */
+#define KVM_HELLO_MMIO_PSCI_CALL 0x1138   /* write 4 bytes: the PSCI function id the guest just called */
+#define KVM_HELLO_MMIO_PSCI_RESULT 0x1140 /* write 8 bytes: the x0 that call returned */
+/* vCPU n's stack starts at RAM_BASE + RAM_SIZE - n * STACK_SIZE (vCPU 0's is lesson 1's). */
+#define KVM_HELLO_STACK_SIZE 0x1000
+/* The software-generated interrupt (an SGI, INTID 0-15) vCPU 0 sends vCPU 1. */
+#define KVM_HELLO_SGI_INTID 1
 /* Where the in-kernel GIC's frames go (lesson 2's create_vgic() puts them there). */
 #define KVM_HELLO_GIC_DIST 0x08000000   /* GICD, the distributor */
 #define KVM_HELLO_GIC_CPU 0x08010000    /* GICC, a GICv2's CPU interface */
@@ -144,6 +165,7 @@
 
 #include <fcntl.h>
 #include <linux/kvm.h>
+#include <linux/psci.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -161,8 +183,10 @@
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <expected>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -196,6 +220,7 @@ enum class RegionKind {
   hello_register,      // a register of HelloDevice: an MMIO exit to us (step 9)
   bench_register,      // a register of the benchmark's device (bench/bench.hpp)
   interrupt_register,  // a register of lesson 2's device (the INTID report, the doorbell): an MMIO exit to us
+  psci_register,       // a register of lesson 3's device (a PSCI call and its result): an MMIO exit to us
   gic_distributor,     // the in-kernel GIC's distributor (KVM_DEV_ARM_VGIC_GRP_ADDR)
   gic_cpu_interface,   // a GICv2's CPU interface (a GICv3 uses system registers)
   gic_redistributors,  // a GICv3's redistributors, one after another, vCPU 0 first
@@ -239,6 +264,8 @@ inline constexpr std::array memory_map{
     Region{"RESULT", KVM_HELLO_MMIO_RESULT, register_bytes, RegionKind::bench_register},
     Region{"IRQ", KVM_HELLO_MMIO_IRQ, register_bytes, RegionKind::interrupt_register},
     Region{"DOORBELL", KVM_HELLO_MMIO_DOORBELL, register_bytes, RegionKind::interrupt_register},
+    Region{"PSCI_CALL", KVM_HELLO_MMIO_PSCI_CALL, register_bytes, RegionKind::psci_register},
+    Region{"PSCI_RESULT", KVM_HELLO_MMIO_PSCI_RESULT, register_bytes, RegionKind::psci_register},
     Region{"RAM", KVM_HELLO_RAM_BASE, KVM_HELLO_RAM_SIZE, RegionKind::memslot},
     Region{"GICD", KVM_HELLO_GIC_DIST, gic_frame_size, RegionKind::gic_distributor},
     Region{"GICC", KVM_HELLO_GIC_CPU, gic_frame_size, RegionKind::gic_cpu_interface},
@@ -251,7 +278,8 @@ constexpr std::uint64_t alignment_for(RegionKind kind) {
     case RegionKind::memslot: return largest_page_size;
     case RegionKind::hello_register:
     case RegionKind::bench_register:
-    case RegionKind::interrupt_register: return register_bytes;  // an 8-byte access must be aligned: Device memory
+    case RegionKind::interrupt_register:
+    case RegionKind::psci_register: return register_bytes;  // an 8-byte access must be aligned: Device memory
     case RegionKind::gic_distributor:
     case RegionKind::gic_cpu_interface:
     case RegionKind::gic_redistributors: return gic_frame_size;
@@ -265,7 +293,8 @@ constexpr std::uint64_t smallest_size_for(RegionKind kind) {
     case RegionKind::memslot: return largest_page_size;
     case RegionKind::hello_register:
     case RegionKind::bench_register:
-    case RegionKind::interrupt_register: return register_bytes;
+    case RegionKind::interrupt_register:
+    case RegionKind::psci_register: return register_bytes;
     case RegionKind::gic_distributor:
     case RegionKind::gic_cpu_interface: return gic_frame_size;
     case RegionKind::gic_redistributors: return max_vcpus * gic_redistributor_size;  // one per vCPU
@@ -332,12 +361,12 @@ consteval const Region& region_named(std::string_view name) {
   throw "memory_map has no region of that name";
 }
 
-// The register (HelloDevice's, the benchmark's or lesson 2's) at exactly
-// this address, or nullptr.
+// The register (HelloDevice's, the benchmark's, lesson 2's or lesson 3's)
+// at exactly this address, or nullptr.
 constexpr const Region* register_at(std::uint64_t address) {
   for (const Region& r : memory_map) {
     const bool is_register = r.kind == RegionKind::hello_register || r.kind == RegionKind::bench_register ||
-                             r.kind == RegionKind::interrupt_register;
+                             r.kind == RegionKind::interrupt_register || r.kind == RegionKind::psci_register;
     if (is_register && r.base == address) return &r;
   }
   return nullptr;
@@ -354,6 +383,8 @@ inline constexpr std::uint64_t mmio_sink = region_named("SINK").base;
 inline constexpr std::uint64_t mmio_result = region_named("RESULT").base;
 inline constexpr std::uint64_t mmio_irq = region_named("IRQ").base;
 inline constexpr std::uint64_t mmio_doorbell = region_named("DOORBELL").base;
+inline constexpr std::uint64_t mmio_psci_call = region_named("PSCI_CALL").base;
+inline constexpr std::uint64_t mmio_psci_result = region_named("PSCI_RESULT").base;
 inline constexpr std::uint64_t gic_distributor_base = region_named("GICD").base;
 inline constexpr std::uint64_t gic_cpu_interface_base = region_named("GICC").base;
 inline constexpr std::uint64_t gic_redistributors_base = region_named("GICR").base;
@@ -385,11 +416,17 @@ enum class Step : int {
   read_timer_irq,
   attach_irqfd,
   inject_spi,
+  // Part III, lesson 3: several vCPUs
+  read_mp_state,
+  start_vcpu_thread,
+  stop_vcpus,
 };
-inline constexpr int step_count = 15;        // every step of the table below
-inline constexpr int lesson1_step_count = 9;  // Part I: lesson 1 walks through steps 1 to 9, in order
+inline constexpr int step_count = 18;          // every step of the table below
+inline constexpr int lesson1_step_count = 9;   // Part I: lesson 1 walks through steps 1 to 9, in order
+inline constexpr int lesson2_step_count = 15;  // Part II: lesson 2 numbers its steps of 15
 static_assert(static_cast<int>(Step::run_guest) == lesson1_step_count);
-static_assert(static_cast<int>(Step::inject_spi) == step_count);
+static_assert(static_cast<int>(Step::inject_spi) == lesson2_step_count);
+static_assert(static_cast<int>(Step::stop_vcpus) == step_count);
 
 // The step table: one row per step, in order. main.cpp announces each step
 // with it, docs/README.md's table and gdb/steps.gdb are tested against it.
@@ -431,6 +468,12 @@ inline constexpr std::array<StepInfo, step_count> steps{{
      "a write to an fd interrupts the guest, with no ioctl"},
     {Step::inject_spi, "inject_spi", "send the guest an SPI", "KVM_IRQ_LINE",
      "the program raises an interrupt line: 1, then 0"},
+    {Step::read_mp_state, "read_mp_state", "read a vCPU's power state", "KVM_GET_MP_STATE",
+     "STOPPED until the guest's CPU_ON, RUNNABLE after it"},
+    {Step::start_vcpu_thread, "start_vcpu_thread", "run a vCPU on its own thread", "pthread_create, KVM_RUN",
+     "KVM_RUN blocks its thread: one thread per vCPU"},
+    {Step::stop_vcpus, "stop_vcpus", "kick every other vCPU out of KVM_RUN", "pthread_kill, KVM_RUN returns EINTR",
+     "after SYSTEM_OFF only the caller's KVM_RUN returns"},
 }};
 
 // The row for a step not in the table (an Error built with a number of its own).
@@ -681,6 +724,9 @@ inline constexpr auto get_device_attr = KVM_HELLO_REQUEST(KVM_GET_DEVICE_ATTR, k
 inline constexpr auto get_vcpu_attr = KVM_HELLO_REQUEST(KVM_GET_DEVICE_ATTR, kvm_device_attr, VcpuFd);
 inline constexpr auto irq_line = KVM_HELLO_REQUEST(KVM_IRQ_LINE, kvm_irq_level, VmFd);
 inline constexpr auto irqfd = KVM_HELLO_REQUEST(KVM_IRQFD, kvm_irqfd, VmFd);
+// Part III: several vCPUs.
+inline constexpr auto get_mp_state = KVM_HELLO_REQUEST(KVM_GET_MP_STATE, kvm_mp_state, VcpuFd);  // _IOR
+inline constexpr auto set_mp_state = KVM_HELLO_REQUEST(KVM_SET_MP_STATE, kvm_mp_state, VcpuFd);  // _IOW
 }  // namespace request
 
 #undef KVM_HELLO_REQUEST
@@ -695,7 +741,7 @@ inline constexpr auto irqfd = KVM_HELLO_REQUEST(KVM_IRQFD, kvm_irqfd, VmFd);
 using CallArgument =
     std::variant<std::monostate, unsigned long, const kvm_userspace_memory_region*, const kvm_vcpu_init*,
                  const kvm_one_reg*, const kvm_guest_debug*, const kvm_create_device*, const kvm_device_attr*,
-                 const kvm_irq_level*, const kvm_irqfd*>;
+                 const kvm_irq_level*, const kvm_irqfd*, const kvm_mp_state*>;
 
 struct CallRecord {
   Step step;
@@ -2329,6 +2375,448 @@ class InterruptDevice {
   std::optional<Error> failure_;
 };
 static_assert(MmioDevice<InterruptDevice>);
+
+// ==== Part III: several vCPUs =================================================
+//
+// Lesson 3 gives the VM a second vCPU. Nothing in KVM starts it: the guest
+// does, as an arm64 operating system starts its other CPUs, with PSCI
+// CPU_ON (0xC4000003: x1 the target's MPIDR, x2 where it starts, x3 a
+// context id it gets in x0), which KVM answers inside the kernel
+// (kvm_psci_vcpu_on, arch/arm64/kvm/psci.c, Linux 6.1, 6.12 and 7.2): it
+// finds the vCPU whose MPIDR that is (kvm_mpidr_to_vcpu), answers
+// INVALID_PARAMETERS when there is none and ALREADY_ON when it is not
+// STOPPED, else records the entry and the context (its reset_state), asks
+// for a reset (KVM_REQ_VCPU_RESET), makes it RUNNABLE and wakes it
+// (kvm_vcpu_wake_up). The program sees none of it; what it must do:
+//
+//   create_vcpu (6)     every vCPU, before init_vgic (Part II's order rules).
+//   init_vcpu (7)       every vCPU; the others than the first with
+//                       KVM_ARM_VCPU_POWER_OFF (other_vcpu_features), so
+//                       that they wait for CPU_ON, STOPPED.
+//   set_boot_registers  the first vCPU's only: CPU_ON's reset gives the
+//   (8)                 others their PC and x0, and everything else as a
+//                       reset leaves it (kvm_reset_vcpu, reset.c).
+//   read_mp_state (16)  what each vCPU is: STOPPED (powered off) or RUNNABLE.
+//   start_vcpu_thread   a thread per vCPU, each in its own KVM_RUN: a
+//   (17)                stopped vCPU's sleeps inside KVM (kvm_vcpu_sleep,
+//                       arm.c) until CPU_ON wakes it. A vCPU no thread runs
+//                       never runs, whatever CPU_ON answered.
+//   stop_vcpus (18)     after one vCPU's SYSTEM_OFF, the others: KVM stops
+//                       them all (kvm_prepare_system_event, psci.c: STOPPED
+//                       and KVM_REQ_SLEEP on every vCPU), but only the
+//                       caller's KVM_RUN returns; the others sleep in KVM
+//                       until a signal. Request, kick, join.
+//
+// What differs between kernels (test/e2e_tests.cpp, "lesson 3" tests, checks
+// each on the kernel it runs on):
+//   - KVM_ARM_VCPU_POWER_OFF: Linux 6.1 keeps it among the vCPU's features
+//     (kvm_vcpu_set_target, arch/arm64/kvm/arm.c), so an INIT again must
+//     ask for it again (EINVAL otherwise) and powers the vCPU off again;
+//     from 6.12 it holds for one INIT only (kvm_arch_vcpu_ioctl_vcpu_init
+//     clears it before the features are compared): an INIT without it
+//     makes the vCPU RUNNABLE.
+//   - the other features: per vCPU in 6.1; from 6.12 the VM's, the same
+//     for every vCPU (kvm->arch.vcpu_features, __kvm_vcpu_set_target and
+//     kvm_vcpu_init_changed, arm.c): a vCPU that asks for others than the
+//     first did gets EINVAL.
+//   - KVM_IRQ_LINE's vCPU field (step 15's picture): 6.1 reads it as the
+//     vCPU's index, the order of KVM_CREATE_VCPU (kvm_get_vcpu in
+//     kvm_vm_ioctl_irq_line, arm.c); 6.12 and 7.2 as its id
+//     (kvm_get_vcpu_by_id). The same while ids are 0, 1, 2...
+
+// ---- Every vCPU's number, for PSCI and for the GIC ---------------------------
+//
+// KVM makes a vCPU's MPIDR_EL1 from its id (reset_mpidr, sys_regs.c,
+// Linux 6.1, 6.12 and 7.2 alike), at most 16 vCPUs in Aff0, because a GICv3's
+// SGI reaches at most 16 CPUs of one Aff1 at once (ICC_SGI1R_EL1's
+// TargetList, below):
+//
+//   MPIDR_EL1   39      32 31 30    24 23      16 15       8 7   4 3    0
+//              +----------+--+--------+----------+----------+------+-----+
+//              |   Aff3   |1 |  0     |   Aff2   |   Aff1   |  0   |Aff0 |
+//              +----------+--+--------+----------+----------+------+-----+
+//   from the id:   0            (id >> 12) & 0xff (id >> 4) & 0xff  id & 0xf
+//
+// Bit 31 is RES1; the affinity fields are the CPU's name for PSCI (CPU_ON's
+// x1, AFFINITY_INFO's) and for the GIC.
+
+// The affinity fields of the MPIDR_EL1 KVM gives the vCPU of this id (bit
+// 31 not included: CPU_ON's x1 needs only the fields).
+constexpr std::uint64_t mpidr_affinity(std::uint32_t vcpu_id) {
+  return std::uint64_t{vcpu_id & 0xf} | (std::uint64_t{(vcpu_id >> 4) & 0xff} << 8) |
+         (std::uint64_t{(vcpu_id >> 12) & 0xff} << 16);
+}
+static_assert(mpidr_affinity(0) == 0 && mpidr_affinity(1) == 1, "vCPU 1 is MPIDR 1: CPU_ON's x1 for it");
+static_assert(mpidr_affinity(15) == 0xf && mpidr_affinity(16) == 0x100, "vCPU 16: Aff1 1, Aff0 0");
+static_assert(mpidr_affinity(0x1234) == 0x012304, "Aff2 1, Aff1 0x23, Aff0 4");
+
+// ICC_SGI1R_EL1: a GICv3 vCPU writes it (msr ICC_SGI1R_EL1, x0) to send an
+// SGI, KVM traps the write (vgic_v3_dispatch_sgi, arch/arm64/kvm/vgic/
+// vgic-mmio-v3.c) and makes the SGI pending on every vCPU it names
+// (the fields' macros: include/linux/irqchip/arm-gic-v3.h):
+//
+//    63   56 55    48 47  44 43 41 40  39    32 31 28 27  24 23    16 15          0
+//   +-------+--------+------+-----+---+--------+-----+------+--------+-------------+
+//   | RES0  |  Aff3  |  RS  |RES0 |IRM|  Aff2  |RES0 |INTID |  Aff1  | TargetList  |
+//   +-------+--------+------+-----+---+--------+-----+------+--------+-------------+
+//
+// TargetList: a bit per Aff0 (RS, the range, 0: Aff0 0 to 15, all KVM
+// gives) of the CPUs with these Aff3.Aff2.Aff1; IRM 1 would mean "every CPU
+// but me" instead. INTID: the SGI, 0 to 15.
+constexpr std::uint64_t icc_sgi1r(std::uint32_t intid, std::uint64_t target_mpidr) {
+  const std::uint64_t aff0 = target_mpidr & 0xf, aff1 = (target_mpidr >> 8) & 0xff;
+  const std::uint64_t aff2 = (target_mpidr >> 16) & 0xff, aff3 = (target_mpidr >> 32) & 0xff;
+  return (aff3 << 48) | (aff2 << 32) | (std::uint64_t{intid & 0xf} << 24) | (aff1 << 16) | (std::uint64_t{1} << aff0);
+}
+static_assert(icc_sgi1r(1, mpidr_affinity(1)) == 0x01000002, "SGI 1 to vCPU 1: INTID 1, TargetList bit 1");
+static_assert(icc_sgi1r(0, mpidr_affinity(0)) == 0x1, "SGI 0 to vCPU 0: TargetList bit 0");
+static_assert(icc_sgi1r(15, mpidr_affinity(0x1234)) == 0x000000010f230010, "Aff2 1, INTID 15, Aff1 0x23, bit 4");
+
+// GICD_SGIR, a GICv2's distributor register at offset 0xf00 (GIC_DIST_SOFTINT
+// in include/linux/irqchip/arm-gic.h): a 4-byte write sends an SGI; KVM
+// handles it (vgic_mmio_write_sgir, vgic-mmio-v2.c):
+//
+//    31     26 25  24 23            16 15  14          4 3      0
+//   +---------+------+----------------+---+-------------+--------+
+//   |  RES0   |filter| CPUTargetList  |NSA|    RES0     | INTID  |
+//   +---------+------+----------------+---+-------------+--------+
+//
+// filter 0: the CPUs of the list, a bit each (1: all but me; 2: only me).
+// The list's bit n is the vCPU KVM created n-th (its index, kvm_for_each_vcpu),
+// at most 8: a GICv2 knows no MPIDR.
+inline constexpr std::uint64_t gicd_sgir_offset = 0xf00;
+constexpr std::uint32_t gicd_sgir(std::uint32_t intid, std::uint32_t cpu_index) {
+  return ((std::uint32_t{1} << (cpu_index & 7)) << 16) | (intid & 0xf);
+}
+static_assert(gicd_sgir(1, 1) == 0x00020001, "SGI 1 to the second vCPU: list bit 1, INTID 1");
+static_assert(gicd_sgir(15, 7) == 0x0080000f);
+
+// The SGIs: INTIDs 0 to 15 (VGIC_NR_SGIS, include/kvm/arm_vgic.h).
+constexpr bool is_sgi(std::uint32_t intid) { return intid < first_ppi; }
+inline constexpr std::uint32_t sgi_intid = KVM_HELLO_SGI_INTID;  // the SGI lesson 3's vCPU 0 sends vCPU 1
+static_assert(is_sgi(sgi_intid));
+
+// Where vCPU n's stack starts (it grows down): the top of RAM, n stacks of
+// stack_size lower. vCPU 0's is lesson 1's; the map keeps every one above
+// the lower half of RAM, where the guest image goes.
+inline constexpr std::uint64_t stack_size = KVM_HELLO_STACK_SIZE;
+constexpr std::uint64_t stack_top(std::uint32_t vcpu_id) { return ram_base + ram_size - vcpu_id * stack_size; }
+static_assert(stack_top(0) == ram_base + ram_size && stack_top(1) == ram_base + ram_size - 0x1000);
+static_assert(max_vcpus * stack_size <= ram_size / 2, "every vCPU's stack fits in the upper half of RAM");
+
+// ---- PSCI: the calls lesson 3's guest makes, and what they return -----------
+//
+// The function ids (x0 of the hvc) and return values (x0 after it) of the
+// Arm Power State Coordination Interface, from <linux/psci.h> (uapi).
+namespace psci {
+inline constexpr std::uint32_t cpu_off = PSCI_0_2_FN_CPU_OFF;                  // the caller stops: STOPPED
+inline constexpr std::uint32_t cpu_on64 = PSCI_0_2_FN64_CPU_ON;                // x1 MPIDR, x2 entry, x3 context
+inline constexpr std::uint32_t affinity_info64 = PSCI_0_2_FN64_AFFINITY_INFO;  // x1 MPIDR: ON, OFF, ON_PENDING
+inline constexpr std::uint32_t system_off = PSCI_0_2_FN_SYSTEM_OFF;            // every vCPU stops
+static_assert(cpu_off == 0x84000002 && cpu_on64 == 0xC4000003 && affinity_info64 == 0xC4000004 &&
+              system_off == 0x84000008);
+
+// What AFFINITY_INFO answers (kvm_psci_vcpu_affinity_info, psci.c: OFF
+// while the vCPU is STOPPED, ON else; KVM never answers ON_PENDING).
+inline constexpr std::int64_t affinity_on = PSCI_0_2_AFFINITY_LEVEL_ON;
+inline constexpr std::int64_t affinity_off = PSCI_0_2_AFFINITY_LEVEL_OFF;
+inline constexpr std::int64_t affinity_on_pending = PSCI_0_2_AFFINITY_LEVEL_ON_PENDING;
+
+// The return codes (x0, sign-extended to 64 bits).
+inline constexpr std::int64_t success = PSCI_RET_SUCCESS;
+inline constexpr std::int64_t not_supported = PSCI_RET_NOT_SUPPORTED;
+inline constexpr std::int64_t invalid_parameters = PSCI_RET_INVALID_PARAMS;  // CPU_ON: no vCPU has that MPIDR
+inline constexpr std::int64_t denied = PSCI_RET_DENIED;
+inline constexpr std::int64_t already_on = PSCI_RET_ALREADY_ON;  // CPU_ON: the target is not STOPPED
+inline constexpr std::int64_t on_pending = PSCI_RET_ON_PENDING;
+inline constexpr std::int64_t internal_failure = PSCI_RET_INTERNAL_FAILURE;
+inline constexpr std::int64_t not_present = PSCI_RET_NOT_PRESENT;
+inline constexpr std::int64_t disabled = PSCI_RET_DISABLED;
+inline constexpr std::int64_t invalid_address = PSCI_RET_INVALID_ADDRESS;
+static_assert(invalid_parameters == -2 && already_on == -4 && invalid_address == -9);
+}  // namespace psci
+
+// A PSCI return code's name as the PSCI specification spells it
+// ("SUCCESS", "ALREADY_ON"); "" for a value that is none. (AFFINITY_INFO's
+// 0, 1, 2 mean ON, OFF, ON_PENDING instead: the caller knows which call it made.)
+constexpr std::string_view psci_result_name(std::int64_t x0) {
+  switch (x0) {
+    case psci::success: return "SUCCESS";
+    case psci::not_supported: return "NOT_SUPPORTED";
+    case psci::invalid_parameters: return "INVALID_PARAMETERS";
+    case psci::denied: return "DENIED";
+    case psci::already_on: return "ALREADY_ON";
+    case psci::on_pending: return "ON_PENDING";
+    case psci::internal_failure: return "INTERNAL_FAILURE";
+    case psci::not_present: return "NOT_PRESENT";
+    case psci::disabled: return "DISABLED";
+    case psci::invalid_address: return "INVALID_ADDRESS";
+    default: return "";
+  }
+}
+static_assert(psci_result_name(-4) == "ALREADY_ON" && psci_result_name(0) == "SUCCESS" && psci_result_name(1).empty());
+
+// ==== Step 16: a vCPU's power state ===========================================
+
+// What KVM_GET_MP_STATE says of an arm64 vCPU, and KVM_SET_MP_STATE takes
+// (struct kvm_mp_state; api.rst, 4.38 and 4.39): RUNNABLE, it runs when a
+// thread calls KVM_RUN; STOPPED, powered off (KVM_ARM_VCPU_POWER_OFF, PSCI
+// CPU_OFF, or every vCPU after SYSTEM_OFF): KVM_RUN sleeps in the kernel
+// until CPU_ON or a signal; SUSPENDED, in PSCI SYSTEM_SUSPEND, asleep until
+// an interrupt (kvm_arm_vcpu_suspend, arm.c).
+enum class MpState : std::uint32_t {
+  runnable = KVM_MP_STATE_RUNNABLE,
+  stopped = KVM_MP_STATE_STOPPED,
+  suspended = KVM_MP_STATE_SUSPENDED,
+};
+static_assert(KVM_MP_STATE_RUNNABLE == 0 && KVM_MP_STATE_STOPPED == 5 && KVM_MP_STATE_SUSPENDED == 10);
+
+// "RUNNABLE", "STOPPED", "SUSPENDED" (as <linux/kvm.h> names them); "" for
+// a value that is none of them.
+constexpr std::string_view mp_state_name(MpState state) {
+  switch (state) {
+    case MpState::runnable: return "RUNNABLE";
+    case MpState::stopped: return "STOPPED";
+    case MpState::suspended: return "SUSPENDED";
+  }
+  return "";
+}
+
+// Step 16. KVM_GET_MP_STATE (struct kvm_mp_state, filled by the kernel) on
+// the vCPU fd: the vCPU's power state as KVM keeps it
+// (kvm_arch_vcpu_ioctl_get_mpstate, arch/arm64/kvm/arm.c). A vCPU INIT made
+// with POWER_OFF reads STOPPED, another RUNNABLE; CPU_ON makes a STOPPED one
+// RUNNABLE, CPU_OFF and SYSTEM_OFF STOPPED. It can be read at any time, from
+// any thread: a vCPU in KVM_RUN on another thread answers as it is now.
+// Why: it says what KVM_RUN will do with the vCPU, run it or sleep, before
+// any thread runs it.
+[[nodiscard]] inline Result<MpState> read_mp_state(const VcpuFd& vcpu, CallObserver observe = {}) {
+  kvm_mp_state state{};
+  const auto done = kvm_hello::call(Step::read_mp_state, vcpu, request::get_mp_state, &state, observe);
+  if (!done) return std::unexpected(done.error());
+  return static_cast<MpState>(state.mp_state);
+}
+
+// Step 16, the other way: KVM_SET_MP_STATE (struct kvm_mp_state) on the vCPU
+// fd (kvm_arch_vcpu_ioctl_set_mpstate, arm.c, Linux 6.1 to 7.2): RUNNABLE
+// makes a stopped vCPU runnable, keeping its registers (after SYSTEM_OFF it
+// goes on after its hvc, with x0 as KVM left it); STOPPED powers it off as
+// KVM_ARM_VCPU_POWER_OFF does (the selftests' way, psci_test.c). EINVAL: a
+// state arm64 does not have.
+// Why: a program restores a saved VM's vCPUs this way, or stops one itself.
+[[nodiscard]] inline Result<void> set_mp_state(const VcpuFd& vcpu, MpState state, CallObserver observe = {}) {
+  const kvm_mp_state wanted{.mp_state = static_cast<std::uint32_t>(state)};
+  const auto done = kvm_hello::call(Step::read_mp_state, vcpu, request::set_mp_state, &wanted, observe);
+  if (!done) return std::unexpected(done.error());
+  return {};
+}
+
+// ==== Step 17: a thread per vCPU ==============================================
+//
+// KVM_RUN returns only when the guest needs the program, or a signal comes:
+// a thread that runs one vCPU can run nothing else, and a stopped vCPU's
+// KVM_RUN sleeps, its thread with it, until CPU_ON. So every vCPU gets a
+// thread of its own (as kvmtool and QEMU do), and the program's own thread
+// stays free to wait, and to stop them.
+//
+// A VcpuThread owns its thread as Fd owns an fd: its destructor asks the
+// vCPU to stop (StopReason::powered_off) and joins the thread, so no thread
+// outlives it, on any path. The thread uses the Vcpu (its kvm_run) and
+// whatever the body uses (the device, the VM): declare the VcpuThreads after
+// them, so that they are destroyed, and joined, first.
+
+// What a vCPU's thread runs: anything callable as
+// Result<RunStats>(Vcpu&, const VcpuStopper&), typically a lambda calling
+// run_guest(vcpu, stopper, device, on_exit).
+template <class F>
+concept VcpuBody = std::invocable<F&, Vcpu&, const VcpuStopper&> &&
+                   std::same_as<std::invoke_result_t<F&, Vcpu&, const VcpuStopper&>, Result<RunStats>>;
+
+namespace detail {
+// What a VcpuThread shares with its thread. It stays where it is (the
+// VcpuThread holds it by pointer), so the thread's references to it hold
+// when the VcpuThread moves.
+struct VcpuThreadState {
+  std::uint32_t vcpu_id = 0;
+  std::optional<VcpuStopper> stopper;  // made by the thread (its pthread_self), before its first KVM_RUN
+  std::atomic<bool> published{false};  // stopper is there
+  std::atomic<StopReason> asked{StopReason::none};  // a stop asked for before the stopper was there
+  std::atomic<unsigned> requesting{0};  // request_stop() calls under way: join() waits for them
+  std::atomic<bool> closed{false};      // joined, or about to be: no more kicks (its pthread_t ends)
+  std::atomic<bool> body_done{false};
+  Result<RunStats> result;  // the body's: written by the thread, read after it is joined
+  std::jthread thread;      // last: nothing of the state goes while it runs
+};
+
+// Counts the bodies that ended, in the whole process: wait_for_first_to_end() waits on it.
+inline std::atomic<std::uint64_t> vcpu_bodies_ended{0};
+
+// The vCPU thread's name, for a debugger (gdb's `info threads`) and top:
+// "vcpu 1". Only a name: a failure changes nothing.
+inline void name_this_thread(std::uint32_t vcpu_id) {
+  char name[16];
+  std::snprintf(name, sizeof name, "vcpu %u", vcpu_id);
+  ::pthread_setname_np(::pthread_self(), name);
+}
+
+// The kick, unblocked on the calling thread: a vCPU thread starts with every
+// other signal blocked (see start_vcpu_thread).
+inline void unblock_kick() {
+  sigset_t kick{};
+  sigemptyset(&kick);
+  sigaddset(&kick, KVM_HELLO_KICK_SIGNAL);
+  ::pthread_sigmask(SIG_UNBLOCK, &kick, nullptr);
+}
+
+// What the thread runs: its stopper, published; a stop asked for
+// meanwhile; its deadline; the body; the result, kept for join().
+template <VcpuBody Body>
+void run_vcpu_thread(VcpuThreadState& s, Vcpu& vcpu, Body& body, std::chrono::milliseconds time_limit) {
+  name_this_thread(s.vcpu_id);
+  unblock_kick();
+  s.stopper.emplace(vcpu.run());
+  s.published.store(true);
+  if (const StopReason asked = s.asked.load(); asked != StopReason::none) s.stopper->request(asked);
+  s.result = [&]() -> Result<RunStats> {
+    const Deadline deadline(*s.stopper, time_limit);
+    if (const auto started = deadline.status(); !started) return std::unexpected(started.error());
+    return body(vcpu, std::as_const(*s.stopper));
+  }();
+  if (!s.result && !s.result.error().vcpu) s.result = std::unexpected(on_vcpu(s.result.error(), s.vcpu_id));
+  s.body_done.store(true);
+  s.body_done.notify_all();
+  vcpu_bodies_ended.fetch_add(1);
+  vcpu_bodies_ended.notify_all();
+}
+}  // namespace detail
+
+class VcpuThread {
+ public:
+  VcpuThread(VcpuThread&&) noexcept = default;
+  VcpuThread& operator=(VcpuThread&&) = delete;  // one thread, one owner, for its whole life
+  VcpuThread(const VcpuThread&) = delete;
+  VcpuThread& operator=(const VcpuThread&) = delete;
+  ~VcpuThread() {
+    if (!state_) return;  // moved from
+    request_stop(StopReason::powered_off);
+    static_cast<void>(join());
+  }
+
+  // (None of the members below is for a VcpuThread moved from.)
+  std::uint32_t vcpu_id() const { return state_->vcpu_id; }
+
+  // Asks the vCPU to stop for `why` (VcpuStopper::request: immediate_exit,
+  // then the kick), now or, if its thread has not made its stopper yet, as
+  // soon as it does. Its body's run_guest() then returns. Async-signal-safe
+  // (lock-free atomics and pthread_kill), so a signal handler may call it
+  // (Ctrl-C); after join(), it does nothing.
+  void request_stop(StopReason why) noexcept {
+    detail::VcpuThreadState& s = *state_;
+    s.requesting.fetch_add(1);
+    if (!s.closed.load()) {
+      StopReason now = s.asked.load();
+      while (now < why && !s.asked.compare_exchange_weak(now, why)) {
+      }
+      if (s.published.load()) s.stopper->request(why);  // else the thread sees `asked` once it publishes
+    }
+    s.requesting.fetch_sub(1);
+  }
+
+  // Whether the body has returned (its thread is ending, or has ended).
+  bool finished() const noexcept { return state_->body_done.load(); }
+
+  // Waits for the body to return, joins the thread, and returns the body's
+  // result; an Error without a vCPU gets this one's id (on_vcpu). It asks for
+  // no stop: a vCPU no one stops runs on until its guest or its deadline
+  // ends it. Called again, it returns the same result.
+  [[nodiscard]] Result<RunStats> join() {
+    detail::VcpuThreadState& s = *state_;
+    if (s.thread.joinable()) {
+      s.body_done.wait(false);
+      s.closed.store(true);
+      while (s.requesting.load() != 0) std::this_thread::yield();  // a kick under way ends first
+      s.thread.join();
+    }
+    return s.result;
+  }
+
+  // The owner of a started thread's state: start_vcpu_thread() makes one.
+  explicit VcpuThread(std::unique_ptr<detail::VcpuThreadState> state) noexcept : state_(std::move(state)) {}
+
+ private:
+  std::unique_ptr<detail::VcpuThreadState> state_;
+};
+
+// Step 17. Starts a thread (pthread_create, through std::jthread) that runs
+// `body(vcpu, stopper)`: the thread makes the vCPU's VcpuStopper itself (it
+// records the thread, pthread_self, for the kick) before the body's first
+// KVM_RUN, and a Deadline of `time_limit` on it (a vCPU still running then
+// ends with Problem::watchdog_expired: no thread runs forever). The thread
+// is named "vcpu N" and blocks every signal but the kick: a signal meant for
+// the program (Ctrl-C, its timers) goes to the program's own threads.
+// Returns the thread's owner. Error: pthread_create's errno (EAGAIN: no
+// memory for a stack, or too many threads).
+// Why: KVM_RUN blocks the thread that calls it, for as long as the vCPU
+// runs or sleeps; one thread per vCPU lets all run at once, and lets a
+// stopped vCPU wait for CPU_ON inside KVM without stopping the others.
+template <VcpuBody Body>
+[[nodiscard]] Result<VcpuThread> start_vcpu_thread(Vcpu& vcpu, Body body,
+                                                   std::chrono::milliseconds time_limit = default_time_limit) {
+  auto state = std::make_unique<detail::VcpuThreadState>();
+  state->vcpu_id = vcpu.id;
+  detail::VcpuThreadState& s = *state;
+  const detail::AllSignalsBlocked blocked;  // the new thread inherits this mask, and unblocks only the kick
+  try {
+    s.thread = std::jthread([&s, &vcpu, body = std::move(body), time_limit]() mutable {
+      detail::run_vcpu_thread(s, vcpu, body, time_limit);
+    });
+  } catch (const std::system_error& error) {
+    return std::unexpected(Error{Step::start_vcpu_thread, Problem::call_failed, "pthread_create", error.code().value(),
+                                 0, vcpu.id});
+  }
+  return VcpuThread(std::move(state));
+}
+
+// ==== Step 18: stopping the other vCPUs =======================================
+//
+// After a vCPU's PSCI SYSTEM_OFF, KVM has stopped every vCPU of the VM
+// (kvm_psci_system_off -> kvm_prepare_system_event, psci.c: each STOPPED,
+// and KVM_REQ_SLEEP made on all), but only the caller's KVM_RUN returns, with
+// KVM_EXIT_SYSTEM_EVENT. The others' threads sleep on in KVM_RUN
+// (kvm_vcpu_sleep, arm.c, an interruptible wait) and would sleep forever: a
+// signal wakes them (the kick), and KVM_RUN returns EINTR. The same holds
+// for a vCPU asleep in WFI, or powered off by CPU_OFF.
+
+// Waits until the body of one of `threads` has returned; returns its index
+// (the first such, when several have). Returns at once if one has already.
+// `threads` must not be empty.
+[[nodiscard]] inline std::size_t wait_for_first_to_end(std::span<const VcpuThread> threads) {
+  for (;;) {
+    const std::uint64_t seen = detail::vcpu_bodies_ended.load();
+    for (std::size_t i = 0; i < threads.size(); ++i) {
+      if (threads[i].finished()) return i;
+    }
+    detail::vcpu_bodies_ended.wait(seen);  // until another body ends, anywhere
+  }
+}
+
+// Step 18. For each thread: request_stop(why) (immediate_exit set, then the
+// kick, pthread_kill with KVM_HELLO_KICK_SIGNAL), for all of them first;
+// then join() each. In that order: the request before the kick, so that a
+// thread between two KVM_RUNs does not miss it; every kick before the first
+// join, so that no vCPU waits for another's join. Returns each thread's
+// result, in the order of `threads`: with StopReason::powered_off a vCPU
+// that stopped for it ended cleanly (RunStats), one that had ended before
+// gives what it ended with. A thread whose body had returned is only joined.
+// Why: SYSTEM_OFF ends one KVM_RUN, the caller's; without this step the
+// others would sleep in KVM until their deadline.
+[[nodiscard]] inline std::vector<Result<RunStats>> stop_vcpus(std::span<VcpuThread> threads, StopReason why) {
+  for (VcpuThread& thread : threads) thread.request_stop(why);
+  std::vector<Result<RunStats>> results;
+  results.reserve(threads.size());
+  for (VcpuThread& thread : threads) results.push_back(thread.join());
+  return results;
+}
 
 // ==== Appendix: seeing inside ================================================
 //

@@ -269,7 +269,7 @@ int walk_through(const Options& options, Guest guest, std::optional<std::uint64_
 int walk_through_lesson2(const Options& options, Guest guest, std::optional<std::uint64_t> breakpoint,
                          const Output& lesson1_out) {
   Output out = lesson1_out;
-  out.steps_in_walk = kh::step_count;  // lesson 2 numbers its steps of all 15: "[10/15]"
+  out.steps_in_walk = kh::lesson2_step_count;  // lesson 2 numbers its steps of 15: "[10/15]"
   Tracer tracer(out);
   const Walk walk{options, out, tracer.observer(), 2};
   if (out.shows(Verbosity::normal)) {

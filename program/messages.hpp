@@ -38,6 +38,7 @@ enum class Status : int {
   no_vgic = 25,
   gic_setup = 26,
   injection = 27,
+  vcpu_threads = 28,
   interrupted = 130,  // as a shell reports a program ended by Ctrl-C
 };
 
@@ -67,6 +68,7 @@ inline constexpr StatusInfo status_table[] = {
     {Status::no_vgic, "the host's KVM has no in-kernel GIC (lesson 2)"},
     {Status::gic_setup, "setting up the in-kernel GIC, the timer's interrupt or an irqfd failed (steps 10-14)"},
     {Status::injection, "sending the guest an interrupt failed (KVM_IRQ_LINE, or an irqfd's write)"},
+    {Status::vcpu_threads, "reading a vCPU's power state, or starting or stopping its thread, failed (steps 16-18)"},
     {Status::interrupted, "Ctrl-C stopped the guest"},
 };
 
@@ -108,6 +110,7 @@ constexpr Status status_for(const kh::Error& error) {
   if (error.step == kh::Step::inject_spi || (error.step == kh::Step::attach_irqfd && error.call == "write")) {
     return Status::injection;
   }
+  if (static_cast<int>(error.step) > kh::lesson2_step_count) return Status::vcpu_threads;
   if (static_cast<int>(error.step) > kh::lesson1_step_count) return Status::gic_setup;
   return error.step == kh::Step::run_guest ? Status::run_failed : Status::setup_failed;
 }
@@ -165,6 +168,9 @@ inline std::string advice_for_gic_call(const kh::Error& error) {
       if (err == EINVAL) return "no such SPI: give the INTID itself, 32 and up and below the GIC's " +
                                 std::to_string(kh::vgic_nr_irqs) + " interrupts, not the INTID minus 32";
       if (err == EBUSY) return "the GIC is not initialised yet: init_vgic (step 12) before injecting";
+      break;
+    case Step::read_mp_state:
+      if (err == EINVAL) return "KVM_SET_MP_STATE takes RUNNABLE, STOPPED or SUSPENDED on arm64, no other state";
       break;
     case Step::run_guest:
       if (err == EBUSY) return "the in-kernel GIC was not initialised (init_vgic, step 12) before the first KVM_RUN, "

@@ -244,6 +244,14 @@ inline std::string describe_irqfd(const kvm_irqfd& wire) {
          std::to_string(std::uint64_t{wire.gsi} + kh::first_spi) + "), flags " + hex(wire.flags) + "}";
 }
 
+// ---- Lesson 3's calls: a vCPU's power state ----------------------------------
+
+// "{mp_state 5 STOPPED}": KVM_GET_MP_STATE's (what KVM wrote) or KVM_SET_MP_STATE's, the state by name.
+inline std::string describe_mp_state(const kvm_mp_state& state) {
+  const std::string_view name = kh::mp_state_name(static_cast<kh::MpState>(state.mp_state));
+  return "{mp_state " + std::to_string(state.mp_state) + (name.empty() ? "" : " " + std::string(name)) + "}";
+}
+
 // The argument of a call, for its line. `made_on`: the kind of fd the call
 // was made on, which decides what a device attribute's numbers mean.
 inline std::string describe_argument(std::string_view request, const kh::CallArgument& argument,
@@ -269,6 +277,7 @@ inline std::string describe_argument(std::string_view request, const kh::CallArg
     std::string operator()(const kvm_device_attr* attr) const { return ", " + describe_device_attr(made_on, *attr); }
     std::string operator()(const kvm_irq_level* line) const { return ", " + describe_irq_level(*line); }
     std::string operator()(const kvm_irqfd* wire) const { return ", " + describe_irqfd(*wire); }
+    std::string operator()(const kvm_mp_state* state) const { return ", " + describe_mp_state(*state); }
   };
   return std::visit(Describe{request, made_on}, argument);
 }
