@@ -10,7 +10,8 @@
 ## Targets:
 ##   make run         build and run kvm-hello (ARGS="--timeout 2" passes options;
 ##                    GUEST=path/to/file.S assembles that guest and runs it instead;
-##                    LESSON=2 runs lesson 2, interrupts and time, instead of lesson 1);
+##                    LESSON=2 runs lesson 2, interrupts and time, LESSON=3 lesson 3,
+##                    a second vCPU, instead of lesson 1);
 ##                    when kvm-hello fails, make says its exit status in words (also
 ##                    for trace and bench) and fails with it
 ##   make trace       run the guest one instruction at a time (--step-guest, plus ARGS)
@@ -30,8 +31,9 @@
 ##   make distclean   clean, and remove the downloaded kernels from $(CACHE)
 ##
 ## Settings (on the command line or in the environment):
-##   LESSON=1|2       which lesson run, trace and gdb walk through (default 1; 2: the
-##                    in-kernel GIC, the timer waking a guest in WFI, injected interrupts)
+##   LESSON=1|2|3     which lesson run, trace and gdb walk through (default 1; 2: the
+##                    in-kernel GIC, the timer waking a guest in WFI, injected interrupts;
+##                    3: a second vCPU started by the guest, a thread each, an SGI)
 ##   KVM_HELLO_MACHINE=native|emulated  where kvm-hello runs (default: native on
 ##                    arm64 when /dev/kvm exists, else emulated)
 ##   The emulated host:
@@ -63,10 +65,11 @@ LIBRARY_USER      := $(BUILD)/two-vms-two-threads
 FUZZER            := $(BUILD)/fuzz-exits
 PACKAGES_OK       := $(BUILD)/.packages-ok
 TEST_LOGS         := $(BUILD)/test-logs
-# The lesson: 1 (a guest says hello through MMIO) or 2 (interrupts and time).
+# The lesson: 1 (a guest says hello through MMIO), 2 (interrupts and time)
+# or 3 (a second vCPU).
 LESSON ?= 1
-ifeq ($(filter 1 2,$(LESSON)),)
-  $(error LESSON=$(LESSON): kvm-hello has lessons 1 and 2; for example make run LESSON=2)
+ifeq ($(filter 1 2 3,$(LESSON)),)
+  $(error LESSON=$(LESSON): kvm-hello has lessons 1, 2 and 3; for example make run LESSON=2)
 endif
 ifdef GUEST
   # Your guest (make run GUEST=path/to/file.S): any path, relative to this
@@ -187,7 +190,7 @@ all: $(UNIT_SUITES) $(E2E_NEEDS) $(RUN_NEEDS)
 # What kvm-hello is given: the lesson, your guest and its line table, and ARGS. (In the
 # emulated machine too: tools/run-in-vm.sh puts the files --guest and
 # --guest-lines name into it.)
-PROGRAM_ARGS = $(if $(filter 2,$(LESSON)),--lesson 2 )$(if $(GUEST),--guest $(GUEST_BIN) --guest-lines $(GUEST_BIN:.bin=.lines)) $(ARGS)
+PROGRAM_ARGS = $(if $(filter 2 3,$(LESSON)),--lesson $(LESSON) )$(if $(GUEST),--guest $(GUEST_BIN) --guest-lines $(GUEST_BIN:.bin=.lines)) $(ARGS)
 
 # run, trace and bench: kvm-hello's exit status becomes make's; one that is
 # not 0 is first said in words by program/say-status.sh, from the table of
@@ -283,7 +286,7 @@ $(CACHE)/kernels/%/vmlinuz: | $(PACKAGES_OK)
 TEST_GUESTS := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/guests/*.S))
 EXERCISES   := $(patsubst %.S,$(BUILD)/%.bin,$(wildcard test/exercises/*.S))
 GOLDEN      := $(wildcard test/golden/*.txt)
-GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/lesson2/guest.bin $(BUILD)/bench/bench-guest.bin \
+GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/lesson2/guest.bin $(BUILD)/lesson3/guest.bin $(BUILD)/bench/bench-guest.bin \
   $(BUILD)/bench/irq-bench-guest.bin $(TEST_GUESTS) $(EXERCISES) $(GUEST_BIN)
 # Their .o and .elf are kept (gdb and --step-guest's line table read the
 # guest's); naming them, rather than a bare .SECONDARY:, keeps make
@@ -338,9 +341,9 @@ $(BUILD)/bench_guest_image.h: $(BUILD)/bench/bench-guest.bin
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
 $(BUILD)/irq_bench_guest_image.h: $(BUILD)/bench/irq-bench-guest.bin
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
-# Lesson 2's, named from build/: lesson2/guest.bin -> lesson2_guest_bin[].
-$(BUILD)/lesson2_guest_image.h: $(BUILD)/lesson2/guest.bin
-	cd $(BUILD) && xxd -i lesson2/guest.bin > $(abspath $@)
+# Lessons 2's and 3's, named from build/: lesson2/guest.bin -> lesson2_guest_bin[].
+$(BUILD)/lesson%_guest_image.h: $(BUILD)/lesson%/guest.bin
+	cd $(BUILD) && xxd -i lesson$*/guest.bin > $(abspath $@)
 # Every test guest as a C array named after its file: spin.S -> spin_bin[].
 $(BUILD)/test_guests.h: $(TEST_GUESTS)
 	cd $(BUILD)/test/guests && for bin in $(notdir $^); do xxd -i $$bin; done > $(abspath $@)
@@ -353,8 +356,8 @@ $(BUILD)/your-guest/%.lines: $(BUILD)/your-guest/%.elf $(BUILD)/your-guest/%.sou
 	program/guest-lines.sh $(CROSS)readelf $< $(GUEST_QUOTED) > $@
 $(BUILD)/guest_lines.h: $(BUILD)/guest.lines
 	cd $(<D) && xxd -i $(<F) > $(abspath $@)
-$(BUILD)/lesson2_guest_lines.h: $(BUILD)/lesson2/guest.lines
-	cd $(BUILD) && xxd -i lesson2/guest.lines > $(abspath $@)
+$(BUILD)/lesson%_guest_lines.h: $(BUILD)/lesson%/guest.lines
+	cd $(BUILD) && xxd -i lesson$*/guest.lines > $(abspath $@)
 
 # ==== Programs ===============================================================
 
@@ -366,7 +369,8 @@ WARNINGS := -Wall -Wextra -Wpedantic -Wconversion -Wsign-conversion -Wshadow -Wo
 OPTIMISE := -O2 -g
 HEADERS  := kvm_hello.hpp $(wildcard program/*.hpp bench/*.hpp)
 PROGRAM_SOURCES := main.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h \
-  $(BUILD)/irq_bench_guest_image.h $(BUILD)/lesson2_guest_image.h $(BUILD)/lesson2_guest_lines.h
+  $(BUILD)/irq_bench_guest_image.h $(BUILD)/lesson2_guest_image.h $(BUILD)/lesson2_guest_lines.h \
+  $(BUILD)/lesson3_guest_image.h $(BUILD)/lesson3_guest_lines.h
 
 $(PROGRAM): $(PROGRAM_SOURCES)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ main.cpp
@@ -459,7 +463,8 @@ CLANG_TIDY   := clang-tidy-19
 LINT_FLAGS   := $(UNIT_FLAGS) -I$(BUILD) $(HOST_UAPI)
 GENERATED_HEADERS := $(BUILD)/guest_image.h $(BUILD)/guest_lines.h $(BUILD)/bench_guest_image.h \
   $(BUILD)/irq_bench_guest_image.h $(BUILD)/test_guests.h \
-  $(BUILD)/lesson2_guest_image.h $(BUILD)/lesson2_guest_lines.h
+  $(BUILD)/lesson2_guest_image.h $(BUILD)/lesson2_guest_lines.h $(BUILD)/lesson3_guest_image.h \
+  $(BUILD)/lesson3_guest_lines.h
 lint: $(LINT_SOURCES:%=$(BUILD)/lint/%.ok)
 	@echo "lint: $(CLANG_TIDY) found nothing in $(words $(LINT_SOURCES)) sources and the headers they include"
 $(BUILD)/lint/%.ok: % .clang-tidy test/.clang-tidy $(GENERATED_HEADERS) $(BUILD)/.clang-tidy-ok $(UNIT_DEPENDS)
@@ -481,7 +486,8 @@ $(FUZZER): test/fuzz_exits.cpp $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UA
 # They find beside themselves: kvm-hello, golden/, guests/ (the test guests
 # assembled, and their line tables) and guest-sources/ (their .S, which say
 # what to expect); the same for the exercises.
-$(E2E): $(EXERCISES) test/e2e_tests.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/lesson2_guest_image.h $(BUILD)/test_guests.h \
+$(E2E): $(EXERCISES) test/e2e_tests.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUILD)/lesson2_guest_image.h \
+  $(BUILD)/lesson3_guest_image.h $(BUILD)/test_guests.h \
   $(BUILD)/bench_guest_image.h $(BUILD)/irq_bench_guest_image.h $(TEST_GUESTS:.bin=.lines)
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ test/e2e_tests.cpp
 	ln -sfn ../test/golden $(BUILD)/golden

@@ -2817,6 +2817,122 @@ template <VcpuBody Body>
   for (VcpuThread& thread : threads) results.push_back(thread.join());
   return results;
 }
+// ==== Lesson 3's device: one device, every vCPU's exits =====================
+//
+// The host side of lesson 3's guest (lesson3/guest.S), on two vCPUs. Each
+// vCPU's MMIO exits come back on that vCPU's own thread, at the same time as
+// the other's: the device's state is shared, and one mutex guards all of it.
+// Each vCPU's thread handles its exits through a view of its own
+// (for_vcpu(id)), the MmioDevice its run_guest() is given: so the device
+// knows which vCPU wrote, and every record names it. OUT: the bytes go into
+// that vCPU's own line buffer, and a '\n' makes the line one record (two
+// vCPUs writing a byte each at once never mix their lines); IRQ: the INTID
+// its handler took; PSCI_CALL, then PSCI_RESULT: a PSCI call it made, and
+// what the call returned in x0. Reads are HelloDevice's (ANSWER). It prints
+// nothing: it keeps each vCPU's records, in order, which the program reads
+// after each exit of that vCPU.
+
+// One thing a vCPU did, as the device saw it.
+struct VcpuRecord {
+  enum class Kind : std::uint8_t {
+    line,  // OUT: a line the vCPU wrote, `text`, without its '\n'
+    took,  // IRQ: its handler took INTID `value`
+    psci,  // PSCI_CALL then PSCI_RESULT: it called PSCI function `value`, which returned `result` in x0
+  };
+  Kind kind;
+  std::uint32_t vcpu;  // which vCPU: its id
+  std::string text;
+  std::uint32_t value = 0;
+  std::int64_t result = 0;
+  std::chrono::steady_clock::time_point at;  // when its exit reached the device
+};
+
+class VcpusDevice {
+ public:
+  static constexpr std::size_t record_limit = 256;  // records kept per vCPU: a guest that floods us cannot fill memory
+  static constexpr std::size_t line_limit = 256;    // bytes kept of one line (the rest are counted, not kept)
+
+  // The device as one vCPU's thread sees it: an MmioDevice for run_guest().
+  class View {
+   public:
+    void handle(MmioAccess& access) { device_->handle(vcpu_, access); }
+    std::uint32_t vcpu() const { return vcpu_; }
+
+   private:
+    friend class VcpusDevice;
+    View(VcpusDevice& device, std::uint32_t vcpu) : device_(&device), vcpu_(vcpu) {}
+    VcpusDevice* device_;
+    std::uint32_t vcpu_;
+  };
+
+  // A device for vCPUs 0 to vcpu_count - 1.
+  explicit VcpusDevice(std::uint32_t vcpu_count) : vcpus_(vcpu_count) {
+    for (PerVcpu& v : vcpus_) v.records.reserve(record_limit);
+  }
+  VcpusDevice(const VcpusDevice&) = delete;
+  VcpusDevice& operator=(const VcpusDevice&) = delete;
+
+  // The view for vCPU `id` (below the count it was made with).
+  View for_vcpu(std::uint32_t id) { return View(*this, id); }
+  std::uint32_t vcpu_count() const { return static_cast<std::uint32_t>(vcpus_.size()); }
+
+  // vCPU `id`'s records from the `from`th on, copied while locked.
+  std::vector<VcpuRecord> records(std::uint32_t id, std::size_t from = 0) const {
+    const std::scoped_lock lock(mutex_);
+    const std::vector<VcpuRecord>& all = vcpus_.at(id).records;
+    if (from >= all.size()) return {};
+    return {all.begin() + static_cast<std::ptrdiff_t>(from), all.end()};
+  }
+  // What vCPU `id` wrote to OUT after its last '\n' (a line not finished).
+  std::string unfinished_line(std::uint32_t id) const {
+    const std::scoped_lock lock(mutex_);
+    return vcpus_.at(id).line;
+  }
+
+  static constexpr bool has_register(std::uint64_t address) {
+    return HelloDevice::has_register(address) || address == mmio_irq || address == mmio_psci_call ||
+           address == mmio_psci_result;
+  }
+
+ private:
+  struct PerVcpu {
+    std::string line;                 // OUT's bytes since the last '\n'
+    std::optional<std::uint32_t> call;  // the function PSCI_CALL named, until PSCI_RESULT
+    std::vector<VcpuRecord> records;
+  };
+
+  void handle(std::uint32_t id, MmioAccess& access) {
+    if (!access.is_write) return reads_.handle(access);
+    std::uint64_t value = 0;
+    std::memcpy(&value, access.data.data(), std::min<std::size_t>(access.length, sizeof value));
+    const auto now = std::chrono::steady_clock::now();
+    const std::scoped_lock lock(mutex_);
+    PerVcpu& v = vcpus_.at(id);
+    if (access.address == mmio_out) {
+      const char byte = static_cast<char>(value & 0xff);
+      if (byte != '\n') {
+        if (v.line.size() < line_limit) v.line.push_back(byte);
+        return;
+      }
+      add(v, {VcpuRecord::Kind::line, id, std::exchange(v.line, {}), 0, 0, now});
+    } else if (access.address == mmio_irq) {
+      add(v, {VcpuRecord::Kind::took, id, {}, static_cast<std::uint32_t>(value), 0, now});
+    } else if (access.address == mmio_psci_call) {
+      v.call = static_cast<std::uint32_t>(value);
+    } else if (access.address == mmio_psci_result && v.call) {
+      add(v, {VcpuRecord::Kind::psci, id, {}, *std::exchange(v.call, std::nullopt), static_cast<std::int64_t>(value),
+              now});
+    }
+  }
+  static void add(PerVcpu& v, VcpuRecord record) {
+    if (v.records.size() < record_limit) v.records.push_back(std::move(record));
+  }
+
+  mutable std::mutex mutex_;  // guards vcpus_: every vCPU's thread comes through handle()
+  std::vector<PerVcpu> vcpus_;
+  HelloDevice reads_;  // answers reads (ANSWER); it keeps no state for them
+};
+static_assert(MmioDevice<VcpusDevice::View>);
 
 // ==== Appendix: seeing inside ================================================
 //

@@ -35,6 +35,7 @@
 #include "program/report.hpp"
 #include "program/stepper.hpp"
 #include "program/trace.hpp"
+#include "program/vcpus.hpp"
 
 #include "bench_guest_image.h"  // made by the Makefile from bench/bench-guest.S: bench_guest_bin[]
 #include "irq_bench_guest_image.h"  // and from bench/irq-bench-guest.S: irq_bench_guest_bin[]
@@ -42,6 +43,8 @@
 #include "guest_lines.h"        // made by the Makefile: guest.S's line table (program/guest-lines.sh), as guest_lines[]
 #include "lesson2_guest_image.h"  // made by the Makefile from lesson2/guest.S: lesson2_guest_bin[]
 #include "lesson2_guest_lines.h"  // and its line table: lesson2_guest_lines[]
+#include "lesson3_guest_image.h"  // made by the Makefile from lesson3/guest.S: lesson3_guest_bin[]
+#include "lesson3_guest_lines.h"  // and its line table: lesson3_guest_lines[]
 
 namespace kh = kvm_hello;
 
@@ -63,6 +66,9 @@ struct Walk {
   const char* device() const { return options.kvm_device.c_str(); }
   int failed(const kh::Error& error) const { return fail(error, out, device()); }
 };
+
+// Lesson 3's vCPUs: the first, and the one its guest starts.
+inline constexpr std::uint32_t lesson3_vcpu_count = 2;
 
 // A step's value, or the exit status its failure was reported with.
 template <class T>
@@ -121,21 +127,24 @@ Told<VmWithRam> walk_to_guest_ram(const Walk& walk, Guest guest) {
   return VmWithRam{std::move(*kvm), std::move(*vm), std::move(*memory)};
 }
 
-// Steps 6 and 7, the same in both lessons: the vCPU, created and initialised.
-Told<kh::Vcpu> walk_to_vcpu(const Walk& walk, const VmWithRam& machine) {
+// Steps 6 and 7, the same in every lesson: vCPU `id`, created and
+// initialised with `features` (lesson 3's second: powered off).
+Told<kh::Vcpu> walk_to_vcpu(const Walk& walk, const VmWithRam& machine, std::uint32_t id = 0,
+                            kh::VcpuFeatures features = kh::first_vcpu_features) {
   const Output& out = walk.out;
   out.announce(kh::Step::create_vcpu);
-  auto vcpu = kh::create_vcpu(machine.kvm, machine.vm, /*id=*/0, walk.trace);
+  auto vcpu = kh::create_vcpu(machine.kvm, machine.vm, id, walk.trace);
   if (!vcpu) return std::unexpected(walk.failed(vcpu.error()));
   out.say(Verbosity::normal, "vCPU %u is fd %d; its struct kvm_run is the first of %zu bytes mapped at %p", vcpu->id,
           vcpu->fd.get(), vcpu->shared.size(), vcpu->shared.get());
   pause_after(kh::Step::create_vcpu, walk.options.pause, walk.lesson);
 
   out.announce(kh::Step::init_vcpu);
-  const auto init = kh::init_vcpu(machine.vm, vcpu->fd, kh::first_vcpu_features, walk.trace);
+  const auto init = kh::init_vcpu(machine.vm, vcpu->fd, features, walk.trace);
   if (!init) return std::unexpected(walk.failed(init.error()));
-  out.say(Verbosity::normal, "target %s, features[0] = %s (PSCI 0.2)", describe_target(init->target).c_str(),
-          hex(init->features[0]).c_str());
+  out.say(Verbosity::normal, "target %s, features[0] = %s (PSCI 0.2%s)", describe_target(init->target).c_str(),
+          hex(init->features[0]).c_str(),
+          features.power_off ? ", POWER_OFF: it waits, STOPPED, for the guest's PSCI CPU_ON" : "");
   const auto psci = kh::get_register(kh::Step::init_vcpu, vcpu->fd, kh::reg::psci_version, walk.trace);
   if (!psci) return std::unexpected(walk.failed(psci.error()));
   out.say(Verbosity::normal, "%s", describe_psci(*psci, running_kernel()).c_str());
@@ -149,6 +158,61 @@ Told<void> walk_boot_registers(const Walk& walk, const kh::Vcpu& vcpu) {
   if (!set) return std::unexpected(walk.failed(set.error()));
   walk.out.say(Verbosity::normal, "PC = %s, SP_EL1 = %s", hex(kh::boot_registers.pc).c_str(),
                hex(kh::boot_registers.sp_el1).c_str());
+  return {};
+}
+
+// Steps 10 and 11, the same in lessons 2 and 3: which vGIC KVM can give,
+// created and placed before any vCPU exists.
+Told<kh::Vgic> walk_to_vgic(const Walk& walk, const VmWithRam& machine) {
+  const Output& out = walk.out;
+  out.announce(kh::Step::probe_vgic);
+  const auto version = kh::probe_vgic(machine.vm, walk.trace);
+  if (!version) return std::unexpected(walk.failed(version.error()));
+  const auto gic = static_cast<unsigned>(*version);
+  out.say(Verbosity::normal, "KVM can give this VM a GICv%u%s", gic,
+          *version == kh::GicVersion::v2 ? " (a GICv3 it cannot: the test said ENODEV)" : "");
+  pause_after(kh::Step::probe_vgic, walk.options.pause, walk.lesson);
+
+  out.announce(kh::Step::create_vgic);
+  auto vgic = kh::create_vgic(machine.vm, *version, walk.trace);
+  if (!vgic) return std::unexpected(walk.failed(vgic.error()));
+  const bool v3 = *version == kh::GicVersion::v3;
+  out.say(Verbosity::normal, "GICv%u is fd %d: distributor at %s, %s at %s; no vCPU exists yet, as KVM wants", gic,
+          vgic->fd.get(), hex(kh::gic_distributor_base).c_str(), v3 ? "redistributors" : "CPU interface",
+          hex(v3 ? kh::gic_redistributors_base : kh::gic_cpu_interface_base).c_str());
+  pause_after(kh::Step::create_vgic, walk.options.pause, walk.lesson);
+  return std::move(*vgic);
+}
+
+// Step 8's x0 in lessons 2 and 3: the GIC's version, for the guest.
+Told<void> walk_gic_version_for_guest(const Walk& walk, const kh::Vcpu& vcpu, kh::GicVersion version) {
+  const auto gic = static_cast<unsigned>(version);
+  const auto x0 = kh::set_register(kh::Step::set_boot_registers, vcpu.fd, kh::reg::x(0), gic, walk.trace);
+  if (!x0) return std::unexpected(walk.failed(x0.error()));
+  walk.out.say(Verbosity::normal, "x0 = %u: the GIC's version, for the guest, as firmware would tell it", gic);
+  return {};
+}
+
+// Step 13, the same in lessons 2 and 3: the virtual timer's INTID, read
+// from a vCPU (every vCPU's timer raises the same PPI, each its own).
+Told<void> walk_timer_irq(const Walk& walk, const kh::Vcpu& vcpu) {
+  walk.out.announce(kh::Step::read_timer_irq);
+  const auto timer = kh::read_timer_irq(vcpu.fd, walk.trace);
+  if (!timer) return std::unexpected(walk.failed(timer.error()));
+  walk.out.say(Verbosity::normal, "the virtual timer raises INTID %u%s", *timer,
+               *timer == kh::timer_intid ? ", a PPI: vCPU 0's own (the guest enables it)"
+                                         : ": not the one the guest enables, so its ticks will not come");
+  pause_after(kh::Step::read_timer_irq, walk.options.pause, walk.lesson);
+  return {};
+}
+
+// Step 12, the same in lessons 2 and 3: the vGIC initialised, every vCPU created.
+Told<void> walk_init_vgic(const Walk& walk, const kh::Vgic& vgic) {
+  walk.out.announce(kh::Step::init_vgic);
+  if (const auto init = kh::init_vgic(vgic, walk.trace); !init) return std::unexpected(walk.failed(init.error()));
+  walk.out.say(Verbosity::normal, "%u interrupts (SPIs %u to %u); initialised: no vCPU can be added now",
+               kh::vgic_nr_irqs, kh::first_spi, kh::vgic_nr_irqs - 1);
+  pause_after(kh::Step::init_vgic, walk.options.pause, walk.lesson);
   return {};
 }
 
@@ -279,46 +343,18 @@ int walk_through_lesson2(const Options& options, Guest guest, std::optional<std:
   if (!machine) return machine.error();
   GuestView view{machine->memory.host.bytes(), guest.source, guest.image, /*has_vgic=*/true};
 
-  out.announce(kh::Step::probe_vgic);
-  const auto version = kh::probe_vgic(machine->vm, walk.trace);
-  if (!version) return walk.failed(version.error());
-  const auto gic = static_cast<unsigned>(*version);
-  out.say(Verbosity::normal, "KVM can give this VM a GICv%u%s", gic,
-          *version == kh::GicVersion::v2 ? " (a GICv3 it cannot: the test said ENODEV)" : "");
-  pause_after(kh::Step::probe_vgic, options.pause, walk.lesson);
-
-  out.announce(kh::Step::create_vgic);
-  const auto vgic = kh::create_vgic(machine->vm, *version, walk.trace);
-  if (!vgic) return walk.failed(vgic.error());
-  const bool v3 = *version == kh::GicVersion::v3;
-  out.say(Verbosity::normal, "GICv%u is fd %d: distributor at %s, %s at %s; no vCPU exists yet, as KVM wants", gic,
-          vgic->fd.get(), hex(kh::gic_distributor_base).c_str(), v3 ? "redistributors" : "CPU interface",
-          hex(v3 ? kh::gic_redistributors_base : kh::gic_cpu_interface_base).c_str());
-  pause_after(kh::Step::create_vgic, options.pause, walk.lesson);
-
+  const auto vgic = walk_to_vgic(walk, *machine);  // steps 10 and 11
+  if (!vgic) return vgic.error();
   auto vcpu = walk_to_vcpu(walk, *machine);  // steps 6 and 7
   if (!vcpu) return vcpu.error();
 
   out.announce(kh::Step::set_boot_registers);
   if (const auto set = walk_boot_registers(walk, *vcpu); !set) return set.error();
-  const auto x0 = kh::set_register(kh::Step::set_boot_registers, vcpu->fd, kh::reg::x(0), gic, walk.trace);
-  if (!x0) return walk.failed(x0.error());
-  out.say(Verbosity::normal, "x0 = %u: the GIC's version, for the guest, as firmware would tell it", gic);
+  if (const auto set = walk_gic_version_for_guest(walk, *vcpu, vgic->version); !set) return set.error();
   pause_after(kh::Step::set_boot_registers, options.pause, walk.lesson);
 
-  out.announce(kh::Step::read_timer_irq);
-  const auto timer = kh::read_timer_irq(vcpu->fd, walk.trace);
-  if (!timer) return walk.failed(timer.error());
-  out.say(Verbosity::normal, "the virtual timer raises INTID %u%s", *timer,
-          *timer == kh::timer_intid ? ", a PPI: vCPU 0's own (the guest enables it)"
-                                    : ": not the one lesson 2's guest enables, so its ticks will not come");
-  pause_after(kh::Step::read_timer_irq, options.pause, walk.lesson);
-
-  out.announce(kh::Step::init_vgic);
-  if (const auto init = kh::init_vgic(*vgic, walk.trace); !init) return walk.failed(init.error());
-  out.say(Verbosity::normal, "%u interrupts (SPIs %u to %u); initialised: no vCPU can be added now", kh::vgic_nr_irqs,
-          kh::first_spi, kh::vgic_nr_irqs - 1);
-  pause_after(kh::Step::init_vgic, options.pause, walk.lesson);
+  if (const auto timer = walk_timer_irq(walk, *vcpu); !timer) return timer.error();  // step 13
+  if (const auto init = walk_init_vgic(walk, *vgic); !init) return init.error();      // step 12
 
   out.announce(kh::Step::attach_irqfd);
   const auto irqfd = kh::attach_irqfd(machine->vm, kh::spi_irqfd, walk.trace);
@@ -351,6 +387,192 @@ int walk_through_lesson2(const Options& options, Guest guest, std::optional<std:
   return static_cast<int>(Status::ok);
 }
 
+// Step 16 for one vCPU: its power state, and what it means here.
+Told<kh::MpState> walk_mp_state(const Walk& walk, const kh::Vcpu& vcpu, std::string_view meaning) {
+  walk.out.announce(kh::Step::read_mp_state);
+  const auto state = kh::read_mp_state(vcpu.fd, walk.trace);
+  if (!state) return std::unexpected(walk.failed(kh::on_vcpu(state.error(), vcpu.id)));
+  walk.out.say(Verbosity::normal, "%s: %s%.*s", vcpu_name(vcpu.id).c_str(), describe_mp_state(*state).c_str(),
+               static_cast<int>(meaning.size()), meaning.data());
+  pause_after(kh::Step::read_mp_state, walk.options.pause, walk.lesson);
+  return *state;
+}
+
+// What each vCPU's thread is given, and keeps, for lesson 3's run: its
+// name, its own Output (every line starts with the name) and trace, the
+// device's view for it, its reporters.
+struct VcpuRun {
+  std::string name;
+  Output out;
+  Tracer tracer;
+  kh::VcpusDevice::View view;
+  ExitReporter exits;
+  VcpuReporter records;
+  VcpuRun(const Output& walk_out, kh::VcpusDevice& device, const kh::Vcpu& vcpu, std::chrono::steady_clock::time_point t)
+      : name(vcpu_name(vcpu.id)),
+        out(walk_out),
+        tracer(out),
+        view(device.for_vcpu(vcpu.id)),
+        exits(out, vcpus_registers),
+        records(out, device, vcpu, t) {
+    out.vcpu = name;
+  }
+  VcpuRun(const VcpuRun&) = delete;
+  VcpuRun& operator=(const VcpuRun&) = delete;
+};
+
+// The reason to stop the other vCPUs for, once one has ended with `result`:
+// its SYSTEM_OFF, the watchdog's stop or Ctrl-C, as it was stopped itself;
+// after any other failure, a plain stop.
+kh::StopReason stop_reason_after(const kh::Result<kh::RunStats>& result) {
+  if (result) return kh::StopReason::powered_off;
+  if (result.error().problem == kh::Problem::watchdog_expired) return kh::StopReason::deadline;
+  if (result.error().problem == kh::Problem::interrupted) return kh::StopReason::interrupted;
+  return kh::StopReason::powered_off;
+}
+
+// Steps 17, 9 and 18 for every vCPU: a thread each, each running step 9 with
+// lesson 3's device; vCPU 1's started only once vCPU 0 has made its first
+// exit (KVM has then made the vGIC ready on vCPU 0's first KVM_RUN, before
+// any vCPU touches it: Linux 6.1 could otherwise let vCPU 0 reach the
+// distributor while vCPU 1's first KVM_RUN was still registering it); once
+// one vCPU's run ends (SYSTEM_OFF, or a failure), the others stopped:
+// asked, kicked, joined. Returns each vCPU's result, in order.
+Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std::vector<kh::Vcpu>& vcpus,
+                                                          kh::VcpusDevice& device) {
+  const Output& out = walk.out;
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<std::unique_ptr<VcpuRun>> runs;
+  for (const kh::Vcpu& vcpu : vcpus) runs.push_back(std::make_unique<VcpuRun>(out, device, vcpu, started));
+  // Said before any thread starts: after, the vCPUs' own lines come.
+  for (const kh::Vcpu& vcpu : vcpus) {
+    out.announce(kh::Step::start_vcpu_thread);
+    out.say(Verbosity::normal, "%s: a thread of its own (\"vcpu %u\"), started %s", runs[vcpu.id]->name.c_str(),
+            vcpu.id, vcpu.id == 0 ? "first" : "once vCPU 0 has made its first exit (the vGIC is ready then)");
+    out.announce(kh::Step::run_guest);
+    out.say(Verbosity::normal, "%s: its thread calls KVM_RUN; %s", runs[vcpu.id]->name.c_str(),
+            vcpu.id == 0 ? "each line it prints starts with its name"
+                         : "STOPPED, it sleeps inside KVM, and we see nothing, until the guest's CPU_ON wakes it");
+  }
+  std::atomic<bool> vcpu0_exited{false};  // vCPU 0's first exit came (or its run ended): start the others
+  const auto let_others_start = [&vcpu0_exited] {
+    vcpu0_exited.store(true);
+    vcpu0_exited.notify_all();
+  };
+  const auto body = [&](std::uint32_t id) {
+    return [&, id](kh::Vcpu& vcpu, const kh::VcpuStopper& stopper) -> kh::Result<kh::RunStats> {
+      VcpuRun& run = *runs[id];
+      auto stats = kh::run_guest(
+          vcpu, stopper, run.view,
+          [&](const kh::Exit& exit) {
+            run.exits.report(exit);
+            run.records.report();
+            if (id == 0) let_others_start();
+          },
+          run.tracer.observer());
+      if (id == 0) let_others_start();
+      return stats;
+    };
+  };
+  std::vector<kh::VcpuThread> threads;
+  threads.reserve(vcpus.size());
+  for (kh::Vcpu& vcpu : vcpus) {
+    if (vcpu.id != 0) vcpu0_exited.wait(false);
+    auto thread = kh::start_vcpu_thread(vcpu, body(vcpu.id), walk.options.time_limit);
+    if (!thread) return std::unexpected(walk.failed(thread.error()));  // the started ones: stopped, joined as they go
+    threads.push_back(std::move(*thread));
+  }
+  std::vector<kh::Result<kh::RunStats>> results;
+  {
+    const CtrlCStops ctrl_c(threads.front());  // Ctrl-C stops vCPU 0; its end stops the others
+    if (const auto on = ctrl_c.status(); !on) return std::unexpected(walk.failed(on.error()));
+    const std::size_t first = kh::wait_for_first_to_end(threads);
+    // It ended: joined at once, its result then known; the others asked, kicked, joined.
+    const kh::Result<kh::RunStats> ended = threads[first].join();
+    const kh::StopReason why = stop_reason_after(ended);
+    out.announce(kh::Step::stop_vcpus);
+    if (ended) {
+      out.say(Verbosity::normal,
+              "%s powered the VM off (PSCI SYSTEM_OFF): KVM stopped every vCPU, but only %s's KVM_RUN returned",
+              vcpu_name(vcpus[first].id).c_str(), vcpu_name(vcpus[first].id).c_str());
+    }
+    results = kh::stop_vcpus(threads, why);
+  }
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (!results[i] || i == 0) continue;
+    out.say(Verbosity::normal, "%s: asked to stop, kicked (SIGUSR1): its KVM_RUN returned EINTR; its thread joined",
+            vcpu_name(vcpus[i].id).c_str());
+  }
+  return results;
+}
+
+// Lesson 3: a second vCPU. Steps 1 to 5 and the vGIC as in lesson 2; two
+// vCPUs, the second initialised powered off; the first's registers only
+// (the guest's CPU_ON gives the second its own); the timer's INTID and the
+// vGIC initialised as in lesson 2; each vCPU's power state; a thread each;
+// once the guest has powered the VM off, the other vCPU stopped; each power
+// state again. Returns the exit status.
+int walk_through_lesson3(const Options& options, Guest guest, const Output& lesson1_out) {
+  Output out = lesson1_out;
+  out.steps_in_walk = kh::step_count;  // lesson 3 numbers its steps of all 18: "[16/18]"
+  Tracer tracer(out);
+  const Walk walk{options, out, tracer.observer(), 3};
+  if (out.shows(Verbosity::normal)) {
+    std::printf("kvm-hello lesson 3: two vCPUs, a thread each; the guest starts the second, and interrupts it\n");
+  }
+  auto machine = walk_to_guest_ram(walk, guest);  // steps 1 to 5
+  if (!machine) return machine.error();
+  const GuestView view{machine->memory.host.bytes(), guest.source, guest.image, /*has_vgic=*/true};
+  const auto vgic = walk_to_vgic(walk, *machine);  // steps 10 and 11
+  if (!vgic) return vgic.error();
+  std::vector<kh::Vcpu> vcpus;  // steps 6 and 7, for each: the second powered off
+  for (std::uint32_t id = 0; id < lesson3_vcpu_count; ++id) {
+    auto vcpu = walk_to_vcpu(walk, *machine, id, id == 0 ? kh::first_vcpu_features : kh::other_vcpu_features);
+    if (!vcpu) return vcpu.error();
+    vcpus.push_back(std::move(*vcpu));
+  }
+
+  out.announce(kh::Step::set_boot_registers);  // vCPU 0's only
+  if (const auto set = walk_boot_registers(walk, vcpus[0]); !set) return set.error();
+  if (const auto set = walk_gic_version_for_guest(walk, vcpus[0], vgic->version); !set) return set.error();
+  out.say(Verbosity::normal, "vCPU 1's: none; the guest's CPU_ON gives it its PC and x0, the rest as a reset leaves it");
+  pause_after(kh::Step::set_boot_registers, options.pause, walk.lesson);
+  if (const auto timer = walk_timer_irq(walk, vcpus[0]); !timer) return timer.error();  // step 13
+  if (const auto init = walk_init_vgic(walk, *vgic); !init) return init.error();        // step 12
+  for (const kh::Vcpu& vcpu : vcpus) {  // step 16
+    const auto state = walk_mp_state(walk, vcpu, vcpu.id == 0 ? ": it runs when its thread calls KVM_RUN"
+                                                               : ": powered off (POWER_OFF), until CPU_ON");
+    if (!state) return state.error();
+  }
+
+  kh::VcpusDevice device(lesson3_vcpu_count);  // one device; each vCPU's thread sees it through its own view
+  const auto results = walk_run_vcpus(walk, vcpus, device);  // steps 17, 9 and 18
+  if (!results) return results.error();
+  for (const auto& result : *results) {
+    if (!result) return fail_vcpus(result.error(), out, walk.device(), vcpus, *vgic, view);
+  }
+  for (const kh::Vcpu& vcpu : vcpus) {  // step 16 again
+    const auto state = walk_mp_state(walk, vcpu, ": SYSTEM_OFF stopped every vCPU (kvm_prepare_system_event)");
+    if (!state) return state.error();
+  }
+
+  // The outcome: what each vCPU said and took, and how the run ended.
+  for (const kh::Vcpu& vcpu : vcpus) {
+    std::printf("guest output, %s: %s\n", vcpu_name(vcpu.id).c_str(), describe_vcpu_output(device, vcpu.id, out).c_str());
+  }
+  for (const kh::Vcpu& vcpu : vcpus) {
+    std::printf("interrupts %s took: %s\n", vcpu_name(vcpu.id).c_str(), list_vcpu_intids(device, vcpu.id).c_str());
+  }
+  if (out.shows(Verbosity::normal)) {
+    for (std::size_t i = 0; i < vcpus.size(); ++i) {
+      std::printf("summary, %s: %s\n", vcpu_name(vcpus[i].id).c_str(), describe_stats(*(*results)[i]).c_str());
+    }
+  }
+  std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %s of vCPU 0 and %s of vCPU 1\n",
+              counted((*results)[0]->exits, "exit").c_str(), counted((*results)[1]->exits, "exit").c_str());
+  return static_cast<int>(Status::ok);
+}
+
 // What to run: --help, --version, --bench and --caps branch off before the
 // walk-through; --guest FILE is read before any VM exists.
 int run(int argc, char** argv) {
@@ -373,6 +595,7 @@ int run(int argc, char** argv) {
   if (options.caps) return show_capabilities(options.kvm_device.c_str(), out);
   // --break-at, found in the guest's line table: a line that is not there is a bad command line.
   const auto walk = [&](Guest guest) {
+    if (options.lesson == 3) return walk_through_lesson3(options, guest, out);
     const auto lesson = options.lesson == 2 ? walk_through_lesson2 : walk_through;
     if (options.break_at.empty()) return lesson(options, guest, std::nullopt, out);
     const auto breakpoint = resolve_break_at(options.break_at, *guest.source);
@@ -386,6 +609,11 @@ int run(int argc, char** argv) {
     const GuestSource built_in =
         parse_guest_source({reinterpret_cast<const char*>(lesson2_guest_lines), lesson2_guest_lines_len});
     return walk({std::span(lesson2_guest_bin, lesson2_guest_bin_len), &built_in});
+  }
+  if (options.guest_file.empty() && options.lesson == 3) {
+    const GuestSource built_in =
+        parse_guest_source({reinterpret_cast<const char*>(lesson3_guest_lines), lesson3_guest_lines_len});
+    return walk({std::span(lesson3_guest_bin, lesson3_guest_bin_len), &built_in});
   }
   if (options.guest_file.empty()) {
     const GuestSource built_in = parse_guest_source({reinterpret_cast<const char*>(guest_lines), guest_lines_len});

@@ -24,7 +24,7 @@ namespace kh = kvm_hello;
 inline constexpr unsigned max_step_limit = 1U << 30;
 
 struct Options {
-  int lesson = 1;  // 1: a guest says hello through MMIO; 2: interrupts and time
+  int lesson = 1;  // 1: a guest says hello through MMIO; 2: interrupts and time; 3: a second vCPU
   std::string kvm_device = kh::default_kvm_path;
   std::chrono::milliseconds time_limit = kh::default_time_limit;
   bool time_limit_given = false;
@@ -91,8 +91,10 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
     if (!given) return std::unexpected(std::string(arg) + " needs a value");
     double amount = 0;
     if (arg == "--lesson") {
-      if (*given != "1" && *given != "2") return std::unexpected("--lesson wants 1 or 2: " + std::string(*given));
-      options.lesson = *given == "2" ? 2 : 1;
+      if (*given != "1" && *given != "2" && *given != "3") {
+        return std::unexpected("--lesson wants 1, 2 or 3: " + std::string(*given));
+      }
+      options.lesson = *given == "3" ? 3 : *given == "2" ? 2 : 1;
     } else if (arg == "--kvm-device") {
       options.kvm_device = *given;
     } else if (arg == "--guest") {
@@ -126,6 +128,9 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       (repeats ? options.bench.repeats : options.bench.iterations) = static_cast<std::uint64_t>(amount);
     }
   }
+  if (options.lesson == 3 && (options.step_guest || !options.break_at.empty())) {
+    return std::unexpected("--step-guest and --break-at follow one vCPU: lessons 1 and 2, not lesson 3's two");
+  }
   return options;
 }
 
@@ -138,7 +143,7 @@ inline void print_help() {
       "register, reads a value from the host, writes it back, and powers off.\n"
       "Lesson 2 gives it an interrupt controller inside KVM: its timer wakes it from WFI\n"
       "three times, then the program interrupts it twice (KVM_IRQ_LINE, an irqfd).\n\n"
-      "  --lesson N          1 (the default) or 2: interrupts and time\n"
+      "  --lesson N          1 (the default), 2: interrupts and time, or 3: a second vCPU\n"
       "  -q                  only the guest's output and the outcome\n"
       "  -v                  also every ioctl: request, number decoded, arguments, result, time\n"
       "  -vv                 also the kvm_run fields at each exit\n"

@@ -29,11 +29,14 @@ namespace kh = kvm_hello;
 
 namespace ctrl_c_detail {
 inline std::atomic<kh::VcpuStopper*> target{nullptr};  // the vCPU Ctrl-C stops, if any
+inline std::atomic<kh::VcpuThread*> thread_target{nullptr};  // or the vCPU thread (lesson 3's first vCPU)
 static_assert(std::atomic<kh::VcpuStopper*>::is_always_lock_free, "the SIGINT handler needs a lock-free pointer");
+static_assert(std::atomic<kh::VcpuThread*>::is_always_lock_free, "the SIGINT handler needs a lock-free pointer");
 
 inline void on_sigint(int) {
   const int saved = errno;
   if (kh::VcpuStopper* stopper = target.load()) stopper->request(kh::StopReason::interrupted);
+  if (kh::VcpuThread* thread = thread_target.load()) thread->request_stop(kh::StopReason::interrupted);
   errno = saved;
 }
 }  // namespace ctrl_c_detail
@@ -44,17 +47,21 @@ inline void on_sigint(int) {
 class CtrlCStops {
  public:
   explicit CtrlCStops(kh::VcpuStopper& stopper) : previous_target_(ctrl_c_detail::target.exchange(&stopper)) {
-    struct sigaction action {};
-    action.sa_handler = ctrl_c_detail::on_sigint;
-    sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESTART;
-    if (::sigaction(SIGINT, &action, &previous_) != 0) failed_with_ = errno;
+    install();
+  }
+  // Lesson 3: Ctrl-C stops this vCPU's thread (VcpuThread::request_stop,
+  // async-signal-safe); the walk-through then stops the others.
+  explicit CtrlCStops(kh::VcpuThread& thread)
+      : previous_target_(ctrl_c_detail::target.load()),
+        previous_thread_(ctrl_c_detail::thread_target.exchange(&thread)) {
+    install();
   }
   CtrlCStops(const CtrlCStops&) = delete;
   CtrlCStops& operator=(const CtrlCStops&) = delete;
   ~CtrlCStops() {
     if (failed_with_ == 0) ::sigaction(SIGINT, &previous_, nullptr);
     ctrl_c_detail::target.store(previous_target_);
+    ctrl_c_detail::thread_target.store(previous_thread_);
   }
 
   // The Error when the handler could not be installed (sigaction's errno).
@@ -66,7 +73,16 @@ class CtrlCStops {
   }
 
  private:
+  void install() {
+    struct sigaction action {};
+    action.sa_handler = ctrl_c_detail::on_sigint;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    if (::sigaction(SIGINT, &action, &previous_) != 0) failed_with_ = errno;
+  }
+
   kh::VcpuStopper* previous_target_;
+  kh::VcpuThread* previous_thread_ = ctrl_c_detail::thread_target.load();
   struct sigaction previous_ {};
   int failed_with_ = 0;
 };

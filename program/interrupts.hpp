@@ -19,11 +19,12 @@
 
 namespace kh = kvm_hello;
 
-// What an INTID of lesson 2 is, for people.
+// What an INTID of lesson 2 or 3 is, for people.
 inline std::string describe_intid(std::uint32_t intid) {
   if (intid == kh::timer_intid) return "INTID " + std::to_string(intid) + ", the virtual timer's PPI";
   if (intid == kh::spi_line) return "INTID " + std::to_string(intid) + ", the SPI we raised with KVM_IRQ_LINE";
   if (intid == kh::spi_irqfd) return "INTID " + std::to_string(intid) + ", the SPI our irqfd raised";
+  if (intid == kh::sgi_intid) return "INTID " + std::to_string(intid) + ", an SGI: another vCPU sent it";
   return "INTID " + std::to_string(intid) + ", which no one here sent";
 }
 
@@ -53,6 +54,41 @@ struct TimerState {
 // this, however slow the machine: the rule counts, it does not time.
 constexpr bool same_deadline_taken_again(const TimerState& before, const TimerState& now) {
   return before.deadline == now.deadline && before.output_high() && now.output_high();
+}
+
+// A vCPU that waits in WFI, and no interrupt came: its PMR, read from KVM,
+// and KVM's counts of its sleep. Call it while no vCPU of the VM runs.
+inline std::vector<std::string> explain_asleep(const kh::Vgic& vgic, const kh::Vcpu& vcpu) {
+  std::vector<std::string> lines;
+  const auto pmr = kh::read_priority_mask(vgic, vcpu);
+  const char* reg = vgic.version == kh::GicVersion::v3 ? "ICC_PMR_EL1" : "GICC_PMR";
+  if (!pmr) {
+    lines.push_back(std::string("Could not read the vCPU's PMR from KVM: ") + std::string(pmr.error().call) +
+                    " failed with errno " + std::to_string(pmr.error().err) + ".");
+  } else if (*pmr == 0) {
+    lines.push_back(std::string("KVM says this vCPU's PMR is 0 (") + reg +
+                    ", read with KVM_GET_DEVICE_ATTR on the GIC's fd). PMR is 0: no interrupt can be signalled at "
+                    "any priority. An interrupt is signalled only if its priority is lower than PMR "
+                    "(kvm_vgic_vcpu_pending_irq, arch/arm64/kvm/vgic/vgic.c), and no priority is lower than 0. "
+                    "KVM starts PMR at 0: the guest must write it before it waits (lesson2/guest.S and lesson3/guest.S write " +
+                    hex(0xf0) + ", letting priorities 0 to " + hex(0xef) + " through).");
+  } else {
+    lines.push_back(std::string("KVM says this vCPU's PMR is ") + hex(*pmr) + " (" + reg +
+                    "): interrupts of a priority below it can be signalled, so look at the other conditions above.");
+  }
+  const auto stats = kh::read_vcpu_statistics(vcpu.fd);
+  if (!stats) return lines;
+  const auto value = [&](std::string_view name) -> std::string {
+    for (const kh::VcpuStatistic& stat : *stats) {
+      if (stat.name == name) return std::to_string(stat.value);
+    }
+    return "(not on this kernel)";
+  };
+  lines.push_back("KVM's counts for this vCPU: wfi_exit_stat " + value("wfi_exit_stat") +
+                  " (WFIs that trapped: the vCPU slept in KVM_RUN, no exit came to us), halt_wakeup " +
+                  value("halt_wakeup") +
+                  " (times KVM woke it, found nothing it could signal, and let it sleep again).");
+  return lines;
 }
 
 // Says, after each exit, what lesson 2's device just recorded: a tick of
@@ -104,44 +140,10 @@ class InterruptReporter {
               "above)."};
     }
     if (waits_in_wfi_at(regs, guest) == 0) return {};
-    return explain_asleep();
+    return explain_asleep(vgic_, vcpu_);
   }
 
  private:
-  // The guest waits in WFI, and no interrupt came: its PMR, read from KVM.
-  std::vector<std::string> explain_asleep() const {
-    std::vector<std::string> lines;
-    const auto pmr = kh::read_priority_mask(vgic_, vcpu_);
-    const char* reg = vgic_.version == kh::GicVersion::v3 ? "ICC_PMR_EL1" : "GICC_PMR";
-    if (!pmr) {
-      lines.push_back(std::string("Could not read the vCPU's PMR from KVM: ") + std::string(pmr.error().call) +
-                      " failed with errno " + std::to_string(pmr.error().err) + ".");
-    } else if (*pmr == 0) {
-      lines.push_back(std::string("KVM says this vCPU's PMR is 0 (") + reg +
-                      ", read with KVM_GET_DEVICE_ATTR on the GIC's fd). PMR is 0: no interrupt can be signalled at "
-                      "any priority. An interrupt is signalled only if its priority is lower than PMR "
-                      "(kvm_vgic_vcpu_pending_irq, arch/arm64/kvm/vgic/vgic.c), and no priority is lower than 0. "
-                      "KVM starts PMR at 0: the guest must write it before it waits (lesson2/guest.S writes " +
-                      hex(0xf0) + ", letting priorities 0 to " + hex(0xef) + " through).");
-    } else {
-      lines.push_back(std::string("KVM says this vCPU's PMR is ") + hex(*pmr) + " (" + reg +
-                      "): interrupts of a priority below it can be signalled, so look at the other conditions above.");
-    }
-    const auto stats = kh::read_vcpu_statistics(vcpu_.fd);
-    if (!stats) return lines;
-    const auto value = [&](std::string_view name) -> std::string {
-      for (const kh::VcpuStatistic& stat : *stats) {
-        if (stat.name == name) return std::to_string(stat.value);
-      }
-      return "(not on this kernel)";
-    };
-    lines.push_back("KVM's counts for this vCPU: wfi_exit_stat " + value("wfi_exit_stat") +
-                    " (WFIs that trapped: the vCPU slept in KVM_RUN, no exit came to us), halt_wakeup " +
-                    value("halt_wakeup") +
-                    " (times KVM woke it, found nothing it could signal, and let it sleep again).");
-    return lines;
-  }
-
   // The timer as the guest left it, or nothing when KVM would not say.
   std::optional<TimerState> read_timer() const {
     const auto control = kh::get_register(kh::Step::run_guest, vcpu_.fd, timer_control_register);

@@ -25,6 +25,8 @@ struct KnownRegisters {
 inline constexpr KnownRegisters hello_registers{kh::HelloDevice::has_register, "OUT, ANSWER and ECHO"};
 inline constexpr KnownRegisters interrupt_registers{kh::InterruptDevice::has_register,
                                                     "OUT, ANSWER, ECHO, IRQ and DOORBELL"};
+inline constexpr KnownRegisters vcpus_registers{kh::VcpusDevice::has_register,
+                                                "OUT, ANSWER, ECHO, IRQ, PSCI_CALL and PSCI_RESULT"};
 
 // Prints "exit N: ..." for each exit (but KVM_EXIT_DEBUG), at most
 // line_limit of them, so a guest that floods us cannot flood the terminal;

@@ -132,16 +132,24 @@ TEST_CASE("the command line") {
     CHECK(options->kvm_device == "/dev/null");
     CHECK(options->time_limit == std::chrono::milliseconds(500));
   }
-  SUBCASE("--lesson: 1 (the default) or 2, nothing else") {
-    std::string lesson = "--lesson", two = "2", three = "3", two_attached = "--lesson=2";
+  SUBCASE("--lesson: 1 (the default), 2 or 3, nothing else; lesson 3 neither steps nor breaks") {
+    std::string lesson = "--lesson", two = "2", three = "3", four = "4", two_attached = "--lesson=2";
+    std::string step = "--step-guest", break_at = "--break-at", line = "28";
     char* none[] = {prog.data()};
     CHECK(parse_options(1, none)->lesson == 1);
     char* argv[] = {prog.data(), lesson.data(), two.data()};
     CHECK(parse_options(3, argv)->lesson == 2);
     char* attached[] = {prog.data(), two_attached.data()};
     CHECK(parse_options(2, attached)->lesson == 2);
-    char* wrong[] = {prog.data(), lesson.data(), three.data()};
-    CHECK(parse_options(3, wrong).error() == "--lesson wants 1 or 2: 3");
+    char* third[] = {prog.data(), lesson.data(), three.data()};
+    CHECK(parse_options(3, third)->lesson == 3);
+    char* wrong[] = {prog.data(), lesson.data(), four.data()};
+    CHECK(parse_options(3, wrong).error() == "--lesson wants 1, 2 or 3: 4");
+    const std::string no_stepping = "--step-guest and --break-at follow one vCPU: lessons 1 and 2, not lesson 3's two";
+    char* stepped[] = {prog.data(), lesson.data(), three.data(), step.data()};
+    CHECK(parse_options(4, stepped).error() == no_stepping);
+    char* broken[] = {prog.data(), break_at.data(), line.data(), lesson.data(), three.data()};
+    CHECK(parse_options(5, broken).error() == no_stepping);
   }
   SUBCASE("unknown option") {
     char* argv[] = {prog.data(), bad.data()};
