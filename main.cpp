@@ -428,13 +428,33 @@ kh::StopReason stop_reason_after(const kh::Result<kh::RunStats>& result) {
   return kh::StopReason::powered_off;
 }
 
+// The first KVM_RUN of vCPU 0, here, with kvm_run.immediate_exit set: KVM
+// does what it does once per VM before any vCPU runs (kvm_arch_vcpu_run_pid_change
+// in arch/arm64/kvm/arm.c maps the vGIC: kvm_vgic_map_resources), then
+// returns EINTR without entering the guest. So no vCPU's thread does it
+// while another's guest already runs: Linux 6.1 marks the vGIC ready before
+// it registers the distributor (6.12 after), and a vCPU entering the guest
+// in between would find no distributor there.
+Told<void> walk_ready_vgic(const Walk& walk, kh::Vcpu& vcpu) {
+  vcpu.run().immediate_exit = 1;
+  const auto entered = kh::call(kh::Step::start_vcpu_thread, vcpu.fd, kh::request::run, walk.trace);
+  vcpu.run().immediate_exit = 0;
+  if (entered || entered.error().err != EINTR) {
+    const kh::Error error = entered ? kh::Error{kh::Step::start_vcpu_thread, kh::Problem::call_failed, "KVM_RUN", 0}
+                                    : entered.error();
+    return std::unexpected(walk.failed(kh::on_vcpu(error, vcpu.id)));
+  }
+  walk.out.say(Verbosity::normal,
+               "%s: a first KVM_RUN here, with immediate_exit: KVM readied the vGIC for every vCPU and returned "
+               "EINTR, before any guest code ran",
+               vcpu_name(vcpu.id).c_str());
+  return {};
+}
+
 // Steps 17, 9 and 18 for every vCPU: a thread each, each running step 9 with
-// lesson 3's device; vCPU 1's started only once vCPU 0 has made its first
-// exit (KVM has then made the vGIC ready on vCPU 0's first KVM_RUN, before
-// any vCPU touches it: Linux 6.1 could otherwise let vCPU 0 reach the
-// distributor while vCPU 1's first KVM_RUN was still registering it); once
-// one vCPU's run ends (SYSTEM_OFF, or a failure), the others stopped:
-// asked, kicked, joined. Returns each vCPU's result, in order.
+// lesson 3's device; once one vCPU's run ends (SYSTEM_OFF, or a failure),
+// the others stopped: asked, kicked, joined. Returns each vCPU's result, in
+// order.
 Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std::vector<kh::Vcpu>& vcpus,
                                                           kh::VcpusDevice& device) {
   const Output& out = walk.out;
@@ -442,39 +462,32 @@ Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std
   std::vector<std::unique_ptr<VcpuRun>> runs;
   for (const kh::Vcpu& vcpu : vcpus) runs.push_back(std::make_unique<VcpuRun>(out, device, vcpu, started));
   // Said before any thread starts: after, the vCPUs' own lines come.
-  for (const kh::Vcpu& vcpu : vcpus) {
+  for (kh::Vcpu& vcpu : vcpus) {
     out.announce(kh::Step::start_vcpu_thread);
-    out.say(Verbosity::normal, "%s: a thread of its own (\"vcpu %u\"), started %s", runs[vcpu.id]->name.c_str(),
-            vcpu.id, vcpu.id == 0 ? "first" : "once vCPU 0 has made its first exit (the vGIC is ready then)");
+    if (vcpu.id == 0) {
+      if (const auto ready = walk_ready_vgic(walk, vcpu); !ready) return std::unexpected(ready.error());
+    }
+    out.say(Verbosity::normal, "%s: a thread of its own, \"vcpu %u\"", runs[vcpu.id]->name.c_str(), vcpu.id);
     out.announce(kh::Step::run_guest);
     out.say(Verbosity::normal, "%s: its thread calls KVM_RUN; %s", runs[vcpu.id]->name.c_str(),
             vcpu.id == 0 ? "each line it prints starts with its name"
                          : "STOPPED, it sleeps inside KVM, and we see nothing, until the guest's CPU_ON wakes it");
   }
-  std::atomic<bool> vcpu0_exited{false};  // vCPU 0's first exit came (or its run ended): start the others
-  const auto let_others_start = [&vcpu0_exited] {
-    vcpu0_exited.store(true);
-    vcpu0_exited.notify_all();
-  };
   const auto body = [&](std::uint32_t id) {
     return [&, id](kh::Vcpu& vcpu, const kh::VcpuStopper& stopper) -> kh::Result<kh::RunStats> {
       VcpuRun& run = *runs[id];
-      auto stats = kh::run_guest(
+      return kh::run_guest(
           vcpu, stopper, run.view,
           [&](const kh::Exit& exit) {
             run.exits.report(exit);
             run.records.report();
-            if (id == 0) let_others_start();
           },
           run.tracer.observer());
-      if (id == 0) let_others_start();
-      return stats;
     };
   };
   std::vector<kh::VcpuThread> threads;
   threads.reserve(vcpus.size());
   for (kh::Vcpu& vcpu : vcpus) {
-    if (vcpu.id != 0) vcpu0_exited.wait(false);
     auto thread = kh::start_vcpu_thread(vcpu, body(vcpu.id), walk.options.time_limit);
     if (!thread) return std::unexpected(walk.failed(thread.error()));  // the started ones: stopped, joined as they go
     threads.push_back(std::move(*thread));
@@ -488,17 +501,23 @@ Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std
     const kh::Result<kh::RunStats> ended = threads[first].join();
     const kh::StopReason why = stop_reason_after(ended);
     out.announce(kh::Step::stop_vcpus);
+    const std::string name = vcpu_name(vcpus[first].id);
     if (ended) {
       out.say(Verbosity::normal,
               "%s powered the VM off (PSCI SYSTEM_OFF): KVM stopped every vCPU, but only %s's KVM_RUN returned",
-              vcpu_name(vcpus[first].id).c_str(), vcpu_name(vcpus[first].id).c_str());
+              name.c_str(), name.c_str());
+    } else {
+      out.say(Verbosity::normal, "%s's run ended first, with the error below; every other vCPU is stopped too",
+              name.c_str());
     }
     results = kh::stop_vcpus(threads, why);
   }
-  for (std::size_t i = 0; i < results.size(); ++i) {
-    if (!results[i] || i == 0) continue;
-    out.say(Verbosity::normal, "%s: asked to stop, kicked (SIGUSR1): its KVM_RUN returned EINTR; its thread joined",
-            vcpu_name(vcpus[i].id).c_str());
+  for (std::size_t i = 1; i < results.size(); ++i) {
+    if (!results[i]) continue;
+    out.say(Verbosity::normal, "%s: asked to stop, kicked (SIGUSR1): its KVM_RUN returned EINTR; its thread joined%s",
+            vcpu_name(vcpus[i].id).c_str(),
+            results[i]->exits == 0 ? ". It made no exit: it never ran, or ran without one (did the guest start it?)"
+                                   : "");
   }
   return results;
 }
