@@ -325,3 +325,33 @@ inline Failure failure_for(const kh::Error& error, std::string_view device, Stuc
   return {status, "step " + std::to_string(static_cast<int>(error.step)) + " (" + std::string(step.name) + ")" + vcpu +
                       ": " + explain(error, status, device, stuck, above)};
 }
+
+// ==== Lesson 3: what a run of several vCPUs left behind =======================
+
+// "RUNNABLE", or "mp_state 7" for a value KVM_GET_MP_STATE has no name for.
+inline std::string mp_state_text(kh::MpState state) {
+  const std::string_view name = kh::mp_state_name(state);
+  return name.empty() ? "mp_state " + std::to_string(static_cast<std::uint32_t>(state)) : std::string(name);
+}
+
+// Why a guest that waited for vCPU `id` waited in vain: no thread ran it.
+// `state` is its mp_state after the run (read_mp_state, step 16): RUNNABLE
+// says the guest's CPU_ON started it, in KVM, and still it never ran.
+inline std::string explain_vcpu_without_thread(std::uint32_t id, kh::MpState state) {
+  const std::string vcpu = "vCPU " + std::to_string(id);
+  const std::string now = state == kh::MpState::runnable ? " is RUNNABLE (the guest's CPU_ON started it)"
+                                                         : " is " + mp_state_text(state);
+  return vcpu + now + ", but no thread ever called KVM_RUN on it, so it never ran an instruction: a vCPU runs only " +
+         "inside a KVM_RUN of its own, and a guest that waits for it waits forever; start a thread for every vCPU " +
+         "(start_vcpu_thread, step 17)";
+}
+
+// Why vCPU `id`'s watchdog stopped it although vCPU `powered_off_by` had
+// powered the machine off: its thread was left asleep in KVM_RUN, unkicked.
+inline std::string explain_left_in_kvm_run(std::uint32_t id, std::uint32_t powered_off_by) {
+  return "vCPU " + std::to_string(id) + " was still in KVM_RUN when its watchdog stopped it, after vCPU " +
+         std::to_string(powered_off_by) +
+         " had powered the machine off: PSCI SYSTEM_OFF stops every vCPU, but only the caller's KVM_RUN returns; "
+         "the others sleep in KVM until a signal (kvm_vcpu_sleep). Kick them: stop_vcpus (step 18) asks each to "
+         "stop, sends it the kick and joins it";
+}

@@ -1228,3 +1228,47 @@ TEST_CASE("lesson 2's mistakes: a storm is one deadline taken twice with the tim
   regs.pc = kh::ram_base + 16;
   CHECK(waits_in_wfi_at(regs, guest) == 0);
 }
+
+// ==== Lesson 3's calls and errors ============================================
+
+TEST_CASE("-v names the mp_state KVM_GET_MP_STATE gave and KVM_SET_MP_STATE was given") {
+  const kvm_mp_state stopped{.mp_state = KVM_MP_STATE_STOPPED};
+  CHECK(describe_call(record("KVM_GET_MP_STATE", kh::request::get_mp_state.number, &stopped, kh::FdKind::vcpu))
+            .starts_with("ioctl(4, KVM_GET_MP_STATE, {mp_state 5 STOPPED}) = 0  [0x8004ae98 = _IOR(0xae, 0x98, 4 "
+                         "bytes)]"));
+  const kvm_mp_state runnable{.mp_state = KVM_MP_STATE_RUNNABLE};
+  CHECK(describe_call(record("KVM_SET_MP_STATE", kh::request::set_mp_state.number, &runnable, kh::FdKind::vcpu))
+            .starts_with("ioctl(4, KVM_SET_MP_STATE, {mp_state 0 RUNNABLE}) = 0  [0x4004ae99 = _IOW(0xae, 0x99, 4 "
+                         "bytes)]"));
+  CHECK(describe_mp_state({.mp_state = KVM_MP_STATE_SUSPENDED}) == "{mp_state 10 SUSPENDED}");
+  CHECK(describe_mp_state({.mp_state = 3}) == "{mp_state 3}");  // no arm64 state: the number alone
+}
+
+TEST_CASE("lesson 3's errors: steps 16 to 18 have their status; each message names the step and the vCPU") {
+  using kh::Problem, kh::Step;
+  const kh::Error mp{Step::read_mp_state, Problem::call_failed, "KVM_SET_MP_STATE", EINVAL, 0, 1};
+  CHECK(status_for(mp) == Status::vcpu_threads);
+  const Failure failure = failure_for(mp, "/dev/kvm");
+  CHECK(failure.message.starts_with("step 16 (read_mp_state), vCPU 1: KVM_SET_MP_STATE failed with EINVAL"));
+  CHECK(failure.message.find("RUNNABLE, STOPPED or SUSPENDED") != std::string::npos);
+  CHECK(status_for({Step::start_vcpu_thread, Problem::call_failed, "pthread_create", EAGAIN}) ==
+        Status::out_of_memory);  // no memory for its stack, as a Deadline's
+  CHECK(status_for({Step::start_vcpu_thread, Problem::call_failed, "pthread_create", EPERM}) == Status::vcpu_threads);
+  CHECK(status_for({Step::stop_vcpus, Problem::call_failed, "pthread_kill", ESRCH}) == Status::vcpu_threads);
+  // A vCPU's watchdog is the watchdog's status whichever vCPU it stopped; the message says which.
+  const kh::Error watchdog = kh::on_vcpu({Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR, 1000}, 1);
+  CHECK(status_for(watchdog) == Status::watchdog);
+  CHECK(failure_for(watchdog, "/dev/kvm").message.starts_with("step 9 (run_guest), vCPU 1: the guest did not power"));
+}
+
+TEST_CASE("lesson 3's program mistakes, in words: a vCPU no thread ran, a thread left in KVM_RUN") {
+  const std::string unrun = explain_vcpu_without_thread(1, kh::MpState::runnable);
+  CHECK(unrun.starts_with("vCPU 1 is RUNNABLE (the guest's CPU_ON started it), but no thread ever called KVM_RUN"));
+  CHECK(unrun.find("start_vcpu_thread, step 17") != std::string::npos);
+  CHECK(explain_vcpu_without_thread(2, kh::MpState::stopped).starts_with("vCPU 2 is STOPPED, but no thread"));
+  CHECK(explain_vcpu_without_thread(2, static_cast<kh::MpState>(3)).starts_with("vCPU 2 is mp_state 3, but"));
+  const std::string left = explain_left_in_kvm_run(1, 0);
+  CHECK(left.starts_with("vCPU 1 was still in KVM_RUN when its watchdog stopped it, after vCPU 0 had powered the "
+                         "machine off"));
+  CHECK(left.find("stop_vcpus (step 18)") != std::string::npos);
+}

@@ -999,3 +999,293 @@ TEST_CASE("Part II's steps on an fd that is no VM: each error names its step and
   const kh::Irqfd no_event{kh::Fd{-1}, 9};
   CHECK(kh::ring_irqfd(no_event).error().call == "write");
 }
+
+// ==== Part III: several vCPUs ==================================================
+
+TEST_CASE("MPIDR affinity: KVM's split of the vCPU id, Aff0 4 bits, Aff1 and Aff2 8; every vCPU of the map its own") {
+  CHECK(kh::mpidr_affinity(1) == 1);
+  CHECK(kh::mpidr_affinity(15) == 0xf);
+  CHECK(kh::mpidr_affinity(16) == 0x100);        // Aff0 holds 16 vCPUs: the 17th is Aff1 1, Aff0 0
+  CHECK(kh::mpidr_affinity(4095) == 0xff0f);     // Aff1 0xff, Aff0 0xf
+  CHECK(kh::mpidr_affinity(4096) == 0x10000);    // Aff2 1
+  CHECK((kh::mpidr_affinity(0x0fffff) >> 24) == 0);  // nothing above Aff2, bit 31 (RES1) not included
+  std::vector<std::uint64_t> seen;
+  for (std::uint32_t id = 0; id < 300; ++id) seen.push_back(kh::mpidr_affinity(id));
+  std::sort(seen.begin(), seen.end());
+  CHECK(std::adjacent_find(seen.begin(), seen.end()) == seen.end());  // one id, one affinity
+  for (std::uint32_t id = 0; id < kh::max_vcpus; ++id) CHECK(kh::mpidr_affinity(id) == id);  // the map's: Aff0 only
+}
+
+TEST_CASE("ICC_SGI1R_EL1: INTID at 27:24, one TargetList bit for Aff0, Aff1/2/3 at 23:16, 39:32, 55:48") {
+  for (std::uint32_t id : {0u, 1u, 7u, 15u, 16u, 0x1234u}) {
+    const std::uint64_t mpidr = kh::mpidr_affinity(id);
+    const std::uint64_t value = kh::icc_sgi1r(kh::sgi_intid, mpidr);
+    INFO("vCPU " << id);
+    CHECK(((value >> 0) & 0xffff) == (1u << (mpidr & 0xf)));  // one CPU, by Aff0
+    CHECK(((value >> 24) & 0xf) == kh::sgi_intid);
+    CHECK(((value >> 16) & 0xff) == ((mpidr >> 8) & 0xff));
+    CHECK(((value >> 32) & 0xff) == ((mpidr >> 16) & 0xff));
+    CHECK((value & (std::uint64_t{1} << 40)) == 0);      // IRM 0: to the list, not "all but me"
+    CHECK(((value >> 44) & 0xf) == 0);                   // RS 0: Aff0 0 to 15
+  }
+  CHECK(kh::icc_sgi1r(1, 1) == 0x01000002);
+  CHECK(kh::icc_sgi1r(15, std::uint64_t{0x7f} << 32) == ((std::uint64_t{0x7f} << 48) | 0x0f000001));  // Aff3
+}
+
+TEST_CASE("GICD_SGIR: CPUTargetList by vCPU index at 23:16, INTID at 3:0, filter 0") {
+  CHECK(kh::gicd_sgir_offset == 0xf00);
+  CHECK(kh::gicd_sgir(1, 1) == 0x00020001);
+  CHECK(kh::gicd_sgir(0, 0) == 0x00010000);
+  for (std::uint32_t index = 0; index < kh::max_vcpus; ++index) {
+    const std::uint32_t value = kh::gicd_sgir(kh::sgi_intid, index);
+    CHECK(((value >> 16) & 0xff) == (1u << index));
+    CHECK((value & 0xf) == kh::sgi_intid);
+    CHECK((value >> 24) == 0);  // TargetListFilter 0: the list
+  }
+}
+
+TEST_CASE("PSCI: the function ids are <linux/psci.h>'s, each return code has its name, and only those") {
+  CHECK(kh::psci::cpu_on64 == 0xC4000003u);
+  CHECK(kh::psci::cpu_off == 0x84000002u);
+  CHECK(kh::psci::affinity_info64 == 0xC4000004u);
+  CHECK(kh::psci::system_off == 0x84000008u);
+  CHECK(kh::psci::system_off == PSCI_0_2_FN_SYSTEM_OFF);
+  CHECK(kh::psci::affinity_off == 1);
+  const std::pair<std::int64_t, std::string_view> names[] = {
+      {0, "SUCCESS"},           {-1, "NOT_SUPPORTED"},     {-2, "INVALID_PARAMETERS"}, {-3, "DENIED"},
+      {-4, "ALREADY_ON"},       {-5, "ON_PENDING"},        {-6, "INTERNAL_FAILURE"},   {-7, "NOT_PRESENT"},
+      {-8, "DISABLED"},         {-9, "INVALID_ADDRESS"}};
+  for (const auto& [x0, name] : names) CHECK(kh::psci_result_name(x0) == name);
+  for (const std::int64_t other : {std::int64_t{1}, std::int64_t{-10}, std::int64_t{0xC4000003}}) {
+    CHECK(kh::psci_result_name(other).empty());
+  }
+  // The guest's x0 is 64 bits: -2 as the program reads it back from PSCI_RESULT.
+  CHECK(kh::psci_result_name(static_cast<std::int64_t>(std::uint64_t{0xfffffffffffffffe})) == "INVALID_PARAMETERS");
+}
+
+TEST_CASE("memory map: lesson 3's registers, its SGI and every vCPU's stack") {
+  CHECK(kh::mmio_psci_call == 0x1138);
+  CHECK(kh::mmio_psci_result == 0x1140);
+  CHECK(kh::register_at(kh::mmio_psci_call)->name == "PSCI_CALL");
+  CHECK(kh::register_at(kh::mmio_psci_result)->kind == kh::RegionKind::psci_register);
+  CHECK(kh::sgi_intid == KVM_HELLO_SGI_INTID);
+  CHECK(kh::is_sgi(kh::sgi_intid));
+  CHECK_FALSE(kh::is_sgi(kh::timer_intid));
+  CHECK(kh::stack_size == 0x1000);
+  CHECK(kh::stack_top(0) == kh::ram_base + kh::ram_size);  // lesson 1's
+  for (std::uint32_t id = 0; id < kh::max_vcpus; ++id) {
+    CHECK(kh::stack_top(id) - kh::stack_size >= kh::ram_base + guest_bin_len);  // no stack over the image
+    CHECK(kh::stack_top(id) <= kh::ram_base + kh::ram_size);
+  }
+}
+
+TEST_CASE("the step table: Part III's rows 16 to 18; lesson 2 still numbers its steps of 15") {
+  CHECK(kh::step_count == 18);
+  CHECK(kh::lesson2_step_count == 15);
+  CHECK(kh::step_info(kh::Step::read_mp_state).name == "read_mp_state");
+  CHECK(static_cast<int>(kh::Step::read_mp_state) == 16);
+  CHECK(kh::step_info(kh::Step::start_vcpu_thread).name == "start_vcpu_thread");
+  CHECK(kh::step_info(kh::Step::stop_vcpus).name == "stop_vcpus");
+  for (int n = kh::lesson2_step_count + 1; n <= kh::step_count; ++n) {
+    CHECK_FALSE(kh::step_info(static_cast<kh::Step>(n)).purpose.empty());
+  }
+}
+
+TEST_CASE("KVM_GET_MP_STATE and KVM_SET_MP_STATE: the kernel's numbers, vcpu ioctls; the states by name") {
+  CHECK(kh::request::get_mp_state.number == 0x8004AE98);  // _IOR: KVM writes the state
+  CHECK(kh::request::set_mp_state.number == 0x4004AE99);  // _IOW
+  CHECK(std::is_same_v<decltype(kh::request::get_mp_state)::FdType, kh::VcpuFd>);
+  CHECK(std::is_same_v<decltype(kh::request::set_mp_state)::FdType, kh::VcpuFd>);
+  CHECK(kh::mp_state_name(kh::MpState::runnable) == "RUNNABLE");
+  CHECK(kh::mp_state_name(kh::MpState::stopped) == "STOPPED");
+  CHECK(kh::mp_state_name(kh::MpState::suspended) == "SUSPENDED");
+  CHECK(kh::mp_state_name(static_cast<kh::MpState>(KVM_MP_STATE_HALTED)).empty());  // x86's: not arm64's
+  const kh::VcpuFd no_vcpu{-1};
+  const auto read = kh::read_mp_state(no_vcpu);
+  REQUIRE_FALSE(read);
+  CHECK(read.error().step == kh::Step::read_mp_state);
+  CHECK(read.error().call == "KVM_GET_MP_STATE");
+  const auto set = kh::set_mp_state(no_vcpu, kh::MpState::stopped);
+  REQUIRE_FALSE(set);
+  CHECK(set.error().step == kh::Step::read_mp_state);
+  CHECK(set.error().call == "KVM_SET_MP_STATE");
+}
+
+namespace {
+
+// A vCPU without KVM: no fd, and a kvm_run of our own (anonymous memory), for
+// the threads' tests: their bodies never call KVM_RUN.
+kh::Vcpu fake_vcpu(std::uint32_t id) {
+  auto shared = kh::map_memory(kh::Step::create_vcpu, sizeof(kvm_run), PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1);
+  REQUIRE(shared);
+  return kh::Vcpu{kh::VcpuFd{}, std::move(*shared), id};
+}
+
+// A body that waits until its vCPU is asked to stop (10 s at most), and ends
+// as run_guest() would: RunStats for powered_off, the watchdog's Error for
+// the deadline.
+kh::Result<kh::RunStats> wait_for_stop(kh::Vcpu&, const kh::VcpuStopper& stopper) {
+  until_asked(stopper);
+  if (stopper.reason() == kh::StopReason::powered_off) return kh::RunStats{};
+  return std::unexpected(kh::Error{kh::Step::run_guest, kh::Problem::watchdog_expired, "KVM_RUN", EINTR,
+                                   static_cast<std::uint64_t>(stopper.time_limit().count())});
+}
+
+}  // namespace
+
+TEST_CASE("a vCPU thread: its body runs on a thread of its own, named for the vCPU, blocking all signals but the kick") {
+  REQUIRE(kh::install_kick_handler());
+  kh::Vcpu vcpu = fake_vcpu(3);
+  std::thread::id body_thread;
+  std::string name;
+  bool sigint_blocked = false, kick_blocked = true, stopper_is_this_thread = false;
+  auto thread = kh::start_vcpu_thread(vcpu, [&](kh::Vcpu& v, const kh::VcpuStopper& stopper) -> kh::Result<kh::RunStats> {
+    body_thread = std::this_thread::get_id();
+    char text[16] = {};
+    ::pthread_getname_np(::pthread_self(), text, sizeof text);
+    name = text;
+    sigset_t mask{};
+    ::pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+    sigint_blocked = sigismember(&mask, SIGINT) == 1;
+    kick_blocked = sigismember(&mask, KVM_HELLO_KICK_SIGNAL) == 1;
+    stopper_is_this_thread = &v == &vcpu && stopper.reason() == kh::StopReason::none;
+    kh::RunStats stats;
+    stats.exits = 7;
+    return stats;
+  });
+  REQUIRE(thread);
+  CHECK(thread->vcpu_id() == 3);
+  const auto result = thread->join();
+  REQUIRE(result);
+  CHECK(result->exits == 7);
+  CHECK(body_thread != std::this_thread::get_id());
+  CHECK(name == "vcpu 3");
+  CHECK(sigint_blocked);
+  CHECK_FALSE(kick_blocked);
+  CHECK(stopper_is_this_thread);
+  CHECK(thread->join()->exits == 7);  // joined already: the same result again
+  CHECK(thread->finished());
+}
+
+TEST_CASE("request_stop reaches the vCPU's own thread: immediate_exit, then the kick, to that thread") {
+  REQUIRE(kh::install_kick_handler());
+  kh::Vcpu vcpu = fake_vcpu(1);
+  std::atomic<bool> running{false};
+  int signal_taken = 0;
+  auto thread = kh::start_vcpu_thread(vcpu, [&](kh::Vcpu& v, const kh::VcpuStopper&) -> kh::Result<kh::RunStats> {
+    sigset_t kick{};
+    sigemptyset(&kick);
+    sigaddset(&kick, KVM_HELLO_KICK_SIGNAL);
+    ::pthread_sigmask(SIG_BLOCK, &kick, nullptr);  // held back, so that it can be taken here
+    running = true;
+    const timespec limit{10, 0};
+    signal_taken = ::sigtimedwait(&kick, nullptr, &limit);  // the kick, or -1 after 10 s
+    if (v.run().immediate_exit != 1) return std::unexpected(kh::Error{kh::Step::run_guest});
+    return kh::RunStats{};
+  });
+  REQUIRE(thread);
+  while (!running) std::this_thread::yield();
+  thread->request_stop(kh::StopReason::interrupted);
+  CHECK(thread->join());
+  CHECK(signal_taken == KVM_HELLO_KICK_SIGNAL);
+}
+
+TEST_CASE("a stop asked for before the thread has made its stopper reaches the body all the same") {
+  kh::Vcpu vcpu = fake_vcpu(2);
+  std::atomic<bool> go{false};
+  kh::StopReason seen = kh::StopReason::none;
+  auto thread = kh::start_vcpu_thread(vcpu, [&](kh::Vcpu&, const kh::VcpuStopper& stopper) -> kh::Result<kh::RunStats> {
+    while (!go) std::this_thread::yield();
+    seen = stopper.reason();
+    return kh::RunStats{};
+  });
+  REQUIRE(thread);
+  thread->request_stop(kh::StopReason::interrupted);  // the thread may not have made its stopper yet
+  go = true;
+  CHECK(thread->join());
+  CHECK(seen == kh::StopReason::interrupted);
+}
+
+TEST_CASE("a vCPU thread's own deadline stops it; the Error names the vCPU") {
+  kh::Vcpu vcpu = fake_vcpu(1);
+  const auto start = std::chrono::steady_clock::now();
+  auto thread = kh::start_vcpu_thread(vcpu, wait_for_stop, std::chrono::milliseconds(50));
+  REQUIRE(thread);
+  const auto result = thread->join();  // no one asks it to stop: only the deadline does
+  CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(50));
+  REQUIRE_FALSE(result);
+  CHECK(result.error().problem == kh::Problem::watchdog_expired);
+  CHECK(result.error().value == 50);
+  REQUIRE(result.error().vcpu);
+  CHECK(*result.error().vcpu == 1);
+}
+
+TEST_CASE("a VcpuThread's end asks its vCPU to stop and joins: no thread outlives it, moved or not") {
+  kh::Vcpu vcpu0 = fake_vcpu(0), vcpu1 = fake_vcpu(1);
+  std::atomic<int> bodies_ended{0};
+  const auto body = [&](kh::Vcpu& v, const kh::VcpuStopper& stopper) {
+    auto result = wait_for_stop(v, stopper);
+    ++bodies_ended;
+    return result;
+  };
+  {
+    std::vector<kh::VcpuThread> threads;
+    auto first = kh::start_vcpu_thread(vcpu0, body, std::chrono::seconds(60));
+    REQUIRE(first);
+    threads.push_back(std::move(*first));  // the moved-from one, in `first`, ends as nothing
+    auto second = kh::start_vcpu_thread(vcpu1, body, std::chrono::seconds(60));
+    REQUIRE(second);
+    threads.push_back(std::move(*second));  // the vector grows: the first moves again
+    CHECK(bodies_ended == 0);
+  }
+  CHECK(bodies_ended == 2);  // both stopped (powered_off) and joined before the scope ended
+}
+
+TEST_CASE("stop_vcpus: every thread asked and kicked, then each joined; results in order; an ended one only joined") {
+  kh::Vcpu vcpus[] = {fake_vcpu(0), fake_vcpu(1), fake_vcpu(2)};
+  std::vector<kh::VcpuThread> threads;
+  // vCPU 0 ends by itself, as the one that powered the machine off; 1 and 2 wait to be stopped.
+  auto first = kh::start_vcpu_thread(vcpus[0], [](kh::Vcpu&, const kh::VcpuStopper&) -> kh::Result<kh::RunStats> {
+    kh::RunStats stats;
+    stats.exits = 1;
+    return stats;
+  });
+  REQUIRE(first);
+  threads.push_back(std::move(*first));
+  for (kh::Vcpu& vcpu : std::span(vcpus).subspan(1)) {
+    auto thread = kh::start_vcpu_thread(vcpu, wait_for_stop, std::chrono::seconds(60));
+    REQUIRE(thread);
+    threads.push_back(std::move(*thread));
+  }
+  CHECK(kh::wait_for_first_to_end(threads) == 0);
+  const auto start = std::chrono::steady_clock::now();
+  const auto results = kh::stop_vcpus(threads, kh::StopReason::powered_off);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));  // not the deadlines' 60 s
+  REQUIRE(results.size() == 3);
+  CHECK(results[0]->exits == 1);  // what it ended with
+  CHECK(results[1]);
+  CHECK(results[2]);
+  for (const kh::VcpuThread& thread : threads) CHECK(thread.finished());
+}
+
+TEST_CASE("wait_for_first_to_end: the index of a body that returned, at once if one has") {
+  kh::Vcpu vcpus[] = {fake_vcpu(0), fake_vcpu(1)};
+  std::vector<kh::VcpuThread> threads;
+  auto waits = kh::start_vcpu_thread(vcpus[0], wait_for_stop, std::chrono::seconds(60));
+  REQUIRE(waits);
+  threads.push_back(std::move(*waits));
+  std::atomic<bool> go{false};
+  auto ends = kh::start_vcpu_thread(vcpus[1], [&](kh::Vcpu&, const kh::VcpuStopper&) -> kh::Result<kh::RunStats> {
+    while (!go) std::this_thread::yield();
+    return kh::RunStats{};
+  });
+  REQUIRE(ends);
+  threads.push_back(std::move(*ends));
+  CHECK_FALSE(threads[0].finished());
+  go = true;
+  CHECK(kh::wait_for_first_to_end(threads) == 1);
+  CHECK(kh::wait_for_first_to_end(threads) == 1);  // and again at once
+  const auto results = kh::stop_vcpus(threads, kh::StopReason::powered_off);
+  CHECK(results[0]);
+}
