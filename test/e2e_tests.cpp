@@ -389,6 +389,118 @@ TEST_CASE("lesson 2 in-process: the steps in KVM's order, then the device answer
   CHECK(kh::read_priority_mask(*vgic, *vcpu).value() == 0xf0);
 }
 
+// ==== Lesson 3: a second vCPU ================================================
+
+namespace {
+
+// Lesson 3's steps, in the order kvm-hello --lesson 3 announces them: as
+// lesson 2 up to the GIC, 6 and 7 for each vCPU, 8 for vCPU 0, 13, 12, 16
+// for each, 17 and 9 for each, 18 once, 16 for each again.
+const std::vector<std::string> lesson3_order = {
+    "[1/18] open_kvm",          "[2/18] check_api_version", "[3/18] check_capabilities", "[4/18] create_vm",
+    "[5/18] setup_guest_memory", "[10/18] probe_vgic",       "[11/18] create_vgic",       "[6/18] create_vcpu",
+    "[7/18] init_vcpu",         "[6/18] create_vcpu",       "[7/18] init_vcpu",          "[8/18] set_boot_registers",
+    "[13/18] read_timer_irq",   "[12/18] init_vgic",        "[16/18] read_mp_state",     "[16/18] read_mp_state",
+    "[17/18] start_vcpu_thread", "[9/18] run_guest",         "[17/18] start_vcpu_thread", "[9/18] run_guest",
+    "[18/18] stop_vcpus",       "[16/18] read_mp_state",    "[16/18] read_mp_state"};
+
+// The lines of `text`.
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+// What is wrong with lesson 3's standard output, "" when nothing: every line
+// is whole (a step's, one under it, an outcome's, or one of a vCPU's, which
+// starts with its name and then a line of its own), the step lines come in
+// lesson3_order, and each vCPU's exits are numbered 1, 2, 3... with none
+// missing: no line lost, none mixed into another.
+std::string check_lesson3_lines(const std::string& out) {
+  static const std::regex vcpu_line(R"(^vCPU ([01])       (.*)$)");
+  static const std::regex exit_line(R"(^exit ([0-9]+): .*)");
+  static const std::regex outcome(
+      R"(^(kvm-hello lesson 3: |guest output, vCPU [01]: |interrupts vCPU [01] took: |summary, vCPU [01]: |shutdown: ))");
+  std::map<std::string, unsigned> exits;  // per vCPU: the last exit's number
+  std::size_t step = 0;
+  for (const std::string& line : lines_of(out)) {
+    std::smatch match;
+    if (line.starts_with("[")) {
+      if (step >= lesson3_order.size() || !line.starts_with(lesson3_order[step] + " ")) return "out of order: " + line;
+      ++step;
+    } else if (std::regex_match(line, match, vcpu_line)) {
+      const std::string vcpu = match[1], rest = match[2];
+      std::smatch number;
+      if (std::regex_match(rest, number, exit_line) && std::stoul(number[1]) != ++exits[vcpu]) {
+        return "vCPU " + vcpu + "'s exits not 1, 2, 3...: " + line;
+      }
+    } else if (!line.starts_with("      ") && !std::regex_search(line, outcome)) {
+      return "not a whole line of kvm-hello's: " + line;
+    }
+  }
+  if (step != lesson3_order.size()) return "only " + std::to_string(step) + " step lines";
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("lesson 3: vCPU 0 starts vCPU 1 (CPU_ON), its hello, tick and SGI, CPU_OFF, SYSTEM_OFF, the kick, status 0") {
+  const Outcome run = run_program({"--lesson", "3"});
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 0);
+  CHECK(run.err.empty());
+  CHECK(check_lesson3_lines(run.out) == "");
+  CHECK(run.out.find("      vCPU 1: STOPPED (5): powered off (POWER_OFF), until CPU_ON\n") != std::string::npos);
+  CHECK(run.out.find("      vCPU 0: RUNNABLE (0): it runs when its thread calls KVM_RUN\n") != std::string::npos);
+  // In the order the guest's two flags make certain: vCPU 0's report of CPU_ON before vCPU 1 speaks, vCPU 1's
+  // SGI before vCPU 0 finds it OFF.
+  const auto at = positions(run.out, {"vCPU 0       the guest says: hello 0\n",
+                                      "vCPU 0       the guest called 0xc4000003 (PSCI CPU_ON, 64-bit) and got x0 = 0: SUCCESS",
+                                      "vCPU 1       the guest says: hello 1\n",
+                                      "vCPU 1       the guest's handler took INTID 27, the virtual timer's PPI",
+                                      "vCPU 1       the guest's handler took INTID 1, an SGI: another vCPU sent it",
+                                      "vCPU 0       the guest called 0xc4000004 (PSCI AFFINITY_INFO, 64-bit) and got x0 = 1: OFF",
+                                      "vCPU 0       exit 13: KVM_EXIT_SYSTEM_EVENT type=1 (SHUTDOWN",
+                                      "      vCPU 1: asked to stop, kicked (SIGUSR1): its KVM_RUN returned EINTR"});
+  for (std::size_t i = 0; i < at.size(); ++i) {
+    CHECK_MESSAGE(at[i] != std::string::npos, "line " << i << " is missing");
+    if (i > 0) CHECK_MESSAGE(at[i - 1] < at[i], "line " << i - 1 << " comes before line " << i);
+  }
+  CHECK(count(run.out, "      vCPU 0: STOPPED (5): SYSTEM_OFF stopped every vCPU") == 1);
+  CHECK(count(run.out, "      vCPU 1: STOPPED (5): SYSTEM_OFF stopped every vCPU") == 1);
+  CHECK(run.out.find("\nguest output, vCPU 0: hello 0\\n\nguest output, vCPU 1: hello 1\\n\n") != std::string::npos);
+  CHECK(run.out.find("\ninterrupts vCPU 0 took: none\ninterrupts vCPU 1 took: 27 1\n") != std::string::npos);
+  // vCPU 0: 8 bytes of hello, 2 reports of PSCI twice, SYSTEM_OFF; vCPU 1: 8 bytes, 2 interrupts; the sleeps,
+  // the CPU_ON, the SGI and the CPU_OFF made no exit.
+  CHECK(run.out.find("shutdown: the guest powered off (PSCI SYSTEM_OFF) after 13 exits of vCPU 0 and 10 exits of "
+                     "vCPU 1\n") != std::string::npos);
+}
+
+TEST_CASE("lesson 3, five runs in a row: the same lines each time, none lost, none mixed with another") {
+  std::string first;
+  for (int n = 0; n < 5; ++n) {
+    const Outcome run = run_program({"--lesson", "3", "-q"});
+    INFO("run " << n << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
+    REQUIRE(run.status == 0);
+    if (n == 0) first = run.out;
+    CHECK(run.out == first);
+  }
+  CHECK(first == "guest output, vCPU 0: hello 0\\n\nguest output, vCPU 1: hello 1\\n\ninterrupts vCPU 0 took: none\n"
+                 "interrupts vCPU 1 took: 27 1\nshutdown: the guest powered off (PSCI SYSTEM_OFF) after 13 exits of "
+                 "vCPU 0 and 10 exits of vCPU 1\n");
+}
+
+TEST_CASE("lesson 3 -v: each vCPU's ioctls under its name; KVM_GET_MP_STATE's state by name") {
+  const Outcome run = run_program({"--lesson", "3", "-v"});
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  REQUIRE(run.status == 0);
+  CHECK(run.out.find("{mp_state 5 STOPPED}") != std::string::npos);
+  CHECK(run.out.find("{mp_state 0 RUNNABLE}") != std::string::npos);
+  CHECK(std::regex_search(run.out, std::regex("\nvCPU 0 .*KVM_RUN")));
+  CHECK(std::regex_search(run.out, std::regex("\nvCPU 1 .*KVM_RUN")));
+}
+
 TEST_CASE("after INIT, PSTATE is EL1h with D, A, I and F masked, and PC is where step 8 put it") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::pstate).value() == 0x3c5);
@@ -1242,6 +1354,23 @@ TEST_CASE("Ctrl-C stops the guest cleanly: the registers, then status 130") {
   CHECK(run.err.find("registers (read with KVM_GET_ONE_REG") != std::string::npos);
   CHECK(run.err.find("kvm-hello: step 9 (run_guest): Ctrl-C stopped the guest") != std::string::npos);
   CHECK(run.seconds < 10);
+}
+
+TEST_CASE("lesson 3, Ctrl-C: both vCPUs stopped and joined, each one's registers under its name, status 130") {
+  const How stop{.meanwhile = [](pid_t pid, const std::string& out) {
+    CHECK(wait_for_output(out, "vCPU 1: its thread calls KVM_RUN"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    kill(pid, SIGINT);
+  }};
+  const Outcome run = run_program(
+      {"--lesson", "3", "--guest", guest_binaries + "/lesson3_sgi_no_cpu_interface.bin", "--timeout", "60"}, stop);
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 130);
+  CHECK(run.err.find("vCPU 0 registers (read with KVM_GET_ONE_REG") != std::string::npos);
+  CHECK(run.err.find("vCPU 1 registers (read with KVM_GET_ONE_REG") != std::string::npos);
+  CHECK(run.err.find("vCPU 1       KVM says this vCPU's PMR is 0") != std::string::npos);
+  CHECK(run.err.find("kvm-hello: step 9 (run_guest), vCPU 0: Ctrl-C stopped the guest") != std::string::npos);
+  CHECK(run.seconds < 20);
 }
 
 TEST_CASE("stopped and continued (Ctrl-Z then fg, a debugger): KVM_RUN returns EINTR, the guest goes on, status 0") {
