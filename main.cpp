@@ -67,9 +67,6 @@ struct Walk {
   int failed(const kh::Error& error) const { return fail(error, out, device()); }
 };
 
-// Lesson 3's vCPUs: the first, and the one its guest starts.
-inline constexpr std::uint32_t lesson3_vcpu_count = 2;
-
 // A step's value, or the exit status its failure was reported with.
 template <class T>
 using Told = std::expected<T, int>;
@@ -512,7 +509,7 @@ int walk_through_lesson3(const Options& options, Guest guest, const Output& less
   const auto vgic = walk_to_vgic(walk, *machine);  // steps 10 and 11
   if (!vgic) return vgic.error();
   std::vector<kh::Vcpu> vcpus;  // steps 6 and 7, for each: the second powered off
-  for (std::uint32_t id = 0; id < lesson3_vcpu_count; ++id) {
+  for (std::uint32_t id = 0; id < options.vcpus; ++id) {
     auto vcpu = walk_to_vcpu(walk, *machine, id, id == 0 ? kh::first_vcpu_features : kh::other_vcpu_features);
     if (!vcpu) return vcpu.error();
     vcpus.push_back(std::move(*vcpu));
@@ -533,7 +530,7 @@ int walk_through_lesson3(const Options& options, Guest guest, const Output& less
     if (!state) return state.error();
   }
 
-  kh::VcpusDevice device(lesson3_vcpu_count);  // one device; each vCPU's thread sees it through its own view
+  kh::VcpusDevice device(options.vcpus);  // one device; each vCPU's thread sees it through its own view
   const auto results = walk_run_vcpus(walk, vcpus, device);  // steps 17, 9 and 18
   if (!results) return results.error();
   for (const auto& result : *results) {
@@ -557,8 +554,12 @@ int walk_through_lesson3(const Options& options, Guest guest, const Output& less
       std::printf("summary, %s: %s\n", vcpu_name(vcpus[i].id).c_str(), describe_stats(*(*results)[i]).c_str());
     }
   }
-  std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %s of vCPU 0 and %s of vCPU 1\n",
-              counted((*results)[0]->exits, "exit").c_str(), counted((*results)[1]->exits, "exit").c_str());
+  std::string exits;  // "13 exits of vCPU 0 and 10 exits of vCPU 1", each vCPU's
+  for (std::size_t i = 0; i < vcpus.size(); ++i) {
+    exits += (i == 0 ? "" : i + 1 == vcpus.size() ? " and " : ", ") + counted((*results)[i]->exits, "exit") + " of " +
+             vcpu_name(vcpus[i].id);
+  }
+  std::printf("shutdown: the guest powered off (PSCI SYSTEM_OFF) after %s\n", exits.c_str());
   return static_cast<int>(Status::ok);
 }
 

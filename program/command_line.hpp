@@ -23,8 +23,12 @@ namespace kh = kvm_hello;
 // The largest --step-limit: a count kept in an unsigned, with room to spare.
 inline constexpr unsigned max_step_limit = 1U << 30;
 
+// Lesson 3's vCPUs: two unless --vcpus says more (its exercise 1 starts a third).
+inline constexpr std::uint32_t default_lesson3_vcpus = 2;
+
 struct Options {
   int lesson = 1;  // 1: a guest says hello through MMIO; 2: interrupts and time; 3: a second vCPU
+  std::uint32_t vcpus = default_lesson3_vcpus;  // lesson 3: how many vCPUs (--vcpus N), 2 to max_vcpus
   std::string kvm_device = kh::default_kvm_path;
   std::chrono::milliseconds time_limit = kh::default_time_limit;
   bool time_limit_given = false;
@@ -47,6 +51,7 @@ struct Options {
 // `--timeout 2` and `--timeout=2` are the same.
 inline std::expected<Options, std::string> parse_options(int argc, char** argv) {
   Options options;
+  bool vcpus_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
     std::optional<std::string_view> attached;  // the value after "=", if any
@@ -84,7 +89,7 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
     }
     if (arg != "--bench-iterations" && arg != "--bench-repeats" && arg != "--kvm-device" && arg != "--guest" &&
         arg != "--guest-lines" && arg != "--timeout" && arg != "--step-limit" && arg != "--break-at" &&
-        arg != "--lesson") {
+        arg != "--lesson" && arg != "--vcpus") {
       return std::unexpected("unknown option: " + std::string(arg));
     }
     const auto given = value();
@@ -95,6 +100,14 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
         return std::unexpected("--lesson wants 1, 2 or 3: " + std::string(*given));
       }
       options.lesson = *given == "3" ? 3 : *given == "2" ? 2 : 1;
+    } else if (arg == "--vcpus") {
+      const auto count = whole_number(*given, 10);
+      if (!count || *count < 2 || *count > kh::max_vcpus) {
+        return std::unexpected("--vcpus wants a whole number from 2 to " + std::to_string(kh::max_vcpus) + ": " +
+                               std::string(*given));
+      }
+      options.vcpus = static_cast<std::uint32_t>(*count);
+      vcpus_given = true;
     } else if (arg == "--kvm-device") {
       options.kvm_device = *given;
     } else if (arg == "--guest") {
@@ -128,6 +141,7 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
       (repeats ? options.bench.repeats : options.bench.iterations) = static_cast<std::uint64_t>(amount);
     }
   }
+  if (vcpus_given && options.lesson != 3) return std::unexpected("--vcpus is lesson 3's: add --lesson 3");
   if (options.lesson == 3 && (options.step_guest || !options.break_at.empty())) {
     return std::unexpected("--step-guest and --break-at follow one vCPU: lessons 1 and 2, not lesson 3's two");
   }
@@ -136,7 +150,7 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
 
 inline void print_help() {
   std::printf(
-      "usage: kvm-hello [--lesson N] [-q | -v | -vv] [--step-guest [--step-limit N]] [--break-at WHERE]\n"
+      "usage: kvm-hello [--lesson N [--vcpus N]] [-q | -v | -vv] [--step-guest [--step-limit N]] [--break-at WHERE]\n"
       "                 [--caps] [--pause] [--bench [--json]] [--guest FILE [--guest-lines FILE]]\n"
       "                 [--kvm-device PATH] [--timeout SECONDS]\n"
       "Runs a tiny arm64 guest with KVM, step by step: it writes \"hello\" to an MMIO\n"
@@ -144,6 +158,8 @@ inline void print_help() {
       "Lesson 2 gives it an interrupt controller inside KVM: its timer wakes it from WFI\n"
       "three times, then the program interrupts it twice (KVM_IRQ_LINE, an irqfd).\n\n"
       "  --lesson N          1 (the default), 2: interrupts and time, or 3: a second vCPU\n"
+      "  --vcpus N           with --lesson 3: create N vCPUs, 2 (the default) to 8, all but vCPU 0\n"
+      "                      powered off until the guest's CPU_ON\n"
       "  -q                  only the guest's output and the outcome\n"
       "  -v                  also every ioctl: request, number decoded, arguments, result, time\n"
       "  -vv                 also the kvm_run fields at each exit\n"

@@ -275,7 +275,8 @@ namespace {
 
 // The project's own code and outputs: where a diagram's names and numbers must come from.
 std::string project_text() {
-  std::string text = read_source("kvm_hello.hpp") + read_source("main.cpp") + read_source("guest.S");
+  std::string text = read_source("kvm_hello.hpp") + read_source("main.cpp") + read_source("guest.S") +
+                     read_source("lesson2/guest.S") + read_source("lesson3/guest.S");
   for (const char* folder : {"program", "bench", "test/guests", "test/exercises", "test/golden"}) {
     for (const auto& entry : std::filesystem::directory_iterator(source_dir / folder)) {
       text += read_source(std::filesystem::relative(entry.path(), source_dir));
@@ -321,7 +322,7 @@ TEST_CASE("docs: the diagrams (mermaid) name only what the code has, and there a
       }
     }
   }
-  CHECK(diagrams >= 12);  // the overview's three, six on lesson 1's mechanism, three on lesson 2's
+  CHECK(diagrams >= 15);  // the overview's three, six on lesson 1's mechanism, three on lesson 2's, three on lesson 3's
 }
 
 TEST_CASE("docs: the host's answer is KVM_HELLO_HOST_ANSWER wherever they give its value") {
@@ -354,7 +355,7 @@ std::string heading_anchor(const std::string& heading) {
 
 }  // namespace
 
-TEST_CASE("docs: each step of lesson 2 has its section, titled as the step table titles it, where the table links") {
+TEST_CASE("docs: each step of lessons 2 and 3 has its section, titled as the step table titles it, where the table links") {
   const std::string tutorial = read_source("docs/README.md");
   for (int n = kh::lesson1_step_count + 1; n <= kh::lesson2_step_count; ++n) {
     const kh::StepInfo& step = kh::step_info(static_cast<kh::Step>(n));
@@ -417,4 +418,31 @@ TEST_CASE("docs: the order table gives the errnos the header's order rules give,
   for (const auto& e : in_rules) CHECK_MESSAGE(in_table.count(e) == 1, "the order table lacks " << e);
   // Every errno of the table is one the header's Part II says a step can get.
   for (const auto& e : in_table) CHECK_MESSAGE(part2_text.find(e) != std::string::npos, "Part II never names " << e);
+}
+
+// ==== Lesson 3 ================================================================
+
+TEST_CASE("docs: every MPIDR, ICC_SGI1R_EL1 or GICD_SGIR value they give is mpidr_affinity()'s, icc_sgi1r()'s or gicd_sgir()'s") {
+  const auto number = [](const std::string& text) { return std::stoull(text, nullptr, 0); };
+  const std::regex affinity(R"(`mpidr_affinity\(([0-9]+)\)` = (0x[0-9a-f]+))");
+  const std::regex sgi1r(R"(`icc_sgi1r\(([0-9]+), (0x[0-9a-f]+)\)` = (0x[0-9a-f]+))");
+  const std::regex sgir(R"(`gicd_sgir\(([0-9]+), ([0-9]+)\)` = (0x[0-9a-f]+))");
+  int examples = 0;
+  for (const auto& file : markdown_files()) {
+    const std::string text = read_source(file);
+    for (std::sregex_iterator it(text.begin(), text.end(), affinity), end; it != end; ++it, ++examples) {
+      CHECK_MESSAGE(number((*it)[2]) == kh::mpidr_affinity(static_cast<std::uint32_t>(number((*it)[1]))),
+                    file << ": " << it->str());
+    }
+    for (std::sregex_iterator it(text.begin(), text.end(), sgi1r), end; it != end; ++it, ++examples) {
+      CHECK_MESSAGE(number((*it)[3]) == kh::icc_sgi1r(static_cast<std::uint32_t>(number((*it)[1])), number((*it)[2])),
+                    file << ": " << it->str());
+    }
+    for (std::sregex_iterator it(text.begin(), text.end(), sgir), end; it != end; ++it, ++examples) {
+      CHECK_MESSAGE(number((*it)[3]) == kh::gicd_sgir(static_cast<std::uint32_t>(number((*it)[1])),
+                                                      static_cast<std::uint32_t>(number((*it)[2]))),
+                    file << ": " << it->str());
+    }
+  }
+  CHECK(examples >= 6);
 }

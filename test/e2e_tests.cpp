@@ -1120,8 +1120,8 @@ TEST_CASE("test guests: each gives its message and exit status; none hangs past 
   check_guests(guest_sources, guest_binaries, 10);
 }
 
-TEST_CASE("the tutorial's exercises: each answer does what docs/19-exercises.md and 29-lesson-2-exercises.md ask") {
-  check_guests(exercise_sources, exercise_binaries, 7);
+TEST_CASE("the tutorial's exercises: each answer does what docs/19-exercises.md, 29-lesson-2-exercises.md and 37-lesson-3-exercises.md ask") {
+  check_guests(exercise_sources, exercise_binaries, 10);
 }
 
 // Each tick's time after the one before, in ms, from lesson 2's "tick N:" lines.
@@ -1153,6 +1153,53 @@ TEST_CASE("lesson 2's exercise 2: five ticks and no KVM_IRQ_LINE at all, even at
   CHECK(count(run.out, "the guest's handler took INTID 27") == 5);
   CHECK(run.out.find("KVM_IRQ_LINE") == std::string::npos);
   CHECK(run.out.find("doorbell") == std::string::npos);
+}
+
+// Lesson 3's exercises: what each answer must show beyond its expect- lines (check_guests), counted.
+static Outcome run_lesson3_exercise(const std::string& name, std::vector<std::string> more = {}) {
+  std::vector<std::string> args{"--lesson", "3", "--guest", exercise_binaries + "/" + name + ".bin"};
+  args.insert(args.end(), more.begin(), more.end());
+  return run_program(args);
+}
+
+TEST_CASE("lesson 3's exercise 1: --vcpus 3, two CPU_ONs, one SGI for two vCPUs, two threads kicked at the end") {
+  const auto run = run_lesson3_exercise("lesson3-1-third-vcpu", {"--vcpus", "3"});
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  REQUIRE(run.status == 0);
+  CHECK(count(run.out, "the guest called 0xc4000003 (PSCI CPU_ON, 64-bit) and got x0 = 0: SUCCESS") == 2);
+  CHECK(count(run.out, "the guest called 0xc4000004 (PSCI AFFINITY_INFO, 64-bit) and got x0 = 1: OFF") == 2);
+  CHECK(count(run.out, "the guest's handler took INTID 1, an SGI") == 2);
+  CHECK(count(run.out, ": asked to stop, kicked") == 2);
+  CHECK(count(run.out, "STOPPED (5): SYSTEM_OFF stopped every vCPU") == 3);
+  // Their hellos come in turn (the guest's `go`), so vCPU 1's is before vCPU 2's.
+  CHECK(run.out.find("vCPU 1       the guest says: hello 1") < run.out.find("vCPU 2       the guest says: hello 2"));
+}
+
+TEST_CASE("lesson 3's exercise 2: vCPU 1 sends the SGI back, and vCPU 0 takes it before it asks AFFINITY_INFO") {
+  const auto run = run_lesson3_exercise("lesson3-2-sgi-back");
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  REQUIRE(run.status == 0);
+  const auto took = run.out.find("vCPU 0       the guest's handler took INTID 1, an SGI");
+  REQUIRE(took != std::string::npos);
+  CHECK(took < run.out.find("(PSCI AFFINITY_INFO, 64-bit) and got x0 = 1: OFF"));
+}
+
+TEST_CASE("lesson 3's exercise 3: CPU_ON answers SUCCESS, ALREADY_ON, then SUCCESS again once vCPU 1 is off") {
+  const auto run = run_lesson3_exercise("lesson3-3-cpu-on-twice");
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  REQUIRE(run.status == 0);
+  const std::string on = "the guest called 0xc4000003 (PSCI CPU_ON, 64-bit) and got x0 = ";
+  const auto first = run.out.find(on + "0: SUCCESS");
+  const auto second = run.out.find(on + "-4: ALREADY_ON");
+  const auto third = run.out.find(on + "0: SUCCESS", second);
+  REQUIRE(first != std::string::npos);
+  REQUIRE(second != std::string::npos);
+  REQUIRE(third != std::string::npos);
+  CHECK(first < second);
+  // The third comes after vCPU 1 is OFF, and vCPU 1 starts again from reset: a second hello.
+  CHECK(run.out.find("(PSCI AFFINITY_INFO, 64-bit) and got x0 = 1: OFF") < third);
+  CHECK(count(run.out, "vCPU 1       the guest says: hello 1") == 2);
+  CHECK(run.out.find("guest output, vCPU 1: hello 1\\nhello 1\\n") != std::string::npos);
 }
 
 // The lines of kvm-hello's output from the one that starts with `heading`

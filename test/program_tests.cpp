@@ -152,6 +152,20 @@ TEST_CASE("the command line") {
     char* broken[] = {prog.data(), break_at.data(), line.data(), lesson.data(), three.data()};
     CHECK(parse_options(5, broken).error() == no_stepping);
   }
+  SUBCASE("--vcpus: lesson 3's, 2 (the default) to max_vcpus") {
+    std::string lesson = "--lesson", three = "3", vcpus = "--vcpus", one = "1", count = "3", nine = "9";
+    char* plain[] = {prog.data(), lesson.data(), three.data()};
+    CHECK(parse_options(3, plain)->vcpus == 2);
+    char* argv[] = {prog.data(), lesson.data(), three.data(), vcpus.data(), count.data()};
+    CHECK(parse_options(5, argv)->vcpus == 3);
+    const std::string range = "--vcpus wants a whole number from 2 to " + std::to_string(kh::max_vcpus) + ": ";
+    char* too_few[] = {prog.data(), lesson.data(), three.data(), vcpus.data(), one.data()};
+    CHECK(parse_options(5, too_few).error() == range + "1");
+    char* too_many[] = {prog.data(), lesson.data(), three.data(), vcpus.data(), nine.data()};
+    CHECK(parse_options(5, too_many).error() == range + "9");
+    char* lesson1[] = {prog.data(), vcpus.data(), count.data()};
+    CHECK(parse_options(3, lesson1).error() == "--vcpus is lesson 3's: add --lesson 3");
+  }
   SUBCASE("unknown option") {
     char* argv[] = {prog.data(), bad.data()};
     CHECK(parse_options(2, argv).error().find("--bogus") != std::string::npos);
