@@ -2708,7 +2708,7 @@ class VcpuThread {
   ~VcpuThread() {
     if (!state_) return;  // moved from
     request_stop(StopReason::powered_off);
-    static_cast<void>(join());
+    end();  // its result goes with it: join() first to have it
   }
 
   // (None of the members below is for a VcpuThread moved from.)
@@ -2739,20 +2739,25 @@ class VcpuThread {
   // no stop: a vCPU no one stops runs on until its guest or its deadline
   // ends it. Called again, it returns the same result.
   [[nodiscard]] Result<RunStats> join() {
-    detail::VcpuThreadState& s = *state_;
-    if (s.thread.joinable()) {
-      s.body_done.wait(false);
-      s.closed.store(true);
-      while (s.requesting.load() != 0) std::this_thread::yield();  // a kick under way ends first
-      s.thread.join();
-    }
-    return s.result;
+    end();
+    return state_->result;
   }
 
   // The owner of a started thread's state: start_vcpu_thread() makes one.
   explicit VcpuThread(std::unique_ptr<detail::VcpuThreadState> state) noexcept : state_(std::move(state)) {}
 
  private:
+  // Waits for the body to return, then joins the thread, once: no kick
+  // after it (a joined thread's pthread_t names no thread).
+  void end() {
+    detail::VcpuThreadState& s = *state_;
+    if (!s.thread.joinable()) return;
+    s.body_done.wait(false);
+    s.closed.store(true);
+    while (s.requesting.load() != 0) std::this_thread::yield();  // a kick under way ends first
+    s.thread.join();
+  }
+
   std::unique_ptr<detail::VcpuThreadState> state_;
 };
 
