@@ -50,6 +50,7 @@
  *   Step 10 ... Step 15             each step's function, its helpers just above it
  *   Part III: several vCPUs         what the program does for CPU_ON; MPIDR, SGI and PSCI encodings
  *   Step 16 ... Step 18             each step's function, its helpers just above it
+ *   Lesson 3's device               one device for every vCPU's exits: a view and a line buffer each
  *   Appendix: seeing inside         reading registers, single-stepping, breakpoints, the vCPU's statistics
  *
  * HOW TO USE

@@ -351,7 +351,7 @@ int walk_through_lesson2(const Options& options, Guest guest, std::optional<std:
   pause_after(kh::Step::set_boot_registers, options.pause, walk.lesson);
 
   if (const auto timer = walk_timer_irq(walk, *vcpu); !timer) return timer.error();  // step 13
-  if (const auto init = walk_init_vgic(walk, *vgic); !init) return init.error();      // step 12
+  if (const auto init = walk_init_vgic(walk, *vgic); !init) return init.error();     // step 12
 
   out.announce(kh::Step::attach_irqfd);
   const auto irqfd = kh::attach_irqfd(machine->vm, kh::spi_irqfd, walk.trace);
@@ -389,43 +389,10 @@ Told<kh::MpState> walk_mp_state(const Walk& walk, const kh::Vcpu& vcpu, std::str
   walk.out.announce(kh::Step::read_mp_state);
   const auto state = kh::read_mp_state(vcpu.fd, walk.trace);
   if (!state) return std::unexpected(walk.failed(kh::on_vcpu(state.error(), vcpu.id)));
-  walk.out.say(Verbosity::normal, "%s: %s%.*s", vcpu_name(vcpu.id).c_str(), describe_mp_state(*state).c_str(),
+  walk.out.say(Verbosity::normal, "%s: %s%.*s", vcpu_name(vcpu.id).c_str(), describe_power_state(*state).c_str(),
                static_cast<int>(meaning.size()), meaning.data());
   pause_after(kh::Step::read_mp_state, walk.options.pause, walk.lesson);
   return *state;
-}
-
-// What each vCPU's thread is given, and keeps, for lesson 3's run: its
-// name, its own Output (every line starts with the name) and trace, the
-// device's view for it, its reporters.
-struct VcpuRun {
-  std::string name;
-  Output out;
-  Tracer tracer;
-  kh::VcpusDevice::View view;
-  ExitReporter exits;
-  VcpuReporter records;
-  VcpuRun(const Output& walk_out, kh::VcpusDevice& device, const kh::Vcpu& vcpu, std::chrono::steady_clock::time_point t)
-      : name(vcpu_name(vcpu.id)),
-        out(walk_out),
-        tracer(out),
-        view(device.for_vcpu(vcpu.id)),
-        exits(out, vcpus_registers),
-        records(out, device, vcpu, t) {
-    out.vcpu = name;
-  }
-  VcpuRun(const VcpuRun&) = delete;
-  VcpuRun& operator=(const VcpuRun&) = delete;
-};
-
-// The reason to stop the other vCPUs for, once one has ended with `result`:
-// its SYSTEM_OFF, the watchdog's stop or Ctrl-C, as it was stopped itself;
-// after any other failure, a plain stop.
-kh::StopReason stop_reason_after(const kh::Result<kh::RunStats>& result) {
-  if (result) return kh::StopReason::powered_off;
-  if (result.error().problem == kh::Problem::watchdog_expired) return kh::StopReason::deadline;
-  if (result.error().problem == kh::Problem::interrupted) return kh::StopReason::interrupted;
-  return kh::StopReason::powered_off;
 }
 
 // The first KVM_RUN of vCPU 0, here, with kvm_run.immediate_exit set: KVM
@@ -440,8 +407,8 @@ Told<void> walk_ready_vgic(const Walk& walk, kh::Vcpu& vcpu) {
   const auto entered = kh::call(kh::Step::start_vcpu_thread, vcpu.fd, kh::request::run, walk.trace);
   vcpu.run().immediate_exit = 0;
   if (entered || entered.error().err != EINTR) {
-    const kh::Error error = entered ? kh::Error{kh::Step::start_vcpu_thread, kh::Problem::call_failed, "KVM_RUN", 0}
-                                    : entered.error();
+    const kh::Error error =
+        entered ? kh::Error{kh::Step::start_vcpu_thread, kh::Problem::call_failed, "KVM_RUN", 0} : entered.error();
     return std::unexpected(walk.failed(kh::on_vcpu(error, vcpu.id)));
   }
   walk.out.say(Verbosity::normal,
@@ -456,7 +423,7 @@ Told<void> walk_ready_vgic(const Walk& walk, kh::Vcpu& vcpu) {
 // the others stopped: asked, kicked, joined. Returns each vCPU's result, in
 // order.
 Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std::vector<kh::Vcpu>& vcpus,
-                                                          kh::VcpusDevice& device) {
+                                                           kh::VcpusDevice& device) {
   const Output& out = walk.out;
   const auto started = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<VcpuRun>> runs;
@@ -514,10 +481,10 @@ Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std
   }
   for (std::size_t i = 1; i < results.size(); ++i) {
     if (!results[i]) continue;
-    out.say(Verbosity::normal, "%s: asked to stop, kicked (SIGUSR1): its KVM_RUN returned EINTR; its thread joined%s",
-            vcpu_name(vcpus[i].id).c_str(),
-            results[i]->exits == 0 ? ". It made no exit: it never ran, or ran without one (did the guest start it?)"
-                                   : "");
+    out.say(
+        Verbosity::normal, "%s: asked to stop, kicked (SIGUSR1): its KVM_RUN returned EINTR; its thread joined%s",
+        vcpu_name(vcpus[i].id).c_str(),
+        results[i]->exits == 0 ? ". It made no exit: it never ran, or ran without one (did the guest start it?)" : "");
   }
   return results;
 }
@@ -551,13 +518,15 @@ int walk_through_lesson3(const Options& options, Guest guest, const Output& less
   out.announce(kh::Step::set_boot_registers);  // vCPU 0's only
   if (const auto set = walk_boot_registers(walk, vcpus[0]); !set) return set.error();
   if (const auto set = walk_gic_version_for_guest(walk, vcpus[0], vgic->version); !set) return set.error();
-  out.say(Verbosity::normal, "vCPU 1's: none; the guest's CPU_ON gives it its PC and x0, the rest as a reset leaves it");
+  out.say(Verbosity::normal,
+          "vCPU 1's: none; the guest's CPU_ON gives it its PC and x0, the rest as a reset leaves it");
   pause_after(kh::Step::set_boot_registers, options.pause, walk.lesson);
   if (const auto timer = walk_timer_irq(walk, vcpus[0]); !timer) return timer.error();  // step 13
   if (const auto init = walk_init_vgic(walk, *vgic); !init) return init.error();        // step 12
-  for (const kh::Vcpu& vcpu : vcpus) {  // step 16
-    const auto state = walk_mp_state(walk, vcpu, vcpu.id == 0 ? ": it runs when its thread calls KVM_RUN"
-                                                               : ": powered off (POWER_OFF), until CPU_ON");
+  for (const kh::Vcpu& vcpu : vcpus) {                                                  // step 16
+    const auto state = walk_mp_state(
+        walk, vcpu,
+        vcpu.id == 0 ? ": it runs when its thread calls KVM_RUN" : ": powered off (POWER_OFF), until CPU_ON");
     if (!state) return state.error();
   }
 
@@ -574,7 +543,8 @@ int walk_through_lesson3(const Options& options, Guest guest, const Output& less
 
   // The outcome: what each vCPU said and took, and how the run ended.
   for (const kh::Vcpu& vcpu : vcpus) {
-    std::printf("guest output, %s: %s\n", vcpu_name(vcpu.id).c_str(), describe_vcpu_output(device, vcpu.id, out).c_str());
+    std::printf("guest output, %s: %s\n", vcpu_name(vcpu.id).c_str(),
+                describe_vcpu_output(device, vcpu.id, out).c_str());
   }
   for (const kh::Vcpu& vcpu : vcpus) {
     std::printf("interrupts %s took: %s\n", vcpu_name(vcpu.id).c_str(), list_vcpu_intids(device, vcpu.id).c_str());

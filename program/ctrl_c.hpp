@@ -14,8 +14,9 @@
 // Why a handler, not a thread waiting in sigwait(): such a thread needs
 // SIGINT blocked in every thread from the start of the program, and a way to
 // wake it when the run ends; the handler needs neither. In kvm-hello it runs
-// on the vCPU's thread, the main one: the only other thread, a Deadline's,
-// blocks every signal.
+// on the main thread: in lessons 1 and 2 the vCPU's own, in lesson 3 the one
+// that waits for the vCPUs' threads, which block every signal but the kick,
+// as a Deadline's thread blocks every one.
 #pragma once
 
 #include <signal.h>

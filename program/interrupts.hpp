@@ -66,12 +66,13 @@ inline std::vector<std::string> explain_asleep(const kh::Vgic& vgic, const kh::V
     lines.push_back(std::string("Could not read the vCPU's PMR from KVM: ") + std::string(pmr.error().call) +
                     " failed with errno " + std::to_string(pmr.error().err) + ".");
   } else if (*pmr == 0) {
-    lines.push_back(std::string("KVM says this vCPU's PMR is 0 (") + reg +
-                    ", read with KVM_GET_DEVICE_ATTR on the GIC's fd). PMR is 0: no interrupt can be signalled at "
-                    "any priority. An interrupt is signalled only if its priority is lower than PMR "
-                    "(kvm_vgic_vcpu_pending_irq, arch/arm64/kvm/vgic/vgic.c), and no priority is lower than 0. "
-                    "KVM starts PMR at 0: the guest must write it before it waits (lesson2/guest.S and lesson3/guest.S write " +
-                    hex(0xf0) + ", letting priorities 0 to " + hex(0xef) + " through).");
+    lines.push_back(
+        std::string("KVM says this vCPU's PMR is 0 (") + reg +
+        ", read with KVM_GET_DEVICE_ATTR on the GIC's fd). PMR is 0: no interrupt can be signalled at "
+        "any priority. An interrupt is signalled only if its priority is lower than PMR "
+        "(kvm_vgic_vcpu_pending_irq, arch/arm64/kvm/vgic/vgic.c), and no priority is lower than 0. "
+        "KVM starts PMR at 0: the guest must write it before it waits (lesson2/guest.S and lesson3/guest.S write " +
+        hex(0xf0) + ", letting priorities 0 to " + hex(0xef) + " through).");
   } else {
     lines.push_back(std::string("KVM says this vCPU's PMR is ") + hex(*pmr) + " (" + reg +
                     "): interrupts of a priority below it can be signalled, so look at the other conditions above.");

@@ -2,8 +2,8 @@
 // program/vcpus.hpp: what kvm-hello says about lesson 3's vCPUs: after each
 // exit of a vCPU, what lesson 3's device recorded for it (its lines, its
 // interrupts, its PSCI calls and their answers in words), a stack that is
-// another vCPU's; each vCPU's power state; and, after a failed run, every
-// vCPU's registers under its name.
+// another vCPU's; what each vCPU's thread is given (VcpuRun); each vCPU's
+// power state; and, after a failed run, every vCPU's registers under its name.
 #pragma once
 
 #include <chrono>
@@ -20,6 +20,8 @@
 #include "program/interrupts.hpp"
 #include "program/messages.hpp"
 #include "program/output.hpp"
+#include "program/report.hpp"
+#include "program/trace.hpp"
 
 namespace kh = kvm_hello;
 
@@ -32,7 +34,8 @@ inline std::string explain_psci_result(std::uint32_t function, std::int64_t x0, 
   const std::string value = std::to_string(x0);
   const std::string name(kh::psci_result_name(x0));
   if (function == kh::psci::affinity_info64 || function == PSCI_0_2_FN_AFFINITY_INFO) {
-    if (x0 == kh::psci::affinity_off) return value + ": OFF: that vCPU is STOPPED (it called CPU_OFF, or never started)";
+    if (x0 == kh::psci::affinity_off)
+      return value + ": OFF: that vCPU is STOPPED (it called CPU_OFF, or never started)";
     if (x0 == kh::psci::affinity_on) return value + ": ON: that vCPU is not STOPPED";
   }
   const std::string said = value + (name.empty() ? "" : ": " + name);
@@ -124,8 +127,42 @@ class VcpuReporter {
   bool said_stack_ = false;
 };
 
-// "STOPPED (5)": a power state, by name.
-inline std::string describe_mp_state(kh::MpState state) {
+// What each vCPU's thread is given, and keeps, for lesson 3's run: its
+// name, its own Output (every line starts with the name) and trace, the
+// device's view for it, its reporters.
+struct VcpuRun {
+  std::string name;
+  Output out;
+  Tracer tracer;
+  kh::VcpusDevice::View view;
+  ExitReporter exits;
+  VcpuReporter records;
+  VcpuRun(const Output& walk_out, kh::VcpusDevice& device, const kh::Vcpu& vcpu,
+          std::chrono::steady_clock::time_point t)
+      : name(vcpu_name(vcpu.id)),
+        out(walk_out),
+        tracer(out),
+        view(device.for_vcpu(vcpu.id)),
+        exits(out, vcpus_registers),
+        records(out, device, vcpu, t) {
+    out.vcpu = name;
+  }
+  VcpuRun(const VcpuRun&) = delete;
+  VcpuRun& operator=(const VcpuRun&) = delete;
+};
+
+// The reason to stop the other vCPUs for, once one has ended with `result`:
+// its SYSTEM_OFF, the watchdog's stop or Ctrl-C, as it was stopped itself;
+// after any other failure, a plain stop.
+inline kh::StopReason stop_reason_after(const kh::Result<kh::RunStats>& result) {
+  if (result) return kh::StopReason::powered_off;
+  if (result.error().problem == kh::Problem::watchdog_expired) return kh::StopReason::deadline;
+  if (result.error().problem == kh::Problem::interrupted) return kh::StopReason::interrupted;
+  return kh::StopReason::powered_off;
+}
+
+// "STOPPED (5)": a power state, by name (the trace says a call's: describe_mp_state).
+inline std::string describe_power_state(kh::MpState state) {
   const std::string_view name = kh::mp_state_name(state);
   return (name.empty() ? "an unknown state" : std::string(name)) + " (" +
          std::to_string(static_cast<std::uint32_t>(state)) + ")";
@@ -155,8 +192,8 @@ inline std::string list_vcpu_intids(const kh::VcpusDevice& device, std::uint32_t
 // and what they say (lesson 1's and 2's words for a stuck guest, its PMR
 // when it waits in WFI), every line under the vCPU's name; then the error's
 // line, which names the vCPU it happened on. Returns its exit status.
-inline int fail_vcpus(const kh::Error& error, const Output& out, std::string_view device, std::span<const kh::Vcpu> vcpus,
-                      const kh::Vgic& vgic, const GuestView& guest) {
+inline int fail_vcpus(const kh::Error& error, const Output& out, std::string_view device,
+                      std::span<const kh::Vcpu> vcpus, const kh::Vgic& vgic, const GuestView& guest) {
   std::fflush(stdout);
   bool shown = false;
   for (const kh::Vcpu& vcpu : vcpus) {
@@ -168,8 +205,8 @@ inline int fail_vcpus(const kh::Error& error, const Output& out, std::string_vie
     named.vcpu = name;
     std::string text = "registers (read with KVM_GET_ONE_REG, not traced):\n" + format_registers(*regs);
     std::vector<std::string> lines = diagnose(error, *regs, guest);
-    if (waits_in_wfi_at(*regs, guest) != 0 && (error.problem == kh::Problem::watchdog_expired ||
-                                                error.problem == kh::Problem::interrupted)) {
+    if (waits_in_wfi_at(*regs, guest) != 0 &&
+        (error.problem == kh::Problem::watchdog_expired || error.problem == kh::Problem::interrupted)) {
       for (std::string& line : explain_asleep(vgic, vcpu)) lines.push_back(std::move(line));
     }
     for (const std::string& line : lines) text += "      " + line + "\n";

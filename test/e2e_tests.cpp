@@ -1617,7 +1617,7 @@ TEST_CASE("no fd and no mapping is left open after a run, or after any error") {
 TEST_CASE("the sanitized build (ASan, LeakSanitizer, UBSan) runs clean, on the good path and the bad ones") {
   const std::string sanitized = program_path + "-sanitized";
   REQUIRE_MESSAGE(access(sanitized.c_str(), X_OK) == 0, sanitized << " is missing");
-  // Five runs that between them reach most of the code (each sanitized start
+  // Seven runs that between them reach most of the code (each sanitized start
   // takes seconds under emulation): every trace level, the stepper past its
   // limit and at a breakpoint; a hardware breakpoint, stepped over; a stuck
   // guest through the watchdog, the dump and its diagnosis; a failed KVM_RUN
@@ -1628,6 +1628,10 @@ TEST_CASE("the sanitized build (ASan, LeakSanitizer, UBSan) runs clean, on the g
       {{"--break-at", "guest.S:28"}, 0},
       {{"--guest", guest_binaries + "/undefined.bin", "--timeout", "1"}, 24},
       {{"--guest", guest_binaries + "/stp_mmio.bin"}, 20},
+      // Lesson 3's threads: two vCPUs and their device, the stop after SYSTEM_OFF; and both stopped by the
+      // watchdog, each one's registers read after the joins.
+      {{"--lesson", "3", "-v"}, 0},
+      {{"--lesson", "3", "--guest", guest_binaries + "/lesson3_sgi_no_cpu_interface.bin", "--timeout", "2"}, 24},
   };
   for (const auto& [args, status] : runs) {
     const Outcome run = run_program(args, How{.program = sanitized});

@@ -148,16 +148,19 @@ check_equal "GUEST=nope.S: one line naming it, and what to do" "$out" \
 check_equal "... and make fails" "$([ "$status" != 0 ] && echo failed)" failed
 check "GUEST=test: a folder" "$(mk trace GUEST=test)" "GUEST=test: it is a folder"
 
-# LESSON=: 2 gives kvm-hello --lesson 2, for run, trace and gdb, with GUEST= and ARGS= after it; 1 is the
+# LESSON=: 2 (or 3) gives kvm-hello --lesson 2 (3), for run, trace and gdb, with GUEST= and ARGS= after it; 1 is the
 # default and adds nothing; another stops make in one line.
 check "LESSON=2: make run gives kvm-hello --lesson 2" "$(mk -n run LESSON=2)" "--lesson 2 "
 check "LESSON=2 with GUEST= and ARGS=: the lesson, the guest, the options" \
   "$(mk -n gdb LESSON=2 GUEST="$b_relative" ARGS=-v)" "--lesson 2 --guest build/your-guest/own.bin"
 check "... and make trace LESSON=2 steps lesson 2's guest" "$(mk -n trace LESSON=2)" "--lesson 2  --step-guest"
 check_lacks "LESSON=1, the default: no --lesson" "$(mk -n run LESSON=1)" "--lesson"
-out=$(mk run LESSON=3)
-check "LESSON=3: one line, and what to do" "$out" \
-  "*** LESSON=3: kvm-hello has lessons 1 and 2; for example make run LESSON=2.  Stop."
+check "LESSON=3: make run gives kvm-hello --lesson 3" "$(mk -n run LESSON=3)" "--lesson 3 "
+check "LESSON=3 with GUEST= and ARGS=: the lesson, the guest, the options" \
+  "$(mk -n gdb LESSON=3 GUEST="$b_relative" ARGS=-v)" "--lesson 3 --guest build/your-guest/own.bin"
+out=$(mk run LESSON=4)
+check "LESSON=4: one line, and what to do" "$out" \
+  "*** LESSON=4: kvm-hello has lessons 1, 2 and 3; for example make run LESSON=2.  Stop."
 
 # A guest with no instructions at all: kvm-hello's message and status, not
 # objcopy's; make names the target that ran it, and the status in words.

@@ -27,6 +27,7 @@
 #include "program/report.hpp"
 #include "program/stepper.hpp"
 #include "program/trace.hpp"
+#include "program/vcpus.hpp"
 #include "test/fuzz_exits.hpp"
 
 namespace kh = kvm_hello;
@@ -1271,4 +1272,18 @@ TEST_CASE("lesson 3's program mistakes, in words: a vCPU no thread ran, a thread
   CHECK(left.starts_with("vCPU 1 was still in KVM_RUN when its watchdog stopped it, after vCPU 0 had powered the "
                          "machine off"));
   CHECK(left.find("stop_vcpus (step 18)") != std::string::npos);
+}
+
+TEST_CASE("lesson 3: a PSCI call's x0 in words: CPU_ON's SUCCESS, INVALID_PARAMETERS, ALREADY_ON; AFFINITY_INFO's ON, OFF") {
+  CHECK(explain_psci_result(kh::psci::cpu_on64, 0, 2).starts_with("0: SUCCESS: KVM found the vCPU of that MPIDR STOPPED"));
+  const std::string nobody = explain_psci_result(kh::psci::cpu_on64, -2, 2);
+  CHECK(nobody.starts_with("-2: INVALID_PARAMETERS: no vCPU of this VM has the MPIDR"));
+  CHECK(nobody.find("vCPUs 0 to 1") != std::string::npos);
+  CHECK(explain_psci_result(kh::psci::cpu_on64, -4, 2).starts_with("-4: ALREADY_ON: that vCPU is not STOPPED"));
+  CHECK(explain_psci_result(kh::psci::affinity_info64, 1, 2).starts_with("1: OFF: that vCPU is STOPPED"));
+  CHECK(explain_psci_result(kh::psci::affinity_info64, 0, 2).starts_with("0: ON"));
+  CHECK(explain_psci_result(kh::psci::cpu_off, -3, 2) == "-3: DENIED");
+  CHECK(explain_psci_result(kh::psci::cpu_off, 12345, 2) == "12345");
+  CHECK(describe_power_state(kh::MpState::stopped) == "STOPPED (5)");
+  CHECK(vcpu_name(1) == "vCPU 1");
 }

@@ -1289,3 +1289,98 @@ TEST_CASE("wait_for_first_to_end: the index of a body that returned, at once if 
   const auto results = kh::stop_vcpus(threads, kh::StopReason::powered_off);
   CHECK(results[0]);
 }
+
+// ==== Lesson 3's device ======================================================
+
+namespace {
+// A guest's write of `value`, `length` bytes, to `address`.
+kh::MmioAccess guest_write(std::uint64_t address, std::uint64_t value, std::uint32_t length) {
+  kh::MmioAccess access{address, *kh::AccessLength::checked(length), true, {}};
+  std::memcpy(access.data.data(), &value, length);
+  return access;
+}
+void write_text(kh::VcpusDevice::View view, std::string_view text) {
+  for (const char c : text) {
+    auto access = guest_write(kh::mmio_out, static_cast<unsigned char>(c), 1);
+    view.handle(access);
+  }
+}
+}  // namespace
+
+TEST_CASE("VcpusDevice: each vCPU's bytes make its own lines, whatever the other writes between them") {
+  kh::VcpusDevice device(2);
+  const auto zero = device.for_vcpu(0), one = device.for_vcpu(1);
+  for (const char* part : {"he", "llo 0\n"}) {  // byte by byte, the two vCPUs' writes between each other's
+    write_text(zero, part);
+    write_text(one, part == std::string_view("he") ? "hel" : "lo 1\n");
+  }
+  write_text(one, "no end");
+  const auto zeros = device.records(0), ones = device.records(1);
+  REQUIRE(zeros.size() == 1);
+  REQUIRE(ones.size() == 1);
+  CHECK(zeros[0].kind == kh::VcpuRecord::Kind::line);
+  CHECK(zeros[0].vcpu == 0);
+  CHECK(zeros[0].text == "hello 0");
+  CHECK(ones[0].vcpu == 1);
+  CHECK(ones[0].text == "hello 1");
+  CHECK(device.unfinished_line(1) == "no end");
+  CHECK(device.unfinished_line(0).empty());
+  CHECK(device.records(1, 1).empty());  // from the second on: none yet
+}
+
+TEST_CASE("VcpusDevice: IRQ is an INTID taken; PSCI_CALL then PSCI_RESULT one call; a result alone, nothing") {
+  kh::VcpusDevice device(2);
+  auto view = device.for_vcpu(1);
+  auto lone_result = guest_write(kh::mmio_psci_result, 7, 8);
+  view.handle(lone_result);
+  CHECK(device.records(1).empty());
+  auto irq = guest_write(kh::mmio_irq, kh::sgi_intid, 4);
+  auto call = guest_write(kh::mmio_psci_call, kh::psci::cpu_on64, 4);
+  auto result = guest_write(kh::mmio_psci_result, static_cast<std::uint64_t>(kh::psci::already_on), 8);
+  for (kh::MmioAccess* access : {&irq, &call, &result}) view.handle(*access);
+  const auto records = device.records(1);
+  REQUIRE(records.size() == 2);
+  CHECK(records[0].kind == kh::VcpuRecord::Kind::took);
+  CHECK(records[0].value == kh::sgi_intid);
+  CHECK(records[1].kind == kh::VcpuRecord::Kind::psci);
+  CHECK(records[1].value == kh::psci::cpu_on64);
+  CHECK(records[1].result == kh::psci::already_on);  // -4, sign and all, from 8 bytes
+  CHECK(device.records(0).empty());  // vCPU 0 wrote nothing
+  kh::MmioAccess read{kh::mmio_answer, 4, false, {}};
+  view.handle(read);
+  std::uint32_t answer = 0;
+  std::memcpy(&answer, read.data.data(), sizeof answer);
+  CHECK(answer == kh::host_answer);  // reads are HelloDevice's
+}
+
+TEST_CASE("VcpusDevice: a guest that floods it keeps record_limit records, and a line of line_limit bytes") {
+  kh::VcpusDevice device(1);
+  auto view = device.for_vcpu(0);
+  for (std::size_t i = 0; i < kh::VcpusDevice::record_limit + 10; ++i) {
+    auto irq = guest_write(kh::mmio_irq, 27, 4);
+    view.handle(irq);
+  }
+  CHECK(device.records(0).size() == kh::VcpusDevice::record_limit);
+  write_text(view, std::string(kh::VcpusDevice::line_limit + 100, 'x'));
+  CHECK(device.unfinished_line(0).size() == kh::VcpusDevice::line_limit);
+}
+
+TEST_CASE("VcpusDevice: two threads writing at once, each to its own view: every line whole, every record kept") {
+  kh::VcpusDevice device(2);
+  constexpr int lines = 50;
+  const auto writer = [&](std::uint32_t id) {
+    const auto view = device.for_vcpu(id);
+    for (int n = 0; n < lines; ++n) write_text(view, "line " + std::to_string(n) + " of vCPU " + std::to_string(id) + "\n");
+  };
+  std::thread a(writer, 0), b(writer, 1);
+  a.join();
+  b.join();
+  for (std::uint32_t id = 0; id < 2; ++id) {
+    const auto records = device.records(id);
+    REQUIRE(records.size() == lines);
+    for (int n = 0; n < lines; ++n) {
+      CHECK(records[static_cast<std::size_t>(n)].text ==
+            "line " + std::to_string(n) + " of vCPU " + std::to_string(id));
+    }
+  }
+}
