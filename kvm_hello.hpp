@@ -2683,13 +2683,13 @@ template <VcpuBody Body>
 void run_vcpu_thread(VcpuThreadState& s, Vcpu& vcpu, Body& body, std::chrono::milliseconds time_limit) {
   name_this_thread(s.vcpu_id);
   unblock_kick();
-  s.stopper.emplace(vcpu.run());
+  VcpuStopper& stopper = s.stopper.emplace(vcpu.run());
   s.published.store(true);
-  if (const StopReason asked = s.asked.load(); asked != StopReason::none) s.stopper->request(asked);
+  if (const StopReason asked = s.asked.load(); asked != StopReason::none) stopper.request(asked);
   s.result = [&]() -> Result<RunStats> {
-    const Deadline deadline(*s.stopper, time_limit);
+    const Deadline deadline(stopper, time_limit);
     if (const auto started = deadline.status(); !started) return std::unexpected(started.error());
-    return body(vcpu, std::as_const(*s.stopper));
+    return body(vcpu, std::as_const(stopper));
   }();
   if (!s.result && !s.result.error().vcpu) s.result = std::unexpected(on_vcpu(s.result.error(), s.vcpu_id));
   s.body_done.store(true);
@@ -2726,7 +2726,8 @@ class VcpuThread {
       StopReason now = s.asked.load();
       while (now < why && !s.asked.compare_exchange_weak(now, why)) {
       }
-      if (s.published.load()) s.stopper->request(why);  // else the thread sees `asked` once it publishes
+      // Published: made before, so engaged. Else the thread sees `asked` once it publishes.
+      if (s.published.load() && s.stopper.has_value()) s.stopper->request(why);
     }
     s.requesting.fetch_sub(1);
   }

@@ -1257,9 +1257,9 @@ TEST_CASE("lesson 3's errors: steps 16 to 18 have their status; each message nam
   CHECK(status_for({Step::start_vcpu_thread, Problem::call_failed, "pthread_create", EPERM}) == Status::vcpu_threads);
   CHECK(status_for({Step::stop_vcpus, Problem::call_failed, "pthread_kill", ESRCH}) == Status::vcpu_threads);
   // A vCPU's watchdog is the watchdog's status whichever vCPU it stopped; the message says which.
-  const kh::Error watchdog = kh::on_vcpu({Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR, 1000}, 1);
-  CHECK(status_for(watchdog) == Status::watchdog);
-  CHECK(failure_for(watchdog, "/dev/kvm").message.starts_with("step 9 (run_guest), vCPU 1: the guest did not power"));
+  const kh::Error vcpu_watchdog = kh::on_vcpu({Step::run_guest, Problem::watchdog_expired, "KVM_RUN", EINTR, 1000}, 1);
+  CHECK(status_for(vcpu_watchdog) == Status::watchdog);
+  CHECK(failure_for(vcpu_watchdog, "/dev/kvm").message.starts_with("step 9 (run_guest), vCPU 1: the guest did not power"));
 }
 
 TEST_CASE("lesson 3's program mistakes, in words: a vCPU no thread ran, a thread left in KVM_RUN") {
