@@ -62,6 +62,7 @@ UNIT_SANITIZED    := $(BUILD)/unit-tests-sanitized
 UNIT_ARM64        := $(BUILD)/unit-tests-arm64
 E2E               := $(BUILD)/e2e-tests
 LIBRARY_USER      := $(BUILD)/two-vms-two-threads
+TSAN_PROGRAM      := $(BUILD)/vcpu-threads-tsan
 FUZZER            := $(BUILD)/fuzz-exits
 PACKAGES_OK       := $(BUILD)/.packages-ok
 TEST_LOGS         := $(BUILD)/test-logs
@@ -134,7 +135,7 @@ ifeq ($(KVM_HELLO_MACHINE),native)
   GDB_STARTS        := run
   RUN_NEEDS         := $(PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
   GDB_NEEDS         := $(DEBUG_PROGRAM) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
-  E2E_NEEDS         := $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM) $(LIBRARY_USER)
+  E2E_NEEDS         := $(E2E) $(PROGRAM) $(SANITIZED_PROGRAM) $(DEBUG_PROGRAM) $(LIBRARY_USER) $(TSAN_PROGRAM)
   SUITE_WHERE       :=
 else
   # The programs the emulated machine runs are linked statically: its
@@ -501,6 +502,12 @@ $(E2E): $(EXERCISES) test/e2e_tests.cpp $(HEADERS) $(BUILD)/guest_image.h $(BUIL
 $(LIBRARY_USER): test/two_vms_two_threads.cpp $(HEADERS) $(BUILD)/test_guests.h
 	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -I. -I$(BUILD) $(ARM64_LINK) -o $@ $<
 
+# Lesson 3's vCPU threads under ThreadSanitizer: e2e_tests.cpp runs it. Its
+# runtime is linked in (-static-libtsan); the C and C++ libraries are the
+# shared ones the sanitized kvm-hello uses too.
+$(TSAN_PROGRAM): test/vcpu_threads.cpp $(HEADERS) $(BUILD)/test_guests.h
+	$(ARM64_CXX) $(CXXSTD) -O1 -g $(WARNINGS) -fsanitize=thread -static-libtsan -I. -I$(BUILD) -o $@ $<
+
 # ==== The emulated machine's initramfs: /init and the programs it runs ======
 # Stripped copies: the initramfs is smaller and boots faster; build/ keeps the
 # binaries with their debug information.
@@ -533,7 +540,7 @@ $(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
 	$(call make-initramfs,$(DEBUG_PROGRAM))
 
-$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(LIBRARY_USER) $(GOLDEN) $(TEST_GUESTS) \
+$(BUILD)/test.cpio: $(BUILD)/vm-init $(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(LIBRARY_USER) $(TSAN_PROGRAM) $(GOLDEN) $(TEST_GUESTS) \
   $(EXERCISES) $(TEST_GUESTS:.bin=.lines) $(if $(CROSS),$(SANITIZER_RUNTIME)/.done)
-	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(LIBRARY_USER),test/golden:golden $(BUILD)/test/guests:guests \
+	$(call make-initramfs,$(PROGRAM) $(E2E) $(SANITIZED_PROGRAM) $(LIBRARY_USER) $(TSAN_PROGRAM),test/golden:golden $(BUILD)/test/guests:guests \
 	  test/guests:guest-sources $(BUILD)/test/exercises:exercises test/exercises:exercise-sources,$(ARM64_LIBS))

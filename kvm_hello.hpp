@@ -2169,9 +2169,10 @@ static_assert(map_holds(GicVersion::v3), "memory_map: GICD holds a GICv3's 64 Ki
 constexpr std::uint32_t irq_line_spi(std::uint32_t intid) {
   return (std::uint32_t{KVM_ARM_IRQ_TYPE_SPI} << KVM_ARM_IRQ_TYPE_SHIFT) | (intid & KVM_ARM_IRQ_NUM_MASK);
 }
-// KVM_IRQ_LINE's irq for a PPI of one vCPU (its id: Linux 6.1 reads the
-// field as the vCPU's index, kvm_get_vcpu(); 6.12 and 7.2 as its id,
-// kvm_get_vcpu_by_id(); the same when ids are 0, 1, 2, ...).
+// KVM_IRQ_LINE's irq for a PPI of one vCPU (its id: 6.12 and 7.2 read the
+// field as the vCPU's id, kvm_get_vcpu_by_id(); Linux 6.1 as its index,
+// kvm_get_vcpu(), and then that vCPU's id as an index again: Part III says
+// more. The same when ids are 0, 1, 2, ... in the order they were made).
 constexpr std::uint32_t irq_line_ppi(std::uint32_t vcpu, std::uint32_t intid) {
   return (((vcpu >> 8) & KVM_ARM_IRQ_VCPU2_MASK) << KVM_ARM_IRQ_VCPU2_SHIFT) |
          (std::uint32_t{KVM_ARM_IRQ_TYPE_PPI} << KVM_ARM_IRQ_TYPE_SHIFT) |
@@ -2420,10 +2421,15 @@ static_assert(MmioDevice<InterruptDevice>);
 //     for every vCPU (kvm->arch.vcpu_features, __kvm_vcpu_set_target and
 //     kvm_vcpu_init_changed, arm.c): a vCPU that asks for others than the
 //     first did gets EINVAL.
-//   - KVM_IRQ_LINE's vCPU field (step 15's picture): 6.1 reads it as the
-//     vCPU's index, the order of KVM_CREATE_VCPU (kvm_get_vcpu in
-//     kvm_vm_ioctl_irq_line, arm.c); 6.12 and 7.2 as its id
-//     (kvm_get_vcpu_by_id). The same while ids are 0, 1, 2...
+//   - KVM_IRQ_LINE's vCPU field, for a PPI (step 15's picture): 6.12 and
+//     7.2 read it as the vCPU's id (kvm_get_vcpu_by_id in
+//     kvm_vm_ioctl_irq_line, arm.c). 6.1 reads it as the vCPU's index, the
+//     order of KVM_CREATE_VCPU (kvm_get_vcpu), then hands that vCPU's id
+//     to kvm_vgic_inject_irq (vgic/vgic.c), which takes it for an index
+//     again: with vCPUs 0 and 2, field 1 finds vCPU 2 and then no vCPU of
+//     index 2, field 2 no index 2 at all (EINVAL both); 6.1 reaches a vCPU
+//     only where its id is its index. The same everywhere while the ids
+//     are 0, 1, 2... in the order they were made, as lesson 3's are.
 
 // ---- Every vCPU's number, for PSCI and for the GIC ---------------------------
 //
@@ -2518,7 +2524,9 @@ static_assert(cpu_off == 0x84000002 && cpu_on64 == 0xC4000003 && affinity_info64
               system_off == 0x84000008);
 
 // What AFFINITY_INFO answers (kvm_psci_vcpu_affinity_info, psci.c: OFF
-// while the vCPU is STOPPED, ON else; KVM never answers ON_PENDING).
+// while the vCPU is STOPPED, ON else, INVALID_PARAMETERS for an MPIDR no
+// vCPU has; x2, the lowest affinity level, 0 for one CPU). KVM never
+// answers ON_PENDING: CPU_ON makes the vCPU RUNNABLE at once.
 inline constexpr std::int64_t affinity_on = PSCI_0_2_AFFINITY_LEVEL_ON;
 inline constexpr std::int64_t affinity_off = PSCI_0_2_AFFINITY_LEVEL_OFF;
 inline constexpr std::int64_t affinity_on_pending = PSCI_0_2_AFFINITY_LEVEL_ON_PENDING;
@@ -2700,7 +2708,7 @@ class VcpuThread {
   ~VcpuThread() {
     if (!state_) return;  // moved from
     request_stop(StopReason::powered_off);
-    static_cast<void>(join());
+    end();  // its result goes with it: join() first to have it
   }
 
   // (None of the members below is for a VcpuThread moved from.)
@@ -2731,20 +2739,25 @@ class VcpuThread {
   // no stop: a vCPU no one stops runs on until its guest or its deadline
   // ends it. Called again, it returns the same result.
   [[nodiscard]] Result<RunStats> join() {
-    detail::VcpuThreadState& s = *state_;
-    if (s.thread.joinable()) {
-      s.body_done.wait(false);
-      s.closed.store(true);
-      while (s.requesting.load() != 0) std::this_thread::yield();  // a kick under way ends first
-      s.thread.join();
-    }
-    return s.result;
+    end();
+    return state_->result;
   }
 
   // The owner of a started thread's state: start_vcpu_thread() makes one.
   explicit VcpuThread(std::unique_ptr<detail::VcpuThreadState> state) noexcept : state_(std::move(state)) {}
 
  private:
+  // Waits for the body to return, then joins the thread, once: no kick
+  // after it (a joined thread's pthread_t names no thread).
+  void end() {
+    detail::VcpuThreadState& s = *state_;
+    if (!s.thread.joinable()) return;
+    s.body_done.wait(false);
+    s.closed.store(true);
+    while (s.requesting.load() != 0) std::this_thread::yield();  // a kick under way ends first
+    s.thread.join();
+  }
+
   std::unique_ptr<detail::VcpuThreadState> state_;
 };
 

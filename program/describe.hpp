@@ -431,3 +431,28 @@ inline std::string describe_psci(std::uint64_t version, KernelVersion kernel) {
                                 : ", called with hvc only: before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)";
   return text;
 }
+
+// ---- Lesson 3: what this kernel does with several vCPUs --------------------
+//
+// The kernels this project is tested on differ (kvm_hello.hpp's Part III
+// says where in the source): Linux 6.1 on one side, 6.12 and 7.2 on the
+// other. The change came in between; a kernel of those versions is named here
+// as 6.12 is.
+
+// How this kernel's KVM_ARM_VCPU_INIT treats POWER_OFF and the other
+// features of a vCPU after the first.
+inline std::string describe_init_features(KernelVersion kernel) {
+  if (kernel.at_least(6, 12)) {
+    return "POWER_OFF holds for this INIT only (kvm_arch_vcpu_ioctl_vcpu_init clears it), and every vCPU must ask "
+           "for the first one's other features (EINVAL else: kvm_vcpu_init_changed)";
+  }
+  return "POWER_OFF stays among this vCPU's features (kvm_vcpu_set_target): an INIT again must ask for it again "
+         "(EINVAL else); on Linux before 6.12 each vCPU's features are its own";
+}
+
+// What this kernel's KVM_IRQ_LINE takes a PPI's vCPU field for.
+inline std::string describe_irq_line_vcpu(KernelVersion kernel) {
+  if (kernel.at_least(6, 12)) return "KVM_IRQ_LINE's vCPU field is the vCPU's id (kvm_get_vcpu_by_id)";
+  return "KVM_IRQ_LINE's vCPU field is the vCPU's index, and that vCPU's id an index again (kvm_get_vcpu, twice): "
+         "on Linux before 6.12 a PPI reaches only a vCPU whose id is its index";
+}

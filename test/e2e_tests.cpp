@@ -27,6 +27,7 @@
 #include <set>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -41,6 +42,7 @@
 #include "program/describe.hpp"
 #include "program/inspect.hpp"
 #include "program/kernel_version.hpp"
+#include "program/messages.hpp"
 #include "program/replay.hpp"
 #include "test_guests.h"  // spin_bin[], reset_bin[], stp_mmio_bin[]: from test/guests/*.S
 
@@ -2047,6 +2049,265 @@ TEST_CASE("PSCI for the guest: version 1.1 before Linux 6.13, 1.3 from it; smc a
       (linux_version.at_least(6, 4) ? ", called with hvc or smc #0"
                                     : ", called with hvc only: before Linux 6.4 an smc returns -1 (NOT_SUPPORTED)");
   CHECK_MESSAGE(run.out.find("      " + line + "\n") != std::string::npos, "no line: " << line << "\n" << run.out);
+}
+
+// ==== Lesson 3: several vCPUs, against this kernel =============================
+//
+// Part III of kvm_hello.hpp on real KVM: a VM of two vCPUs made as lesson 3
+// makes it (every vCPU before init_vgic, the second powered off, the first's
+// registers only), test/guests/two_vcpus.S run on a thread per vCPU, and the
+// program's mistakes (a vCPU with no thread, a thread never kicked), each
+// bounded by a deadline so that no test can hang. Then the kernel
+// differences, each asserted as the running kernel has it.
+
+namespace {
+
+// Steps 1-5, 10, 11, then 6 and 7 for each id (the first as it boots, the
+// others powered off: other_vcpu_features), 8 for the first, and 12.
+struct VcpusVm {
+  kh::KvmFd kvm;
+  kh::VmFd vm;
+  kh::GuestMemory memory;
+  kh::Vgic vgic{};
+  std::vector<kh::Vcpu> vcpus;
+};
+
+VcpusVm build_vcpus_vm(std::span<const std::uint8_t> guest, std::initializer_list<std::uint32_t> ids = {0, 1}) {
+  VcpusVm m;
+  auto kvm = kh::open_kvm();
+  REQUIRE(kvm);
+  m.kvm = std::move(*kvm);
+  auto vm = kh::create_vm(m.kvm, kh::vm_type_for(kh::check_capabilities(m.kvm)->ipa_limit).value());
+  REQUIRE(vm);
+  m.vm = std::move(*vm);
+  auto memory = kh::setup_guest_memory(m.vm, guest);
+  REQUIRE(memory);
+  m.memory = std::move(*memory);
+  const auto version = kh::probe_vgic(m.vm);
+  REQUIRE(version);
+  auto vgic = kh::create_vgic(m.vm, *version);
+  REQUIRE(vgic);
+  m.vgic = std::move(*vgic);
+  for (const std::uint32_t id : ids) {
+    auto vcpu = kh::create_vcpu(m.kvm, m.vm, id);
+    REQUIRE(vcpu);
+    const bool first = m.vcpus.empty();
+    REQUIRE(kh::init_vcpu(m.vm, vcpu->fd, first ? kh::first_vcpu_features : kh::other_vcpu_features));
+    if (first) REQUIRE(kh::set_boot_registers(vcpu->fd));
+    m.vcpus.push_back(std::move(*vcpu));
+  }
+  REQUIRE(kh::init_vgic(m.vgic));
+  return m;
+}
+
+// One device for every vCPU, locked: each vCPU's OUT bytes apart.
+class OutputByVcpu {
+ public:
+  class View {  // what one vCPU's run_guest() sees: the device, and which vCPU it is
+   public:
+    View(OutputByVcpu& device, std::uint32_t id) : device_(device), id_(id) {}
+    void handle(kh::MmioAccess& access) {
+      const std::scoped_lock lock(device_.mutex_);
+      if (access.is_write && access.address == kh::mmio_out) device_.text_[id_].push_back(static_cast<char>(access.data[0]));
+      if (!access.is_write) access.data = {};
+    }
+
+   private:
+    OutputByVcpu& device_;
+    std::uint32_t id_;
+  };
+  std::string of(std::uint32_t id) {
+    const std::scoped_lock lock(mutex_);
+    return text_[id];
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<std::uint32_t, std::string> text_;
+};
+
+// Starts vCPU `vcpu`'s thread: run_guest() with `device`'s view for it, and a deadline of `limit`.
+kh::VcpuThread start_thread(kh::Vcpu& vcpu, OutputByVcpu& device, std::chrono::milliseconds limit) {
+  auto thread = kh::start_vcpu_thread(
+      vcpu,
+      [&device](kh::Vcpu& v, const kh::VcpuStopper& stopper) {
+        OutputByVcpu::View view(device, v.id);
+        return kh::run_guest(v, stopper, view, [](const kh::Exit&) {});
+      },
+      limit);
+  REQUIRE(thread);
+  return std::move(*thread);
+}
+
+kh::MpState mp_state_of(const kh::Vcpu& vcpu) { return kh::read_mp_state(vcpu.fd).value(); }
+std::uint64_t x_of(const kh::Vcpu& vcpu, std::size_t n) {
+  return kh::get_register(kh::Step::run_guest, vcpu.fd, kh::reg::x_registers[n]).value();
+}
+
+std::string kernel_name() {
+  return "Linux " + std::to_string(running_kernel().major) + "." + std::to_string(running_kernel().minor);
+}
+
+constexpr std::uint64_t two_vcpus_context = 0x5ec0d;  // two_vcpus.S's x3 for CPU_ON
+
+}  // namespace
+
+TEST_CASE("lesson 3 in-process: vCPU 1 STOPPED until CPU_ON, starts at its entry with x0 = the context; after "
+          "SYSTEM_OFF stop_vcpus kicks it out of KVM_RUN, and both are STOPPED") {
+  VcpusVm m = build_vcpus_vm(image(two_vcpus_bin, two_vcpus_bin_len));
+  INFO(kernel_name());
+  CHECK(mp_state_of(m.vcpus[0]) == kh::MpState::runnable);
+  CHECK(mp_state_of(m.vcpus[1]) == kh::MpState::stopped);  // KVM_ARM_VCPU_POWER_OFF
+  OutputByVcpu device;
+  std::vector<kh::VcpuThread> threads;
+  for (kh::Vcpu& vcpu : m.vcpus) threads.push_back(start_thread(vcpu, device, std::chrono::seconds(30)));
+  CHECK(kh::wait_for_first_to_end(threads) == 0);  // vCPU 0's SYSTEM_OFF; vCPU 1 sleeps in KVM after CPU_OFF
+  CHECK_FALSE(threads[1].finished());
+  const auto start = std::chrono::steady_clock::now();
+  const auto results = kh::stop_vcpus(threads, kh::StopReason::powered_off);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));  // the kick, not the 30 s deadline
+  REQUIRE(results.size() == 2);
+  REQUIRE(results[0]);
+  CHECK(results[0]->exits_by_reason[KVM_EXIT_SYSTEM_EVENT] == 1);
+  REQUIRE(results[1]);  // stopped for powered_off: a clean end
+  CHECK(results[1]->exits_by_reason[KVM_EXIT_SYSTEM_EVENT] == 0);  // CPU_OFF and SYSTEM_OFF never came to us
+  CHECK(device.of(1) == "1\n");
+  CHECK(device.of(0) == "0\n");
+  CHECK(x_of(m.vcpus[0], 19) == static_cast<std::uint64_t>(kh::psci::success));
+  CHECK(x_of(m.vcpus[0], 20) == two_vcpus_context);  // what vCPU 1 found in x0
+  CHECK(mp_state_of(m.vcpus[0]) == kh::MpState::stopped);  // SYSTEM_OFF stopped every vCPU
+  CHECK(mp_state_of(m.vcpus[1]) == kh::MpState::stopped);
+}
+
+TEST_CASE("lesson 3's mistake: vCPU 1 never kicked after SYSTEM_OFF stays in KVM_RUN; its deadline ends it, naming it") {
+  VcpusVm m = build_vcpus_vm(image(two_vcpus_bin, two_vcpus_bin_len));
+  OutputByVcpu device;
+  std::vector<kh::VcpuThread> threads;
+  threads.push_back(start_thread(m.vcpus[0], device, std::chrono::seconds(30)));
+  threads.push_back(start_thread(m.vcpus[1], device, std::chrono::milliseconds(1500)));
+  REQUIRE(threads[0].join());  // vCPU 0 powered the machine off
+  CHECK(device.of(1) == "1\n");
+  const auto start = std::chrono::steady_clock::now();
+  const auto left = threads[1].join();  // the mistake: joined with no request and no kick
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(20));
+  REQUIRE_FALSE(left);
+  CHECK(left.error().problem == kh::Problem::watchdog_expired);
+  REQUIRE(left.error().vcpu);
+  CHECK(*left.error().vcpu == 1);
+  CHECK(failure_for(left.error(), "/dev/kvm").message.starts_with("step 9 (run_guest), vCPU 1: "));
+  CHECK(mp_state_of(m.vcpus[1]) == kh::MpState::stopped);  // asleep in KVM, as SYSTEM_OFF left it
+  CHECK(explain_left_in_kvm_run(*left.error().vcpu, 0).starts_with("vCPU 1 was still in KVM_RUN"));
+}
+
+TEST_CASE("lesson 3's mistake: vCPU 1 with no thread never runs, though CPU_ON said SUCCESS; vCPU 0 waits until its "
+          "deadline") {
+  VcpusVm m = build_vcpus_vm(image(two_vcpus_bin, two_vcpus_bin_len));
+  OutputByVcpu device;
+  kh::VcpuThread only = start_thread(m.vcpus[0], device, std::chrono::milliseconds(1500));
+  const auto waited = only.join();
+  REQUIRE_FALSE(waited);
+  CHECK(waited.error().problem == kh::Problem::watchdog_expired);
+  CHECK(*waited.error().vcpu == 0);
+  CHECK(x_of(m.vcpus[0], 19) == static_cast<std::uint64_t>(kh::psci::success));  // CPU_ON worked, in KVM
+  CHECK(x_of(m.vcpus[0], 20) == 0);                                               // vCPU 1 never stored its x0
+  const kh::MpState state = mp_state_of(m.vcpus[1]);
+  CHECK(state == kh::MpState::runnable);  // started by CPU_ON, run by no one
+  CHECK(device.of(1).empty());
+  CHECK(explain_vcpu_without_thread(1, state).starts_with("vCPU 1 is RUNNABLE (the guest's CPU_ON started it), but "
+                                                          "no thread ever called KVM_RUN on it"));
+}
+
+TEST_CASE("lesson 3, kernel difference: POWER_OFF is kept for a re-INIT on Linux 6.1, holds for one INIT from 6.12") {
+  VcpusVm m = build_vcpus_vm(image(two_vcpus_bin, two_vcpus_bin_len));
+  INFO(kernel_name());
+  const kh::Vcpu& second = m.vcpus[1];
+  REQUIRE(mp_state_of(second) == kh::MpState::stopped);
+  const auto again_on = kh::init_vcpu(m.vm, second.fd, kh::first_vcpu_features);  // INIT again, without POWER_OFF
+  if (running_kernel().at_least(6, 12)) {
+    CHECK(again_on);  // kvm_arch_vcpu_ioctl_vcpu_init cleared it: no feature differs
+    CHECK(mp_state_of(second) == kh::MpState::runnable);
+  } else {
+    REQUIRE_FALSE(again_on);
+    CHECK(again_on.error().err == EINVAL);  // kvm_vcpu_set_target: "must use the same feature set"
+    CHECK(mp_state_of(second) == kh::MpState::stopped);
+  }
+  CHECK(kh::init_vcpu(m.vm, second.fd, kh::other_vcpu_features));  // with it again: off again, everywhere
+  CHECK(mp_state_of(second) == kh::MpState::stopped);
+  // What kvm-hello says of this kernel is what it did.
+  CHECK(describe_init_features(running_kernel())
+            .starts_with(again_on ? "POWER_OFF holds for this INIT only" : "POWER_OFF stays among"));
+}
+
+TEST_CASE("lesson 3, kernel difference: from Linux 6.12 every vCPU's INIT asks for the same features (EINVAL else)") {
+  INFO(kernel_name());
+  auto kvm = kh::open_kvm();
+  REQUIRE(kvm);
+  auto vm = kh::create_vm(*kvm, kh::vm_type_for(kh::check_capabilities(*kvm)->ipa_limit).value());
+  REQUIRE(vm);
+  auto first = kh::create_vcpu(*kvm, *vm, 0);
+  auto other = kh::create_vcpu(*kvm, *vm, 1);
+  REQUIRE((first && other));
+  REQUIRE(kh::init_vcpu(*vm, first->fd, kh::first_vcpu_features));  // PSCI 0.2
+  const auto without_psci = kh::init_vcpu(*vm, other->fd, {.psci_0_2 = false, .power_off = true});
+  if (running_kernel().at_least(6, 12)) {
+    REQUIRE_FALSE(without_psci);
+    CHECK(without_psci.error().err == EINVAL);  // __kvm_vcpu_set_target: kvm_vcpu_init_changed
+  } else {
+    CHECK(without_psci);  // 6.1: the features are each vCPU's own
+    CHECK(mp_state_of(*other) == kh::MpState::stopped);
+  }
+  // A VM whose vCPUs ask for the same features, POWER_OFF apart: fine on every kernel.
+  auto vm2 = kh::create_vm(*kvm, kh::vm_type_for(kh::check_capabilities(*kvm)->ipa_limit).value());
+  REQUIRE(vm2);
+  auto first2 = kh::create_vcpu(*kvm, *vm2, 0);
+  auto other2 = kh::create_vcpu(*kvm, *vm2, 1);
+  REQUIRE((first2 && other2));
+  REQUIRE(kh::init_vcpu(*vm2, first2->fd, kh::first_vcpu_features));
+  CHECK(kh::init_vcpu(*vm2, other2->fd, kh::other_vcpu_features));
+}
+
+TEST_CASE("lesson 3, kernel difference: KVM_IRQ_LINE's vCPU field is an id from Linux 6.12; 6.1 reaches only a vCPU "
+          "whose id is its index (vCPUs 0 and 2)") {
+  VcpusVm m = build_vcpus_vm(image(two_vcpus_bin, two_vcpus_bin_len), {0, 2});  // vCPU id 2 is index 1
+  INFO(kernel_name() << ", " << gic_name(m.vgic.version));
+  constexpr std::uint32_t ppi = 20;  // a PPI no device of KVM owns (the timer's 27 would be ignored)
+  const auto field_1 = kh::set_irq_line(m.vm, kh::irq_line_ppi(1, ppi), true);
+  const auto field_2 = kh::set_irq_line(m.vm, kh::irq_line_ppi(2, ppi), true);
+  if (running_kernel().at_least(6, 12)) {
+    CHECK(errno_of(field_1) == EINVAL);  // kvm_get_vcpu_by_id(1): no vCPU has id 1
+    CHECK(field_2);                      // id 2
+  } else {
+    // 1: index 1 is vCPU id 2 (kvm_get_vcpu), whose id kvm_vgic_inject_irq takes for an index again: none.
+    CHECK(errno_of(field_1) == EINVAL);
+    CHECK(errno_of(field_2) == EINVAL);  // 2: no index 2, two vCPUs (kvm_vm_ioctl_irq_line)
+  }
+  CHECK(describe_irq_line_vcpu(running_kernel()).ends_with(field_2 ? "the vCPU's id (kvm_get_vcpu_by_id)"
+                                                                   : "a vCPU whose id is its index"));
+  // With a GICv3, where the line went: vCPU id 2's PPI 20 (MPIDR 2), or nowhere.
+  if (m.vgic.version == kh::GicVersion::v3) {
+    std::uint32_t levels = 0;
+    const kvm_device_attr attr{.flags = 0,
+                               .group = KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO,
+                               .attr = kh::vgic_mpidr_field(kh::mpidr_affinity(2)) |
+                                       (std::uint64_t{VGIC_LEVEL_INFO_LINE_LEVEL}
+                                        << KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT),  // INTIDs 0 to 31
+                               .addr = reinterpret_cast<std::uintptr_t>(&levels)};
+    REQUIRE(kh::call(kh::Step::inject_spi, m.vgic.fd, kh::request::get_device_attr, &attr));
+    CHECK(((levels >> ppi) & 1) == (running_kernel().at_least(6, 12) ? 1u : 0u));
+  }
+}
+
+TEST_CASE("lesson 3's threads under ThreadSanitizer: two vCPU threads, one locked device, the kick, stop_vcpus; no race") {
+  const std::string program = program_path.substr(0, program_path.rfind('/') + 1) + "vcpu-threads-tsan";
+  REQUIRE_MESSAGE(access(program.c_str(), X_OK) == 0, program << " is missing");
+  ::setenv("TSAN_OPTIONS", "halt_on_error=1 exitcode=66 second_deadlock_stack=1", 1);
+  const Outcome run = run_program({}, How{.program = program, .meanwhile = kill_after(std::chrono::seconds(240))});
+  ::unsetenv("TSAN_OPTIONS");
+  INFO("status " << run.status << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 0);
+  CHECK(run.err.find("ThreadSanitizer") == std::string::npos);
+  CHECK(count(run.out, "ok: ") == 17);  // 5 clean runs of 3 checks, a request, a forgotten kick
+  CHECK(run.out.find("FAILED") == std::string::npos);
 }
 
 int main(int argc, char** argv) {
