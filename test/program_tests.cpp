@@ -1272,6 +1272,7 @@ TEST_CASE("lesson 3: a PSCI call's x0 in words: CPU_ON's SUCCESS, INVALID_PARAME
   CHECK(explain_psci_result(kh::psci::cpu_off, 12345, 2) == "12345");
   CHECK(describe_power_state(kh::MpState::stopped) == "STOPPED (5)");
   CHECK(vcpu_name(1) == "vCPU 1");
+}
 
 TEST_CASE("lesson 3's kernel differences named: 6.1's features and KVM_IRQ_LINE, and 6.12's and later") {
   CHECK(describe_init_features({6, 1}).starts_with("POWER_OFF stays among this vCPU's features"));
