@@ -2934,9 +2934,9 @@ class VcpusDevice {
       add(v, {VcpuRecord::Kind::took, id, {}, static_cast<std::uint32_t>(value), 0, now});
     } else if (access.address == mmio_psci_call) {
       v.call = static_cast<std::uint32_t>(value);
-    } else if (access.address == mmio_psci_result && v.call) {
-      add(v, {VcpuRecord::Kind::psci, id, {}, *std::exchange(v.call, std::nullopt), static_cast<std::int64_t>(value),
-              now});
+    } else if (access.address == mmio_psci_result) {
+      const std::optional<std::uint32_t> call = std::exchange(v.call, std::nullopt);
+      if (call) add(v, {VcpuRecord::Kind::psci, id, {}, *call, static_cast<std::int64_t>(value), now});
     }
   }
   static void add(PerVcpu& v, VcpuRecord record) {

@@ -427,6 +427,7 @@ Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std
   const Output& out = walk.out;
   const auto started = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<VcpuRun>> runs;
+  runs.reserve(vcpus.size());
   for (const kh::Vcpu& vcpu : vcpus) runs.push_back(std::make_unique<VcpuRun>(out, device, vcpu, started));
   // Said before any thread starts: after, the vCPUs' own lines come.
   for (kh::Vcpu& vcpu : vcpus) {

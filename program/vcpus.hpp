@@ -38,7 +38,7 @@ inline std::string explain_psci_result(std::uint32_t function, std::int64_t x0, 
       return value + ": OFF: that vCPU is STOPPED (it called CPU_OFF, or never started)";
     if (x0 == kh::psci::affinity_on) return value + ": ON: that vCPU is not STOPPED";
   }
-  const std::string said = value + (name.empty() ? "" : ": " + name);
+  std::string said = value + (name.empty() ? "" : ": " + name);
   if (function != kh::psci::cpu_on64 && function != PSCI_0_2_FN_CPU_ON) return said;
   if (x0 == kh::psci::success) {
     return said +
