@@ -23,6 +23,8 @@
 ##   make test-hosts  the e2e and gdb suites on every host of test/hosts.txt, then a table
 ##   make soak        LESSON='s run RUNS times (default 20) in one machine, each output
 ##                    compared with its golden file: run it while another build keeps the cores busy
+##   make timings     where the time of make run and make test goes, measured in fresh
+##                    clones (TIMINGS="run test retest hosts ci", TIMINGS_RUNS=3): medians
 ##   make host        say where kvm-hello runs (native or emulated), and why
 ##   make golden      rewrite the golden outputs of this host's kernel from a real run
 ##   make fuzz        libFuzzer on the exit decoder and reports (FUZZ_SECONDS, default 60)
@@ -49,7 +51,7 @@
 ##   KVM_HELLO_KERNEL=/path/to/Image  boot that kernel instead of downloading one
 
 .DEFAULT_GOAL := all
-.PHONY: all run trace gdb bench test test-e2e test-hosts soak host golden fuzz format lint help clean distclean kvm-usable FORCE
+.PHONY: all run trace gdb bench test test-e2e test-hosts soak timings host golden fuzz format lint help clean distclean kvm-usable FORCE
 .DELETE_ON_ERROR:
 
 BUILD := build
@@ -245,6 +247,11 @@ RUNS ?= 20
 soak: $(E2E_NEEDS) | kvm-usable
 	$(E2E_WITH) --no-skip '-tc=soak*' --soak-lesson $(LESSON) --soak-runs $(RUNS)
 
+TIMINGS ?= run test retest
+TIMINGS_RUNS ?= 3
+timings:
+	@tools/timings.sh --runs $(TIMINGS_RUNS) $(TIMINGS)
+
 host:
 	@echo "kvm-hello runs $(if $(filter native,$(KVM_HELLO_MACHINE)),natively,in the emulated arm64 machine): $(MACHINE_WHY)"
 ifeq ($(KVM_HELLO_MACHINE),emulated)
@@ -299,9 +306,11 @@ GOLDEN      := $(wildcard test/golden/*.txt)
 GUEST_IMAGES := $(BUILD)/guest.bin $(BUILD)/lesson2/guest.bin $(BUILD)/lesson3/guest.bin $(BUILD)/bench/bench-guest.bin \
   $(BUILD)/bench/irq-bench-guest.bin $(TEST_GUESTS) $(EXERCISES) $(GUEST_BIN)
 # Their .o and .elf are kept (gdb and --step-guest's line table read the
-# guest's); naming them, rather than a bare .SECONDARY:, keeps make
+# guest's), and their .bin and .lines (make would otherwise delete those it
+# made on the way to a lesson's headers, saying "rm build/lesson2/guest.bin
+# ..." after a run); naming them, rather than a bare .SECONDARY:, keeps make
 # rebuilding an image that is missing.
-.SECONDARY: $(GUEST_IMAGES:.bin=.o) $(GUEST_IMAGES:.bin=.elf)
+.SECONDARY: $(GUEST_IMAGES:.bin=.o) $(GUEST_IMAGES:.bin=.elf) $(GUEST_IMAGES) $(GUEST_IMAGES:.bin=.lines)
 
 GUEST_LOAD_ADDRESS = $(shell printf '#include "kvm_hello.hpp"\nKVM_HELLO_RAM_BASE\n' | \
   $(CROSS)cpp -P -D__ASSEMBLER__ -I. - | tail -n 1)

@@ -174,6 +174,26 @@ check "... and make fails with kvm-hello's status 18, for trace" "$out" ": trace
 check_equal "... and make's own status is not 0" "$([ "$status" != 0 ] && echo failed)" failed
 check "GUEST's .elf is kept for gdb and the line table" "$(ls build/your-guest/)" "nothing.elf"
 
+# A lesson's guest files made on the way to its headers are kept: make
+# does not delete them (.SECONDARY), and says no "rm" after a run.
+rm -f build/lesson2/guest.bin build/lesson2/guest.lines build/lesson2_guest_image.h build/lesson2_guest_lines.h
+out=$(mk build/lesson2_guest_image.h build/lesson2_guest_lines.h)
+check_lacks "a lesson's guest made for its headers: make removes nothing" "$out" "rm build/"
+check_equal "... and its .bin and .lines stay" "$(ls build/lesson2/guest.bin build/lesson2/guest.lines 2>&1)" \
+  "build/lesson2/guest.bin
+build/lesson2/guest.lines"
+
+# make timings' recorder: make's SHELL, one record per recipe line, with
+# its status; a failing line still fails make.
+printf 'all:\n\ttrue\n\tfalse\n' >"$work/timed.mk"
+out=$(KVM_HELLO_TIMINGS_LOG="$work/timed.log" mk -f "$work/timed.mk" SHELL="$PWD/tools/timed-shell.sh")
+status=$?
+check_equal "tools/timed-shell.sh: each recipe line recorded with its status" \
+  "$(cut -f3,4 "$work/timed.log" | tr '\t\n' ' |')" "0 true|1 false|"
+check_equal "... and the failing line fails make" "$([ "$status" != 0 ] && echo failed)" failed
+check "tools/timings.sh: an unknown scenario is refused" "$(tools/timings.sh nonsense 2>&1)" \
+  "timings: unknown argument nonsense (try --help)"
+
 # The emulated machine's CPUs reach QEMU, also under the setting's old name
 # (a stand-in QEMU that only keeps its arguments); a status that is not
 # kvm-hello's own is said to be so.
