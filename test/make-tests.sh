@@ -186,7 +186,8 @@ build/lesson2/guest.lines"
 # make timings' recorder: make's SHELL, one record per recipe line, with
 # its status; a failing line still fails make.
 printf 'all:\n\ttrue\n\tfalse\n' >"$work/timed.mk"
-out=$(KVM_HELLO_TIMINGS_LOG="$work/timed.log" mk -f "$work/timed.mk" SHELL="$PWD/tools/timed-shell.sh")
+out=$(as_user env KVM_HELLO_TIMINGS_LOG="$work/timed.log" make --no-print-directory -f "$work/timed.mk" \
+  SHELL="$PWD/tools/timed-shell.sh" 2>&1)
 status=$?
 check_equal "tools/timed-shell.sh: each recipe line recorded with its status" \
   "$(cut -f3,4 "$work/timed.log" | tr '\t\n' ' |')" "0 true|1 false|"

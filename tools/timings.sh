@@ -112,7 +112,8 @@ unset MAKEFLAGS MFLAGS MAKELEVEL
 
 echo "timings: $head, ${scenarios[*]}, $runs run(s) each, on $(nproc) cores (load now: $(cut -d' ' -f1-3 /proc/loadavg))"
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kvm-hello/kernels
-echo "timings: kernels already downloaded: $(ls "$cache" 2>/dev/null | tr '\n' ' ' || true)(none: the first run downloads one)"
+kernels=$(ls "$cache" 2>/dev/null | tr '\n' ' ' || true)
+echo "timings: kernels already downloaded: ${kernels:-none (the first run downloads one)}"
 
 for run in $(seq 1 "$runs"); do
   for scenario in "${scenarios[@]}"; do
