@@ -157,7 +157,7 @@ awk -F'\t' -v runs="$runs" '
   END {
     for (l = 1; l <= n; l++) {
       label = labels[l]
-      printf "\n== %s (%d run%s; seconds)\n%-62s %7s %7s %7s\n", label, runs, runs > 1 ? "s" : "", "part", "median", "fastest", "slowest"
+      printf "\n== %s (%d run%s; seconds)\n%-62s %7s %7s %7s\n", label, runs, (runs > 1 ? "s" : ""), "part", "median", "fastest", "slowest"
       count = split(substr(order[label], 2), parts, "\t")
       rows = ""
       for (i = 1; i <= count; i++) {
