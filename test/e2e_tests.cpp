@@ -2409,6 +2409,16 @@ TEST_CASE("lesson 3's threads under ThreadSanitizer: two vCPU threads, one locke
   const Outcome run = run_program({}, How{.program = program, .meanwhile = kill_after(std::chrono::seconds(240))});
   ::unsetenv("TSAN_OPTIONS");
   INFO("status " << run.status << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
+  // GCC 12's ThreadSanitizer knows arm64 address spaces of 39, 42 and 48
+  // bits. A kernel with 16 KiB pages gives a process 47 (Debian's
+  // arm64-16k), and TSan stops before main: "unsupported VMA range". There
+  // the threads cannot be checked under it; every 4 KiB-page host checks them.
+  if (run.err.find("ThreadSanitizer: unsupported VMA range") != std::string::npos) {
+    CHECK_MESSAGE(::sysconf(_SC_PAGESIZE) != 4096, "ThreadSanitizer refused a 4 KiB-page host's address space");
+    MESSAGE("ThreadSanitizer cannot run on this host (" << ::sysconf(_SC_PAGESIZE) / 1024
+                                                          << " KiB pages, a 47-bit address space): not checked here");
+    return;
+  }
   CHECK(run.status == 0);
   CHECK(run.err.find("ThreadSanitizer") == std::string::npos);
   CHECK(count(run.out, "ok: ") == 17);  // 5 clean runs of 3 checks, a request, a forgotten kick
