@@ -66,6 +66,7 @@ part_of() {
       else if (c ~ /clang-tidy/) p = "lint"
       else if (c ~ /__ASSEMBLY__|objcopy|readelf|xxd|guest-lines\.sh/) p = "guests: assemble, link, embed"
       else if (c ~ /cpio/) p = "initramfs"
+      else if (c ~ /-dumpmachine/) p = "other"
       else if (c ~ /(g\+\+|gcc|clang\+\+)(-[0-9]+)? / && c ~ / -c /) p = "compile " output(c)
       else if (c ~ /(g\+\+|gcc|clang\+\+)(-[0-9]+)? /) p = "compile and link " output(c)
       else p = "other"
@@ -93,7 +94,7 @@ measure() {
     { time[$1] += $3 - $2; if ($1 ~ /^suite |^boot |^test-hosts/ && (first == "" || $2 < first)) first = $2 }
     END {
       for (p in time) printf "%s\t%s\t%.1f\n", label, p, time[p]
-      if (first != "") printf "%s\t%s\t%.1f\n", label, "wall clock before the first test or run (install, download, build)", first - start
+      if (first != "") printf "%s\t%s\t%.1f\n", label, "wall clock until a test or run starts", first - start
       printf "%s\t%s\t%.1f\n", label, "wall clock, all", end - start
     }' >>"$work/results"
 }
