@@ -10,6 +10,9 @@ set pagination off
 set confirm off
 # The code is in the ELF file: no need to read it from the (emulated) target.
 set trust-readonly-sections on
+# SIGUSR1 is kvm-hello's kick (VcpuStopper, stop_vcpus): it takes a vCPU's
+# thread out of KVM_RUN. It is kvm-hello's to handle, not a stop of ours.
+handle SIGUSR1 nostop noprint pass
 break kvm_hello::open_kvm
 break kvm_hello::check_api_version
 break kvm_hello::check_capabilities

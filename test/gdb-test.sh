@@ -51,15 +51,16 @@ debug() {
 # "... step 15, inject_spi, ..."), read from that lesson's golden output;
 # gdb/steps.gdb has a breakpoint on every step function (test/docs_tests.cpp
 # checks that file against kvm_hello.hpp's step table). And the ones a log
-# stopped at: "Breakpoint 3, kvm_hello::NAME (...)", or with several vCPUs
-# "Thread 2 hit Breakpoint 3, ...".
+# stopped at: "Breakpoint 3, kvm_hello::NAME (...)", or with several
+# threads "Thread 2 hit Breakpoint 3, ..." (QEMU's gdb stub) or, natively,
+# "Thread 2 "vcpu 0" hit Breakpoint 9.1, ..." (with the thread's name).
 announced() {
   sed -n -e 's/^\[[0-9]*\/[0-9]*\] \([a-z_]*\) .*/\1/p' -e 's/.*: step [0-9]*, \([a-z_]*\), .*/\1/p' "$1" | tr '\n' ' '
 }
 expected=$(announced test/golden/default.txt)
 expected_lesson2=$(announced test/golden/lesson2.txt)
 expected_lesson3=$(announced test/golden/lesson3.txt)
-stops() { sed -n 's/^\(Thread [0-9.]* hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\2/p' "$1" | tr '\n' ' '; }
+stops() { sed -n 's/^\(Thread [0-9.]*\( "[^"]*"\)\{0,1\} hit \)\{0,1\}Breakpoint [0-9.]*, kvm_hello::\([a-z_]*\).*/\3/p' "$1" | tr '\n' ' '; }
 
 # The walk-through: a stop at each step, print and bt on the way.
 {
@@ -131,13 +132,13 @@ check "LESSON=3: the program ran to its clean shutdown" grep -q '^shutdown: the 
 # walk-through printed, in the same order. In them NNN stands for a line
 # number, an address of 6 hex digits or more for any address, and "..." for
 # anything, gdb's own "..." too; "Breakpoint 9.1," may be gdb's "Breakpoint 9,",
-# and may follow "Thread N hit " (with several vCPUs).
+# and may follow "Thread N hit " or "Thread N "NAME" hit " (with several threads).
 documented=(README.md docs/16-seeing-inside.md)
 shown() { awk 'prev == "<!-- gdb-session -->" && $0 == "```" {on = 1; prev = ""; next}
                on && $0 == "```" {on = 0} on && !/^\(gdb\) / && NF {print} {prev = $0}' "$1"; }
 as_pattern() {
   sed -E -e 's/[][\\.*^$(){}+?|]/\\&/g' -e 's/\\\.\\\.\\\./.*/g' -e 's/NNN/[0-9]+/g' -e 's/0x[0-9a-f]{6,}/0x[0-9a-f]+/g' \
-    -e 's/^Breakpoint ([0-9]+)(\\\.[0-9]+)?,/(Thread [0-9.]+ hit )?Breakpoint \1(\\.[0-9]+)?,/' -e 's/^/^/' -e 's/$/$/'
+    -e 's/^Breakpoint ([0-9]+)(\\\.[0-9]+)?,/(Thread [0-9.]+( "[^"]*")? hit )?Breakpoint \1(\\.[0-9]+)?,/' -e 's/^/^/' -e 's/$/$/'
 }
 # printed_in_order PATTERNS LOG: there are patterns, and each matches a line of
 # LOG after the line the one before it matched.
