@@ -541,14 +541,22 @@ TEST_CASE("lesson 3 --step-guest: each vCPU stepped on its own thread, every lin
                        "starts") == 1);
   CHECK(count(run.out, "      vCPU 1: single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP), kept across the "
                        "reset of CPU_ON") == 1);
-  // vCPU 0 from its first instruction, shown before it runs; the limit (200 for each vCPU), then the rest counted.
+  // vCPU 0 from its first instruction, shown before it runs. The limit counts for each vCPU on its own, and
+  // which one gets there depends on how the host runs the two threads (a vCPU spins in its loop, stepped,
+  // while it waits for the other): a vCPU that shows 200 says it reached the limit, then how many more ran.
   CHECK(run.out.find("vCPU 0       guest 0x10000  aa0003f3  guest.S:76  mov     x19, x0") != std::string::npos);
-  CHECK(count(run.out, "vCPU 0       guest 0x") == step_limit_default);
-  CHECK(count(run.out, "vCPU 0       (--step-limit 200 reached: the guest runs on, one instruction at a time, "
-                       "unshown)\n") == 1);
-  CHECK(std::regex_search(run.out, std::regex("\nvCPU 0       [0-9]+ more instructions not shown")));
+  for (const std::string& vcpu : std::vector<std::string>{"vCPU 0", "vCPU 1"}) {
+    const std::size_t shown = count(run.out, vcpu + "       guest 0x");
+    INFO(vcpu << " showed " << shown);
+    CHECK(shown >= 30);
+    CHECK(shown <= step_limit_default);
+    const bool limited = shown == step_limit_default;
+    CHECK(count(run.out, vcpu + "       (--step-limit 200 reached: the guest runs on, one instruction at a time, "
+                                "unshown)\n") == (limited ? 1U : 0U));
+    CHECK(std::regex_search(run.out, std::regex("\n" + vcpu + "       [0-9]+ more instructions not shown")) == limited);
+  }
   // vCPU 1: no instruction before its first step exit (no PC 0, no entry point), said so; then the one after
-  // the entry, which already ran (x19 = x0, unshown), and on from there: its setup, its hello, its CPU_OFF.
+  // the entry, which already ran (x19 = x0, unshown), and on from there.
   CHECK(count(run.out, "vCPU 1       (its first instruction, at the entry point of the guest's CPU_ON, ran unshown "
                        "inside KVM_RUN") == 1);
   std::string vcpu1;  // vCPU 1's lines alone: vCPU 0's may come between two of them, never inside one
@@ -559,10 +567,6 @@ TEST_CASE("lesson 3 --step-guest: each vCPU stepped on its own thread, every lin
                                             R"(0x[0-9a-f]+  d53800b5  guest\.S:138 mrs     x21, mpidr_el1)")));
   CHECK(count(run.out, "vCPU 1       guest 0x0 ") == 0);
   CHECK(count(run.out, "guest.S:137 ") == 0);
-  CHECK(count(run.out, "vCPU 1       guest 0x") >= 50);
-  CHECK(count(run.out, "vCPU 1       guest 0x") <= step_limit_default);
-  CHECK(run.out.find("guest.S:168 hvc     #0                          //   and its KVM_RUN sleeps") !=
-        std::string::npos);
   // Exits other than the steps' still said, each under its vCPU's name; the run ends as without stepping.
   CHECK(run.out.find("vCPU 1       the guest says: hello 1\n") != std::string::npos);
   CHECK(run.out.find("vCPU 1       the guest's handler took INTID 1, an SGI") != std::string::npos);
