@@ -418,12 +418,59 @@ Told<void> walk_ready_vgic(const Walk& walk, kh::Vcpu& vcpu) {
   return {};
 }
 
+// --step-guest and --break-at in lesson 3, for one vCPU: its own stepper,
+// writing through its own Output (each line names the vCPU), and its
+// KVM_SET_GUEST_DEBUG, set here, before its thread starts: a vCPU's ioctl
+// takes its vcpu->mutex, which its thread holds inside KVM_RUN, so from
+// here it would wait for the run to end. A secondary keeps it through the
+// reset the guest's CPU_ON makes: kvm_reset_vcpu (arch/arm64/kvm/reset.c;
+// 6.1, 6.12, 7.2) resets registers, never vcpu->guest_debug nor the
+// breakpoint KVM_SET_GUEST_DEBUG gave, and single-stepping is put back on
+// before the guest runs again: by kvm_arm_setup_debug before each entry
+// (6.1, 6.12), by kvm_vcpu_load_debug as kvm_reset_vcpu loads the vCPU back
+// (7.2; both in arch/arm64/kvm/debug.c).
+Told<void> walk_watch_vcpu(const Walk& walk, const VmWithRam& machine, const kh::Vcpu& vcpu, VcpuRun& run,
+                           const GuestView& view, std::optional<std::uint64_t> breakpoint) {
+  const Options& options = walk.options;
+  if (!options.step_guest && !breakpoint) return {};
+  const auto stuck = [&](const kh::Error& error) { return walk.failed(kh::on_vcpu(error, vcpu.id)); };
+  GuestStepper& stepper = run.stepper.emplace(vcpu.fd, view, run.out,
+                                              Watch{options.step_guest, options.step_limit, breakpoint},
+                                              run.tracer.observer());
+  const bool powered_off = vcpu.id != 0;  // until the guest's CPU_ON
+  if (options.step_guest) {
+    if (const auto on = kh::enable_single_step(machine.kvm, vcpu.fd, run.tracer.observer()); !on) {
+      return std::unexpected(stuck(on.error()));
+    }
+    walk.out.say(Verbosity::normal, "%s: single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP), %s", run.name.c_str(),
+                 powered_off ? "kept across the reset of CPU_ON; its first instruction runs before its first step exit"
+                             : "before its thread starts; each instruction, then the registers it changed");
+    if (powered_off) {
+      stepper.start_at_first_exit(
+          "(its first instruction, at the entry point of the guest's CPU_ON, ran unshown inside KVM_RUN: KVM reset "
+          "the vCPU there, x0 = the context id, and a step exits after an instruction)");
+      return {};
+    }
+    if (const auto started = stepper.start(); !started) return std::unexpected(stuck(started.error()));
+  } else {
+    const auto armed = kh::set_hardware_breakpoint(machine.kvm, vcpu.fd, *breakpoint, run.tracer.observer());
+    if (!armed) return std::unexpected(stuck(armed.error()));
+    walk.out.say(Verbosity::normal, "%s: hardware breakpoint at %s: KVM_SET_GUEST_DEBUG(ENABLE | USE_HW)%s",
+                 run.name.c_str(), address_and_line(view, *breakpoint).c_str(),
+                 powered_off ? ", kept across the reset of CPU_ON" : "");
+  }
+  return {};
+}
+
 // Steps 17, 9 and 18 for every vCPU: a thread each, each running step 9 with
-// lesson 3's device; once one vCPU's run ends (SYSTEM_OFF, or a failure),
-// the others stopped: asked, kicked, joined. Returns each vCPU's result, in
-// order.
-Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std::vector<kh::Vcpu>& vcpus,
-                                                           kh::VcpusDevice& device) {
+// lesson 3's device, each watched by its own stepper when asked
+// (--step-guest, --break-at); once one vCPU's run ends (SYSTEM_OFF, or a
+// failure), the others stopped: asked, kicked, joined. Returns each vCPU's
+// result, in order.
+Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, const VmWithRam& machine,
+                                                           std::vector<kh::Vcpu>& vcpus, kh::VcpusDevice& device,
+                                                           const GuestView& view,
+                                                           std::optional<std::uint64_t> breakpoint) {
   const Output& out = walk.out;
   const auto started = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<VcpuRun>> runs;
@@ -440,17 +487,26 @@ Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std
     out.say(Verbosity::normal, "%s: its thread calls KVM_RUN; %s", runs[vcpu.id]->name.c_str(),
             vcpu.id == 0 ? "each line it prints starts with its name"
                          : "STOPPED, it sleeps inside KVM, and we see nothing, until the guest's CPU_ON wakes it");
+    if (const auto watched = walk_watch_vcpu(walk, machine, vcpu, *runs[vcpu.id], view, breakpoint); !watched) {
+      return std::unexpected(watched.error());
+    }
   }
   const auto body = [&](std::uint32_t id) {
     return [&, id](kh::Vcpu& vcpu, const kh::VcpuStopper& stopper) -> kh::Result<kh::RunStats> {
       VcpuRun& run = *runs[id];
-      return kh::run_guest(
+      auto stats = kh::run_guest(
           vcpu, stopper, run.view,
           [&](const kh::Exit& exit) {
+            const auto* debug = std::get_if<kh::DebugExit>(&exit);
+            if (debug != nullptr && run.stepper) return run.stepper->stopped(*debug);
             run.exits.report(exit);
             run.records.report();
           },
           run.tracer.observer());
+      if (!run.stepper) return stats;
+      run.stepper->finish();
+      if (stats && run.stepper->failure()) return std::unexpected(*run.stepper->failure());
+      return stats;
     };
   };
   std::vector<kh::VcpuThread> threads;
@@ -493,10 +549,12 @@ Told<std::vector<kh::Result<kh::RunStats>>> walk_run_vcpus(const Walk& walk, std
 // Lesson 3: a second vCPU. Steps 1 to 5 and the vGIC as in lesson 2; two
 // vCPUs, the second initialised powered off; the first's registers only
 // (the guest's CPU_ON gives the second its own); the timer's INTID and the
-// vGIC initialised as in lesson 2; each vCPU's power state; a thread each;
-// once the guest has powered the VM off, the other vCPU stopped; each power
-// state again. Returns the exit status.
-int walk_through_lesson3(const Options& options, Guest guest, const Output& lesson1_out) {
+// vGIC initialised as in lesson 2; each vCPU's power state; a thread each,
+// each vCPU single-stepped (--step-guest) or stopped at `breakpoint`
+// (--break-at) on its own; once the guest has powered the VM off, the other
+// vCPU stopped; each power state again. Returns the exit status.
+int walk_through_lesson3(const Options& options, Guest guest, std::optional<std::uint64_t> breakpoint,
+                         const Output& lesson1_out) {
   Output out = lesson1_out;
   out.steps_in_walk = kh::step_count;  // lesson 3 numbers its steps of all 18: "[16/18]"
   Tracer tracer(out);
@@ -532,7 +590,7 @@ int walk_through_lesson3(const Options& options, Guest guest, const Output& less
   }
 
   kh::VcpusDevice device(options.vcpus);  // one device; each vCPU's thread sees it through its own view
-  const auto results = walk_run_vcpus(walk, vcpus, device);  // steps 17, 9 and 18
+  const auto results = walk_run_vcpus(walk, *machine, vcpus, device, view, breakpoint);  // steps 17, 9 and 18
   if (!results) return results.error();
   for (const auto& result : *results) {
     if (!result) return fail_vcpus(result.error(), out, walk.device(), vcpus, *vgic, view);
@@ -586,8 +644,9 @@ int run(int argc, char** argv) {
   if (options.caps) return show_capabilities(options.kvm_device.c_str(), out);
   // --break-at, found in the guest's line table: a line that is not there is a bad command line.
   const auto walk = [&](Guest guest) {
-    if (options.lesson == 3) return walk_through_lesson3(options, guest, out);
-    const auto lesson = options.lesson == 2 ? walk_through_lesson2 : walk_through;
+    const auto lesson = options.lesson == 3   ? walk_through_lesson3
+                        : options.lesson == 2 ? walk_through_lesson2
+                                              : walk_through;
     if (options.break_at.empty()) return lesson(options, guest, std::nullopt, out);
     const auto breakpoint = resolve_break_at(options.break_at, *guest.source);
     if (!breakpoint) {

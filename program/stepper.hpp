@@ -150,6 +150,15 @@ class GuestStepper {
     return {};
   }
 
+  // Single-stepping a vCPU whose registers mean nothing before its first
+  // KVM_RUN (lesson 3's vCPU 1, powered off until the guest's CPU_ON sets
+  // its PC): instead of start(), at its first step exit `note` (what ran
+  // unshown before it), then the instruction it is about to run.
+  void start_at_first_exit(std::string note) {
+    first_exit_note_ = std::move(note);
+    started_unshown_ = true;
+  }
+
   // At each KVM_EXIT_DEBUG: a breakpoint hit, or one instruction done.
   void stopped(const kh::DebugExit& exit) {
     if (failure_) return;  // a call failed: watch no more (failure() says which)
@@ -166,8 +175,11 @@ class GuestStepper {
                "%u more instructions not shown: make trace ARGS='--step-limit N' shows the first N (0: all)", unshown_);
     }
     if (watch_.breakpoint && hits_ == 0) {
-      out_.say(Verbosity::quiet, "the guest never got to the breakpoint at %s",
-               address_and_line(guest_, *watch_.breakpoint).c_str());
+      out_.say(Verbosity::quiet, "%s never got to the breakpoint at %s%s", out_.vcpu.empty() ? "the guest" : "this vCPU",
+               address_and_line(guest_, *watch_.breakpoint).c_str(),
+               started_unshown_ ? " after its first instruction, which ran unshown (--break-at without --step-guest, "
+                                  "a hardware breakpoint, stops at that one too)"
+                                : "");
     }
   }
 
@@ -181,8 +193,12 @@ class GuestStepper {
     if (unshown_ > 0) return unshown_instruction_done();
     const auto now = read_registers();
     if (!now) return;
-    const std::string changes = register_changes(before_, *now);
-    if (!changes.empty()) out_.say(Verbosity::quiet, "                 %s", changes.c_str());
+    if (first_exit_note_) {  // no registers before this exit to compare with
+      out_.say(Verbosity::quiet, "%s", first_exit_note_->c_str());
+      first_exit_note_.reset();
+    } else if (const std::string changes = register_changes(before_, *now); !changes.empty()) {
+      out_.say(Verbosity::quiet, "                 %s", changes.c_str());
+    }
     before_ = *now;
     reached(*now);
   }
@@ -287,5 +303,7 @@ class GuestStepper {
   unsigned unshown_ = 0;  // instructions reached past the limit
   unsigned hits_ = 0;     // breakpoint hits shown
   bool stepping_over_ = false;
+  std::optional<std::string> first_exit_note_;  // start_at_first_exit()'s, until that exit
+  bool started_unshown_ = false;                 // start_at_first_exit() was called
   std::optional<kh::Error> failure_;
 };

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -21,6 +22,7 @@
 #include "program/messages.hpp"
 #include "program/output.hpp"
 #include "program/report.hpp"
+#include "program/stepper.hpp"
 #include "program/trace.hpp"
 
 namespace kh = kvm_hello;
@@ -129,7 +131,8 @@ class VcpuReporter {
 
 // What each vCPU's thread is given, and keeps, for lesson 3's run: its
 // name, its own Output (every line starts with the name) and trace, the
-// device's view for it, its reporters.
+// device's view for it, its reporters, and its own stepper when the vCPU is
+// watched (--step-guest, --break-at).
 struct VcpuRun {
   std::string name;
   Output out;
@@ -137,6 +140,7 @@ struct VcpuRun {
   kh::VcpusDevice::View view;
   ExitReporter exits;
   VcpuReporter records;
+  std::optional<GuestStepper> stepper;
   VcpuRun(const Output& walk_out, kh::VcpusDevice& device, const kh::Vcpu& vcpu,
           std::chrono::steady_clock::time_point t)
       : name(vcpu_name(vcpu.id)),

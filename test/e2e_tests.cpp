@@ -503,6 +503,129 @@ TEST_CASE("lesson 3 -v: each vCPU's ioctls under its name; KVM_GET_MP_STATE's st
   CHECK(std::regex_search(run.out, std::regex("\nvCPU 1 .*KVM_RUN")));
 }
 
+namespace {
+
+// How many of lesson 3's lines have another vCPU's line begun inside them: 0
+// when each vCPU's lines are written whole.
+std::size_t lines_mixed(const std::string& out) {
+  static const std::regex begun_inside(".vCPU [0-9]+       ");
+  std::size_t mixed = 0;
+  for (const std::string& line : lines_of(out)) mixed += std::regex_search(line, begun_inside) ? 1U : 0U;
+  return mixed;
+}
+
+// The GIC version lesson 3 found: the x0 the guest's CPU_ON passes on as vCPU 1's context id.
+unsigned lesson3_gic_version(const std::string& out) {
+  std::smatch match;
+  if (!std::regex_search(out, match, std::regex("KVM can give this VM a GICv([23])"))) return 0;
+  return static_cast<unsigned>(std::stoul(match[1]));
+}
+
+constexpr std::size_t step_limit_default = 200;  // --step-limit's, for each vCPU
+
+}  // namespace
+
+TEST_CASE("lesson 3 --step-guest: each vCPU stepped on its own thread, every line named; vCPU 1 from its first step "
+          "exit; status 0") {
+  // --timeout 30: on one emulated host CPU, vCPU 0's step exits while it waits for vCPU 1 share the CPU with
+  // vCPU 1's shown steps (39 register reads each); on a busy machine that can pass the default 5 s.
+  const Outcome run = run_program({"--lesson", "3", "--step-guest", "--timeout", "30"});
+  MESSAGE("lesson 3 --step-guest took " << run.seconds << " s");
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 0);
+  CHECK(run.err.empty());
+  CHECK(check_lesson3_lines(run.out) == "");
+  CHECK(lines_mixed(run.out) == 0);
+  // Each vCPU's KVM_SET_GUEST_DEBUG, set before its thread starts.
+  CHECK(count(run.out, "      vCPU 0: single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP), before its thread "
+                       "starts") == 1);
+  CHECK(count(run.out, "      vCPU 1: single-stepping: KVM_SET_GUEST_DEBUG(ENABLE | SINGLESTEP), kept across the "
+                       "reset of CPU_ON") == 1);
+  // vCPU 0 from its first instruction, shown before it runs. The limit counts for each vCPU on its own, and
+  // which one gets there depends on how the host runs the two threads (a vCPU spins in its loop, stepped,
+  // while it waits for the other): a vCPU that shows 200 says it reached the limit, then how many more ran.
+  CHECK(run.out.find("vCPU 0       guest 0x10000  aa0003f3  guest.S:76  mov     x19, x0") != std::string::npos);
+  for (const std::string& vcpu : std::vector<std::string>{"vCPU 0", "vCPU 1"}) {
+    const std::size_t shown = count(run.out, vcpu + "       guest 0x");
+    INFO(vcpu << " showed " << shown);
+    CHECK(shown >= 30);
+    CHECK(shown <= step_limit_default);
+    const bool limited = shown == step_limit_default;
+    CHECK(count(run.out, vcpu + "       (--step-limit 200 reached: the guest runs on, one instruction at a time, "
+                                "unshown)\n") == (limited ? 1U : 0U));
+    CHECK(std::regex_search(run.out, std::regex("\n" + vcpu + "       [0-9]+ more instructions not shown")) == limited);
+  }
+  // vCPU 1: no instruction before its first step exit (no PC 0, no entry point), said so; then the one after
+  // the entry, which already ran (x19 = x0, unshown), and on from there.
+  CHECK(count(run.out, "vCPU 1       (its first instruction, at the entry point of the guest's CPU_ON, ran unshown "
+                       "inside KVM_RUN") == 1);
+  std::string vcpu1;  // vCPU 1's lines alone: vCPU 0's may come between two of them, never inside one
+  for (const std::string& line : lines_of(run.out)) {
+    if (line.starts_with("vCPU 1 ")) vcpu1 += line + "\n";
+  }
+  CHECK(std::regex_search(vcpu1, std::regex(R"(^vCPU 1       \(its first instruction[^\n]*\)\nvCPU 1       guest )"
+                                            R"(0x[0-9a-f]+  d53800b5  guest\.S:138 mrs     x21, mpidr_el1)")));
+  CHECK(count(run.out, "vCPU 1       guest 0x0 ") == 0);
+  CHECK(count(run.out, "guest.S:137 ") == 0);
+  // Exits other than the steps' still said, each under its vCPU's name; the run ends as without stepping.
+  CHECK(run.out.find("vCPU 1       the guest says: hello 1\n") != std::string::npos);
+  CHECK(run.out.find("vCPU 1       the guest's handler took INTID 1, an SGI") != std::string::npos);
+  CHECK(run.out.find("      vCPU 1: asked to stop, kicked (SIGUSR1): its KVM_RUN returned EINTR") != std::string::npos);
+  CHECK(run.out.find("\nguest output, vCPU 0: hello 0\\n\nguest output, vCPU 1: hello 1\\n\n") != std::string::npos);
+  CHECK(run.out.find("\ninterrupts vCPU 0 took: none\ninterrupts vCPU 1 took: 27 1\n") != std::string::npos);
+  CHECK(std::regex_search(run.out, std::regex("\nshutdown: the guest powered off \\(PSCI SYSTEM_OFF\\) after [0-9]+ "
+                                              "exits of vCPU 0 and [0-9]+ exits of vCPU 1\n$")));
+}
+
+TEST_CASE("lesson 3 --break-at vCPU 1's entry (guest.S:137, CPU_ON's): the stepper's hardware breakpoint hits on "
+          "vCPU 1 once, x0 = the context id; vCPU 0 never gets there; status 0") {
+  const Outcome run = run_program({"--lesson", "3", "--break-at", "guest.S:137"});
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 0);
+  CHECK(run.err.empty());
+  CHECK(lines_mixed(run.out) == 0);
+  std::smatch armed;
+  REQUIRE(std::regex_search(run.out, armed,
+                            std::regex(R"(\n      vCPU 1: hardware breakpoint at (0x[0-9a-f]+) \(guest\.S:137\): )"
+                                       R"(KVM_SET_GUEST_DEBUG\(ENABLE \| USE_HW\), kept across the reset of CPU_ON\n)")));
+  const std::string entry = armed[1];
+  CHECK(count(run.out, "      vCPU 0: hardware breakpoint at " + entry + " (guest.S:137)") == 1);
+  CHECK(count(run.out, "breakpoint at " + entry + " (guest.S:137), hit ") == 1);
+  const std::string heading = "vCPU 1       breakpoint at " + entry + " (guest.S:137), hit 1 (KVM_EXIT_DEBUG, EC 0x30): "
+                              "the registers before it runs\n";
+  const auto at = run.out.find(heading);
+  REQUIRE(at != std::string::npos);
+  const std::string hit = run.out.substr(at, run.out.find("vbar_el1", at) - at);
+  INFO("hit:\n" << hit);
+  // From CPU_ON's reset: at the entry, x0 the context id (the GIC version), every other register 0, EL1h masked.
+  CHECK(hit.find("vCPU 1       guest " + entry + "  aa0003f3  guest.S:137 mov     x19, x0") != std::string::npos);
+  char x0[64];
+  std::snprintf(x0, sizeof x0, "vCPU 1         x0 0x%016x    x1 0x0000000000000000", lesson3_gic_version(run.out));
+  CHECK(hit.find(x0) != std::string::npos);
+  CHECK(hit.find("vCPU 1         pc " + entry + "  pstate 0x3c5 (EL1h") != std::string::npos);
+  CHECK(hit.find("vCPU 1     sp_el1 0x0  sp_el0 0x0") != std::string::npos);
+  CHECK(run.out.find("vCPU 0       this vCPU never got to the breakpoint at " + entry + " (guest.S:137)\n") !=
+        std::string::npos);
+  // The hit and the step over it: two exits more for vCPU 1 than lesson 3's 10.
+  CHECK(run.out.find("shutdown: the guest powered off (PSCI SYSTEM_OFF) after 13 exits of vCPU 0 and 12 exits of "
+                     "vCPU 1\n") != std::string::npos);
+}
+
+TEST_CASE("lesson 3 --step-guest --break-at vCPU 1's entry: stepping cannot stop there, its first instruction "
+          "runs unshown, and kvm-hello says so") {
+  const Outcome run = run_program({"--lesson", "3", "--step-guest", "--break-at", "guest.S:137", "--timeout", "30"});
+  MESSAGE("lesson 3 --step-guest --break-at took " << run.seconds << " s");
+  INFO("stdout:\n" << run.out << "\nstderr:\n" << run.err);
+  CHECK(run.status == 0);
+  CHECK(count(run.out, "breakpoint at 0x") == 2);  // only each vCPU's "never got to the breakpoint at"
+  CHECK(std::regex_search(run.out, std::regex(R"(\nvCPU 1       this vCPU never got to the breakpoint at 0x[0-9a-f]+ )"
+                                              R"(\(guest\.S:137\) after its first instruction, which ran unshown )"
+                                              R"(\(--break-at without --step-guest, a hardware breakpoint, stops at )"
+                                              R"(that one too\)\n)")));
+  CHECK(std::regex_search(run.out, std::regex(R"(\nvCPU 0       this vCPU never got to the breakpoint at 0x[0-9a-f]+ )"
+                                              R"(\(guest\.S:137\)\n)")));
+}
+
 TEST_CASE("after INIT, PSTATE is EL1h with D, A, I and F masked, and PC is where step 8 put it") {
   kh::Machine m = build_machine(image(guest_bin, guest_bin_len));
   CHECK(kh::get_register(kh::Step::run_guest, m.vcpu.fd, kh::reg::pstate).value() == 0x3c5);

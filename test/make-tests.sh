@@ -158,6 +158,7 @@ check_lacks "LESSON=1, the default: no --lesson" "$(mk -n run LESSON=1)" "--less
 check "LESSON=3: make run gives kvm-hello --lesson 3" "$(mk -n run LESSON=3)" "--lesson 3 "
 check "LESSON=3 with GUEST= and ARGS=: the lesson, the guest, the options" \
   "$(mk -n gdb LESSON=3 GUEST="$b_relative" ARGS=-v)" "--lesson 3 --guest build/your-guest/own.bin"
+check "... and make trace LESSON=3 steps lesson 3's guest, each vCPU" "$(mk -n trace LESSON=3)" "--lesson 3  --step-guest"
 out=$(mk run LESSON=4)
 check "LESSON=4: one line, and what to do" "$out" \
   "*** LESSON=4: kvm-hello has lessons 1, 2 and 3; for example make run LESSON=2.  Stop."
