@@ -391,7 +391,6 @@ Told<kh::MpState> walk_mp_state(const Walk& walk, const kh::Vcpu& vcpu, std::str
   if (!state) return std::unexpected(walk.failed(kh::on_vcpu(state.error(), vcpu.id)));
   walk.out.say(Verbosity::normal, "%s: %s%.*s", vcpu_name(vcpu.id).c_str(), describe_power_state(*state).c_str(),
                static_cast<int>(meaning.size()), meaning.data());
-  pause_after(kh::Step::read_mp_state, walk.options.pause, walk.lesson);
   return *state;
 }
 
@@ -588,6 +587,7 @@ int walk_through_lesson3(const Options& options, Guest guest, std::optional<std:
         vcpu.id == 0 ? ": it runs when its thread calls KVM_RUN" : ": powered off (POWER_OFF), until CPU_ON");
     if (!state) return state.error();
   }
+  pause_after(kh::Step::read_mp_state, options.pause, walk.lesson);
 
   kh::VcpusDevice device(options.vcpus);  // one device; each vCPU's thread sees it through its own view
   const auto results = walk_run_vcpus(walk, *machine, vcpus, device, view, breakpoint);  // steps 17, 9 and 18
@@ -595,6 +595,7 @@ int walk_through_lesson3(const Options& options, Guest guest, std::optional<std:
   for (const auto& result : *results) {
     if (!result) return fail_vcpus(result.error(), out, walk.device(), vcpus, *vgic, view);
   }
+  pause_after(kh::Step::stop_vcpus, options.pause, walk.lesson);
   for (const kh::Vcpu& vcpu : vcpus) {  // step 16 again
     const auto state = walk_mp_state(walk, vcpu, ": SYSTEM_OFF stopped every vCPU (kvm_prepare_system_event)");
     if (!state) return state.error();

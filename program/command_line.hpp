@@ -26,6 +26,10 @@ inline constexpr unsigned max_step_limit = 1U << 30;
 // Lesson 3's vCPUs: two unless --vcpus says more (its exercise 1 starts a third).
 inline constexpr std::uint32_t default_lesson3_vcpus = 2;
 
+// The watchdog with --step-guest and no --timeout (without: kh::default_time_limit).
+inline constexpr std::chrono::milliseconds stepping_time_limit{60'000};
+static_assert(stepping_time_limit > kh::default_time_limit);
+
 struct Options {
   int lesson = 1;  // 1: a guest says hello through MMIO; 2: interrupts and time; 3: a second vCPU
   std::uint32_t vcpus = default_lesson3_vcpus;  // lesson 3: how many vCPUs (--vcpus N), 2 to max_vcpus
@@ -142,6 +146,10 @@ inline std::expected<Options, std::string> parse_options(int argc, char** argv) 
     }
   }
   if (vcpus_given && options.lesson != 3) return std::unexpected("--vcpus is lesson 3's: add --lesson 3");
+  // Single-stepping makes every instruction an exit and a dozen ioctls: a
+  // guest that takes milliseconds takes seconds (lesson 3's two vCPUs on one
+  // busy emulated CPU took up to 12 s). Its watchdog waits longer, unless told.
+  if (options.step_guest && !options.time_limit_given) options.time_limit = stepping_time_limit;
   return options;
 }
 
@@ -179,13 +187,15 @@ inline void print_help() {
       "                      with --lesson 2, x0 holds the GIC's version, 2 or 3)\n"
       "  --guest-lines FILE  its line table, for --step-guest and the dump (`make run GUEST=` makes one)\n"
       "  --kvm-device PATH   the KVM device to open (default /dev/kvm)\n"
-      "  --timeout SECONDS   the watchdog: stop a guest that has not powered off (default %lld)\n"
+      "  --timeout SECONDS   the watchdog: stop a guest that has not powered off (default %lld;\n"
+      "                      with --step-guest %lld)\n"
       "  --version           print the version\n"
       "  -h, --help          this text\n\n"
       "Colour only on a terminal, and never when NO_COLOR is set. Ctrl-C stops the guest\n"
       "cleanly and shows its registers.\n\n"
       "exit status:\n",
-      default_step_limit, breakpoint_hits_shown, static_cast<long long>(kh::default_time_limit.count() / 1000));
+      default_step_limit, breakpoint_hits_shown, static_cast<long long>(kh::default_time_limit.count() / 1000),
+      static_cast<long long>(stepping_time_limit.count() / 1000));
   for (const StatusInfo& info : status_table) {
     std::printf("  %3d  %.*s\n", static_cast<int>(info.status), static_cast<int>(info.meaning.size()),
                 info.meaning.data());

@@ -58,10 +58,41 @@ inline constexpr std::array<std::pair<kh::Step, std::string_view>, 7> lesson2_na
      "KVM_IRQ_LINE (step 15), or write to the irqfd."},
 }};
 
-// The words after `step` in `lesson`: empty when there are none.
+// After lesson 3's steps where it differs from lesson 2: the vCPUs, all
+// created (and initialised) before the vGIC is; their power states, read
+// once before the threads start; the stop, once the guest is off. Steps 6
+// and 7 pause for each vCPU, so their words hold for either.
+inline constexpr std::array<std::pair<kh::Step, std::string_view>, 7> lesson3_narration{{
+    {kh::Step::create_vgic,
+     "The GIC exists inside KVM, its frames placed. Next come the vCPUs, every one of them before the GIC is "
+     "initialised: a vCPU created after that is refused (EBUSY)."},
+    {kh::Step::create_vcpu,
+     "This vCPU exists, its kvm_run mapped (with a GICv3, its redistributor is registered too). Next "
+     "KVM_ARM_VCPU_INIT: vCPU 0 as in lesson 1, any other with POWER_OFF as well."},
+    {kh::Step::init_vcpu,
+     "vCPU 0 is reset and will run once its thread calls KVM_RUN; any other is STOPPED until the guest's CPU_ON. "
+     "Next the next vCPU, until all exist; then vCPU 0's registers."},
+    {kh::Step::set_boot_registers,
+     "vCPU 0's PC, SP_EL1 and x0 are set; every other gets its PC and x0 from the guest's CPU_ON. Next we ask KVM "
+     "which interrupt the virtual timer raises."},
+    {kh::Step::init_vgic,
+     "The GIC is ready for every vCPU, and no vCPU can be added now. Next we read each vCPU's power state."},
+    {kh::Step::read_mp_state,
+     "vCPU 0 is RUNNABLE, every other STOPPED. Next a thread for each vCPU calls KVM_RUN: a STOPPED one sleeps "
+     "inside KVM until the guest's CPU_ON; when the guest powers off, we stop the other threads."},
+    {kh::Step::stop_vcpus,
+     "Every vCPU's thread has ended and been joined: none outlives the VM. Next each power state once more; then "
+     "the fds and memory are released as their owners go out of scope."},
+}};
+
+// The words after `step` in `lesson`: empty when there are none. A lesson
+// says what it says differently, and the lesson before it says the rest.
 inline std::string_view narration_after(kh::Step step, int lesson) {
+  for (const auto& [which, text] : lesson3_narration) {
+    if (lesson == 3 && which == step) return text;
+  }
   for (const auto& [which, text] : lesson2_narration) {
-    if (lesson == 2 && which == step) return text;
+    if (lesson >= 2 && which == step) return text;
   }
   const auto n = static_cast<std::size_t>(step);
   return n >= 1 && n <= narration.size() ? narration[n - 1] : std::string_view{};

@@ -171,6 +171,23 @@ TEST_CASE("the command line") {
     char* argv[] = {prog.data(), bad.data()};
     CHECK(parse_options(2, argv).error().find("--bogus") != std::string::npos);
   }
+  SUBCASE("the watchdog: 5 s, 60 s with --step-guest (each instruction an exit), --timeout's whenever given") {
+    std::string step = "--step-guest", two = "2";
+    char* plain[] = {prog.data()};
+    CHECK(parse_options(1, plain)->time_limit == kh::default_time_limit);
+    CHECK(kh::default_time_limit == std::chrono::seconds(5));
+    char* stepped[] = {prog.data(), step.data()};
+    CHECK(parse_options(2, stepped)->time_limit == stepping_time_limit);
+    CHECK(stepping_time_limit == std::chrono::seconds(60));
+    char* told_before[] = {prog.data(), timeout.data(), two.data(), step.data()};
+    char* told_after[] = {prog.data(), step.data(), timeout.data(), two.data()};
+    for (char** told : {told_before, told_after}) {
+      const auto options = parse_options(4, told);
+      REQUIRE(options);
+      CHECK(options->step_guest);
+      CHECK(options->time_limit == std::chrono::seconds(2));
+    }
+  }
   SUBCASE("a timeout of zero") {
     char* argv[] = {prog.data(), timeout.data(), never.data()};
     CHECK_FALSE(parse_options(3, argv));
@@ -1205,6 +1222,22 @@ TEST_CASE("--pause in lesson 2: words after each step it pauses at, saying what 
   CHECK(narration_after(kh::Step::setup_guest_memory, 2).find("interrupt controller") != std::string_view::npos);
   CHECK(narration_after(kh::Step::setup_guest_memory, 1) == narration[4]);  // lesson 1's words stay its own
   CHECK(narration_after(kh::Step::inject_spi, 2).empty());                 // inside the run: no pause
+}
+
+TEST_CASE("--pause in lesson 3: its own words where its order or its vCPUs differ; lesson 2's and 1's for the rest") {
+  for (const auto& [step, text] : lesson3_narration) {
+    CHECK(narration_after(step, 3) == text);
+    CHECK(narration_after(step, 3) != narration_after(step, 2));  // lesson 3's words, not lesson 2's again
+  }
+  // Where lesson 3 goes on as lesson 2 does, lesson 2's words; before the vGIC, lesson 1's.
+  CHECK(narration_after(kh::Step::setup_guest_memory, 3) == narration_after(kh::Step::setup_guest_memory, 2));
+  CHECK(narration_after(kh::Step::read_timer_irq, 3) == narration_after(kh::Step::read_timer_irq, 2));
+  CHECK(narration_after(kh::Step::create_vm, 3) == narration[3]);
+  // Lessons 1 and 2 keep their own.
+  CHECK(narration_after(kh::Step::create_vcpu, 1) == narration[5]);
+  CHECK(narration_after(kh::Step::create_vgic, 2) == lesson2_narration[2].second);
+  CHECK(narration_after(kh::Step::read_mp_state, 2).empty());
+  CHECK(narration_after(kh::Step::stop_vcpus, 1).empty());
 }
 
 TEST_CASE("lesson 2's mistakes: a storm is one deadline taken twice with the timer's output high; WFI found at PC") {
