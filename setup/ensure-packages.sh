@@ -2,8 +2,10 @@
 # ensure-packages.sh PACKAGE...
 #
 # Installs those of the Debian packages named that are not installed yet, and
-# says which; uses sudo when not run as root. Nothing happens when all are
-# there. On a system without apt it names, in words, what is missing.
+# says which, how many MB that downloads, and how far it is; uses sudo when
+# not run as root. Nothing happens when all are there. The Makefile names
+# the packages: each target gives the ones it needs, the first time it needs
+# them. On a system without apt it names, in words, what is missing.
 set -euo pipefail
 
 # What each package gives, in words, and a command or file that shows it is
@@ -55,18 +57,63 @@ if [ "$(id -u)" -ne 0 ]; then
   as_root=(sudo)
 fi
 
-# apt's own output is kept, and shown only when something fails.
+# apt's own output is kept, and shown only when something fails. What is
+# shown while it works is its progress: what it fetches, how many MB, how far.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-echo "ensure-packages: installing ${missing[*]}"
-if ! "${as_root[@]}" apt-get update -qq >"$log" 2>&1; then
-  cat "$log" >&2
-  echo "ensure-packages: apt-get update failed; trying the install anyway" >&2
+apt_get() { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+
+# say_progress DOWNLOAD [INSTALL]: apt's progress, read from its status
+# lines on stdin (APT::Status-Fd: "dlstatus:FILE:PERCENT:..." while it
+# downloads, "pmstatus:PACKAGE:PERCENT:..." while dpkg unpacks and sets up),
+# as "ensure-packages: downloading DOWNLOAD: 40%" and "ensure-packages:
+# unpacking and setting up INSTALL: 40%". At a terminal that one line is
+# rewritten in place; into a file or a CI log, a line every 5 s at most.
+say_progress() {
+  local download=$1 install=${2:-} kind percent doing last_said=-5 said=""
+  while IFS=: read -r kind _ percent _; do
+    case $kind in
+      dlstatus) doing="downloading $download" ;;
+      pmstatus) doing="unpacking and setting up $install" ;;
+      *) continue ;;
+    esac
+    if [ -t 1 ]; then
+      printf '\rensure-packages: %s: %d%%\033[K' "$doing" "${percent%%.*}"
+      said=yes
+    elif [ $((SECONDS - last_said)) -ge 5 ]; then
+      echo "ensure-packages: $doing: ${percent%%.*}%"
+      last_said=$SECONDS
+    fi
+  done
+  [ -z "$said" ] || echo
+}
+
+# install_missing: what apt would download (its URIs and sizes), said in
+# one line, then the install with its progress. Fails when apt's package
+# lists do not know a package (or name a version no longer on the mirror).
+install_missing() {
+  local uris count megabytes
+  uris=$(apt_get install --print-uris -qq --no-install-recommends "${missing[@]}" 2>"$log") || return 1
+  count=$(grep -c "^'" <<<"$uris" || true)
+  megabytes=$(awk "/^'/ { bytes += \$3 } END { printf \"%.1f\", bytes / 1e6 }" <<<"$uris")
+  echo "ensure-packages: installing ${missing[*]}: $count packages with what they need, $megabytes MB to download"
+  apt_get install -y -qq --no-install-recommends -o APT::Status-Fd=3 "${missing[@]}" 3>&1 >"$log" 2>&1 |
+    say_progress "$megabytes MB" "$count packages"
+  return "${PIPESTATUS[0]}"
+}
+
+# apt's package lists are read again (apt-get update) only when the install
+# needs it: on a new machine, which has none, or when they are too old to
+# name what the mirror has now.
+SECONDS=0
+if ! install_missing; then
+  echo "ensure-packages: reading Debian's package lists first (apt-get update)"
+  apt_get update -qq -o APT::Status-Fd=3 3>&1 >"$log" 2>&1 | say_progress "the package lists" ||
+    { cat "$log" >&2; echo "ensure-packages: apt-get update failed; trying the install anyway" >&2; }
+  if ! install_missing; then
+    cat "$log" >&2
+    echo "ensure-packages: could not install ${missing[*]}; install them yourself and run make again" >&2
+    exit 1
+  fi
 fi
-if ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-     apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
-  cat "$log" >&2
-  echo "ensure-packages: could not install ${missing[*]}; install them yourself and run make again" >&2
-  exit 1
-fi
-echo "ensure-packages: installed ${missing[*]}"
+echo "ensure-packages: installed ${missing[*]} in $SECONDS s"
