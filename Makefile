@@ -134,12 +134,14 @@ ARM64_CXX ?= $(CROSS)g++
 
 # The Debian packages each target installs the first time it needs them
 # (the set-up section below): RUN_PACKAGES build and run kvm-hello (make run,
-# trace, bench); TEST_PACKAGES the test suites add (doctest, tmux for the
-# terminal tests, off arm64 QEMU's user mode for the arm64 unit tests);
-# GDB_PACKAGES make gdb's (the test suites install them too).
+# trace, bench); TEST_PACKAGES the test suites add (doctest; tmux for the
+# terminal tests; gpg and xz, which sign and pack a mirror of the tests' own
+# for the kernel download's; off arm64 the build machine's g++ and QEMU's
+# user mode for the unit tests); GDB_PACKAGES make gdb's (the test suites
+# install them too).
 ifeq ($(KVM_HELLO_MACHINE),native)
   RUN_PACKAGES  := g++ xxd
-  TEST_PACKAGES := doctest-dev tmux
+  TEST_PACKAGES := doctest-dev tmux gpg gpg-agent xz-utils
   GDB_PACKAGES  := gdb
   # How each target runs kvm-hello, the tests and gdb: here, directly.
   RUN_WITH          := $(PROGRAM)
@@ -155,7 +157,7 @@ else
   # initramfs has no C library.
   ARM64_LINK := -static
   RUN_PACKAGES  := $(if $(CROSS),g++-aarch64-linux-gnu,g++) xxd qemu-system-arm cpio debian-archive-keyring
-  TEST_PACKAGES := g++ doctest-dev tmux $(if $(CROSS),qemu-user-static)
+  TEST_PACKAGES := g++ doctest-dev tmux gpg gpg-agent xz-utils $(if $(CROSS),qemu-user-static)
   GDB_PACKAGES  := gdb-multiarch
 
   # The emulated host (README.md explains the default): a Debian suite's

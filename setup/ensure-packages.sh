@@ -22,6 +22,9 @@ describe() {
     gdb) echo "gdb|gdb" ;;
     gdb-multiarch) echo "gdb-multiarch|gdb with arm64 support (gdb-multiarch)" ;;
     tmux) echo "tmux|tmux, a terminal the tests type at (Ctrl-C, --pause)" ;;
+    gpg) echo "gpg|gpg (GnuPG): the tests of the kernel download sign a mirror of their own" ;;
+    gpg-agent) echo "gpg-agent|gpg-agent, which keeps gpg's secret keys" ;;
+    xz-utils) echo "xz|xz, which packs the tests' own package list" ;;
     debian-archive-keyring) echo "/usr/share/keyrings/debian-archive-keyring.gpg|the Debian archive keyring, which checks the arm64 kernel download" ;;
     *) echo "$1|$1" ;;
   esac
@@ -88,9 +91,8 @@ say_progress() {
   [ -z "$said" ] || echo
 }
 
-# install_missing: what apt would download (its URIs and sizes), said in
-# one line, then the install with its progress. Fails when apt's package
-# lists do not know a package (or name a version no longer on the mirror).
+# install_missing: what apt will download (its URIs and sizes), in one
+# line, then the install, saying how far it is.
 install_missing() {
   local uris count megabytes
   uris=$(apt_get install --print-uris -qq --no-install-recommends "${missing[@]}" 2>"$log") || return 1
@@ -99,21 +101,19 @@ install_missing() {
   echo "ensure-packages: installing ${missing[*]}: $count packages with what they need, $megabytes MB to download"
   apt_get install -y -qq --no-install-recommends -o APT::Status-Fd=3 "${missing[@]}" 3>&1 >"$log" 2>&1 |
     say_progress "$megabytes MB" "$count packages"
-  return "${PIPESTATUS[0]}"
 }
 
-# apt's package lists are read again (apt-get update) only when the install
-# needs it: on a new machine, which has none, or when they are too old to
-# name what the mirror has now.
+# apt's package lists are read first (apt-get update), so that what is
+# installed is the mirror's current version, with its security updates.
 SECONDS=0
+echo "ensure-packages: reading Debian's package lists (apt-get update)"
+if ! apt_get update -qq -o APT::Status-Fd=3 3>&1 >"$log" 2>&1 | say_progress "the package lists"; then
+  cat "$log" >&2
+  echo "ensure-packages: apt-get update failed; trying the install anyway" >&2
+fi
 if ! install_missing; then
-  echo "ensure-packages: reading Debian's package lists first (apt-get update)"
-  apt_get update -qq -o APT::Status-Fd=3 3>&1 >"$log" 2>&1 | say_progress "the package lists" ||
-    { cat "$log" >&2; echo "ensure-packages: apt-get update failed; trying the install anyway" >&2; }
-  if ! install_missing; then
-    cat "$log" >&2
-    echo "ensure-packages: could not install ${missing[*]}; install them yourself and run make again" >&2
-    exit 1
-  fi
+  cat "$log" >&2
+  echo "ensure-packages: could not install ${missing[*]}; install them yourself and run make again" >&2
+  exit 1
 fi
 echo "ensure-packages: installed ${missing[*]} in $SECONDS s"
