@@ -69,6 +69,7 @@ LIBRARY_USER      := $(BUILD)/two-vms-two-threads
 TSAN_PROGRAM      := $(BUILD)/vcpu-threads-tsan
 FUZZER            := $(BUILD)/fuzz-exits
 PACKAGES_OK       := $(BUILD)/.packages-ok
+KERNEL_PACKAGES_OK := $(BUILD)/.packages-kernel-ok
 TEST_PACKAGES_OK  := $(BUILD)/.packages-test-ok
 GDB_PACKAGES_OK   := $(BUILD)/.packages-gdb-ok
 TEST_LOGS         := $(BUILD)/test-logs
@@ -134,7 +135,8 @@ ARM64_CXX ?= $(CROSS)g++
 
 # The Debian packages each target installs the first time it needs them
 # (the set-up section below): RUN_PACKAGES build and run kvm-hello (make run,
-# trace, bench); TEST_PACKAGES the test suites add (doctest; tmux for the
+# trace, bench), KERNEL_PACKAGES check the emulated machine's kernel download
+# (gpgv, dpkg and apt's downloader come with every Debian); TEST_PACKAGES the test suites add (doctest; tmux for the
 # terminal tests; gpg and xz, which sign and pack a mirror of the tests' own
 # for the kernel download's; off arm64 the build machine's g++ and QEMU's
 # user mode for the unit tests); GDB_PACKAGES make gdb's (the test suites
@@ -156,7 +158,8 @@ else
   # The programs the emulated machine runs are linked statically: its
   # initramfs has no C library.
   ARM64_LINK := -static
-  RUN_PACKAGES  := $(if $(CROSS),g++-aarch64-linux-gnu,g++) xxd qemu-system-arm cpio debian-archive-keyring
+  RUN_PACKAGES  := $(if $(CROSS),g++-aarch64-linux-gnu,g++) xxd qemu-system-arm cpio
+  KERNEL_PACKAGES := debian-archive-keyring
   TEST_PACKAGES := g++ doctest-dev tmux gpg gpg-agent xz-utils $(if $(CROSS),qemu-user-static)
   GDB_PACKAGES  := gdb-multiarch
 
@@ -296,12 +299,16 @@ distclean: clean
 # ==== Set-up: packages, prerequisites, the kernel ============================
 
 # Each set of packages is installed when a target first needs it, then
-# remembered: the first by everything that builds kvm-hello (make run), the
-# second by the test suites' builds and runs (make test, make lint), the
-# third by make gdb. One apt at a time: the others wait for the first, and
+# remembered: the kernel's by its download, which so runs beside the install
+# of the next, the run set, needed by everything that builds kvm-hello (make
+# run); the test suites' set by their builds and runs (make test, make lint);
+# gdb's by make gdb. One apt at a time: each waits for the one before, and
 # the test suites' set holds gdb's.
-$(PACKAGES_OK):
+$(KERNEL_PACKAGES_OK):
 	@mkdir -p $(@D)
+	@setup/ensure-packages.sh $(KERNEL_PACKAGES)
+	@touch $@
+$(PACKAGES_OK): | $(KERNEL_PACKAGES_OK)
 	@setup/ensure-packages.sh $(RUN_PACKAGES)
 	@setup/check-prerequisites.sh "" "$(ARM64_CXX)"
 	@touch $@
@@ -315,7 +322,7 @@ $(GDB_PACKAGES_OK): | $(PACKAGES_OK)
 # The e2e tests are doctest's too (the unit tests' objects say so in UNIT_DEPENDS).
 $(E2E): | $(TEST_PACKAGES_OK)
 
-$(CACHE)/kernels/%/vmlinuz: | $(PACKAGES_OK)
+$(CACHE)/kernels/%/vmlinuz: | $(KERNEL_PACKAGES_OK)
 	@tools/fetch-kernel.sh $(KVM_HELLO_SUITE) $(KVM_HELLO_FLAVOUR) $(@D)
 
 # ==== Guests: assembled, linked at guest RAM, raw bytes, a C array ==========

@@ -69,26 +69,22 @@ apt_get() { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
 # say_progress DOWNLOAD [INSTALL]: apt's progress, read from its status
 # lines on stdin (APT::Status-Fd: "dlstatus:FILE:PERCENT:..." while it
 # downloads, "pmstatus:PACKAGE:PERCENT:..." while dpkg unpacks and sets up),
-# as "ensure-packages: downloading DOWNLOAD: 40%" and "ensure-packages:
-# unpacking and setting up INSTALL: 40%". At a terminal that one line is
-# rewritten in place; into a file or a CI log, a line every 5 s at most.
+# as a line every 5 s: "ensure-packages: downloading DOWNLOAD: 40%", then
+# "ensure-packages: unpacking and setting up INSTALL: 40%". Whole lines, at
+# a terminal too: the kernel's download may be saying its own beside it.
 say_progress() {
-  local download=$1 install=${2:-} kind percent doing last_said=-5 said=""
+  local download=$1 install=${2:-} kind percent doing last_said=$SECONDS
   while IFS=: read -r kind _ percent _; do
     case $kind in
       dlstatus) doing="downloading $download" ;;
       pmstatus) doing="unpacking and setting up $install" ;;
       *) continue ;;
     esac
-    if [ -t 1 ]; then
-      printf '\rensure-packages: %s: %d%%\033[K' "$doing" "${percent%%.*}"
-      said=yes
-    elif [ $((SECONDS - last_said)) -ge 5 ]; then
+    if [ $((SECONDS - last_said)) -ge 5 ]; then
       echo "ensure-packages: $doing: ${percent%%.*}%"
       last_said=$SECONDS
     fi
   done
-  [ -z "$said" ] || echo
 }
 
 # install_missing: what apt will download (its URIs and sizes), in one

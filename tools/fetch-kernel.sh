@@ -88,9 +88,9 @@ megabytes() { awk -v bytes="$1" 'BEGIN { printf "%.1f", bytes / 1e6 }'; }
 downloaded=0
 
 # fetch URL FILE [SHA256 SIZE]: apt's downloader puts URL at FILE, refusing
-# it when a SHA256 is given and the file's is another. A download of more
-# than 5 MB says how far it is: at a terminal on one line, rewritten; into a
-# file or a CI log, a line every 5 s.
+# it when a SHA256 is given and the file's is another. A download of SIZE
+# bytes says how far it is, a line every 5 s (whole lines, at a terminal
+# too: the packages' install may be saying its own beside it).
 fetch() {
   local url=$1 file=$2 sha256=${3:-} size=${4:-0} pid tenths=0 done_bytes
   "$apt_helper" -qq -o APT::Sandbox::User="$(id -un)" download-file "$url" "$file" ${sha256:+"SHA256:$sha256"} \
@@ -99,15 +99,11 @@ fetch() {
   while kill -0 "$pid" 2>/dev/null; do
     sleep 0.1
     tenths=$((tenths + 1))
-    [ "$size" -gt 5000000 ] || continue
-    done_bytes=$(stat -c %s "$file" 2>/dev/null || echo 0)
-    if [ -t 1 ] && [ $((tenths % 5)) = 0 ]; then
-      printf '\rfetch-kernel: %s of %s MB\033[K' "$(megabytes "$done_bytes")" "$(megabytes "$size")"
-    elif [ ! -t 1 ] && [ $((tenths % 50)) = 0 ]; then
+    if [ "$size" -gt 0 ] && [ $((tenths % 50)) = 0 ]; then
+      done_bytes=$(stat -c %s "$file" 2>/dev/null || echo 0)
       echo "fetch-kernel: $(megabytes "$done_bytes") of $(megabytes "$size") MB, $((done_bytes * 100 / size))%"
     fi
   done
-  if [ -t 1 ] && [ "$size" -gt 5000000 ] && [ "$tenths" -ge 5 ]; then echo; fi
   wait "$pid" || fail "downloading $url failed (the mirror's file is not the one its signed list names, or it" \
     "could not be reached): $(grep -E '^(E|W):|Hash Sum|Err' "$work/fetch.log" | head -n 2 | tr '\n' ' ')"
   downloaded=$((downloaded + $(stat -c %s "$file")))
