@@ -8,26 +8,26 @@
 # arm64 kernels have KVM built in, so inside the machine there is a real
 # arm64 /dev/kvm. DIR/package names the package it came from.
 #
-# What it downloads, each file checked before anything reads it: the chain
-# apt checks, done here with gpgv and the SHA256 sums, so that the suite's
-# package list (59 MB unpacked) is read once, by one awk, where apt would
-# turn all of it into its cache for each of its commands:
-#   1. the suite's InRelease. It must carry a good signature by a key of the
-#      Debian archive keyring (/usr/share/keyrings/debian-archive-keyring.gpg,
-#      package debian-archive-keyring), made with a SHA-2 hash; gpgv checks
-#      it, and only the text that signature covers is read on. That text must
-#      name SUITE and, when it says until when it is valid, still be valid (as
-#      apt: unless apt's Acquire::Check-Valid-Until is false);
+# What it downloads, each file checked before anything reads it, as apt
+# checks it:
+#   1. the suite's InRelease, by apt-get update told to fetch no list at all
+#      (Acquire::IndexTargets::deb::Packages::DefaultEnabled=false): apt keeps
+#      it only when it carries a good signature by a key of the Debian archive
+#      keyring (/usr/share/keyrings/debian-archive-keyring.gpg, package
+#      debian-archive-keyring; apt asks gpgv on Debian 12, sqv on 13) and is
+#      still valid (Valid-Until). Its signed text must name SUITE;
 #   2. the suite's list of arm64 packages, main/binary-arm64/Packages.xz
 #      (about 10 MB), which must have the SHA256 and size the signed text gives;
 #   3. the one package that holds the kernel, linux-image-VERSION-FLAVOUR (from
 #      Linux 7.x, linux-binary-VERSION-FLAVOUR), which must have the SHA256
 #      and size that list gives.
-# Each download is apt's own downloader's (apt-helper download-file: the
-# machine's apt settings, a proxy say, apply), which refuses a file whose
-# SHA256 is not the one given. A large download says how far it is. The
-# machine's apt state and configuration are never changed, and no root is
-# needed.
+# 2 and 3 are downloaded by apt's own downloader (apt-helper download-file),
+# which refuses a file whose SHA256 is not the one given. So the list, 59 MB
+# unpacked, is read once, by one awk, where apt's commands would each turn
+# all of it into their cache first. apt runs with a private state and sources
+# (tools/private-apt.sh): the machine's apt state and configuration are never
+# changed (its settings, a proxy say, apply), and no root is needed. A large
+# download says how far it is.
 #
 # The mirror is the first Debian mirror of the machine's own sources, or
 # deb.debian.org; KVM_HELLO_MIRROR=URL chooses another. A stable release's
@@ -47,6 +47,7 @@ kernel="$dir/vmlinuz"
 [ -s "$kernel" ] && exit 0
 
 keyring=${KVM_HELLO_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
+[[ $keyring == /* ]] || keyring=$PWD/$keyring  # apt's Signed-By takes only a full path
 apt_helper=/usr/lib/apt/apt-helper
 fail() {
   echo "fetch-kernel: $*" >&2
@@ -54,8 +55,8 @@ fail() {
   exit 1
 }
 [ -r "$keyring" ] || fail "$keyring is missing (package debian-archive-keyring): the download could not be checked"
-for tool in gpgv dpkg-deb "$apt_helper"; do
-  command -v "$tool" >/dev/null || fail "there is no $tool (packages gpgv, dpkg and apt): the download needs it"
+for tool in apt-get dpkg-deb "$apt_helper"; do
+  command -v "$tool" >/dev/null || fail "there is no $tool (packages apt and dpkg): the download needs it"
 done
 
 # The machine's Debian mirror, when its sources name one; otherwise Debian's own.
@@ -77,8 +78,6 @@ case $suite in
       places+=("${security%/} $suite-security")
     fi ;;
 esac
-check_valid_until=true
-eval "$(apt-config shell check_valid_until Acquire::Check-Valid-Until/b 2>/dev/null || true)"
 
 work="$dir/download"
 rm -rf "$work"
@@ -109,33 +108,39 @@ fetch() {
   downloaded=$((downloaded + $(stat -c %s "$file")))
 }
 
-# signed_release MIRROR SUITE FILE: the text of the suite's InRelease that a
-# key of the keyring signed, at FILE, checked as step 1 above says.
-signed_release() {
-  local url="$1/dists/$2/InRelease" file=$3 status valid_until
-  fetch "$url" "$file.signed"
-  status=$(gpgv --status-fd 1 --keyring "$keyring" --output "$file" "$file.signed" 2>/dev/null || true)
-  # [GNUPG:] VALIDSIG FINGERPRINT DATE TIME EXPIRES VERSION 0 KEY-ALGORITHM HASH-ALGORITHM ...:
-  # hash algorithms 8, 9, 10 and 11 are SHA-256, -384, -512 and -224.
-  if grep -q '^\[GNUPG:\] BADSIG' <<<"$status" ||
-     ! awk '$2 == "VALIDSIG" && $10 >= 8 && $10 <= 11 { good = 1 } END { exit !good }' <<<"$status"; then
-    fail "$url is not signed by a key of $keyring: it is not Debian's, or it was changed on the way"
-  fi
-  awk -v suite="$2" '($1 == "Suite:" || $1 == "Codename:") && $2 == suite { found = 1 } END { exit !found }' "$file" ||
-    fail "$url is signed, but for another suite than $2: $(grep -E '^(Suite|Codename):' "$file" | tr '\n' ' ')"
-  valid_until=$(sed -n 's/^Valid-Until: //p' "$file")
-  if [ -n "$valid_until" ] && [ "$check_valid_until" = true ] &&
-     [ "$(date -d "$valid_until" +%s)" -lt "$(date +%s)" ]; then
-    fail "$url was valid until $valid_until: the mirror is out of date (or this machine's clock is wrong)"
-  fi
+# signed_releases: step 1 for every place, by apt; then each suite's
+# signed text at $work/SUITE.Release.
+signed_releases() {
+  local place url suite inrelease
+  mkdir -p "$work/sources"
+  for place in "${places[@]}"; do
+    printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n\n' $place "$keyring"
+  done >"$work/sources/kernel.sources"
+  # shellcheck source=tools/private-apt.sh
+  . "$(dirname "$0")/private-apt.sh"
+  private_apt "$work/apt" "$work/sources"
+  apt-get "${apt_opts[@]}" -o Acquire::IndexTargets::deb::Packages::DefaultEnabled=false update \
+    >"$work/update.log" 2>&1 || true
+  for place in "${places[@]}"; do
+    read -r url suite <<<"$place"
+    inrelease=$(ls "$work/apt/lists/"*"_dists_${suite}_InRelease" 2>/dev/null || true)
+    [ -n "$inrelease" ] || fail "$url/dists/$suite/InRelease was refused (not signed by a key of $keyring, out of" \
+      "date, or not reached): $(grep -E '^(E|W):' "$work/update.log" | head -n 2 | tr '\n' ' ')"
+    # The text between the armour's header and its signature (a line that
+    # begins with "-" is dash-escaped: "- -...").
+    awk '/^-----BEGIN PGP SIGNATURE-----$/ { exit } text { sub(/^- /, ""); print } /^$/ { text = 1 }' \
+      "$inrelease" >"$work/$suite.Release"
+    awk -v suite="$suite" '($1 == "Suite:" || $1 == "Codename:") && $2 == suite { found = 1 } END { exit !found }' \
+      "$work/$suite.Release" || fail "$url/dists/$suite/InRelease is signed, but for another suite than $suite:" \
+      "$(grep -E '^(Suite|Codename):' "$work/$suite.Release" | tr '\n' ' ')"
+  done
 }
 
 # kernel_packages MIRROR SUITE: every linux-image-* and linux-binary-*
 # package of the suite's arm64 list, a line each added to $work/kernels:
-# NAME VERSION URL SIZE SHA256 DEPENDS..., read as steps 1 and 2 above say.
+# NAME VERSION URL SIZE SHA256 DEPENDS..., read as step 2 above says.
 kernel_packages() {
   local release="$work/$2.Release" list="$work/$2.Packages.xz" hash size
-  signed_release "$1" "$2" "$release"
   read -r hash size < <(awk '/^[^ ]/ { in_sha256 = ($1 == "SHA256:") }
     in_sha256 && $3 == "main/binary-arm64/Packages.xz" { print $1, $2 }' "$release")
   [ -n "${hash:-}" ] || fail "$1 $2's signed Release lists no main/binary-arm64/Packages.xz: it has no arm64 packages"
@@ -166,6 +171,7 @@ depends_on() {
 
 echo "fetch-kernel: Debian $suite's arm64 kernel ($flavour), once, into $dir (from ${places[*]%% *}; signed by a" \
   "key of $keyring, checked; your apt setup is untouched)"
+signed_releases
 for place in "${places[@]}"; do
   kernel_packages $place
 done
