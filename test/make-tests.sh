@@ -274,7 +274,7 @@ check "... the error last, then make run's words for its status" "$both" \
 # for another suite, is refused in words, and no kernel is kept.
 mirror=$work/mirror
 gpg_home=$work/gnupg
-mkdir -p -m 700 "$gpg_home"
+mkdir -p "$gpg_home" && chmod 700 "$gpg_home"
 with_gpg() { gpg --homedir "$gpg_home" --batch --quiet --pinentry-mode loopback --passphrase '' "$@"; }
 with_gpg --quick-gen-key "kvm-hello test mirror" ed25519 sign never
 with_gpg --quick-gen-key "someone else" ed25519 sign never

@@ -114,7 +114,8 @@ signed_releases() {
   local place url suite inrelease
   mkdir -p "$work/sources"
   for place in "${places[@]}"; do
-    printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n\n' $place "$keyring"
+    read -r url suite <<<"$place"
+    printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: %s\n\n' "$url" "$suite" "$keyring"
   done >"$work/sources/kernel.sources"
   # shellcheck source=tools/private-apt.sh
   . "$(dirname "$0")/private-apt.sh"
@@ -155,9 +156,9 @@ kernel_packages() {
 
 # newest NAME: the line of $work/kernels of package NAME with the highest version.
 newest() {
-  local line best="" best_version="" name version
+  local line best="" best_version="" version
   while read -r line; do
-    read -r name version _ <<<"$line"
+    read -r _ version _ <<<"$line"
     if [ -z "$best" ] || dpkg --compare-versions "$version" gt "$best_version"; then
       best=$line best_version=$version
     fi
@@ -173,7 +174,8 @@ echo "fetch-kernel: Debian $suite's arm64 kernel ($flavour), once, into $dir (fr
   "key of $keyring, checked; your apt setup is untouched)"
 signed_releases
 for place in "${places[@]}"; do
-  kernel_packages $place
+  read -r url suite_here <<<"$place"
+  kernel_packages "$url" "$suite_here"
 done
 
 # linux-image-FLAVOUR is a meta package; the kernel is the package it depends
