@@ -69,7 +69,8 @@ LIBRARY_USER      := $(BUILD)/two-vms-two-threads
 TSAN_PROGRAM      := $(BUILD)/vcpu-threads-tsan
 FUZZER            := $(BUILD)/fuzz-exits
 PACKAGES_OK       := $(BUILD)/.packages-ok
-KERNEL_PACKAGES_OK := $(BUILD)/.packages-kernel-ok
+KERNEL_PACKAGES_OK  := $(BUILD)/.packages-kernel-ok
+MACHINE_PACKAGES_OK := $(BUILD)/.packages-machine-ok
 TEST_PACKAGES_OK  := $(BUILD)/.packages-test-ok
 GDB_PACKAGES_OK   := $(BUILD)/.packages-gdb-ok
 TEST_LOGS         := $(BUILD)/test-logs
@@ -134,15 +135,17 @@ HOST_CXX := $(CXX)
 ARM64_CXX ?= $(CROSS)g++
 
 # The Debian packages each target installs the first time it needs them
-# (the set-up section below): RUN_PACKAGES build and run kvm-hello (make run,
-# trace, bench), KERNEL_PACKAGES check the emulated machine's kernel download
-# (gpgv, dpkg and apt's downloader come with every Debian); TEST_PACKAGES the test suites add (doctest; tmux for the
+# (the set-up section below). make run, trace and bench install three sets:
+# BUILD_PACKAGES build kvm-hello; MACHINE_PACKAGES make and start the
+# emulated machine (installed while kvm-hello compiles); KERNEL_PACKAGES
+# check its kernel's download (apt and dpkg, which it uses too, come with
+# every Debian). TEST_PACKAGES the test suites add (doctest; tmux for the
 # terminal tests; gpg and xz, which sign and pack a mirror of the tests' own
 # for the kernel download's; off arm64 the build machine's g++ and QEMU's
 # user mode for the unit tests); GDB_PACKAGES make gdb's (the test suites
 # install them too).
 ifeq ($(KVM_HELLO_MACHINE),native)
-  RUN_PACKAGES  := g++ xxd
+  BUILD_PACKAGES := g++ xxd
   TEST_PACKAGES := doctest-dev tmux gpg gpg-agent xz-utils
   GDB_PACKAGES  := gdb
   # How each target runs kvm-hello, the tests and gdb: here, directly.
@@ -158,8 +161,9 @@ else
   # The programs the emulated machine runs are linked statically: its
   # initramfs has no C library.
   ARM64_LINK := -static
-  RUN_PACKAGES  := $(if $(CROSS),g++-aarch64-linux-gnu,g++) xxd qemu-system-arm cpio
-  KERNEL_PACKAGES := debian-archive-keyring
+  BUILD_PACKAGES   := $(if $(CROSS),g++-aarch64-linux-gnu,g++) xxd
+  MACHINE_PACKAGES := qemu-system-arm cpio
+  KERNEL_PACKAGES  := debian-archive-keyring
   TEST_PACKAGES := g++ doctest-dev tmux gpg gpg-agent xz-utils $(if $(CROSS),qemu-user-static)
   GDB_PACKAGES  := gdb-multiarch
 
@@ -299,28 +303,34 @@ distclean: clean
 # ==== Set-up: packages, prerequisites, the kernel ============================
 
 # Each set of packages is installed when a target first needs it, then
-# remembered: the kernel's by its download, which so runs beside the install
-# of the next, the run set, needed by everything that builds kvm-hello (make
-# run); the test suites' set by their builds and runs (make test, make lint);
-# gdb's by make gdb. One apt at a time: each waits for the one before, and
-# the test suites' set holds gdb's.
+# remembered: the kernel's by its download, which so runs beside the next
+# installs; the build set ($(PACKAGES_OK)) by everything that compiles; the
+# emulated machine's by the initramfs (cpio) and so by its runs (QEMU): it
+# installs while kvm-hello compiles; the test suites' set by their builds
+# and runs (make test, make lint); gdb's by make gdb. One apt at a time: each
+# waits for the one before, and the test suites' set holds gdb's.
 $(KERNEL_PACKAGES_OK):
 	@mkdir -p $(@D)
 	@setup/ensure-packages.sh $(KERNEL_PACKAGES)
 	@touch $@
 $(PACKAGES_OK): | $(KERNEL_PACKAGES_OK)
-	@setup/ensure-packages.sh $(RUN_PACKAGES)
+	@setup/ensure-packages.sh $(BUILD_PACKAGES)
 	@setup/check-prerequisites.sh "" "$(ARM64_CXX)"
 	@touch $@
-$(TEST_PACKAGES_OK): | $(PACKAGES_OK)
+$(MACHINE_PACKAGES_OK): | $(PACKAGES_OK)
+	@setup/ensure-packages.sh $(MACHINE_PACKAGES)
+	@touch $@
+$(TEST_PACKAGES_OK): | $(MACHINE_PACKAGES_OK)
 	@setup/ensure-packages.sh $(TEST_PACKAGES) $(GDB_PACKAGES)
 	@setup/check-prerequisites.sh "$(HOST_CXX)" "" $(if $(CROSS),$(ARM64_UAPI))
 	@touch $@
-$(GDB_PACKAGES_OK): | $(PACKAGES_OK)
+$(GDB_PACKAGES_OK): | $(MACHINE_PACKAGES_OK)
 	@setup/ensure-packages.sh $(GDB_PACKAGES)
 	@touch $@
-# The e2e tests are doctest's too (the unit tests' objects say so in UNIT_DEPENDS).
+# The e2e tests are doctest's too (the unit tests' objects say so in
+# UNIT_DEPENDS); every initramfs is made with cpio.
 $(E2E): | $(TEST_PACKAGES_OK)
+$(BUILD)/run.cpio $(BUILD)/gdb.cpio $(BUILD)/test.cpio: | $(MACHINE_PACKAGES_OK)
 
 $(CACHE)/kernels/%/vmlinuz: | $(KERNEL_PACKAGES_OK)
 	@tools/fetch-kernel.sh $(KVM_HELLO_SUITE) $(KVM_HELLO_FLAVOUR) $(@D)

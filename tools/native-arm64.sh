@@ -64,7 +64,7 @@ mirror=${KVM_HELLO_NATIVE_MIRROR:-http://deb.debian.org/debian}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kvm-hello/native-arm64
 
 # What the root holds: every package the Makefile's native branch names
-# (read from it: its RUN_PACKAGES, TEST_PACKAGES and GDB_PACKAGES lines, so
+# (read from it: its BUILD_PACKAGES, TEST_PACKAGES and GDB_PACKAGES lines, so
 # the two cannot drift apart; the job runs make test, which needs them all),
 # more a contributor expects, and a kernel (its modules drive the root disk:
 # virtio-blk and ext4 are modules in Debian's arm64 kernel).
