@@ -591,7 +591,10 @@ define make-initramfs
 	@rm -rf $@.root
 endef
 
-$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
+# kvm-hello first: its compile is the longest, and make starts the
+# prerequisites in their order (then /init, then the emulated machine's
+# packages, which install while kvm-hello compiles).
+$(BUILD)/run.cpio: $(PROGRAM) $(BUILD)/vm-init
 	$(call make-initramfs,$(PROGRAM))
 
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
