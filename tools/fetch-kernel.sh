@@ -15,7 +15,8 @@
 #      it only when it carries a good signature by a key of the Debian archive
 #      keyring (/usr/share/keyrings/debian-archive-keyring.gpg, package
 #      debian-archive-keyring; apt asks gpgv on Debian 12, sqv on 13) and is
-#      still valid (Valid-Until). Its signed text must name SUITE;
+#      still valid (Valid-Until, unless apt's settings say not to check it).
+#      Its signed text must name SUITE;
 #   2. the suite's list of arm64 packages, main/binary-arm64/Packages.xz
 #      (about 10 MB), which must have the SHA256 and size the signed text gives;
 #   3. the one package that holds the kernel, linux-image-VERSION-FLAVOUR (from
@@ -34,8 +35,8 @@
 # security suite is read too (its kernel updates come that way): the newer
 # kernel of the two is taken. KVM_HELLO_KEYRING=FILE checks the signatures
 # with another keyring. (Debian's installer has a smaller kernel package,
-# kernel-image-VERSION-FLAVOUR-di, 15 MB without the modules; but the list
-# it is in lags behind the security suite's kernels: it would be an older
+# kernel-image-VERSION-FLAVOUR-di, 15 MB without the modules; but its list
+# has lagged behind the security suite's kernels, so it can be an older
 # kernel than this one.)
 #
 # To use a kernel you already have instead: KVM_HELLO_KERNEL=/path/to/Image.
