@@ -592,10 +592,12 @@ define make-initramfs
 endef
 
 # kvm-hello first: its compile is the longest, and make starts the
-# prerequisites in their order (then /init, then the emulated machine's
-# packages, which install while kvm-hello compiles).
+# prerequisites in their order. The emulated machine's packages install
+# while it compiles: once what it includes is made, so that they do not take
+# a core before the compile starts.
 $(BUILD)/run.cpio: $(PROGRAM) $(BUILD)/vm-init
 	$(call make-initramfs,$(PROGRAM))
+$(MACHINE_PACKAGES_OK): | $(filter $(BUILD)/%,$(PROGRAM_SOURCES))
 
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
 	$(call make-initramfs,$(DEBUG_PROGRAM))
