@@ -3,9 +3,11 @@
 # Where kvm-hello runs: natively on an arm64 machine whose /dev/kvm exists;
 # anywhere else inside an emulated arm64 machine whose kernel has a real
 # arm64 /dev/kvm (tools/run-in-vm.sh). KVM_HELLO_MACHINE picks one by hand.
-# Either way `make run` and `make test` first install what is missing
-# (setup/ensure-packages.sh, then setup/check-prerequisites.sh) and, when
-# emulating, download the chosen Debian arm64 kernel once into $(CACHE).
+# Either way each target first installs what it needs and is missing
+# (setup/ensure-packages.sh, then setup/check-prerequisites.sh): make run
+# what builds and runs kvm-hello, make test what the test suites need too
+# (the set-up section below) and, when emulating, downloads the chosen Debian
+# arm64 kernel once into $(CACHE).
 
 ## Targets:
 ##   make run         build and run kvm-hello (ARGS="--timeout 2" passes options;
@@ -69,6 +71,10 @@ LIBRARY_USER      := $(BUILD)/two-vms-two-threads
 TSAN_PROGRAM      := $(BUILD)/vcpu-threads-tsan
 FUZZER            := $(BUILD)/fuzz-exits
 PACKAGES_OK       := $(BUILD)/.packages-ok
+KERNEL_PACKAGES_OK  := $(BUILD)/.packages-kernel-ok
+MACHINE_PACKAGES_OK := $(BUILD)/.packages-machine-ok
+TEST_PACKAGES_OK  := $(BUILD)/.packages-test-ok
+GDB_PACKAGES_OK   := $(BUILD)/.packages-gdb-ok
 TEST_LOGS         := $(BUILD)/test-logs
 # The lesson: 1 (a guest says hello through MMIO), 2 (interrupts and time)
 # or 3 (a second vCPU).
@@ -130,8 +136,20 @@ CROSS := $(if $(ARM64_BUILD),,aarch64-linux-gnu-)
 HOST_CXX := $(CXX)
 ARM64_CXX ?= $(CROSS)g++
 
+# The Debian packages each target installs the first time it needs them
+# (the set-up section below). make run, trace and bench install three sets:
+# BUILD_PACKAGES build kvm-hello; MACHINE_PACKAGES make and start the
+# emulated machine (installed while kvm-hello compiles); KERNEL_PACKAGES
+# check its kernel's download (apt and dpkg, which it uses too, come with
+# every Debian). TEST_PACKAGES the test suites add (doctest; tmux for the
+# terminal tests; gpg and xz, which sign and pack a mirror of the tests' own
+# for the kernel download's; off arm64 the build machine's g++ and QEMU's
+# user mode for the unit tests); GDB_PACKAGES make gdb's (the test suites
+# install them too).
 ifeq ($(KVM_HELLO_MACHINE),native)
-  PACKAGES := g++ xxd doctest-dev gdb tmux
+  BUILD_PACKAGES := g++ xxd
+  TEST_PACKAGES := doctest-dev tmux gpg gpg-agent xz-utils
+  GDB_PACKAGES  := gdb
   # How each target runs kvm-hello, the tests and gdb: here, directly.
   RUN_WITH          := $(PROGRAM)
   GDB_WITH           = gdb -q -x gdb/steps.gdb $(GDB_ARGS) --args $(DEBUG_PROGRAM) $(PROGRAM_ARGS)
@@ -145,8 +163,11 @@ else
   # The programs the emulated machine runs are linked statically: its
   # initramfs has no C library.
   ARM64_LINK := -static
-  PACKAGES := g++ xxd doctest-dev qemu-system-arm cpio gdb-multiarch debian-archive-keyring tmux \
-    $(if $(CROSS),g++-aarch64-linux-gnu qemu-user-static)
+  BUILD_PACKAGES   := $(if $(CROSS),g++-aarch64-linux-gnu,g++) xxd
+  MACHINE_PACKAGES := qemu-system-arm cpio
+  KERNEL_PACKAGES  := debian-archive-keyring
+  TEST_PACKAGES := g++ doctest-dev tmux gpg gpg-agent xz-utils $(if $(CROSS),qemu-user-static)
+  GDB_PACKAGES  := gdb-multiarch
 
   # The emulated host (README.md explains the default): a Debian suite's
   # kernel, downloaded once per suite and flavour.
@@ -199,15 +220,18 @@ PROGRAM_ARGS = $(if $(filter 2 3,$(LESSON)),--lesson $(LESSON) )$(if $(GUEST),--
 
 # run, trace and bench: kvm-hello's exit status becomes make's; one that is
 # not 0 is first said in words by program/say-status.sh, from the table of
-# kvm-hello's --help (run here: under qemu-aarch64-static off arm64).
-HELP_WITH := $(if $(CROSS),qemu-aarch64-static )$(PROGRAM)
+# kvm-hello's --help: run here; off arm64 under qemu-aarch64-static once the
+# test suites' packages brought it, until then in the emulated machine (a
+# boot more, which only a failed run pays).
+QEMU_USER := $(shell command -v qemu-aarch64-static 2>/dev/null)
+HELP_WITH := $(if $(CROSS),$(if $(QEMU_USER),$(QEMU_USER) $(PROGRAM),$(IN_VM) $(BUILD)/run.cpio /kvm-hello),$(PROGRAM))
 trace: override ARGS += --step-guest
 bench: override ARGS += --bench
 run trace bench: $(RUN_NEEDS)
 	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
 	@program/say-status.sh "make $@" "$(HELP_WITH)" $(RUN_WITH) $(PROGRAM_ARGS)
 
-gdb: $(GDB_NEEDS)
+gdb: $(GDB_NEEDS) | $(GDB_PACKAGES_OK)
 	@$(GDB_WITH)
 
 # `make test`: the unit suites, the Makefile's own, then the suites against
@@ -220,7 +244,7 @@ define run-e2e-suites
 	@+$(SUITE) gdb$(SUITE_WHERE) test/gdb-test.sh $(GDB_STARTS)
 endef
 
-test: $(UNIT_SUITES) $(E2E_NEEDS) | kvm-usable
+test: $(UNIT_SUITES) $(E2E_NEEDS) | kvm-usable $(TEST_PACKAGES_OK)
 	@rm -rf $(TEST_LOGS)
 	$(if $(MACHINE_NOTE),@echo "$(MACHINE_NOTE)")
 	@$(SUITE) $(UNIT_NAME) $(UNIT_HOST)
@@ -232,7 +256,7 @@ test: $(UNIT_SUITES) $(E2E_NEEDS) | kvm-usable
 	$(run-e2e-suites)
 	@test/summarize.sh $(TEST_LOGS)
 
-test-e2e: $(E2E_NEEDS) | kvm-usable
+test-e2e: $(E2E_NEEDS) | kvm-usable $(TEST_PACKAGES_OK)
 	@rm -rf $(TEST_LOGS)
 	$(run-e2e-suites)
 	@test/summarize.sh $(TEST_LOGS)
@@ -285,13 +309,37 @@ distclean: clean
 
 # ==== Set-up: packages, prerequisites, the kernel ============================
 
-$(PACKAGES_OK):
+# Each set of packages is installed when a target first needs it, then
+# remembered: the kernel's by its download, which so runs beside the next
+# installs; the build set ($(PACKAGES_OK)) by everything that compiles; the
+# emulated machine's by the initramfs (cpio) and so by its runs (QEMU): it
+# installs while kvm-hello compiles; the test suites' set by their builds
+# and runs (make test, make lint); gdb's by make gdb. One apt at a time: each
+# waits for the one before, and the test suites' set holds gdb's.
+$(KERNEL_PACKAGES_OK):
 	@mkdir -p $(@D)
-	@setup/ensure-packages.sh $(PACKAGES)
-	@setup/check-prerequisites.sh "$(HOST_CXX)" "$(ARM64_CXX)" $(if $(CROSS),$(ARM64_UAPI))
+	@setup/ensure-packages.sh $(KERNEL_PACKAGES)
 	@touch $@
+$(PACKAGES_OK): | $(KERNEL_PACKAGES_OK)
+	@setup/ensure-packages.sh $(BUILD_PACKAGES)
+	@setup/check-prerequisites.sh "" "$(ARM64_CXX)"
+	@touch $@
+$(MACHINE_PACKAGES_OK): | $(PACKAGES_OK)
+	@setup/ensure-packages.sh $(MACHINE_PACKAGES)
+	@touch $@
+$(TEST_PACKAGES_OK): | $(MACHINE_PACKAGES_OK)
+	@setup/ensure-packages.sh $(TEST_PACKAGES) $(GDB_PACKAGES)
+	@setup/check-prerequisites.sh "$(HOST_CXX)" "" $(if $(CROSS),$(ARM64_UAPI))
+	@touch $@
+$(GDB_PACKAGES_OK): | $(MACHINE_PACKAGES_OK)
+	@setup/ensure-packages.sh $(GDB_PACKAGES)
+	@touch $@
+# The e2e tests are doctest's too (the unit tests' objects say so in
+# UNIT_DEPENDS); every initramfs is made with cpio.
+$(E2E): | $(TEST_PACKAGES_OK)
+$(BUILD)/run.cpio $(BUILD)/gdb.cpio $(BUILD)/test.cpio: | $(MACHINE_PACKAGES_OK)
 
-$(CACHE)/kernels/%/vmlinuz: | $(PACKAGES_OK)
+$(CACHE)/kernels/%/vmlinuz: | $(KERNEL_PACKAGES_OK)
 	@tools/fetch-kernel.sh $(KVM_HELLO_SUITE) $(KVM_HELLO_FLAVOUR) $(@D)
 
 # ==== Guests: assembled, linked at guest RAM, raw bytes, a C array ==========
@@ -449,7 +497,7 @@ $(UAPI_OVERLAY)/.done: | $(PACKAGES_OK)
 # read README.md and docs/ from here.
 UNIT_TESTS   := unit_main steps_tests program_tests docs_tests own_names_tests
 UNIT_FLAGS   := $(CXXSTD) $(WARNINGS) -I. -I$(BUILD) -DKVM_HELLO_SOURCE_DIR=\"$(CURDIR)\"
-UNIT_DEPENDS := $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done) | $(PACKAGES_OK)
+UNIT_DEPENDS := $(HEADERS) test/fuzz_exits.hpp $(if $(CROSS),$(UAPI_OVERLAY)/.done) | $(TEST_PACKAGES_OK)
 # steps_tests.cpp checks the assembled guests against the memory map.
 $(foreach way,host sanitized arm64,$(BUILD)/unit/$(way)/steps_tests.o): \
   $(BUILD)/guest_image.h $(BUILD)/bench_guest_image.h $(BUILD)/irq_bench_guest_image.h $(BUILD)/guest_lines.h
@@ -492,7 +540,7 @@ $(BUILD)/lint/%.ok: % .clang-tidy test/.clang-tidy $(GENERATED_HEADERS) $(BUILD)
 	@$(CLANG_TIDY) --quiet $< -- $(LINT_FLAGS) >$@.log 2>&1; status=$$?; \
 	  grep -v '^[0-9]* warnings\{0,1\} generated\.$$' $@.log; rm -f $@.log; exit $$status
 	@touch $@
-$(BUILD)/.clang-tidy-ok: | $(PACKAGES_OK)
+$(BUILD)/.clang-tidy-ok: | $(TEST_PACKAGES_OK)
 	@setup/ensure-packages.sh $(CLANG_TIDY)
 	@touch $@
 
@@ -552,8 +600,13 @@ define make-initramfs
 	@rm -rf $@.root
 endef
 
-$(BUILD)/run.cpio: $(BUILD)/vm-init $(PROGRAM)
+# kvm-hello first: its compile is the longest, and make starts the
+# prerequisites in their order. The emulated machine's packages install
+# while it compiles: once what it includes is made, so that they do not take
+# a core before the compile starts.
+$(BUILD)/run.cpio: $(PROGRAM) $(BUILD)/vm-init
 	$(call make-initramfs,$(PROGRAM))
+$(MACHINE_PACKAGES_OK): | $(filter $(BUILD)/%,$(PROGRAM_SOURCES))
 
 $(BUILD)/gdb.cpio: $(BUILD)/vm-init $(DEBUG_PROGRAM)
 	$(call make-initramfs,$(DEBUG_PROGRAM))

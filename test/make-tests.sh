@@ -6,8 +6,8 @@
 # age, and a mistyped one is one line; a failed run's status is said in
 # words under its own target; a guest's .elf is kept; make's own output stays
 # short; a guest file named in ARGS is found; the program's stdout and stderr
-# stay apart; make lint passes, and fails on a planted mistake. Prints "N
-# passed, M failed".
+# stay apart; make lint passes, and fails on a planted mistake; each target
+# installs only the packages it needs. Prints "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -196,6 +196,38 @@ check_equal "... and the failing line fails make" "$([ "$status" != 0 ] && echo 
 check "tools/timings.sh: an unknown scenario is refused" "$(tools/timings.sh nonsense 2>&1)" \
   "timings: unknown argument nonsense (try --help)"
 
+# Off arm64, before make test installs qemu-aarch64-static (make run does
+# not), the words for a status come from kvm-hello --help run in the
+# emulated machine (QEMU_USER= stands for a machine without it).
+if [ -n "$emulated" ] && [[ $(g++ -dumpmachine) != aarch64* ]]; then
+  check "without qemu-aarch64-static, make trace still says status 18 in kvm-hello's words" \
+    "$(mk trace GUEST="$work/nothing.S" QEMU_USER=)" \
+    "make trace: kvm-hello exited with status 18: the guest image is empty or larger than guest RAM"
+fi
+
+# Each target installs what it needs, the first time it needs it: what a new
+# machine's make would install (make -n, in a build folder of its own), as
+# one line of package names.
+installs() {  # installs MAKE-ARGUMENTS...
+  echo " $(mk -n BUILD="$work/new-build" "$@" | sed -n 's|^setup/ensure-packages.sh ||p' | tr '\n' ' ')"
+}
+for machine in emulated native; do
+  on=(CXX="$work/x86-g++")
+  [ "$machine" = native ] && on=(CXX="$work/arm64-g++" KVM_DEVICE="$work/kvm")
+  run_installs=$(installs run "${on[@]}")
+  check "make run ($machine) installs a compiler for arm64" "$run_installs" \
+    "$([ "$machine" = native ] && echo " g++ " || echo " g++-aarch64-linux-gnu ")"
+  for package in doctest-dev tmux gdb gdb-multiarch qemu-user-static; do
+    check_lacks "... and not $package, which only the tests or gdb need" "$run_installs" " $package "
+  done
+  check "the unit tests ($machine) install doctest-dev" "$(installs "${on[@]}" "$work/new-build/unit-tests")" \
+    " doctest-dev "
+  gdb_installs=$(installs gdb "${on[@]}")
+  check "make gdb ($machine) installs gdb" "$gdb_installs" "$([ "$machine" = native ] && echo " gdb " || echo " gdb-multiarch ")"
+  check_lacks "... and not doctest-dev" "$gdb_installs" " doctest-dev "
+done
+check_lacks "off arm64, make run does not install the build machine's own g++" "$(installs run CXX="$work/x86-g++")" " g++ "
+
 # The emulated machine's CPUs reach QEMU, also under the setting's old name
 # (a stand-in QEMU that only keeps its arguments); a status that is not
 # kvm-hello's own is said to be so.
@@ -255,6 +287,98 @@ check "stdout and stderr into one file: the steps, then the dump, then the error
   "[9/9] run_guest run the guest until it powers off: KVM_RUN registers (read with KVM_GET_ONE_REG"
 check "... the error last, then make run's words for its status" "$both" \
   "use plain ldr/str make run: kvm-hello exited with status 20: KVM_RUN failed make: *** [Makefile"
+
+# The kernel download (tools/fetch-kernel.sh), from a mirror of our own
+# signed by a key of our own (KVM_HELLO_KEYRING names its keyring): the
+# newest kernel arrives when every link of the chain holds (InRelease signed,
+# the package list's SHA256 the one it gives, the package's SHA256 the one
+# the list gives); a change to any link, or a signature by another key or
+# for another suite, is refused in words, and no kernel is kept.
+mirror=$work/mirror
+gpg_home=$work/gnupg
+mkdir -p "$gpg_home" && chmod 700 "$gpg_home"
+with_gpg() { gpg --homedir "$gpg_home" --batch --quiet --pinentry-mode loopback --passphrase '' "$@"; }
+with_gpg --quick-gen-key "kvm-hello test mirror" ed25519 sign never
+with_gpg --quick-gen-key "someone else" ed25519 sign never
+with_gpg --export "kvm-hello test mirror" >"$work/mirror-keyring.gpg"
+# package NAME VERSION FILE DEPENDS: a .deb holding FILE (text: its own name)
+# and its stanza of the package list.
+package() {
+  local root=$work/package-root deb=pool/$1_$2_arm64.deb
+  rm -rf "$root" && mkdir -p "$root/DEBIAN" "$root/$(dirname "$3")" "$mirror/pool"
+  printf 'Package: %s\nVersion: %s\nArchitecture: arm64\nMaintainer: t <t@t>\nDescription: t\n' "$1" "$2" \
+    >"$root/DEBIAN/control"
+  echo "kernel of $1" >"$root/$3"
+  dpkg-deb -Zxz --root-owner-group -b "$root" "$mirror/$deb" >/dev/null
+  printf 'Package: %s\nVersion: %s\nDepends: %s\nFilename: %s\nSize: %s\nSHA256: %s\n\n' "$1" "$2" "$4" "$deb" \
+    "$(stat -c %s "$mirror/$deb")" "$(sha256sum "$mirror/$deb" | cut -d' ' -f1)"
+}
+# sign SUITE [KEY]: the suite's InRelease, naming the package list's SHA256.
+sign() {
+  local dists=$mirror/dists/$1 list=main/binary-arm64/Packages.xz
+  printf 'Suite: %s\nCodename: %s\nSHA256:\n %s %s %s\n' "$1" "$1" "$(sha256sum "$dists/$list" | cut -d' ' -f1)" \
+    "$(stat -c %s "$dists/$list")" "$list" >"$dists/Release"
+  rm -f "$dists/InRelease" && with_gpg --local-user "${2:-kvm-hello test mirror}" --clearsign -o "$dists/InRelease" "$dists/Release"
+}
+mkdir -p "$mirror/dists/testing/main/binary-arm64" "$mirror/dists/stable/main/binary-arm64"
+{
+  package linux-image-arm64 1.0-1 usr/share/doc/x "linux-image-1.0-arm64 (= 1.0-1)"
+  package linux-image-1.0-arm64 1.0-1 boot/vmlinuz-1.0-arm64 "initramfs-tools | linux-initramfs-tool"
+  package linux-image-arm64 2.0-1 usr/share/doc/x "linux-base, linux-image-2.0-arm64 (= 2.0-1)"
+  package linux-image-2.0-arm64 2.0-1 usr/share/doc/x "linux-binary-2.0-arm64 (= 2.0-1), linux-modules-2.0-arm64"
+  package linux-binary-2.0-arm64 2.0-1 usr/lib/modules/2.0-arm64/vmlinuz ""
+} >"$work/packages"
+xz <"$work/packages" >"$mirror/dists/testing/main/binary-arm64/Packages.xz"
+sign testing
+# stable: Linux 6's layout only, the kernel in linux-image's /boot.
+awk -v RS= -v ORS='\n\n' '/Version: 1.0-1/' "$work/packages" | xz >"$mirror/dists/stable/main/binary-arm64/Packages.xz"
+sign stable
+fetch_kernel() {  # fetch_kernel SUITE: fetch-kernel.sh's output, and its status
+  rm -rf "$work/kernel"
+  KVM_HELLO_MIRROR="file://$mirror" KVM_HELLO_KEYRING="$work/mirror-keyring.gpg" \
+    tools/fetch-kernel.sh "$1" arm64 "$work/kernel" 2>&1
+  echo "status $?"
+}
+kept() { cat "$work/kernel/vmlinuz" 2>/dev/null || echo "no kernel kept"; }
+out=$(fetch_kernel testing)
+check "fetch-kernel.sh: every link of the chain holds: the newest kernel arrives (Linux 7's linux-binary)" \
+  "$out $(kept)" "status 0 kernel of linux-binary-2.0-arm64"
+check "... and it names the package it came from" "$(cat "$work/kernel/package" 2>/dev/null)" "linux-image-2.0-arm64 2.0-1"
+check "fetch-kernel.sh: Linux 6's layout, the kernel in linux-image's /boot" "$(fetch_kernel stable) $(kept)" \
+  "status 0 kernel of linux-image-1.0-arm64"
+cp -r "$mirror" "$work/mirror-whole"
+printf 'x' >>"$mirror/pool/linux-binary-2.0-arm64_2.0-1_arm64.deb"
+out=$(fetch_kernel testing)
+check "fetch-kernel.sh: a package whose SHA256 is not the list's is refused" "$out" \
+  "the mirror's file is not the one its signed list names"
+check_equal "... and no kernel is kept" "$(kept) ${out##*status }" "no kernel kept 1"
+cp "$work/mirror-whole/pool/"* "$mirror/pool/"
+{ head -c 8 /dev/zero; cat "$work/mirror-whole/dists/testing/main/binary-arm64/Packages.xz"; } \
+  >"$mirror/dists/testing/main/binary-arm64/Packages.xz"
+out=$(fetch_kernel testing)
+check "fetch-kernel.sh: a package list whose SHA256 is not the signed one's is refused" "$out" \
+  "Packages.xz failed (the mirror's file is not the one its signed list names"
+check_equal "... and no kernel is kept" "$(kept) ${out##*status }" "no kernel kept 1"
+cp "$work/mirror-whole/dists/testing/main/binary-arm64/Packages.xz" "$mirror/dists/testing/main/binary-arm64/"
+sed -i 's/^Suite: testing/Suite: changed/' "$mirror/dists/testing/InRelease"
+out=$(fetch_kernel testing)
+check "fetch-kernel.sh: an InRelease changed after it was signed is refused" "$out" \
+  "/dists/testing/InRelease was refused (not signed by a key of $work/mirror-keyring.gpg"
+check_equal "... and no kernel is kept" "$(kept) ${out##*status }" "no kernel kept 1"
+sign testing "someone else"
+out=$(fetch_kernel testing)
+check "fetch-kernel.sh: an InRelease signed by a key not in the keyring is refused" "$out" \
+  "/dists/testing/InRelease was refused (not signed by a key of $work/mirror-keyring.gpg"
+check_equal "... and no kernel is kept" "$(kept) ${out##*status }" "no kernel kept 1"
+sign testing
+ln -s testing "$mirror/dists/unstable"
+out=$(fetch_kernel unstable)
+check "fetch-kernel.sh: another suite's signed InRelease, served for this one, is refused" "$out" \
+  "/dists/unstable/InRelease is signed, but for another suite than unstable"
+check_equal "... and no kernel is kept" "$(kept) ${out##*status }" "no kernel kept 1"
+rm "$mirror/dists/unstable"
+check "fetch-kernel.sh: the mirror made whole again, the kernel arrives" "$(fetch_kernel testing) $(kept)" \
+  "status 0 kernel of linux-binary-2.0-arm64"
 
 # test/hosts.txt: every line a host of five words, GIC the last; a GICv2 among them.
 printf 'trixie arm64 cortex-a57 1\n' >"$work/hosts.txt"
