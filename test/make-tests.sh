@@ -176,13 +176,16 @@ check_equal "... and make's own status is not 0" "$([ "$status" != 0 ] && echo f
 check "GUEST's .elf is kept for gdb and the line table" "$(ls build/your-guest/)" "nothing.elf"
 
 # A lesson's guest files made on the way to its headers are kept: make
-# does not delete them (.SECONDARY), and says no "rm" after a run.
-rm -f build/lesson2/guest.bin build/lesson2/guest.lines build/lesson2_guest_image.h build/lesson2_guest_lines.h
-out=$(mk build/lesson2_guest_image.h build/lesson2_guest_lines.h)
-check_lacks "a lesson's guest made for its headers: make removes nothing" "$out" "rm build/"
-check_equal "... and its .bin and .lines stay" "$(ls build/lesson2/guest.bin build/lesson2/guest.lines 2>&1)" \
-  "build/lesson2/guest.bin
-build/lesson2/guest.lines"
+# does not delete them (.SECONDARY), and says no "rm" after a run. (In a
+# build folder of its own: headers made anew in build/ would make every
+# later make rebuild the programs, beside the suites that run them.)
+lesson_build=$work/lesson-build
+out=$(mk BUILD="$lesson_build" "$lesson_build/lesson2_guest_image.h" "$lesson_build/lesson2_guest_lines.h")
+check_lacks "a lesson's guest made for its headers: make removes nothing" "$out" "rm $lesson_build/"
+check_equal "... and its .bin and .lines stay" \
+  "$(ls "$lesson_build/lesson2/guest.bin" "$lesson_build/lesson2/guest.lines" 2>&1)" \
+  "$lesson_build/lesson2/guest.bin
+$lesson_build/lesson2/guest.lines"
 
 # make timings' recorder: make's SHELL, one record per recipe line, with
 # its status; a failing line still fails make.

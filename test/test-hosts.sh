@@ -42,7 +42,7 @@ while read -r suite flavour cpu cpus gic; do
   passed=${totals%% passed*} failed=${totals#*passed, }
   failed=${failed%% failed}
   [ -n "$totals" ] || { passed=0 failed=1; }
-  host=$(sed -n 's/^kvm-hello-vm: host: //p' "$logs/$name.log" | head -n 1)
+  host=$(cat "$logs/$name"/*.log 2>/dev/null | sed -n 's/^kvm-hello-vm: host: //p' | head -n 1)
   echo "   ${totals:-no totals: see $logs/$name.log} in $seconds s; inside: ${host:-did not boot}"
   rows+=("$(printf '| %s %s, %s, %s, GICv%s | %s | %s | %s | %s s |' "$suite" "$flavour" "$cpu" "$cpus" "$gic" \
     "${host:-did not boot}" "$passed" "$failed" "$seconds")")
