@@ -383,6 +383,24 @@ rm "$mirror/dists/unstable"
 check "fetch-kernel.sh: the mirror made whole again, the kernel arrives" "$(fetch_kernel testing) $(kept)" \
   "status 0 kernel of linux-binary-2.0-arm64"
 
+# make test's suites side by side (test/run-suite.sh): one line as each starts
+# and ends; a failed one's whole output in one piece; test/summarize.sh adds
+# the totals up, a suite that ended without its totals counting as a failure.
+suites=$work/suites
+out=$(test/run-suite.sh "$suites" passing bash -c 'echo "[doctest] test cases: 3 | 3 passed | 0 failed | 0 skipped"')
+check "run-suite.sh: a suite that passed, in two lines: started, then ended with its totals" \
+  "$(wc -l <<<"$out") $(tail -n 1 <<<"$out")" "2 == passing: ended in "
+check "... its totals" "$out" ": [doctest] test cases: 3 | 3 passed | 0 failed | 0 skipped"
+out=$(test/run-suite.sh "$suites" failing bash -c 'echo first line; echo "1 passed, 1 failed"; exit 1')
+check "run-suite.sh: a suite that failed shows its whole output" "$out" $'FAILED (exit status 1)'
+check "... every line of it, then where it ends" "$out" $'first line\n1 passed, 1 failed\n== failing: end of its output'
+test/run-suite.sh "$suites" crashed bash -c 'echo half a suite; kill -SEGV $$' >/dev/null 2>&1
+out=$(test/summarize.sh "$suites")
+status=$?
+check "summarize.sh: a suite that ended without its totals is a failure, and its log's end is shown" "$out" \
+  $'crashed ended without a test summary (exit status 139); its log ends:\nsummary:   | half a suite'
+check_equal "... the last line adds all up" "$(tail -n 1 <<<"$out") $status" "4 passed, 2 failed 1"
+
 # test/hosts.txt: every line a host of five words, GIC the last; a GICv2 among them.
 printf 'trixie arm64 cortex-a57 1\n' >"$work/hosts.txt"
 out=$(test/test-hosts.sh "$work/hosts.txt" 2>&1)

@@ -2,7 +2,8 @@
 # run-suite.sh LOG_DIR NAME COMMAND [ARGS...]
 #
 # Runs one test suite: its output goes to LOG_DIR/NAME.log (`tail -f` it to
-# watch), its exit status to LOG_DIR/NAME.status. make test runs suites side
+# watch), its exit status to LOG_DIR/NAME.status, its totals line to
+# LOG_DIR/NAME.totals. make test runs suites side
 # by side, so each says only one line when it starts and one when it ends,
 # with its totals and time; a suite that failed shows its whole log then, in
 # one piece (LOG_DIR/.screen is the lock that keeps it whole). Its input is
@@ -20,8 +21,11 @@ start=$SECONDS
 "$@" </dev/null >"$log" 2>&1
 status=$?
 echo "$status" >"$log_dir/$name.status"
-# doctest's "[doctest] test cases: 12 | 12 passed | 0 failed | 0 skipped", or a script's "12 passed, 0 failed"
+# Its totals, kept in LOG_DIR/NAME.totals for summarize.sh: doctest's
+# "[doctest] test cases: 12 | 12 passed | 0 failed | 0 skipped", or a
+# script's "12 passed, 0 failed" (none when it ended without them).
 totals=$(grep -aE '^\[doctest\] test cases:|^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+echo "$totals" >"$log_dir/$name.totals"
 if [ "$status" = 0 ]; then
   echo "== $name: ended in $((SECONDS - start)) s: ${totals:-no totals}" | say
 else

@@ -13,9 +13,8 @@ for status_file in $(for dir in "$@"; do ls "$dir"/*.status; done); do
   log_dir=$(dirname "$status_file")
   name=$(basename "$status_file" .status)
   status=$(cat "$status_file")
-  # doctest's "[doctest] test cases: 12 | 12 passed | 0 failed | 0 skipped",
-  # or a script's own "12 passed, 0 failed"
-  summary=$(grep -aE '^\[doctest\] test cases:|^[0-9]+ passed, [0-9]+ failed$' "$log_dir/$name.log" | tail -n 1)
+  # The suite's totals line, as run-suite.sh found it in its log.
+  summary=$(cat "$log_dir/$name.totals" 2>/dev/null)
   if [ -z "$summary" ]; then
     echo "summary: $name ended without a test summary (exit status $status); its log ends:"
     # A crash's own report (doctest names the test case and the signal) is
