@@ -285,9 +285,12 @@ test-suite-terminal: $(RUN_NEEDS) $(GDB_NEEDS) | $(SUITE_NEEDS) test-suite-makef
 	@$(SUITE) terminal test/terminal-test.sh
 # The other host's suites: a make of their own, with that host's settings
 # (it downloads that host's kernel the first time), into the same logs.
-ALSO_HOST_WORDS = $(words $(ALSO_HOST))
+ifneq ($(ALSO_HOST),)
+  ifneq ($(words $(ALSO_HOST)),5)
+    $(error ALSO_HOST="$(ALSO_HOST)": it must be five words, as a line of test/hosts.txt: suite flavour cpu CPUs GIC)
+  endif
+endif
 test-suite-also-host: $(BUILD)/test.cpio $(BUILD)/gdb.cpio | $(SUITE_NEEDS)
-	$(if $(filter 5,$(ALSO_HOST_WORDS)),,$(error ALSO_HOST="$(ALSO_HOST)": it must be five words, as a line of test/hosts.txt: suite flavour cpu CPUs GIC))
 	@+$(MAKE) --no-print-directory $(E2E_SUITES:%=test-suite-%) CLEAR_TEST_LOGS= ALSO_HOST= \
 	  KVM_HELLO_SUITE=$(word 1,$(ALSO_HOST)) KVM_HELLO_FLAVOUR=$(word 2,$(ALSO_HOST)) KVM_HELLO_CPU=$(word 3,$(ALSO_HOST)) \
 	  KVM_HELLO_HOST_CPUS=$(word 4,$(ALSO_HOST)) KVM_HELLO_GIC=$(word 5,$(ALSO_HOST)) \

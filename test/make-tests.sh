@@ -74,6 +74,9 @@ for gic in 4 v3 "" "2 3"; do
     "KVM_HELLO_GIC is \"$gic\": it must be 3 (a GICv3, the default) or 2 (a GICv2)"
 done
 
+check "ALSO_HOST of two words stops make, saying what it must be" "$(mk host ALSO_HOST="sid arm64")" \
+  'ALSO_HOST="sid arm64": it must be five words, as a line of test/hosts.txt: suite flavour cpu CPUs GIC'
+
 # Prerequisites: what a machine lacks is named, with what to install.
 printf '#!/bin/sh\nfor a; do shift; [ "$a" = -std=c++23 ] && a=-std=c++20; set -- "$@" "$a"; done\nexec g++ "$@"\n' \
   >"$work/old-g++"
