@@ -22,8 +22,9 @@
 ##   make bench       what a VM exit and an interrupt cost, measured here (ARGS=--json for JSON)
 ##   make test        every test suite, side by side as make's jobs allow (each says when
 ##                    it starts and ends; its output is in build/test-logs/); the last
-##                    line is "N passed, M failed". ALSO_HOST="sid arm64 cortex-a76 2 3"
-##                    (a line of test/hosts.txt) adds the e2e and gdb suites on that host
+##                    line is "N passed, M failed". ALSO_HOST="sid arm64 cortex-a76 1 3"
+##                    (five words, as a line of test/hosts.txt) adds the e2e and gdb
+##                    suites on that host
 ##   make test-e2e    only the suites against real KVM (e2e and gdb), on the chosen host
 ##   make test-hosts  the e2e and gdb suites on every host of test/hosts.txt, then a table
 ##   make soak        LESSON='s run RUNS times (default 20) in one machine, each output

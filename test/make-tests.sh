@@ -255,6 +255,25 @@ if [ -n "$emulated" ]; then
   check_equal "run-in-vm.sh with KVM_HELLO_GIC=1: one line saying what it may be" "$out" \
     'run-in-vm: KVM_HELLO_GIC is "1": it must be 3 (a GICv3, the default) or 2 (a GICv2)'
   check_equal "... status 2, and QEMU never started" "$status $(ls "$work/qemu")" "2 qemu-system-aarch64"
+  # The note on Linux 7.x with several CPUs under QEMU before 10.0, from a
+  # stand-in QEMU that says its version and reports the host it is told to.
+  mkdir -p "$work/qemu-says"
+  printf '#!/bin/sh\nif [ "$1" = --version ]; then echo "QEMU emulator version $QEMU_SAYS"; exit; fi\n%s\n' \
+    "printf 'kvm-hello-vm: host: %s\\r\\nkvm-hello-vm: exit status 0\\r\\n' \"\$HOST_SAYS\"" \
+    >"$work/qemu-says/qemu-system-aarch64"
+  chmod +x "$work/qemu-says/qemu-system-aarch64"
+  on_host() {  # on_host QEMU_VERSION HOST_LINE: run-in-vm.sh's stderr, then its status
+    PATH="$work/qemu-says:$PATH" QEMU_SAYS=$1 HOST_SAYS=$2 tools/run-in-vm.sh build/run.cpio build/run.cpio /kvm-hello \
+      2>&1 >/dev/null
+    echo "status $?"
+  }
+  sid_on_2="Linux 7.2.13+deb14-arm64 (Debian 7.2.13-1), Cortex-A76, 2 CPUs, 4 KiB pages, GICv3, KVM VHE: the kernel runs at EL2"
+  check "Linux 7.x on 2 CPUs under QEMU 7.2: run-in-vm.sh says what may happen there" \
+    "$(on_host "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)" "$sid_on_2")" \
+    "run-in-vm: note: Linux 7.x on 2 CPUs under QEMU 7.2.22: now and then a program dies with SIGSEGV after its vCPU"
+  check_equal "... and not under QEMU 10.0" "$(on_host "10.0.13 (Debian 1:10.0.13+ds-0+deb13u1)" "$sid_on_2")" "status 0"
+  check_equal "... nor on 1 CPU" "$(on_host 7.2.22 "${sid_on_2/2 CPUs/1 CPU}")" "status 0"
+  check_equal "... nor with Linux 6.12" "$(on_host 7.2.22 "${sid_on_2/7.2.13/6.12.118}")" "status 0"
 fi
 
 # A guest file of the build machine's, named in ARGS: kvm-hello runs it, also

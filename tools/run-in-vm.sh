@@ -219,6 +219,21 @@ ctrl_c_for_the_boot
 # reported the host, a read waits at most until the boot's deadline.
 status="" booted=0 timed_out=""
 started=$SECONDS
+# What is known to go wrong on the host that just booted, from its line (and
+# QEMU's version): said once, on stderr. Linux 7.x on two or more emulated
+# CPUs under QEMU older than 10.0 (seen with Debian 12's 7.2): now and then
+# KVM finds a vCPU's registers still loaded when its thread comes back from
+# WFI, and the program dies with SIGSEGV; see docs/15-without-arm64.md.
+emulation_caveats() {  # emulation_caveats HOST_LINE
+  local qemu_version cpus
+  [[ $1 =~ host:\ Linux\ ([0-9]+)\. ]] && [ "${BASH_REMATCH[1]}" -ge 7 ] || return 0
+  [[ $1 =~ ,\ ([0-9]+)\ CPUs, ]] && cpus=${BASH_REMATCH[1]} || return 0
+  qemu_version=$(qemu-system-aarch64 --version | sed -n 's/^QEMU emulator version \([0-9][0-9.]*\).*/\1/p')
+  [ -n "$qemu_version" ] && [ "${qemu_version%%.*}" -lt 10 ] || return 0
+  echo "run-in-vm: note: Linux 7.x on $cpus CPUs under QEMU $qemu_version: now and then a program dies with" \
+    "SIGSEGV after its vCPU waited in WFI (lessons 2 and 3); seen under QEMU 7.2, not under QEMU 10.0 nor on 1 CPU" \
+    "(docs/15-without-arm64.md, \"QEMU 7.2, Linux 7.x and several CPUs\")" >&2
+}
 while :; do
   limit=$((started + run_limit - SECONDS))
   if [ "$booted" = 0 ] && [ "$boot_limit" != 0 ]; then limit=$((started + boot_limit - SECONDS)); fi
@@ -240,7 +255,8 @@ while :; do
   case $line in
     "$status_marker"*) status=${line#"$status_marker"}; break ;;
     "$stderr_marker"*) printf '%s\n' "${line#"$stderr_marker"}" >&2; continue ;;
-    "$host_marker"*) booted=1; [ -z "$terminal_modes" ] || stty intr undef ;;
+    "$host_marker"*) booted=1; [ -z "$terminal_modes" ] || stty intr undef; printf '%s\n' "$line"
+      emulation_caveats "$line"; continue ;;
   esac
   printf '%s\n' "$line"
 done
