@@ -45,6 +45,32 @@ bool calls_or_defines(std::string_view code, std::string_view name) {
   return false;
 }
 
+// GitHub's anchor for a heading: lower case, only letters, digits, '_', '-'
+// and spaces kept, each space a '-'.
+std::string heading_anchor(const std::string& heading) {
+  std::string anchor;
+  for (const char c : heading) {
+    const auto u = static_cast<unsigned char>(c);
+    if (std::isalnum(u) || c == '_' || c == '-') anchor += static_cast<char>(std::tolower(u));
+    if (c == ' ') anchor += '-';
+  }
+  return anchor;
+}
+
+// The anchors of a Markdown file's headings (lines that begin with '#'s and a
+// space), as GitHub makes them.
+std::set<std::string> heading_anchors(const std::string& text) {
+  std::set<std::string> anchors;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    const auto hashes = line.find_first_not_of('#');
+    if (hashes != 0 && hashes != std::string::npos && line[hashes] == ' ') {
+      anchors.insert(heading_anchor(line.substr(hashes + 1)));
+    }
+  }
+  return anchors;
+}
+
 std::vector<std::filesystem::path> markdown_files() {
   std::vector<std::filesystem::path> files{"README.md"};
   for (const auto& entry : std::filesystem::directory_iterator(source_dir / "docs")) {
@@ -98,13 +124,17 @@ TEST_CASE("docs: every `function()` they name exists in the code") {
   }
 }
 
-TEST_CASE("docs: relative links resolve") {
-  const std::regex link("\\]\\(([^)#:]+)(#[^)]*)?\\)");
+TEST_CASE("docs: relative links resolve, and a link to a heading of a Markdown file finds it") {
+  const std::regex link("\\]\\(([^)#:]+)(?:#([^)]*))?\\)");
   for (const auto& file : markdown_files()) {
     const std::string text = read_source(file);
     for (std::sregex_iterator it(text.begin(), text.end(), link), end; it != end; ++it) {
       const std::filesystem::path target = source_dir / file.parent_path() / std::string((*it)[1]);
       CHECK_MESSAGE(std::filesystem::exists(target), file << " links to " << (*it)[1] << ", which does not exist");
+      if (!(*it)[2].matched || target.extension() != ".md" || !std::filesystem::exists(target)) continue;
+      const auto relative = std::filesystem::relative(target, source_dir);
+      CHECK_MESSAGE(heading_anchors(read_source(relative)).contains((*it)[2]),
+                    file << " links to " << (*it)[1] << "#" << (*it)[2] << ", a heading that file does not have");
     }
   }
 }
@@ -352,17 +382,6 @@ TEST_CASE("docs: the host's answer is KVM_HELLO_HOST_ANSWER wherever they give i
 
 namespace {
 
-// GitHub's anchor for a heading: lower case, only letters, digits, '_', '-'
-// and spaces kept, each space a '-'.
-std::string heading_anchor(const std::string& heading) {
-  std::string anchor;
-  for (const char c : heading) {
-    const auto u = static_cast<unsigned char>(c);
-    if (std::isalnum(u) || c == '_' || c == '-') anchor += static_cast<char>(std::tolower(u));
-    if (c == ' ') anchor += '-';
-  }
-  return anchor;
-}
 
 }  // namespace
 
