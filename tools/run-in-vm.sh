@@ -228,7 +228,7 @@ emulation_caveats() {  # emulation_caveats HOST_LINE
   local qemu_version cpus
   [[ $1 =~ host:\ Linux\ ([0-9]+)\. ]] && [ "${BASH_REMATCH[1]}" -ge 7 ] || return 0
   [[ $1 =~ ,\ ([0-9]+)\ CPUs, ]] && cpus=${BASH_REMATCH[1]} || return 0
-  qemu_version=$(qemu-system-aarch64 --version | sed -n 's/^QEMU emulator version \([0-9][0-9.]*\).*/\1/p')
+  qemu_version=$(qemu-system-aarch64 --version | sed -n 's/^QEMU emulator version \([0-9][0-9.]*\).*/\1/p') || return 0
   [ -n "$qemu_version" ] && [ "${qemu_version%%.*}" -lt 10 ] || return 0
   echo "run-in-vm: note: Linux 7.x on $cpus CPUs under QEMU $qemu_version: now and then a program dies with" \
     "SIGSEGV after its vCPU waited in WFI (lessons 2 and 3); seen under QEMU 7.2, not under QEMU 10.0 nor on 1 CPU" \
