@@ -510,7 +510,8 @@ $(SANITIZED_PROGRAM): $(PROGRAM_SOURCES)
 SANITIZER_RUNTIME := $(BUILD)/arm64-sanitizer-runtime
 SANITIZER_LIBS := $(if $(CROSS),$(SANITIZER_RUNTIME)/libasan.so.8 $(SANITIZER_RUNTIME)/libubsan.so.1,libasan.so.8 libubsan.so.1)
 ARM64_LIBS := ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libstdc++.so.6 libgcc_s.so.1 $(SANITIZER_LIBS)
-$(SANITIZER_RUNTIME)/.done: tools/sanitizer-runtime.sh tools/private-apt.sh | $(PACKAGES_OK)
+# (It tries a runtime under qemu-aarch64-static, which the test packages bring.)
+$(SANITIZER_RUNTIME)/.done: tools/sanitizer-runtime.sh tools/private-apt.sh | $(TEST_PACKAGES_OK)
 	@tools/sanitizer-runtime.sh $(@D) $(CACHE)
 	@touch $@
 

@@ -234,6 +234,21 @@ for machine in emulated native; do
 done
 check_lacks "off arm64, make run does not install the build machine's own g++" "$(installs run CXX="$work/x86-g++")" " g++ "
 
+# Off arm64, the sanitized kvm-hello's runtime is chosen by trying each one
+# under qemu-aarch64-static (tools/sanitizer-runtime.sh). On a new machine
+# after make run, which does not install it, make test must install it
+# before it tries one: else every runtime looks broken, and make test fails.
+runtime=$(mk -n BUILD="$work/new-build" CXX="$work/x86-g++" "$work/new-build/arm64-sanitizer-runtime/.done" |
+  sed -n -e 's|^setup/ensure-packages.sh .* qemu-user-static.*|install qemu-user-static|p' \
+    -e 's|^tools/sanitizer-runtime.sh .*|try a sanitizer runtime|p' | tr '\n' '|')
+check_equal "off arm64, make installs qemu-user-static before it tries a sanitizer runtime under it" \
+  "$runtime" "install qemu-user-static|try a sanitizer runtime|"
+out=$(PATH="$work/bin" /bin/bash tools/sanitizer-runtime.sh "$work/runtime" "$work/cache" 2>&1)
+status=$?
+check_equal "tools/sanitizer-runtime.sh without qemu-aarch64-static: says so, status 1, tries nothing" \
+  "$status $out $(ls "$work/runtime" "$work/cache" 2>/dev/null)" \
+  "1 sanitizer-runtime: qemu-aarch64-static is not installed, so no runtime can be tried; install the package qemu-user-static (make test installs it first), then run make again "
+
 # The emulated machine's CPUs reach QEMU, also under the setting's old name
 # (a stand-in QEMU that only keeps its arguments); a status that is not
 # kvm-hello's own is said to be so.

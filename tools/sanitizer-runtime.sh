@@ -28,6 +28,11 @@ fail() {
   exit 1
 }
 
+# Every choice is tried under QEMU's user mode: without it, each would look broken.
+command -v qemu-aarch64-static >/dev/null 2>&1 ||
+  fail "qemu-aarch64-static is not installed, so no runtime can be tried;" \
+    "install the package qemu-user-static (make test installs it first), then run make again"
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
