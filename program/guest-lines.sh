@@ -13,8 +13,13 @@ set -euo pipefail
 readelf=$1 elf=$2 source=$3
 
 basename "$source"
+# (awk reads the source once, its lines without their leading and trailing
+# blanks; the source's name comes through the environment, taken as it is.)
 "$readelf" --debug-dump=decodedline "$elf" |
-  awk '{ for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/ && $(i + 1) ~ /^0x/) { print $(i + 1), $i; next } }' |
-  while read -r address line; do
-    printf '%s %s %s\n' "$address" "$line" "$(sed -n "${line}p" "$source" | sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//')"
-  done
+  SOURCE=$source awk '
+    BEGIN {
+      while ((getline text < ENVIRON["SOURCE"]) > 0) {
+        sub(/^[[:space:]]+/, "", text); sub(/[[:space:]]+$/, "", text); source_line[++lines] = text
+      }
+    }
+    { for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/ && $(i + 1) ~ /^0x/) { print $(i + 1), $i, source_line[$i]; next } }'
