@@ -197,7 +197,11 @@ else
   # default 300 s for the whole boot, so it gets 900 s.
   E2E_WITH          := env KVM_HELLO_VM_TIMEOUT=$(or $(KVM_HELLO_VM_TIMEOUT),900) $(IN_VM) $(BUILD)/test.cpio /e2e-tests
   GDB_STARTS        := continue
-  RUN_NEEDS         := $(BUILD)/run.cpio $(KERNEL) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
+  # (The emulated machine's packages first: their install waits for the
+  # compiler's, apt installing one set at a time, and is the longest wait of a
+  # first make run after it; so it takes the first free job, and kvm-hello
+  # compiles beside it.)
+  RUN_NEEDS         := $(MACHINE_PACKAGES_OK) $(BUILD)/run.cpio $(KERNEL) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
   GDB_NEEDS         := $(BUILD)/gdb.cpio $(KERNEL) $(GUEST_BIN) $(GUEST_BIN:.bin=.lines)
   E2E_NEEDS         := $(BUILD)/test.cpio $(BUILD)/gdb.cpio $(KERNEL)
   SUITE_WHERE       := -in-emulated-arm64
