@@ -635,10 +635,12 @@ $(TSAN_PROGRAM): test/vcpu_threads.cpp $(HEADERS) $(BUILD)/test_guests.h
 
 # ==== The emulated machine's initramfs: /init and the programs it runs ======
 # Stripped copies: the initramfs is smaller and boots faster; build/ keeps the
-# binaries with their debug information.
+# binaries as built (kvm-hello-debug and the tests with debug information, for
+# gdb and the sanitizers' reports). /init is built without it, as make run's
+# kvm-hello is: only its stripped copy ever runs.
 
 $(BUILD)/vm-init: tools/vm-init.cpp | $(PACKAGES_OK)
-	$(ARM64_CXX) $(CXXSTD) $(OPTIMISE) $(WARNINGS) -static -o $@ $<
+	$(ARM64_CXX) $(CXXSTD) $(RUN_OPTIMISE) $(WARNINGS) -static -o $@ $<
 
 # $(call make-initramfs,PROGRAMS,SOURCE:DESTINATION...,LIBRARIES): /init, the
 # programs, copies of files or directories at the paths given, and shared
