@@ -246,8 +246,8 @@ check_equal "off arm64, make installs qemu-user-static before it tries a sanitiz
 out=$(PATH="$work/bin" /bin/bash tools/sanitizer-runtime.sh "$work/runtime" "$work/cache" 2>&1)
 status=$?
 check_equal "tools/sanitizer-runtime.sh without qemu-aarch64-static: says so, status 1, tries nothing" \
-  "$status $out $(ls "$work/runtime" "$work/cache" 2>/dev/null)" \
-  "1 sanitizer-runtime: qemu-aarch64-static is not installed, so no runtime can be tried; install the package qemu-user-static (make test installs it first), then run make again "
+  "$status|$out|$(ls "$work/runtime" "$work/cache" 2>/dev/null)" \
+  "1|sanitizer-runtime: qemu-aarch64-static is not installed, so no runtime can be tried; install the package qemu-user-static (make test installs it first), then run make again|"
 
 # The emulated machine's CPUs reach QEMU, also under the setting's old name
 # (a stand-in QEMU that only keeps its arguments); a status that is not
