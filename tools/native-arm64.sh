@@ -66,9 +66,11 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/kvm-hello/native-arm64
 # What the root holds: every package the Makefile's native branch names
 # (read from it: its BUILD_PACKAGES, TEST_PACKAGES and GDB_PACKAGES lines, so
 # the two cannot drift apart; the job runs make test, which needs them all),
-# more a contributor expects, and a kernel (its modules drive the root disk:
+# make lint's (its LINT_PACKAGES line: make test runs make lint), more a
+# contributor expects, and a kernel (its modules drive the root disk:
 # virtio-blk and ext4 are modules in Debian's arm64 kernel).
-native_packages=$(sed -n '/^ifeq (\$(KVM_HELLO_MACHINE),native)/,/^else/s/^ *[A-Z]*_PACKAGES *:= *//p' "$here/../Makefile" | tr '\n' ' ')
+native_packages=$(sed -n -e '/^ifeq (\$(KVM_HELLO_MACHINE),native)/,/^else/s/^ *[A-Z]*_PACKAGES *:= *//p' \
+  -e 's/^LINT_PACKAGES *:= *//p' "$here/../Makefile" | tr '\n' ' ')
 [ -n "${native_packages// /}" ] || { echo "native-arm64: no native *_PACKAGES lines found in $here/../Makefile" >&2; exit 2; }
 read -r -a native_packages <<<"$native_packages"
 packages=(build-essential make git ca-certificates linux-image-arm64 "${native_packages[@]}")
